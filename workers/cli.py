@@ -1,0 +1,468 @@
+"""The ``artwatch`` command line.
+
+Settings are loaded once here and handed to every subcommand through
+``ctx.obj`` (:class:`CliContext`). Subcommand groups owned by other packages
+(sources, notices, scan, web, users) are mounted at the bottom. Known errors
+print one clear line and exit with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import ConfigError, Settings, load_settings
+from storage.blobs import BlobStoreError, FolderBlobStore
+from storage.db import DatabaseUnavailable, check_database, make_engine, make_sessionmaker, session_scope
+from storage.models import Account, Match, Notice, NoticeState, Source, Upload, UploadStatus, Work
+from workers import migrate
+
+__all__ = ["CliContext", "cli", "main"]
+
+
+@dataclass
+class CliContext:
+    """What every subcommand may use; built lazily so --help needs nothing."""
+
+    settings: Settings
+    _matcher: Any = field(default=None, repr=False)
+
+    @cached_property
+    def db(self) -> Any:
+        engine = make_engine(self.settings.resolved_database_url())
+        check_database(engine)
+        return engine
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        migrate.require_initialised(self.db, self.settings)
+        return make_sessionmaker(self.db)
+
+    @cached_property
+    def blobs(self) -> FolderBlobStore:
+        return FolderBlobStore(self.settings.blob_dir())
+
+    @property
+    def matcher(self) -> Any:
+        if self._matcher is None:
+            from matching import build_engine
+
+            self._matcher = build_engine(self.settings)
+        return self._matcher
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        ConfigError, DatabaseUnavailable, BlobStoreError, migrate.NotInitialised,
+        migrate.AlreadyInitialised,
+    ]
+    from workers.pipeline import PipelineError
+
+    errors.append(PipelineError)
+    from workers.broker import BrokerUnavailable
+
+    errors.append(BrokerUnavailable)
+    try:
+        from matching.errors import ImageError
+
+        errors.append(ImageError)
+    except ImportError:  # pragma: no cover - matching is part of the package
+        pass
+    return tuple(errors)
+
+
+class ArtwatchGroup(click.Group):
+    """Turns known errors anywhere below into one line on stderr, exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _known_errors() as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=ArtwatchGroup)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="ARTWATCH_CONFIG",
+              help="TOML file overriding config/defaults.toml (also ARTWATCH_CONFIG).")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
+    """artwatch: find copies of registered artworks and logos on image sites
+    and draft takedown notices for a person to review."""
+    import os
+
+    if config_file:
+        os.environ["ARTWATCH_CONFIG"] = config_file
+    settings = load_settings()
+    from config.logging import setup_logging
+
+    setup_logging(settings, level="DEBUG" if verbose else None)
+    ctx.obj = CliContext(settings)
+
+
+# ---------------------------------------------------------------- init
+
+
+@cli.command()
+@click.option("--upgrade", is_flag=True, help="Apply new migrations to an existing database.")
+@click.pass_obj
+def init(obj: CliContext, upgrade: bool) -> None:
+    """Create the data folder and the database schema."""
+    obj.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    obj.blobs.root.mkdir(parents=True, exist_ok=True)
+    done = migrate.init_database(obj.db, obj.settings, upgrade=upgrade)
+    click.echo(f"{done}: {migrate.redact(obj.settings.resolved_database_url())}")
+    click.echo(f"data folder: {obj.settings.data_dir.resolve()}")
+
+
+# ---------------------------------------------------------------- works
+
+
+@cli.group()
+def works() -> None:
+    """Register, list and remove works (logos and artworks)."""
+
+
+def _read_image(path: Path) -> bytes:
+    from workers.pipeline import PipelineError
+
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder, not an image") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+@works.command("add")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--owner", required=True, help="Owner's email (created if new).")
+@click.option("--title", default="", help="Title shown in notices (default: the file name).")
+@click.option("--kind", type=click.Choice(["logo", "artwork"]), default="artwork", show_default=True)
+@click.option("--registration", default="", help="Copyright or trademark registration number.")
+@click.option("--licensed", multiple=True, help="Host or account URL licensed to use the work (repeatable).")
+@click.option("--id", "external_id", default=None, help="Your own id for the work (re-adding it updates it).")
+@click.pass_obj
+def works_add(obj: CliContext, image: Path, owner: str, title: str, kind: str, registration: str,
+              licensed: tuple[str, ...], external_id: str | None) -> None:
+    """Register one image file as a work."""
+    from workers.pipeline import ensure_owner, register_work
+
+    data = _read_image(image)
+    with session_scope(obj.sessions) as s:
+        acct = ensure_owner(s, email=owner)
+        work = register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data, filename=image.name,
+                             title=title, kind=kind, registration_number=registration,
+                             licensed_sites=licensed, external_id=external_id)
+        click.echo(f"registered work {work.id} ({work.kind.value}) '{work.title}' for {acct.email}")
+
+
+@works.command("import")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.pass_obj
+def works_import(obj: CliContext, manifest: Path) -> None:
+    """Register every work in a JSONL file.
+
+    Each line: {"id": "w0001", "file": "works/w0001.png", "kind": "logo",
+    "owner": "o03", "title": "..."}; paths are relative to the file and owners
+    are created by id. Lines that fail are reported and skipped; the exit
+    status is 1 when any failed.
+    """
+    from matching.errors import ImageError
+    from workers.pipeline import PipelineError, ensure_owner, register_work
+
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PipelineError(f"{manifest}: cannot read: {exc.strerror}") from None
+    base = manifest.parent
+    ok = failed = 0
+    with click.progressbar(list(enumerate(lines, 1)), label="importing works", file=sys.stderr) as bar:
+        for lineno, line in bar:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or "file" not in rec:
+                    raise PipelineError("expected an object with at least a 'file' key")
+                data = _read_image(base / str(rec["file"]))
+                with session_scope(obj.sessions) as s:
+                    owner = str(rec.get("owner") or "default")
+                    acct = ensure_owner(s, external_id=owner, email=rec.get("owner_email"))
+                    register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data,
+                                  filename=Path(str(rec["file"])).name, title=str(rec.get("title", "")),
+                                  kind=str(rec.get("kind", "artwork")),
+                                  licensed_sites=rec.get("licensed_sites", []),
+                                  external_id=str(rec["id"]) if "id" in rec else None)
+                ok += 1
+            except (json.JSONDecodeError, PipelineError, ImageError, BlobStoreError) as exc:
+                failed += 1
+                click.echo(f"\n{manifest}:{lineno}: {exc}", err=True)
+    click.echo(f"imported {ok} works, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+@works.command("list")
+@click.option("--owner", default=None, help="Only this owner's works (email or id).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def works_list(obj: CliContext, owner: str | None, as_json: bool) -> None:
+    """List registered works with their match counts."""
+    with session_scope(obj.sessions) as s:
+        q = (select(Work, Account, func.count(Match.id))
+             .join(Account, Work.owner_id == Account.id)
+             .outerjoin(Match, Match.work_id == Work.id)
+             .group_by(Work.id, Account.id).order_by(Work.id))
+        if owner:
+            q = q.where((Account.email == owner) | (Account.external_id == owner))
+        rows = s.execute(q).all()
+        if not rows:
+            click.echo("no works registered" if not as_json else "", nl=not as_json)
+        for work, acct, n in rows:
+            if as_json:
+                click.echo(json.dumps({"id": work.id, "external_id": work.external_id, "title": work.title,
+                                       "kind": work.kind.value, "owner": acct.email, "matches": n}))
+            else:
+                click.echo(f"{work.id:>6}  {work.kind.value:<7}  {n:>4} matches  {acct.email:<30}  {work.title}")
+
+
+@works.command("remove")
+@click.argument("work_id", type=int)
+@click.pass_obj
+def works_remove(obj: CliContext, work_id: int) -> None:
+    """Remove a work, its matches and its index entries."""
+    from workers.pipeline import PipelineError, remove_work
+
+    with session_scope(obj.sessions) as s:
+        if not remove_work(s, obj.matcher, work_id):
+            raise PipelineError(f"no work with id {work_id}")
+    click.echo(f"removed work {work_id}")
+
+
+# ---------------------------------------------------------------- worker, beat, crawl
+
+
+@cli.command()
+@click.option("-Q", "--queues", default=",".join(["crawl", "fetch", "analyse", "embed", "notify"]),
+              show_default=True, help="Comma-separated queues to consume.")
+@click.option("-c", "--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True)
+@click.option("-n", "--hostname", default=None, help="Worker node name (default: artwatch@HOST).")
+@click.pass_obj
+def worker(obj: CliContext, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
+    """Run a Celery worker process (CPU or GPU, by the queues it consumes)."""
+    from workers.broker import check_broker
+    from workers.runtime import set_runtime_settings
+
+    check_database(obj.db)
+    app = _configured_app(obj.settings)
+    check_broker(app, obj.settings)
+    set_runtime_settings(obj.settings)
+    if obj.settings.embedded_broker:
+        from workers.broker import default_worker_name, start_heartbeat
+
+        start_heartbeat(obj.settings, hostname or default_worker_name())
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "--without-gossip",
+            "--without-mingle", "-l", obj.settings.log_level]
+    if hostname:
+        argv += ["-n", hostname]
+    app.worker_main(argv)
+
+
+@cli.command()
+@click.pass_obj
+def beat(obj: CliContext) -> None:
+    """Run Celery beat: polls due sources every minute and sends digests."""
+    from workers.broker import check_broker
+
+    app = _configured_app(obj.settings)
+    check_broker(app, obj.settings)
+    app.start(["beat", "-l", obj.settings.log_level])
+
+
+def _configured_app(settings: Settings) -> Any:
+    from workers.app import configure
+    import workers.tasks  # noqa: F401  (registers the tasks)
+
+    return configure(settings)
+
+
+@cli.command()
+@click.option("--source", "source_names", multiple=True, help="Only this source (repeatable).")
+@click.option("--inline", is_flag=True, help="Poll here instead of queueing a crawl task per source.")
+@click.option("--stream", "stream_name", default=None, help="Run one streaming source as a long-lived consumer.")
+@click.pass_obj
+def crawl(obj: CliContext, source_names: tuple[str, ...], inline: bool, stream_name: str | None) -> None:
+    """Crawl sources now: queue a crawl task per enabled source."""
+    from workers.broker import check_broker
+
+    app = _configured_app(obj.settings)
+    check_broker(app, obj.settings)
+    from workers import tasks
+
+    if stream_name:
+        _run_stream(obj, stream_name)
+        return
+    with session_scope(obj.sessions) as s:
+        q = select(Source).where(Source.enabled.is_(True))
+        if source_names:
+            q = q.where(Source.name.in_(source_names))
+        sources = [(src.id, src.name) for src in s.scalars(q)]
+    if not sources:
+        click.echo("no enabled sources: add one with `artwatch sources add`", err=True)
+        return
+    for sid, name in sources:
+        if inline:
+            n = tasks.crawl_source.apply(args=(sid,)).get()
+            click.echo(f"{name}: {n} new uploads queued for fetching")
+        else:
+            tasks.crawl_source.delay(sid)
+            click.echo(f"{name}: crawl queued")
+
+
+def _run_stream(obj: CliContext, name: str) -> None:
+    import threading
+
+    from crawler.service import build_client
+    from crawler.stream import run_stream
+    from workers import tasks
+    from workers.pipeline import PipelineError
+
+    with session_scope(obj.sessions) as s:
+        src = s.scalar(select(Source).where(Source.name == name))
+        if src is None:
+            raise PipelineError(f"no source named {name!r}")
+        sid = src.id
+    stop = threading.Event()
+    click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
+    with build_client(obj.settings.crawler) as client:
+        try:
+            run_stream(obj.sessions, sid, client, lambda uid: tasks.fetch_upload.delay(uid), stop)
+        except KeyboardInterrupt:
+            stop.set()
+
+
+# ---------------------------------------------------------------- status
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(obj: CliContext, as_json: bool) -> None:
+    """Show counts, sources (last success, last error, backlog), queues and workers."""
+    from workers.broker import queue_depths, worker_liveness
+
+    report: dict[str, Any] = {}
+    with session_scope(obj.sessions) as s:
+        report["works"] = s.scalar(select(func.count(Work.id)))
+        report["uploads"] = {st.value: s.scalar(select(func.count(Upload.id)).where(Upload.status == st))
+                             for st in UploadStatus}
+        report["matches"] = s.scalar(select(func.count(Match.id)))
+        report["notices"] = {st.value: n for st, n in s.execute(
+            select(Notice.state, func.count(Notice.id)).group_by(Notice.state)).all()}
+        backlog = dict(s.execute(select(Upload.source_id, func.count(Upload.id))
+                                 .where(Upload.status == UploadStatus.PENDING)
+                                 .group_by(Upload.source_id)).all())
+        report["sources"] = [
+            {"name": src.name, "kind": src.kind, "enabled": src.enabled,
+             "last_success": src.last_success_at.isoformat() if src.last_success_at else None,
+             "last_error": src.last_error, "backlog": backlog.get(src.id, 0)}
+            for src in s.scalars(select(Source).order_by(Source.name))
+        ]
+    app = _configured_app(obj.settings)
+    report["queues"] = queue_depths(app, obj.settings)
+    report["workers"] = worker_liveness(app, obj.settings)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    up = report["uploads"]
+    click.echo(f"works: {report['works']}   uploads: {sum(up.values())} "
+               f"({up['pending']} pending, {up['analysed']} analysed, {up['failed']} failed)   "
+               f"matches: {report['matches']}")
+    waiting = sum(n for st, n in report["notices"].items() if st in (NoticeState.DRAFT.value, NoticeState.IN_REVIEW.value))
+    click.echo(f"notices: {waiting} waiting for review; " +
+               ", ".join(f"{k} {v}" for k, v in sorted(report["notices"].items())))
+    click.echo("sources:" if report["sources"] else "sources: none")
+    for src in report["sources"]:
+        click.echo(f"  {src['name']:<20} {src['kind']:<10} last success {src['last_success'] or 'never'}; "
+                   f"backlog {src['backlog']}" + (f"; last error: {src['last_error']}" if src["last_error"] else ""))
+    click.echo("queues: " + ", ".join(f"{q} {n if n is not None else '?'}" for q, n in report["queues"].items()))
+    click.echo("workers: " + (", ".join(report["workers"]) if report["workers"] else "none answering"))
+
+
+# ---------------------------------------------------------------- run
+
+
+@cli.command()
+@click.option("--demo", is_flag=True, help="Register the bundled sample works and crawl the bundled demo site.")
+@click.option("--web/--no-web", default=True, show_default=True, help="Serve the web UI after the run.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Give up waiting after this many seconds.")
+@click.pass_obj
+def run(obj: CliContext, demo: bool, web: bool, timeout: float) -> None:
+    """Run the whole job on this machine: crawl, analyse, match, draft notices."""
+    from workers.run import run_job
+
+    run_job(obj.settings, demo=demo, web=web, timeout=timeout, echo=click.echo)
+
+
+# ---------------------------------------------------------------- mounted groups
+
+
+def _mount(group: click.Group, loader: Callable[[], list[click.Command]]) -> None:
+    for command in loader():
+        group.add_command(command)
+
+
+def _sources() -> list[click.Command]:
+    from crawler.cli import sources_group
+
+    return [sources_group]
+
+
+def _notices() -> list[click.Command]:
+    from notices.cli import notices_group
+
+    return [notices_group]
+
+
+def _matching() -> list[click.Command]:
+    from matching.cli import calibrate, index_group, scan
+
+    return [scan, calibrate, index_group]
+
+
+def _web() -> list[click.Command]:
+    from webapp.cli import users_group, web_command
+
+    return [web_command, users_group]
+
+
+def _deadletters() -> list[click.Command]:
+    from workers.deadletters import deadletters_group
+
+    return [deadletters_group]
+
+
+for _loader in (_sources, _notices, _matching, _web, _deadletters):
+    try:
+        _mount(cli, _loader)
+    except ImportError as _exc:  # TODO(lead): remove once every package has landed
+        logging.getLogger(__name__).debug("not mounted: %s", _exc)
+
+
+def main() -> None:
+    cli(prog_name="artwatch")

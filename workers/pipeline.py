@@ -1,0 +1,213 @@
+"""Plain domain functions the tasks, the CLI and the web app share.
+
+Each takes only what it needs (a session, the blob store, the matcher) and is
+idempotent: running it twice leaves the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.blobs import BlobStore
+from storage.models import Account, Match, MatchStatus, Upload, UploadStatus, Work, WorkKind
+
+if TYPE_CHECKING:
+    from matching import Candidate, Engine as Matcher
+
+__all__ = [
+    "AnalysisResult",
+    "PipelineError",
+    "analyse_upload",
+    "ensure_owner",
+    "is_licensed",
+    "record_matches",
+    "register_work",
+    "remove_work",
+]
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(Exception):
+    """A pipeline step cannot proceed; the message says what to fix."""
+
+
+def ensure_owner(session: Session, *, email: str | None = None, external_id: str | None = None,
+                 display_name: str = "") -> Account:
+    """Find an owner by external id or email, creating it when missing."""
+    if external_id:
+        acct = session.scalar(select(Account).where(Account.external_id == external_id))
+        if acct is not None:
+            return acct
+    if email:
+        acct = session.scalar(select(Account).where(Account.email == email))
+        if acct is not None:
+            return acct
+    if not email:
+        email = f"{external_id}@owners.invalid"
+    acct = Account(email=email, external_id=external_id, display_name=display_name or external_id or email)
+    session.add(acct)
+    session.flush()
+    return acct
+
+
+def register_work(
+    session: Session,
+    blobs: BlobStore,
+    matcher: Matcher,
+    *,
+    owner_id: int,
+    data: bytes,
+    filename: str,
+    title: str = "",
+    kind: str = "artwork",
+    registration_number: str = "",
+    licensed_sites: Sequence[str] = (),
+    external_id: str | None = None,
+) -> Work:
+    """Store the image, create the work row and index it, in that order.
+
+    The image is decoded by the matcher before anything is written, so an
+    unreadable file leaves no row behind. Re-registering the same external id
+    updates the existing work instead of adding a second one.
+    """
+    from matching import WorkRef
+
+    try:
+        work_kind = WorkKind(kind)
+    except ValueError:
+        raise PipelineError(f"unknown kind {kind!r}: use 'logo' or 'artwork'") from None
+    work = None
+    if external_id:
+        work = session.scalar(select(Work).where(Work.external_id == external_id))
+    sha = blobs.put(data)
+    if work is None:
+        work = Work(owner_id=owner_id, external_id=external_id)
+        session.add(work)
+    work.owner_id = owner_id
+    work.title = title or filename
+    work.kind = work_kind
+    work.blob_sha256 = sha
+    work.filename = filename
+    work.registration_number = registration_number
+    work.licensed_sites = list(licensed_sites)
+    session.flush()
+    matcher.register(WorkRef(work_id=work.id, owner_id=owner_id, kind=work_kind.value), data)
+    return work
+
+
+def remove_work(session: Session, matcher: Matcher, work_id: int, *, owner_id: int | None = None) -> bool:
+    """Delete a work (and its matches) and drop it from the index at once."""
+    work = session.get(Work, work_id)
+    if work is None or (owner_id is not None and work.owner_id != owner_id):
+        return False
+    matcher.unregister(work.id)
+    session.delete(work)
+    session.flush()
+    return True
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def is_licensed(work: Work, upload: Upload) -> str | None:
+    """The licensed-site entry that covers this upload, if any.
+
+    An entry is a host (``example.com`` covers its subdomains) or a URL prefix
+    (``https://mastodon.social/@shop`` covers that account's posts).
+    """
+    urls = [u for u in (upload.page_url, upload.image_url, upload.final_url) if u]
+    author = (upload.author or "").lower().lstrip("@")
+    for entry in work.licensed_sites or []:
+        e = str(entry).strip().lower()
+        if not e:
+            continue
+        if "/" in e:
+            if any(u.lower().startswith(e) for u in urls):
+                return str(entry)
+            continue
+        if e.lstrip("@") == author and author:
+            return str(entry)
+        for u in urls:
+            h = _host(u)
+            if h == e or h.endswith("." + e):
+                return str(entry)
+    return None
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    upload_id: int
+    new_match_ids: list[int]
+    matched_work_ids: list[int]
+
+
+def record_matches(session: Session, upload: Upload, candidates: Iterable[Candidate]) -> list[int]:
+    """Upsert one Match per decided (upload, work) pair; return ids created now."""
+    created: list[int] = []
+    for cand in candidates:
+        if not cand.match:
+            continue
+        work = session.get(Work, cand.work_id)
+        if work is None:  # removed since the search
+            continue
+        existing = session.scalar(
+            select(Match).where(Match.upload_id == upload.id, Match.work_id == work.id)
+        )
+        if existing is not None:
+            existing.score = float(cand.score)
+            existing.signals = dict(cand.signals)
+            existing.region = cand.region
+            continue
+        licence = is_licensed(work, upload)
+        match = Match(
+            upload_id=upload.id,
+            work_id=work.id,
+            owner_id=work.owner_id,
+            score=float(cand.score),
+            signals=dict(cand.signals),
+            region=cand.region,
+            status=MatchStatus.SUPPRESSED if licence else MatchStatus.NEW,
+            status_reason=f"licensed site: {licence}" if licence else "",
+        )
+        session.add(match)
+        session.flush()
+        if licence is None:
+            created.append(match.id)
+    return created
+
+
+def analyse_upload(session: Session, blobs: BlobStore, matcher: Matcher, upload_id: int) -> AnalysisResult | None:
+    """Analyse one fetched upload and store its matches.
+
+    Returns None when the upload is gone or has no image yet. A bad image marks
+    the upload failed with the reason and is not retried.
+    """
+    from matching.errors import ImageError
+
+    upload = session.get(Upload, upload_id)
+    if upload is None or upload.blob_sha256 is None or upload.deleted_at is not None:
+        return None
+    data = blobs.get(upload.blob_sha256)
+    try:
+        candidates = matcher.analyse(data, name=upload.image_url or f"upload {upload.id}")
+    except ImageError as exc:
+        upload.status = UploadStatus.FAILED
+        upload.error = str(exc)
+        upload.analysed_at = datetime.now(timezone.utc)
+        log.warning("upload %s: %s", upload.id, exc, extra={"upload_id": upload.id})
+        return AnalysisResult(upload.id, [], [])
+    created = record_matches(session, upload, candidates)
+    upload.status = UploadStatus.ANALYSED
+    upload.error = None
+    upload.analysed_at = datetime.now(timezone.utc)
+    return AnalysisResult(upload.id, created, [c.work_id for c in candidates if c.match])
