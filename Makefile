@@ -1,0 +1,36 @@
+# The two commands a newcomer needs:
+#   make run    set everything up, then crawl the bundled demo site, match, draft notices, serve the UI
+#   make test   run the whole test suite (needs Redis and PostgreSQL; .ci/run starts them when missing)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.artwatch-installed
+export ARTWATCH_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+export ARTWATCH_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: setup run test lint typecheck bench-index clean-data
+
+setup: $(STAMP)
+
+# torch and torchvision first and pinned, so pip never resolves a newer torch;
+# on this kind of machine pip takes them from local files.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/artwatch run --demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+clean-data:
+	rm -rf data
