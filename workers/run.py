@@ -31,6 +31,7 @@ __all__ = ["RunSummary", "run_job", "worker_process"]
 DEMO_OWNER = "studio@bluefinch.example"
 DEMO_REVIEWER = "reviewer@artwatch.example"
 DEMO_PASSWORD = "artwatch-demo"
+DEMO_PORT = 8765
 
 
 class RunSummary(dict[str, Any]):
@@ -161,7 +162,7 @@ def _setup_demo(settings: Settings, sessions: Any, site_url: str, echo: Callable
                           title=w.title, kind=w.kind, external_id=w.external_id)
         src = s.scalar(select(Source).where(Source.name == "demo-site"))
         if src is None:
-            src = Source(name="demo-site", kind="mastodon", url=site_url, params={"timeline": "public"})
+            src = Source(name="demo-site", kind="mastodon", url=site_url, params={})
             s.add(src)
         src.url = site_url
         src.enabled = True
@@ -186,7 +187,10 @@ def _demo_site() -> Iterator[Any]:
     from crawler.localsite import LocalSite
     from workers.demo import demo_uploads
 
-    site = LocalSite()
+    try:  # a fixed port keeps the demo's URLs (and so its dedupe) stable across runs
+        site = LocalSite(port=DEMO_PORT)
+    except OSError:
+        site = LocalSite()
     for up in demo_uploads():
         site.add_post(up.data, content_type=up.content_type, text=up.text, author=up.author)
     with site:
