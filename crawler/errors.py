@@ -8,10 +8,13 @@ Hierarchy::
     │   ├── TooLarge                the body exceeded the size cap
     │   ├── TooManyRedirects        the redirect chain exceeded the limit
     │   ├── NotAnImage              the bytes are no image format we accept
-    │   ├── HTTPStatusError         the final response had an error status
-    │   │   └── RateLimited         429/503 still returned after the allowed retries
-    │   ├── Timeout                 connect or read took longer than allowed
-    │   └── RobotsDisallowed        robots.txt forbids the URL for our user agent
+    │   ├── RobotsDisallowed        robots.txt forbids the URL for our user agent
+    │   ├── HTTPStatusError         the final response had a 4xx status
+    │   └── TransientFetchError     may work later; also a ConnectionError, so
+    │       │                       Celery's autoretry_for retries it
+    │       ├── Timeout             connect or read took longer than allowed
+    │       ├── ServerError         5xx (also an HTTPStatusError)
+    │       └── RateLimited         429/503 still returned after the allowed retries
     ├── MalformedPage               a whole page/feed could not be parsed: retry later
     ├── MalformedItem               one item in a page could not be parsed: skip it
     └── UnknownSourceKind / InvalidSourceConfig   `sources add` validation
@@ -33,9 +36,11 @@ __all__ = [
     "NotAnImage",
     "RateLimited",
     "RobotsDisallowed",
+    "ServerError",
     "Timeout",
     "TooLarge",
     "TooManyRedirects",
+    "TransientFetchError",
     "UnknownSourceKind",
 ]
 
@@ -77,16 +82,24 @@ class HTTPStatusError(FetchError):
         self.status_code = status_code
 
 
-class RateLimited(HTTPStatusError):
+class TransientFetchError(FetchError, ConnectionError):
+    """A failure that may go away: connection refused or reset, timeout, 5xx, rate limit."""
+
+
+class Timeout(TransientFetchError):
+    """Connecting or reading took longer than the configured timeout."""
+
+
+class ServerError(TransientFetchError, HTTPStatusError):
+    """The server answered 5xx."""
+
+
+class RateLimited(TransientFetchError, HTTPStatusError):
     """The host kept answering 429/503 after the allowed backoff retries."""
 
     def __init__(self, message: str, url: str = "", status_code: int = 429, retry_after: float | None = None) -> None:
         super().__init__(message, url, status_code)
         self.retry_after = retry_after
-
-
-class Timeout(FetchError):
-    """Connecting or reading took longer than the configured timeout."""
 
 
 class RobotsDisallowed(FetchError):
