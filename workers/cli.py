@@ -253,6 +253,51 @@ def works_remove(obj: CliContext, work_id: int) -> None:
     click.echo(f"removed work {work_id}")
 
 
+# ---------------------------------------------------------------- owners
+
+
+@cli.group()
+def owners() -> None:
+    """Owners' profiles: the contact details notices need, and alert choice."""
+
+
+@owners.command("set")
+@click.argument("email")
+@click.option("--name", "display_name", default=None, help="Name shown in the UI.")
+@click.option("--legal-name", default=None, help="Name that signs notices.")
+@click.option("--address", default=None, help="Postal address for notices.")
+@click.option("--phone", default=None, help="Telephone number for notices.")
+@click.option("--alerts", type=click.Choice(["instant", "digest", "off"]), default=None, help="Email alerts.")
+@click.pass_obj
+def owners_set(obj: CliContext, email: str, display_name: str | None, legal_name: str | None,
+               address: str | None, phone: str | None, alerts: str | None) -> None:
+    """Create an owner or update their profile."""
+    from workers.pipeline import ensure_owner
+
+    with session_scope(obj.sessions) as s:
+        acct = ensure_owner(s, email=email)
+        for attr, value in (("display_name", display_name), ("legal_name", legal_name),
+                            ("postal_address", address), ("phone", phone), ("alert_mode", alerts)):
+            if value is not None:
+                setattr(acct, attr, value)
+        missing = [label for label, v in (("--legal-name", acct.legal_name), ("--address", acct.postal_address),
+                                          ("--phone", acct.phone)) if not v]
+        click.echo(f"owner {acct.id} {acct.email}: alerts {acct.alert_mode}")
+        if missing:
+            click.echo("notices for this owner stay blocked until these are set: " + ", ".join(missing))
+
+
+@owners.command("list")
+@click.pass_obj
+def owners_list(obj: CliContext) -> None:
+    """List owners with their number of works."""
+    with session_scope(obj.sessions) as s:
+        rows = s.execute(select(Account, func.count(Work.id)).outerjoin(Work, Work.owner_id == Account.id)
+                         .group_by(Account.id).order_by(Account.id)).all()
+        for acct, n in rows:
+            click.echo(f"{acct.id:>5}  {acct.email:<32} {acct.role.value:<8} {n:>4} works  alerts {acct.alert_mode}")
+
+
 # ---------------------------------------------------------------- worker, beat, crawl
 
 
