@@ -1,0 +1,135 @@
+"""The web app factory: pages for owners, reviewers and admins, and the JSON API."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from storage.blobs import BlobStore, FolderBlobStore
+from storage.db import make_engine, make_sessionmaker
+from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
+from webapp.errors import install_error_handlers
+from webapp.security import Signer, resolve_secret_key
+
+__all__ = ["create_app", "route_table"]
+
+HERE = Path(__file__).parent
+
+_PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+             "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
+def _template_context(request: Request) -> dict[str, Any]:
+    ctx: WebContext = request.app.state.ctx
+    binding = csrf_binding(request)
+    return {
+        "account": getattr(request.state, "account", None),
+        "csrf_token": ctx.signer.csrf_token(binding) if binding else "",
+    }
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d else "—"
+    env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%" if v is not None else "—"
+    env.filters["points"] = lambda region: " ".join(f"{float(x):.1f},{float(y):.1f}" for x, y in region or [])
+    return Jinja2Templates(env=env, context_processors=[_template_context])
+
+
+def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = None,
+               blobs: BlobStore | None = None, engine: Any = None) -> FastAPI:
+    """Build the app. Anything not passed in is built from the settings.
+
+    ``engine`` is the matching engine; when omitted it is built on first use
+    with :func:`matching.build_engine`, so pages that never match start fast.
+    """
+    from webapp.routes import admin, api, auth, owner, review
+
+    if sessions is None:
+        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+    if blobs is None:
+        blobs = FolderBlobStore(settings.blob_dir())
+
+    def build_engine() -> Any:
+        if engine is not None:
+            return engine
+        from matching import build_engine as build
+
+        return build(settings)
+
+    ctx = WebContext(
+        settings=settings, sessions=sessions, blobs=blobs,
+        signer=Signer(resolve_secret_key(settings)), templates=_templates(),
+        engine_factory=build_engine, max_upload_bytes=settings.crawler.max_image_bytes,
+    )
+    app = FastAPI(
+        title="artwatch",
+        version="1",
+        description="Register works, list matches and notices, and check an image for copies. "
+                    "Authenticate with 'Authorization: Bearer <API token>'. Errors are RFC 9457 "
+                    "problem details (application/problem+json).",
+        docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None, openapi_url="/api/v1/openapi.json",
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def browser_hygiene(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # A pre-login cookie gives the login form something to bind its CSRF token to.
+        fresh_pre = None
+        if not request.cookies.get(SESSION_COOKIE) and not request.cookies.get(PRE_COOKIE):
+            fresh_pre = secrets.token_urlsafe(24)
+            request.state.pre_cookie = fresh_pre
+        response = await call_next(request)
+        if fresh_pre and not request.url.path.startswith("/api/"):
+            response.set_cookie(PRE_COOKIE, fresh_pre, httponly=True, samesite="lax",
+                                secure=ctx.secure_cookies)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", _PAGE_CSP)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    for module in (auth, owner, review, admin, api):
+        app.include_router(module.router)
+    api.install_problem_schema(app)
+    return app
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path) the app answers, including routes of included routers.
+
+    The tenant-isolation test compares this with its own table, so a new route
+    without an isolation test fails the suite.
+    """
+    out: list[tuple[str, str]] = []
+
+    def walk(routes: Any, prefix: str) -> None:
+        for route in routes:
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                context = getattr(route, "include_context", None)
+                walk(inner.routes, prefix + (getattr(context, "prefix", "") or ""))
+                continue
+            path = getattr(route, "path", None)
+            if path is None:
+                continue
+            methods = getattr(route, "methods", None) or {"MOUNT"}
+            out.extend((m, prefix + path) for m in sorted(methods) if m != "HEAD")
+
+    walk(app.routes, "")
+    return sorted(set(out))

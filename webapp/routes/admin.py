@@ -1,0 +1,220 @@
+"""Admin pages: crawl sources, user accounts and the host directory."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from storage.models import Account, Role, Source
+from webapp.deps import csrf_protect, db, get_ctx, require_page_role
+from webapp.errors import InvalidInput, NotFound, WebError
+from webapp.security import hash_password
+
+router = APIRouter(include_in_schema=False, prefix="/admin", dependencies=[Depends(csrf_protect)])
+
+ADMIN = require_page_role(Role.ADMIN)
+HOSTS_OVERRIDE_NAME = "hosts.override.toml"
+
+
+def source_kinds() -> tuple[str, ...]:
+    from crawler.service import SOURCE_KINDS
+
+    return tuple(SOURCE_KINDS)
+
+
+def hosts_paths(settings: Settings) -> tuple[Path, Path]:
+    """The bundled (or configured) host directory and the admin's override file in DATA_DIR."""
+    bundled = Path(settings.notices.hosts_file) if settings.notices.hosts_file else \
+        Path(__file__).resolve().parents[2] / "config" / "hosts.toml"
+    return bundled, Path(settings.data_dir) / HOSTS_OVERRIDE_NAME
+
+
+def _host_entries(text: str) -> list[dict[str, Any]]:
+    data = tomllib.loads(text) if text.strip() else {}
+    hosts = data.get("hosts", data)
+    entries = []
+    if isinstance(hosts, dict):
+        for name, value in hosts.items():
+            if isinstance(value, dict):
+                entries.append({"host": name, **{k: v for k, v in value.items() if not isinstance(v, dict)}})
+    elif isinstance(hosts, list):
+        entries = [h for h in hosts if isinstance(h, dict)]
+    return entries
+
+
+def _sources_page(request: Request, session: Session, error: str = "", status: int = 200) -> Response:
+    sources = session.scalars(select(Source).order_by(Source.name)).all()
+    return get_ctx(request).templates.TemplateResponse(
+        request, "admin_sources.html", {"sources": sources, "kinds": source_kinds(), "error": error},
+        status_code=status)
+
+
+@router.get("/sources", response_class=HTMLResponse)
+def sources(request: Request, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+    return _sources_page(request, session)
+
+
+@router.post("/sources", response_class=HTMLResponse)
+def add_source(request: Request, account: Account = ADMIN, session: Session = Depends(db),
+               name: str = Form(""), kind: str = Form(""), url: str = Form(""),
+               params: str = Form(""), poll_seconds: int = Form(300)) -> Response:
+    try:
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise InvalidInput("give the source a name of 1 to 100 characters")
+        if kind not in source_kinds():
+            raise InvalidInput(f"unknown source kind {kind!r}; choose one of {', '.join(source_kinds())}")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInput("the source URL must be an http(s) URL with a host")
+        try:
+            parsed = json.loads(params) if params.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"params are not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        if not isinstance(parsed, dict):
+            raise InvalidInput("params must be a JSON object")
+        if not 10 <= poll_seconds <= 86400:
+            raise InvalidInput("poll interval must be between 10 seconds and one day")
+        if session.scalar(select(Source).where(Source.name == name)) is not None:
+            raise InvalidInput(f"a source named {name!r} already exists")
+    except WebError as exc:
+        return _sources_page(request, session, exc.detail, exc.status)
+    session.add(Source(name=name, kind=kind, url=url.strip(), params=parsed, poll_seconds=poll_seconds))
+    return RedirectResponse("/admin/sources", status_code=303)
+
+
+def _source(session: Session, source_id: int) -> Source:
+    source = session.get(Source, source_id)
+    if source is None:
+        raise NotFound(f"no source with id {source_id}")
+    return source
+
+
+@router.post("/sources/{source_id}/toggle")
+def toggle_source(source_id: int, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+    source = _source(session, source_id)
+    source.enabled = not source.enabled
+    return RedirectResponse("/admin/sources", status_code=303)
+
+
+@router.post("/sources/{source_id}/delete")
+def delete_source(source_id: int, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+    session.delete(_source(session, source_id))
+    return RedirectResponse("/admin/sources", status_code=303)
+
+
+def _users_page(request: Request, session: Session, error: str = "", status: int = 200) -> Response:
+    users = session.scalars(select(Account).order_by(Account.role, Account.email)).all()
+    return get_ctx(request).templates.TemplateResponse(
+        request, "admin_users.html", {"users": users, "roles": [r.value for r in Role], "error": error},
+        status_code=status)
+
+
+@router.get("/users", response_class=HTMLResponse)
+def users(request: Request, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+    return _users_page(request, session)
+
+
+@router.post("/users", response_class=HTMLResponse)
+def add_user(request: Request, account: Account = ADMIN, session: Session = Depends(db),
+             email: str = Form(""), role: str = Form("owner"), password: str = Form(""),
+             display_name: str = Form("")) -> Response:
+    email = email.strip().lower()
+    try:
+        if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
+            raise InvalidInput("enter a valid email address")
+        if role not in {r.value for r in Role}:
+            raise InvalidInput(f"unknown role {role!r}")
+        if len(password) < 10:
+            raise InvalidInput("the password must be at least 10 characters")
+        if session.scalar(select(Account).where(func.lower(Account.email) == email)) is not None:
+            raise InvalidInput(f"an account for {email} already exists")
+    except WebError as exc:
+        return _users_page(request, session, exc.detail, exc.status)
+    session.add(Account(email=email, role=Role(role), password_hash=hash_password(password),
+                        display_name=display_name.strip()[:200] or email,
+                        alert_mode=get_ctx(request).settings.alerts.default_mode))
+    return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.post("/users/{user_id}/role", response_class=HTMLResponse)
+def set_role(request: Request, user_id: int, role: str = Form(""), account: Account = ADMIN,
+             session: Session = Depends(db)) -> Response:
+    user = session.get(Account, user_id)
+    if user is None:
+        raise NotFound(f"no user with id {user_id}")
+    if role not in {r.value for r in Role}:
+        return _users_page(request, session, f"unknown role {role!r}", 422)
+    if user.id == account.id and role != Role.ADMIN.value:
+        return _users_page(request, session, "you cannot remove your own admin role", 422)
+    user.role = Role(role)
+    return RedirectResponse("/admin/users", status_code=303)
+
+
+def _hosts_page(request: Request, override_text: str | None = None, error: str = "", saved: bool = False,
+                status: int = 200) -> Response:
+    bundled, override = hosts_paths(get_ctx(request).settings)
+    try:
+        bundled_text = bundled.read_text(encoding="utf-8")
+        entries = _host_entries(bundled_text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        bundled_text, entries = "", []
+        error = error or f"cannot read the host directory {bundled}: {exc}"
+    if override_text is None:
+        override_text = override.read_text(encoding="utf-8") if override.exists() else ""
+    try:
+        override_entries = _host_entries(override_text)
+    except tomllib.TOMLDecodeError:
+        override_entries = []
+    return get_ctx(request).templates.TemplateResponse(request, "admin_hosts.html", {
+        "bundled": str(bundled), "override_path": str(override), "entries": entries,
+        "override_entries": override_entries, "override_text": override_text, "error": error, "saved": saved,
+    }, status_code=status)
+
+
+@router.get("/hosts", response_class=HTMLResponse)
+def hosts(request: Request, account: Account = ADMIN) -> Response:
+    return _hosts_page(request)
+
+
+@router.post("/hosts", response_class=HTMLResponse)
+def save_hosts(request: Request, account: Account = ADMIN, override: str = Form("")) -> Response:
+    text = override.replace("\r\n", "\n")
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return _hosts_page(request, text, f"not valid TOML: {exc}", status=422)
+    problem = _validate_hosts(text)
+    if problem:
+        return _hosts_page(request, text, problem, status=422)
+    _, path = hosts_paths(get_ctx(request).settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return _hosts_page(request, saved=True)
+
+
+def _validate_hosts(text: str) -> str:
+    """The notices package's own check of a host directory, when it offers one."""
+    try:
+        from notices import hosts as hosts_module
+    except ImportError:
+        return ""
+    check = getattr(hosts_module, "parse_hosts", None)
+    if check is None:
+        return ""
+    try:
+        check(text)
+    except Exception as exc:  # noqa: BLE001 - shown to the admin as the reason
+        return str(exc)
+    return ""

@@ -1,0 +1,154 @@
+"""Notices: the reviewers' queue, the notice page with evidence, and the review actions.
+
+Owners may read their own notices; only reviewers and admins act on them.
+The actions call :mod:`notices.workflow`, which enforces the state machine,
+the fair-use checklist and the required legal elements, and writes the audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import Account, AuditEvent, Notice, NoticeState, Role
+from webapp.access import is_staff, notice_query, visible_notice
+from webapp.deps import csrf_protect, db, get_ctx, page_user, require_page_role
+from webapp.errors import Forbidden, InvalidInput
+from webapp.routes.owner import evidence_view
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
+
+STAFF = require_page_role(Role.REVIEWER, Role.ADMIN)
+OPEN_STATES = (NoticeState.DRAFT, NoticeState.IN_REVIEW)
+FAIR_USE_FACTORS = (
+    ("commentary", "Commentary or criticism"),
+    ("parody", "Parody"),
+    ("small_portion", "Uses only a small portion"),
+    ("transformative", "Transformative use"),
+)
+
+
+def _workflow_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from notices.errors import NoticeError
+
+        return (NoticeError,)
+    except ImportError:  # pragma: no cover - notices package not installed
+        return ()
+
+
+def _staff_notice(session: Session, account: Account, notice_id: int) -> Notice:
+    notice = visible_notice(session, account, notice_id)
+    if not is_staff(account):
+        raise Forbidden("only reviewers and admins can act on notices")
+    return notice
+
+
+@router.get("/review", response_class=HTMLResponse)
+def queue(request: Request, account: Account = STAFF, session: Session = Depends(db)) -> Response:
+    rows = session.execute(notice_query(account, states=OPEN_STATES).limit(500)).all()
+    return get_ctx(request).templates.TemplateResponse(request, "review.html", {"rows": rows})
+
+
+@router.get("/notices", response_class=HTMLResponse)
+def notices_page(request: Request, account: Account = Depends(page_user),
+                 session: Session = Depends(db)) -> Response:
+    rows = session.execute(notice_query(account).limit(500)).all()
+    return get_ctx(request).templates.TemplateResponse(request, "notices.html", {"rows": rows})
+
+
+@router.get("/notices/{notice_id}", response_class=HTMLResponse)
+def notice_page(request: Request, notice_id: int, error: str = "", account: Account = Depends(page_user),
+                session: Session = Depends(db)) -> Response:
+    ctx = get_ctx(request)
+    notice = visible_notice(session, account, notice_id)
+    return _render_notice(request, session, account, notice, error=error)
+
+
+def _render_notice(request: Request, session: Session, account: Account, notice: Notice, *,
+                   error: str = "", status: int = 200) -> Response:
+    ctx = get_ctx(request)
+    evidence = [evidence_view(ctx, item.match) for item in notice.items]
+    audit = session.scalars(
+        select(AuditEvent).where(AuditEvent.entity == "notice", AuditEvent.entity_id == notice.id)
+        .order_by(AuditEvent.at, AuditEvent.id)
+    ).all()
+    return ctx.templates.TemplateResponse(request, "notice.html", {
+        "notice": notice, "evidence": evidence, "audit": audit, "error": error,
+        "can_act": is_staff(account), "factors": FAIR_USE_FACTORS,
+    }, status_code=status)
+
+
+def _act(request: Request, session: Session, account: Account, notice: Notice, action: Any) -> Response:
+    """Run a workflow step; on refusal re-render the notice with the reason."""
+    try:
+        action()
+        session.flush()
+    except _workflow_errors() as exc:
+        session.rollback()
+        notice = visible_notice(session, account, notice.id)
+        return _render_notice(request, session, account, notice, error=str(exc), status=409)
+    return RedirectResponse(f"/notices/{notice.id}", status_code=303)
+
+
+@router.post("/notices/{notice_id}/approve")
+async def approve(request: Request, notice_id: int, account: Account = Depends(page_user),
+                  session: Session = Depends(db)) -> Response:
+    from notices import workflow
+
+    notice = _staff_notice(session, account, notice_id)
+    form = await request.form()
+    fair_use = {key: form.get(key) == "on" for key, _ in FAIR_USE_FACTORS}
+    fair_use["none_applies"] = form.get("none_applies") == "on"
+    note = str(form.get("fair_use_note") or "")[:2000]
+    if note:
+        fair_use["note"] = note  # type: ignore[assignment]
+    return _act(request, session, account, notice,
+                lambda: workflow.approve(session, notice.id, account.email, fair_use=fair_use))
+
+
+@router.post("/notices/{notice_id}/reject")
+def reject(request: Request, notice_id: int, reason: str = Form(""), account: Account = Depends(page_user),
+           session: Session = Depends(db)) -> Response:
+    from notices import workflow
+
+    notice = _staff_notice(session, account, notice_id)
+    if not reason.strip():
+        raise InvalidInput("give a reason for rejecting the notice")
+    return _act(request, session, account, notice,
+                lambda: workflow.reject(session, notice.id, account.email, reason=reason.strip()))
+
+
+@router.post("/notices/{notice_id}/edit")
+def edit(request: Request, notice_id: int, subject: str = Form(""), body_text: str = Form(""),
+         recipient: str = Form(""), account: Account = Depends(page_user),
+         session: Session = Depends(db)) -> Response:
+    from notices import workflow
+
+    notice = _staff_notice(session, account, notice_id)
+    changes: dict[str, str] = {}
+    if subject and subject != notice.subject:
+        changes["subject"] = subject
+    if body_text and body_text.replace("\r\n", "\n") != notice.body_text:
+        changes["body_text"] = body_text.replace("\r\n", "\n")
+    if recipient.strip() and recipient.strip() != notice.recipient:
+        changes["recipient"] = recipient.strip()
+    if not changes:
+        return RedirectResponse(f"/notices/{notice.id}", status_code=303)
+    return _act(request, session, account, notice,
+                lambda: workflow.edit(session, notice.id, account.email, **changes))
+
+
+@router.get("/notices/{notice_id}/evidence.zip")
+def evidence_zip(request: Request, notice_id: int, account: Account = Depends(page_user),
+                 session: Session = Depends(db)) -> Response:
+    from notices.evidence import build_bundle
+
+    notice = visible_notice(session, account, notice_id)
+    data = build_bundle(session, get_ctx(request).blobs, notice.id)
+    return Response(bytes(data), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="notice-{notice.id}-evidence.zip"'})

@@ -1,0 +1,162 @@
+"""Registering, importing and removing works from the web, through the shared pipeline.
+
+The CLI and the web call the same :func:`workers.pipeline.register_work` and
+:func:`workers.pipeline.remove_work`; this module adds what only the web needs:
+input checks with messages fit for a form or a problem document, the engine
+lock, and import jobs with progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import PurePath
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from storage.db import session_scope
+from storage.models import WebJob, Work, WorkKind
+from webapp.deps import WebContext
+from webapp.errors import InvalidInput, UnsupportedImage
+from webapp.images import ACCEPTED_TYPES, sniff
+
+__all__ = ["WorkForm", "check_image", "parse_licensed", "register", "remove", "start_import"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkForm:
+    title: str
+    kind: str
+    registration_number: str = ""
+    licensed_sites: tuple[str, ...] = ()
+
+    def validated(self, filename: str) -> WorkForm:
+        title = " ".join(self.title.split())[:300] or PurePath(filename).stem[:300]
+        if self.kind not in {k.value for k in WorkKind}:
+            raise InvalidInput(f"kind must be 'logo' or 'artwork', not {self.kind!r}")
+        reg = self.registration_number.strip()
+        if len(reg) > 100:
+            raise InvalidInput("the registration number is longer than 100 characters")
+        return WorkForm(title, self.kind, reg, self.licensed_sites)
+
+
+_SITE = re.compile(r"^(https?://\S+|@?[A-Za-z0-9_.-]+(@[A-Za-z0-9.-]+)?)$")
+
+
+def parse_licensed(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Hosts, account handles or URL prefixes, one per line or comma; checked and de-duplicated."""
+    items = re.split(r"[\n,]+", text) if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        if not _SITE.match(item) or len(item) > 500:
+            raise InvalidInput(f"licensed site {item[:80]!r} is not a host (example.com), "
+                               "a handle (@shop) or a URL (https://site/@shop)")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def check_image(data: bytes, filename: str) -> str:
+    kind = sniff(data)
+    if kind not in ACCEPTED_TYPES:
+        found = kind.upper() if kind else "not an image we recognise"
+        raise UnsupportedImage(f"{filename or 'the file'}: {found}; upload a PNG, JPEG, WebP or SVG file")
+    return kind
+
+
+def register(ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str,
+             form: WorkForm) -> Work:
+    """Register one work for the owner; bad images raise UnsupportedImage with the decoder's reason."""
+    from workers.pipeline import PipelineError, register_work
+
+    check_image(data, filename)
+    form = form.validated(filename)
+    try:
+        from matching.errors import ImageError
+    except ImportError:  # pragma: no cover - matching not installed
+        ImageError = ValueError  # type: ignore[misc,assignment]  # noqa: N806
+    try:
+        with ctx.engine_lock:
+            return register_work(
+                session, ctx.blobs, ctx.engine, owner_id=owner_id, data=data,
+                filename=PurePath(filename).name[:300], title=form.title, kind=form.kind,
+                registration_number=form.registration_number, licensed_sites=form.licensed_sites,
+            )
+    except ImageError as exc:
+        raise UnsupportedImage(str(exc)) from None
+    except PipelineError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def remove(ctx: WebContext, session: Session, work: Work) -> None:
+    from workers.pipeline import remove_work
+
+    with ctx.engine_lock:
+        remove_work(session, ctx.engine, work.id, owner_id=work.owner_id)
+
+
+def start_import(ctx: WebContext, session: Session, owner_id: int,
+                 files: Sequence[tuple[str, bytes]], kind: str,
+                 licensed_sites: tuple[str, ...] = ()) -> WebJob:
+    """Create an import job and register the files in a background thread.
+
+    The job row records progress (done of total) and one message per file
+    that failed, so the page can poll it. Files are checked one by one: a bad
+    file is reported and skipped, the rest still register.
+    """
+    if not files:
+        raise InvalidInput("choose one or more image files to import")
+    WorkForm("x", kind).validated("x")
+    job = WebJob(owner_id=owner_id, kind="import", state="queued", total=len(files), done=0, errors=[])
+    session.add(job)
+    session.commit()
+    job_id = job.id
+
+    def run() -> None:
+        _run_import(ctx, job_id, owner_id, list(files), kind, licensed_sites)
+
+    threading.Thread(target=run, name=f"import-{job_id}", daemon=True).start()
+    return job
+
+
+def _run_import(ctx: WebContext, job_id: int, owner_id: int, files: list[tuple[str, bytes]],
+                kind: str, licensed_sites: tuple[str, ...]) -> None:
+    errors: list[Any] = []
+    try:
+        with session_scope(ctx.sessions) as s:
+            job = s.get(WebJob, job_id)
+            if job is not None:
+                job.state = "running"
+        for index, (filename, data) in enumerate(files, start=1):
+            try:
+                with session_scope(ctx.sessions) as s:
+                    register(ctx, s, owner_id, data, filename,
+                             WorkForm("", kind, "", licensed_sites))
+            except Exception as exc:  # noqa: BLE001 - reported per file, the import goes on
+                detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+                errors.append({"file": filename, "error": detail})
+            with session_scope(ctx.sessions) as s:
+                job = s.get(WebJob, job_id)
+                if job is None:
+                    return
+                job.done = index
+                job.errors = list(errors)
+        final = "done"
+    except Exception:  # noqa: BLE001
+        log.exception("import job %s failed", job_id)
+        final = "failed"
+    with session_scope(ctx.sessions) as s:
+        job = s.get(WebJob, job_id)
+        if job is not None:
+            job.state = final
+            job.finished_at = datetime.now(timezone.utc)
