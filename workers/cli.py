@@ -39,7 +39,11 @@ class CliContext:
 
     @cached_property
     def db(self) -> Any:
-        engine = make_engine(self.settings.resolved_database_url())
+        url = self.settings.resolved_database_url()
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).parent.exists():
+            raise migrate.NotInitialised(f"no artwatch data folder at {self.settings.data_dir.resolve()}: "
+                                         "run `artwatch init` first")
+        engine = make_engine(url)
         check_database(engine)
         return engine
 

@@ -79,8 +79,10 @@ def register_work(
     unreadable file leaves no row behind. Re-registering the same external id
     updates the existing work instead of adding a second one.
     """
-    from matching import WorkRef
+    from matching import WorkRef, decode_image
 
+    # Refuse an unreadable image before anything is written; the error names the file.
+    decode_image(data, name=filename, max_side=256)
     try:
         work_kind = WorkKind(kind)
     except ValueError:

@@ -1,0 +1,100 @@
+"""Known failures print one clear line and exit 2: never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+
+
+def artwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workers", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def assert_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_every_command_has_help(test_settings: Settings) -> None:
+    from workers.cli import cli
+
+    def walk(cmd, path):  # type: ignore[no-untyped-def]
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, path + [name])
+
+    paths = list(walk(cli, []))
+    required = [["init"], ["works", "add"], ["works", "import"], ["works", "list"], ["works", "remove"],
+                ["sources", "add"], ["sources", "list"], ["sources", "remove"], ["run"], ["worker"], ["crawl"],
+                ["scan"], ["notices", "list"], ["notices", "show"], ["notices", "approve"],
+                ["notices", "reject"], ["web"], ["status"]]
+    for req in required:
+        assert req in paths, f"artwatch {' '.join(req)} is missing"
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output
+
+
+def test_second_init_keeps_data(test_settings: Settings, tmp_path: Path) -> None:
+    assert artwatch("init").returncode == 0
+    assert artwatch("owners", "set", "keep@example.com").returncode == 0
+    assert_clear_error(artwatch("init"), "already initialised", "nothing changed")
+    listed = artwatch("owners", "list")
+    assert "keep@example.com" in listed.stdout
+
+
+def test_commands_before_init_say_so(test_settings: Settings) -> None:
+    assert_clear_error(artwatch("works", "list"), "artwatch init")
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "not-an-image"])
+def test_works_add_bad_file(test_settings: Settings, tmp_path: Path, case: str) -> None:
+    artwatch("init")
+    path = tmp_path / "logo.png"
+    if case == "folder":
+        path.mkdir()
+    elif case == "not-an-image":
+        path.write_bytes(b"this is a text file, not a PNG")
+    proc = artwatch("works", "add", str(path), "--owner", "o@example.com")
+    assert_clear_error(proc, "logo.png")
+    assert "no works registered" in artwatch("works", "list").stdout
+
+
+def test_unknown_configuration_key(test_settings: Settings) -> None:
+    assert_clear_error(artwatch("status", env={"ARTWATCH_MATCHNG__THRESHOLD": "0.3"}),
+                       "unknown configuration key", "ARTWATCH_MATCHNG__THRESHOLD")
+
+
+def test_unreachable_database(test_settings: Settings) -> None:
+    port = _free_port()
+    proc = artwatch("status", env={"ARTWATCH_DATABASE_URL": f"postgresql+psycopg://u:secret@127.0.0.1:{port}/x"})
+    assert_clear_error(proc, "cannot reach the database", f"127.0.0.1:{port}")
+    assert "secret" not in proc.stderr
+
+
+def test_unreachable_redis(test_settings: Settings) -> None:
+    artwatch("init")
+    port = _free_port()
+    proc = artwatch("crawl", env={"ARTWATCH_BROKER_URL": f"redis://127.0.0.1:{port}/0"})
+    assert_clear_error(proc, "cannot reach the broker", f"127.0.0.1:{port}")
