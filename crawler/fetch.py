@@ -48,6 +48,8 @@ __all__ = [
     "SafeFetcher",
     "SafeTransport",
     "fetch_page",
+    "policy_of",
+    "raise_for_status",
     "sniff_image_type",
     "user_agent",
 ]
@@ -199,6 +201,7 @@ class SafeTransport(httpx.HTTPTransport):
     """httpx transport that validates the peer address of every connection."""
 
     def __init__(self, policy: AddressPolicy, *, resolver: Any = None, **kwargs: Any) -> None:
+        self.policy = policy
         kwargs.pop("proxy", None)  # a proxy would connect on our behalf, unchecked
         super().__init__(**kwargs)
         if not isinstance(self._pool, httpcore.ConnectionPool):  # pragma: no cover
@@ -211,6 +214,19 @@ class SafeTransport(httpx.HTTPTransport):
         if request.url.scheme not in ("http", "https"):
             raise BlockedAddress(f"refusing scheme {request.url.scheme!r}", str(request.url))
         return super().handle_request(request)
+
+
+def policy_of(client: httpx.Client) -> AddressPolicy:
+    """The address policy of a client's transport chain; the strict default
+    (public addresses only) when it has none. For connections that bypass
+    httpx (websockets)."""
+    transport: Any = getattr(client, "_transport", None)
+    for _ in range(5):
+        policy = getattr(transport, "policy", None)
+        if isinstance(policy, AddressPolicy):
+            return policy
+        transport = getattr(transport, "inner", None)
+    return AddressPolicy()
 
 
 def user_agent(settings: CrawlerSettings) -> str:
@@ -262,6 +278,18 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def raise_for_status(resp: httpx.Response) -> None:
+    """Map an error status to HTTPStatusError / ServerError / RateLimited."""
+    final = str(resp.url)
+    code = resp.status_code
+    if code in (429, 503):
+        raise RateLimited(f"{final}: HTTP {code}", final, code, _retry_after(resp.headers.get("retry-after")))
+    if code >= 500:
+        raise ServerError(f"{final}: HTTP {code}", final, code)
+    if code >= 400:
+        raise HTTPStatusError(f"{final}: HTTP {code}", final, code)
+
+
 def _read_capped(response: httpx.Response, max_bytes: int, url: str) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -287,15 +315,7 @@ def _exchange(
     try:
         with client.stream("GET", url, params=params, headers=dict(headers or {}), follow_redirects=True) as resp:
             final = str(resp.url)
-            if resp.status_code in (429, 503):
-                raise RateLimited(
-                    f"{final}: HTTP {resp.status_code}", final, resp.status_code,
-                    _retry_after(resp.headers.get("retry-after")),
-                )
-            if resp.status_code >= 500:
-                raise ServerError(f"{final}: HTTP {resp.status_code}", final, resp.status_code)
-            if resp.status_code >= 400:
-                raise HTTPStatusError(f"{final}: HTTP {resp.status_code}", final, resp.status_code)
+            raise_for_status(resp)
             body = b"" if resp.status_code == 304 else _read_capped(resp, max_bytes, final)
             return resp, body
     except httpx.TooManyRedirects as exc:
