@@ -32,7 +32,7 @@ def _template_context(request: Request) -> dict[str, Any]:
     ctx: WebContext = request.app.state.ctx
     binding = csrf_binding(request)
     return {
-        "account": getattr(request.state, "account", None),
+        "viewer": getattr(request.state, "viewer", None),
         "csrf_token": ctx.signer.csrf_token(binding) if binding else "",
     }
 
@@ -41,7 +41,6 @@ def _templates() -> Jinja2Templates:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
-        undefined=jinja2.StrictUndefined,
     )
     env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d else "—"
     env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%" if v is not None else "—"

@@ -23,6 +23,7 @@ from webapp.security import LoginThrottle, Signer, account_for_token, session_ac
 
 __all__ = [
     "SESSION_COOKIE",
+    "Viewer",
     "PRE_COOKIE",
     "WebContext",
     "api_user",
@@ -37,6 +38,15 @@ __all__ = [
 
 SESSION_COOKIE = "aw_session"
 PRE_COOKIE = "aw_pre"
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking, copied out of the session so error pages can render after a rollback."""
+
+    id: int
+    email: str
+    role: Role
 
 
 @dataclass
@@ -93,7 +103,7 @@ def page_user(request: Request, session: Session = Depends(db)) -> Account:
     account = session_account(session, key) if key else None
     if account is None:
         raise AuthRequired("log in to see this page")
-    request.state.account = account
+    request.state.viewer = Viewer(account.id, account.email, account.role)
     return account
 
 

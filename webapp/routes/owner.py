@@ -168,7 +168,7 @@ def match_image(request: Request, match_id: int, account: Account = Depends(page
 @router.get("/profile", response_class=HTMLResponse)
 def profile_page(request: Request, account: Account = Depends(page_user)) -> Response:
     return get_ctx(request).templates.TemplateResponse(
-        request, "profile.html", {"saved": False, "new_token": "", "modes": ALERT_MODES})
+        request, "profile.html", {"account": account, "saved": False, "new_token": "", "modes": ALERT_MODES})
 
 
 @router.post("/profile", response_class=HTMLResponse)
@@ -183,11 +183,11 @@ def save_profile(request: Request, account: Account = Depends(page_user), sessio
     account.phone = phone.strip()[:64]
     account.alert_mode = alert_mode
     return get_ctx(request).templates.TemplateResponse(
-        request, "profile.html", {"saved": True, "new_token": "", "modes": ALERT_MODES})
+        request, "profile.html", {"account": account, "saved": True, "new_token": "", "modes": ALERT_MODES})
 
 
 @router.post("/profile/token", response_class=HTMLResponse)
 def new_token(request: Request, account: Account = Depends(page_user)) -> Response:
     token = issue_api_token(account)
     return get_ctx(request).templates.TemplateResponse(
-        request, "profile.html", {"saved": False, "new_token": token, "modes": ALERT_MODES})
+        request, "profile.html", {"account": account, "saved": False, "new_token": token, "modes": ALERT_MODES})

@@ -1,0 +1,264 @@
+"""Pages: logging in, CSRF, throttling, registering works, evidence, import progress, admin."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from storage.models import Account, Role, Source, WebJob, Work
+from webapp_testkit import PASSWORD, World, csrf_from, login, logo_png, product_shot
+
+
+def test_login_sets_session_and_wrong_password_is_refused(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client()
+    bad = login(client, "ann@example.com", "wrong password")
+    assert bad.status_code == 400 and "Wrong email or password" in bad.text
+    ok = login(client, "ann@example.com")
+    assert ok.status_code == 303 and ok.headers["location"] == "/works"
+    cookie = ok.headers["set-cookie"]
+    assert "aw_session=" in cookie and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
+    assert client.get("/works").status_code == 200
+
+
+def test_pages_need_login(world: World) -> None:
+    r = world.client().get("/works/new")
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/works/new"
+
+
+def test_login_is_rate_limited_per_email(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client()
+    for _ in range(5):
+        assert login(client, "ann@example.com", "nope").status_code == 400
+    blocked = login(client, "ann@example.com", PASSWORD)  # even the right password waits
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) > 0
+    assert "too many failed logins" in blocked.text
+
+
+def test_forms_without_a_valid_csrf_token_are_refused(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client("ann@example.com")
+    r = client.post("/profile", data={"alert_mode": "off"})
+    assert r.status_code == 403 and "security token" in r.text
+    r = client.post("/profile", data={"alert_mode": "off", "csrf_token": "forged"})
+    assert r.status_code == 403
+    # A token rendered for another browser's session does not work here either.
+    world.account("bob@example.com")
+    other = world.client("bob@example.com")
+    foreign = csrf_from(other.get("/profile").text)
+    assert client.post("/profile", data={"alert_mode": "off", "csrf_token": foreign}).status_code == 403
+    with world.sessions() as s:
+        assert s.scalar(select(Account.alert_mode).where(Account.email == "ann@example.com")) == "instant"
+
+
+def test_logout_ends_the_server_side_session(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client("ann@example.com")
+    cookie = client.cookies.get("aw_session")
+    token = csrf_from(client.get("/works").text)
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 303
+    replay = world.client()
+    replay.cookies.set("aw_session", cookie or "")
+    assert replay.get("/works").status_code == 303  # the stolen cookie is dead
+
+
+def test_owner_registers_a_logo_and_sees_it_listed(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client("ann@example.com")
+    token = csrf_from(client.get("/works/new").text)
+    r = client.post("/works", data={"csrf_token": token, "title": "Acme mark", "kind": "logo",
+                                    "registration_number": "TM 123", "licensed_sites": "shop.example\n@acme"},
+                    files={"file": ("acme.png", logo_png(1), "image/png")})
+    assert r.status_code == 303, r.text
+    page = client.get(r.headers["location"])
+    assert "Acme mark" in page.text and "TM 123" in page.text and "shop.example" in page.text
+    listing = client.get("/works").text
+    assert "Acme mark" in listing
+    with world.sessions() as s:
+        work = s.scalars(select(Work)).one()
+        assert work.licensed_sites == ["shop.example", "@acme"] and work.kind.value == "logo"
+    # The engine knows the work: its own image is found again.
+    shot, _ = product_shot(logo_png(1))
+    assert any(c.work_id == work.id for c in world.engine.analyse(logo_png(1), name="x", owner_ids=[work.owner_id]))
+
+
+def test_register_refuses_unsupported_and_broken_files_with_a_clear_message(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client("ann@example.com")
+    token = csrf_from(client.get("/works/new").text)
+    gif = b"GIF89a" + b"\x00" * 100
+    r = client.post("/works", data={"csrf_token": token, "title": "x", "kind": "logo"},
+                    files={"file": ("x.gif", gif, "image/gif")})
+    assert r.status_code == 415 and "upload a PNG, JPEG, WebP or SVG" in r.text
+    broken = logo_png(1)[:200]
+    r = client.post("/works", data={"csrf_token": token, "title": "x", "kind": "logo"},
+                    files={"file": ("broken.png", broken, "image/png")})
+    assert r.status_code == 415 and "broken.png" in r.text
+    with world.sessions() as s:
+        assert s.scalars(select(Work)).all() == []
+
+
+def test_works_list_counts_flagged_matches(world: World) -> None:
+    owner = world.account("ann@example.com")
+    w1 = world.work(owner, logo_png(1), "First")
+    world.work(owner, logo_png(2, "ZED"), "Second")
+    shot, region = product_shot(logo_png(1))
+    world.match(w1, shot, url="https://pics.example/p/1", region=region)
+    world.match(w1, shot, url="https://pics.example/p/2", region=region)
+    html = world.client("ann@example.com").get("/works").text
+    rows = re.findall(r'<a href="/works/(\d+)">([^<]+)</a></td>.*?<td class="num">(.*?)</td>', html, re.S)
+    counts = {title: re.sub(r"<[^>]+>", "", n) for _, title, n in rows}
+    assert counts == {"First": "2", "Second": "0"}
+
+
+def test_match_page_shows_both_images_and_marks_the_region(world: World) -> None:
+    owner = world.account("ann@example.com")
+    wid = world.work(owner, logo_png(1), "Acme")
+    shot, region = product_shot(logo_png(1))
+    mid = world.match(wid, shot, url="https://pics.example/p/1", region=region,
+                      signals={"pdq": 0.812, "local": 0.954})
+    client = world.client("ann@example.com")
+    html = client.get(f"/matches/{mid}").text
+    assert f'src="/works/{wid}/image"' in html
+    assert f'href="/matches/{mid}/image"' in html and 'viewBox="0 0 640 480"' in html
+    assert 'points="300.0,140.0 520.0,140.0 520.0,360.0 300.0,360.0"' in html
+    assert "0.812" in html and "0.954" in html and "https://pics.example/p/1" in html
+    img = client.get(f"/matches/{mid}/image")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and img.content == shot
+    assert "sandbox" in img.headers["content-security-policy"]
+
+
+def test_crawled_strings_are_escaped(world: World) -> None:
+    owner = world.account("ann@example.com")
+    wid = world.work(owner, logo_png(1), "Acme")
+    shot, _ = product_shot(logo_png(1))
+    mid = world.match(wid, shot, url='https://pics.example/p/"><script>alert(1)</script>')
+    html = world.client("ann@example.com").get(f"/matches/{mid}").text
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_svg_images_are_served_sandboxed(world: World) -> None:
+    owner = world.account("ann@example.com")
+    svg = (b'<svg xmlns="http://www.w3.org/2000/svg" width="200" height="200">'
+           b'<rect width="200" height="200" fill="#fff"/><circle cx="100" cy="100" r="70" fill="#c00"/>'
+           b'<rect x="60" y="60" width="80" height="80" fill="#004"/></svg>')
+    client = world.client("ann@example.com")
+    token = csrf_from(client.get("/works/new").text)
+    r = client.post("/works", data={"csrf_token": token, "title": "Badge", "kind": "logo"},
+                    files={"file": ("badge.svg", svg, "image/svg+xml")})
+    assert r.status_code == 303, r.text
+    with world.sessions() as s:
+        wid = s.scalars(select(Work.id).where(Work.owner_id == owner)).one()
+    img = client.get(f"/works/{wid}/image")
+    assert img.headers["content-type"] == "image/svg+xml"
+    assert "sandbox" in img.headers["content-security-policy"]
+
+
+def test_import_shows_progress_until_done_and_reports_bad_files(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client("ann@example.com")
+    token = csrf_from(client.get("/works/import").text)
+    files = [("files", (f"logo{i}.png", logo_png(10 + i, f"L{i}"), "image/png")) for i in range(3)]
+    files.append(("files", ("notes.txt", b"hello", "text/plain")))
+    r = client.post("/works/import", data={"csrf_token": token, "kind": "logo"}, files=files)
+    assert r.status_code == 303
+    job_url = r.headers["location"]
+    page = client.get(job_url).text
+    assert 'data-poll="' + job_url + '/progress"' in page
+    deadline = time.monotonic() + 60
+    while True:
+        frag = client.get(job_url + "/progress").text
+        if 'data-state="done"' in frag or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert 'data-state="done"' in frag and "4 of 4" in frag
+    assert "notes.txt" in frag and "upload a PNG, JPEG, WebP or SVG" in frag
+    with world.sessions() as s:
+        assert sorted(s.scalars(select(Work.title)).all()) == ["logo0", "logo1", "logo2"]
+        job = s.scalars(select(WebJob)).one()
+        assert job.done == 4 and job.total == 4 and len(job.errors) == 1
+
+
+def test_profile_saves_alert_mode_and_issues_an_api_token(world: World) -> None:
+    world.account("ann@example.com")
+    client = world.client("ann@example.com")
+    token = csrf_from(client.get("/profile").text)
+    r = client.post("/profile", data={"csrf_token": token, "alert_mode": "digest", "legal_name": "Ann Co",
+                                      "postal_address": "2 Road", "phone": "123", "display_name": "Ann"})
+    assert r.status_code == 200 and "Saved." in r.text
+    r = client.post("/profile/token", data={"csrf_token": token})
+    new = re.search(r'id="new-token">([^<]+)<', r.text)
+    assert new
+    api = world.app and client  # same app
+    assert api.get("/api/v1/works", headers={"Authorization": f"Bearer {new.group(1)}"}).status_code == 200
+    # The old token stopped working.
+    assert client.get("/api/v1/works",
+                      headers={"Authorization": f"Bearer {world.tokens['ann@example.com']}"}).status_code == 401
+    with world.sessions() as s:
+        acct = s.scalars(select(Account).where(Account.email == "ann@example.com")).one()
+        assert acct.alert_mode == "digest" and acct.legal_name == "Ann Co"
+        assert new.group(1) not in (acct.api_token_hash or "")  # stored hashed
+
+
+def test_reviewer_queue_is_ordered_by_confidence_then_age(world: World) -> None:
+    owner = world.account("ann@example.com")
+    world.account("rita@example.com", Role.REVIEWER)
+    wid = world.work(owner, logo_png(1))
+    shot, region = product_shot(logo_png(1))
+    low_old = world.notice(owner, [world.match(wid, shot, url="https://a.example/1", score=0.6)],
+                           host="a.example", age=timedelta(days=3))
+    high_new = world.notice(owner, [world.match(wid, shot, url="https://b.example/1", score=0.95)],
+                            host="b.example")
+    high_old = world.notice(owner, [world.match(wid, shot, url="https://c.example/1", score=0.95)],
+                            host="c.example", age=timedelta(days=1))
+    html = world.client("rita@example.com").get("/review").text
+    order = [int(x) for x in re.findall(r'<a href="/notices/(\d+)">#', html)]
+    assert order == [high_old, high_new, low_old]
+
+
+def test_admin_manages_sources_users_and_hosts(world: World) -> None:
+    world.account("root@example.com", Role.ADMIN)
+    client = world.client("root@example.com")
+    token = csrf_from(client.get("/admin/sources").text)
+    from crawler.service import SOURCE_KINDS
+
+    kind = sorted(SOURCE_KINDS)[0]
+    bad = client.post("/admin/sources", data={"csrf_token": token, "name": "x", "kind": "gopher",
+                                              "url": "https://x.example"})
+    assert bad.status_code == 422 and "unknown source kind" in bad.text
+    ok = client.post("/admin/sources", data={"csrf_token": token, "name": "feed", "kind": kind,
+                                             "url": "https://feed.example/rss", "params": '{"tag": "art"}'})
+    assert ok.status_code == 303
+    with world.sessions() as s:
+        src = s.scalars(select(Source)).one()
+        assert (src.kind, src.params, src.enabled) == (kind, {"tag": "art"}, True)
+    client.post(f"/admin/sources/{src.id}/toggle", data={"csrf_token": token})
+    with world.sessions() as s:
+        assert s.get(Source, src.id).enabled is False  # type: ignore[union-attr]
+
+    r = client.post("/admin/users", data={"csrf_token": token, "email": "new@example.com", "role": "reviewer",
+                                          "password": "long enough pw"})
+    assert r.status_code == 303
+    assert login(world.client(), "new@example.com", "long enough pw").headers["location"] == "/review"
+
+    hosts = client.get("/admin/hosts")
+    assert hosts.status_code == 200
+    bad = client.post("/admin/hosts", data={"csrf_token": token, "override": "[hosts\nbroken"})
+    assert bad.status_code == 422 and "not valid TOML" in bad.text
+    override = world.settings.data_dir / "hosts.override.toml"
+    assert not override.exists()
+
+
+def test_other_roles_cannot_use_admin_or_review_pages(world: World) -> None:
+    world.account("ann@example.com")
+    world.account("rita@example.com", Role.REVIEWER)
+    owner = world.client("ann@example.com")
+    for path in ("/admin/sources", "/admin/users", "/admin/hosts", "/review"):
+        assert owner.get(path).status_code == 403, path
+    assert world.client("rita@example.com").get("/admin/users").status_code == 403

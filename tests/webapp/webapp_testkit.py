@@ -1,0 +1,230 @@
+"""Web app test kit: a real app over a real database, matching engine and blob store.
+
+SQLite by default; when ARTWATCH_TEST_POSTGRES_URL is set every test here runs
+on PostgreSQL instead, in a database created for this test session (tables are
+emptied between tests).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings, load_settings
+from storage.blobs import FolderBlobStore
+from storage.db import make_engine, make_sessionmaker, session_scope
+from storage.models import Account, Base, Match, Notice, NoticeItem, Role, Upload, UploadStatus, Work
+from webapp import create_app
+from webapp.security import hash_password, issue_api_token
+
+PASSWORD = "correct horse battery"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    server = os.environ.get("ARTWATCH_TEST_POSTGRES_URL")
+    if not server:
+        yield None
+        return
+    name = f"artwatch_web_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def db_engine(tmp_path: Path, pg_database: str | None) -> Iterator[Engine]:
+    if pg_database is None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'artwatch.db'}")
+        Base.metadata.create_all(engine)
+    else:
+        engine = make_engine(pg_database)
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    yield engine
+    engine.dispose()
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    for key in os.environ:
+        if key.startswith("ARTWATCH_") and not key.startswith("ARTWATCH_TEST_"):
+            raise RuntimeError(f"unset {key} before running the web tests")
+    base: dict[str, Any] = {
+        "data_dir": data_dir,
+        "matching": {"clip_pretrained": "", "use_embedder": False},
+        "web": {"secret_key": "test-secret-key"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return load_settings(**base)
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg(img: Image.Image, quality: int = 88) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def logo_png(seed: int, text: str = "ACME") -> bytes:
+    from workers.demo import logo
+
+    return png(logo(seed, text))
+
+
+def product_shot(logo_bytes: bytes, seed: int = 5) -> tuple[bytes, list[list[float]]]:
+    """The logo pasted onto a photo; returns the JPEG and the paste rectangle as a polygon."""
+    from workers.demo import photo
+
+    base = photo(seed, (640, 480)).convert("RGB")
+    mark = Image.open(io.BytesIO(logo_bytes)).convert("RGBA").resize((220, 220))
+    base.paste(mark, (300, 140), mark)
+    return jpeg(base), [[300, 140], [520, 140], [520, 360], [300, 360]]
+
+
+@dataclass
+class World:
+    """The app under test plus helpers that create rows the way the system would."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    blobs: FolderBlobStore
+    engine: Any
+    app: FastAPI
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def account(self, email: str, role: Role = Role.OWNER, **fields: Any) -> int:
+        with session_scope(self.sessions) as s:
+            acct = Account(email=email, role=role, password_hash=hash_password(PASSWORD),
+                           display_name=email.split("@")[0], legal_name=f"{email} Ltd",
+                           postal_address="1 Test Street, Testville", phone="+1 555 0100", **fields)
+            s.add(acct)
+            s.flush()
+            self.tokens[email] = issue_api_token(acct)
+            return acct.id
+
+    def client(self, email: str | None = None) -> TestClient:
+        client = TestClient(self.app, follow_redirects=False)
+        if email is not None:
+            login(client, email)
+        return client
+
+    def api(self, email: str) -> TestClient:
+        return TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[email]}"})
+
+    def work(self, owner_id: int, data: bytes, title: str = "Logo", kind: str = "logo",
+             licensed: tuple[str, ...] = ()) -> int:
+        from workers.pipeline import register_work
+
+        with session_scope(self.sessions) as s:
+            work = register_work(s, self.blobs, self.engine, owner_id=owner_id, data=data,
+                                 filename=f"{title}.png", title=title, kind=kind, licensed_sites=licensed)
+            return work.id
+
+    def match(self, work_id: int, data: bytes, *, url: str, score: float = 0.93,
+              region: list[list[float]] | None = None, signals: dict[str, float] | None = None,
+              age: timedelta = timedelta(0)) -> int:
+        """An upload captured at url that matched work_id (rows as the pipeline writes them)."""
+        from urllib.parse import urlsplit
+
+        with session_scope(self.sessions) as s:
+            work = s.get(Work, work_id)
+            assert work is not None
+            now = datetime.now(timezone.utc) - age
+            upload = Upload(canonical_url=url, host=urlsplit(url).hostname or "", page_url=url,
+                            image_url=url + ".jpg", blob_sha256=self.blobs.put(data), content_type="image/jpeg",
+                            fetched_at=now, status=UploadStatus.ANALYSED, author="copier")
+            s.add(upload)
+            s.flush()
+            m = Match(upload_id=upload.id, work_id=work.id, owner_id=work.owner_id, score=score,
+                      signals=signals or {"pdq": 0.81, "local": 0.95}, region=region, created_at=now)
+            s.add(m)
+            s.flush()
+            return m.id
+
+    def notice(self, owner_id: int, match_ids: list[int], host: str = "pics.example",
+               age: timedelta = timedelta(0)) -> int:
+        """A draft notice over the given matches (rows only; the drafting helper fills bodies)."""
+        with session_scope(self.sessions) as s:
+            n = Notice(owner_id=owner_id, host=host, law="dmca", recipient=f"dmca@{host}",
+                       subject=f"DMCA notice for {host}", body_text="Dear agent,\n...",
+                       created_at=datetime.now(timezone.utc) - age)
+            s.add(n)
+            s.flush()
+            for mid in match_ids:
+                m = s.get(Match, mid)
+                assert m is not None
+                s.add(NoticeItem(notice_id=n.id, match_id=mid, work_id=m.work_id, url=m.upload.page_url))
+            s.flush()
+            return n.id
+
+
+def login(client: TestClient, email: str, password: str = PASSWORD) -> Any:
+    page = client.get("/login")
+    token = csrf_from(page.text)
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+
+def csrf_from(html: str) -> str:
+    import re
+
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "page has no CSRF token"
+    return found.group(1)
+
+
+@pytest.fixture(scope="session")
+def engine_factory() -> Any:
+    from matching import build_engine
+
+    return build_engine
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_engine: Engine, engine_factory: Any) -> World:
+    settings = make_settings(tmp_path / "data")
+    sessions = make_sessionmaker(db_engine)
+    blobs = FolderBlobStore(settings.blob_dir())
+    matcher = engine_factory(settings)
+    app = create_app(settings, sessions=sessions, blobs=blobs, engine=matcher)
+    return World(settings, sessions, blobs, matcher, app)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
