@@ -42,6 +42,7 @@ __all__ = [
     "Notice",
     "NoticeItem",
     "NoticeState",
+    "NoticeTemplate",
     "Role",
     "Source",
     "Upload",
@@ -231,6 +232,15 @@ class Notice(Base):
     followup_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     counter_notice_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     restore_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Earliest restore date after a counter-notice (10 business days; the
+    # deadline above is the 14-business-day limit).
+    restore_not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "smtp", "export" or "web_form": how the notice left.
+    sent_via: Mapped[str] = mapped_column(String(16), default="")
+    # "<owner_id>:<host>:<law>" while the notice is open (draft or in review),
+    # NULL afterwards: the unique constraint keeps one open batch per key even
+    # when two workers draft at once.
+    open_key: Mapped[str | None] = mapped_column(String(400), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -265,6 +275,22 @@ class AuditEvent(Base):
     entity: Mapped[str] = mapped_column(String(32))
     entity_id: Mapped[int] = mapped_column(Integer, index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class NoticeTemplate(Base):
+    """An owner's own wording for one law and variant ("text" or "html").
+
+    Stored only after ``notices.render.check_template`` accepted it."""
+
+    __tablename__ = "notice_templates"
+    __table_args__ = (UniqueConstraint("owner_id", "law", "variant", name="uq_notice_template_owner_law_variant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    law: Mapped[str] = mapped_column(String(32))
+    variant: Mapped[str] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
 class DeadLetter(Base):
