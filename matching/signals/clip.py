@@ -1,0 +1,166 @@
+"""open_clip image embeddings (cosine similarity on L2-normalised float32).
+
+The model comes from :class:`config.settings.MatchingSettings`:
+``clip_model`` is an open_clip architecture name; ``clip_pretrained`` is an
+open_clip pretrained tag, a path to a local checkpoint file, or empty for
+random weights (tests: no download, embeddings then carry no meaning).
+
+The device is ``settings.device``: ``auto`` picks CUDA, then MPS, then the CPU.
+On CUDA the forward pass runs under fp16 autocast; elsewhere in float32.
+Models are loaded once per process and shared (keyed by model, weights and
+device), so every engine in a worker uses one copy. After a fork the child
+must not reuse a CUDA model loaded by the parent; the cache is keyed by
+process id for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from config.settings import MatchingSettings
+from matching.decode import DecodedImage
+from matching.errors import EmbedderError
+from matching.signals.base import Feature, Probe, Signal
+
+__all__ = ["ClipEmbedder", "Embedder", "build_embedder", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+ImageLike = DecodedImage | np.ndarray
+
+
+class Embedder(Signal):
+    """A signal that maps images to unit-length float32 vectors in batches.
+
+    Subclasses implement :meth:`embed` only.
+    """
+
+    dtype = np.dtype(np.float32)
+    metric = "cosine"
+
+    @abstractmethod
+    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """``(len(images), dim)`` float32, each row L2-normalised."""
+
+    def _compute(self, probe: Probe) -> Feature:
+        return self._compute_batch([probe])[0]
+
+    def _compute_batch(self, probes: Sequence[Probe]) -> list[Feature]:
+        vecs = self.embed([p.image for p in probes])
+        return [Feature(np.ascontiguousarray(v)) for v in vecs]
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``; others pass through."""
+    import torch
+
+    req = (requested or "auto").strip().lower()
+    if req != "auto":
+        if req.startswith("cuda") and not torch.cuda.is_available():
+            raise EmbedderError(f"device {requested!r} requested but CUDA is not available")
+        if req == "mps" and not torch.backends.mps.is_available():
+            raise EmbedderError("device 'mps' requested but MPS is not available")
+        return req
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+_lock = threading.Lock()
+_models: dict[tuple[int, str, str, str], tuple[Any, Any]] = {}
+
+
+def _load(model_name: str, pretrained: str, device: str) -> tuple[Any, Any]:
+    key = (os.getpid(), model_name, pretrained, device)
+    with _lock:
+        hit = _models.get(key)
+        if hit is not None:
+            return hit
+        import open_clip
+
+        weights: str | None = pretrained or None
+        looks_like_path = weights and (
+            os.sep in weights or weights.endswith((".pt", ".bin", ".safetensors", ".pth"))
+        )
+        if looks_like_path and not Path(str(weights)).is_file():
+            raise EmbedderError(f"CLIP checkpoint not found: {weights}")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=weights, device=device
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EmbedderError(
+                f"cannot load CLIP model {model_name!r} (pretrained {weights!r}) on {device}: {exc}"
+            ) from exc
+        model.eval()
+        log.info("loaded CLIP %s (pretrained=%s) on %s", model_name, weights, device)
+        _models[key] = (model, preprocess)
+        return model, preprocess
+
+
+class ClipEmbedder(Embedder):
+    """open_clip image tower; see the module docstring for configuration."""
+
+    name = "clip"
+
+    def __init__(
+        self, model: str = "ViT-B-32", pretrained: str = "", *, device: str = "auto", batch_size: int = 32
+    ) -> None:
+        self.model_name = model
+        self.pretrained = pretrained
+        self.device = resolve_device(device)
+        self.batch_size = max(1, batch_size)
+        self._model, self._preprocess = _load(model, pretrained, self.device)
+        self._dim = int(self._model.visual.output_dim)
+
+    @classmethod
+    def from_settings(cls, settings: MatchingSettings) -> ClipEmbedder:
+        return cls(
+            settings.clip_model,
+            settings.clip_pretrained,
+            device=settings.device,
+            batch_size=settings.batch_size,
+        )
+
+    def _shape(self) -> tuple[int, ...]:
+        return (self._dim,)
+
+    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        import torch
+
+        out = np.empty((len(images), self._dim), dtype=np.float32)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack(
+                [self._preprocess(Image.fromarray(_rgb(im))) for im in chunk]
+            ).to(self.device)
+            with torch.inference_mode():
+                if self.device.startswith("cuda"):
+                    with torch.autocast(device_type="cuda", dtype=torch.float16):
+                        feats = self._model.encode_image(batch)
+                else:
+                    feats = self._model.encode_image(batch)
+            v = feats.float().cpu().numpy()
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            out[start : start + len(chunk)] = v / np.maximum(norms, 1e-12)
+        return out
+
+
+def _rgb(im: ImageLike) -> np.ndarray:
+    return im.rgb if isinstance(im, DecodedImage) else im
+
+
+def build_embedder(settings: MatchingSettings) -> ClipEmbedder | None:
+    """The configured embedder, or None when ``use_embedder`` is off."""
+    return ClipEmbedder.from_settings(settings) if settings.use_embedder else None
