@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 __all__ = ["LocalSite", "RecordedRequest"]
 
 _EXT = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
-_FIRST_ID = 117020570233811316
+_FIRST_ID = 200000000000000000  # newer than the recorded conformance statuses
 
 
 @dataclass
@@ -73,7 +73,8 @@ class LocalSite:
         self._media_by_path: dict[str, _Media] = {}
         self._deleted_media: set[str] = set()
         self._next_id = _FIRST_ID
-        self._failures: list[tuple[str, int, dict[str, str], int]] = []
+        self._failures: list[tuple[str, int, dict[str, str], int, bytes | None]] = []
+        self._raw: dict[str, dict[str, Any]] = {}
         self.robots_txt = robots_txt
         self.requests: list[RecordedRequest] = []
         self._server = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -147,9 +148,18 @@ class LocalSite:
                                      created_at or datetime.now(timezone.utc))
         return sid
 
+    def add_status_json(self, status: dict[str, Any]) -> str:
+        """Serve a recorded Status object as is (e.g. from the conformance
+        payloads) in the public timeline; returns its id."""
+        with self._lock:
+            self._raw[str(status["id"])] = status
+        return str(status["id"])
+
     def delete_post(self, status_id: str) -> None:
         """Remove a status; its media then answer 404."""
         with self._lock:
+            if self._raw.pop(status_id, None) is not None:
+                return
             post = self._posts.pop(status_id)
             for m in post.media:
                 self._media_by_path.pop(m.path, None)
@@ -170,10 +180,11 @@ class LocalSite:
             return f"{self.url}/@{self._posts[status_id].author}/{status_id}"
 
     def fail_next(self, path_prefix: str, status: int, count: int = 1,
-                  headers: dict[str, str] | None = None) -> None:
-        """Answer the next ``count`` requests whose path starts with ``path_prefix`` with ``status``."""
+                  headers: dict[str, str] | None = None, body: bytes | None = None) -> None:
+        """Answer the next ``count`` requests whose path starts with ``path_prefix``
+        with ``status`` (and ``body``: e.g. a 200 with a broken page)."""
         with self._lock:
-            self._failures.append((path_prefix, status, dict(headers or {}), count))
+            self._failures.append((path_prefix, status, dict(headers or {}), count, body))
 
     # -- rendering -----------------------------------------------------
 
@@ -245,48 +256,54 @@ class LocalSite:
             "poll": None,
         }
 
-    def _timeline(self, path: str, query: dict[str, list[str]], posts: list[_Post]) -> tuple[bytes, dict[str, str]]:
+    def _timeline(self, path: str, query: dict[str, list[str]], posts: list[_Post],
+                  raw: Sequence[dict[str, Any]] = ()) -> tuple[bytes, dict[str, str]]:
         def q(name: str) -> str | None:
             v = query.get(name)
             return v[0] if v else None
 
+        items: list[tuple[int, Any]] = [(int(p.id), p) for p in posts] + [(int(r["id"]), r) for r in raw]
         if q("only_media") in ("true", "1"):
-            posts = [p for p in posts if p.media]
+            items = [(i, p) for i, p in items
+                     if (p.media if isinstance(p, _Post) else p.get("media_attachments"))]
         try:
             limit = max(1, min(40, int(q("limit") or 20)))
             max_id, since_id, min_id = (int(x) if x else None for x in (q("max_id"), q("since_id"), q("min_id")))
         except ValueError:
             raise _BadRequest("bad pagination parameter") from None
-        ordered = sorted(posts, key=lambda p: int(p.id), reverse=True)
+        ordered = sorted(items, key=lambda t: t[0], reverse=True)
         if max_id is not None:
-            ordered = [p for p in ordered if int(p.id) < max_id]
+            ordered = [t for t in ordered if t[0] < max_id]
         if since_id is not None:
-            ordered = [p for p in ordered if int(p.id) > since_id]
+            ordered = [t for t in ordered if t[0] > since_id]
         if min_id is not None:
-            ordered = [p for p in ordered if int(p.id) > min_id]
+            ordered = [t for t in ordered if t[0] > min_id]
             page = list(reversed(list(reversed(ordered))[:limit]))  # immediately after min_id
         else:
             page = ordered[:limit]
         headers: dict[str, str] = {}
         if page:
             keep = {k: v[0] for k, v in query.items() if k not in ("max_id", "min_id", "since_id")}
-            nxt = urlencode({**keep, "max_id": page[-1].id})
-            prv = urlencode({**keep, "min_id": page[0].id})
+            nxt = urlencode({**keep, "max_id": page[-1][0]})
+            prv = urlencode({**keep, "min_id": page[0][0]})
             headers["Link"] = f'<{self.url}{path}?{nxt}>; rel="next", <{self.url}{path}?{prv}>; rel="prev"'
-        return json.dumps([self._status_json(p) for p in page]).encode(), headers
+        body = [self._status_json(p) if isinstance(p, _Post) else p for _, p in page]
+        return json.dumps(body).encode(), headers
 
     def _route(self, method: str, raw_path: str) -> tuple[int, bytes, dict[str, str]]:
         parts = urlsplit(raw_path)
         path, query = parts.path, parse_qs(parts.query)
         with self._lock:
-            for i, (prefix, status, hdrs, count) in enumerate(self._failures):
+            for i, (prefix, status, hdrs, count, fbody) in enumerate(self._failures):
                 if path.startswith(prefix):
                     if count <= 1:
                         self._failures.pop(i)
                     else:
-                        self._failures[i] = (prefix, status, hdrs, count - 1)
-                    return status, f"HTTP {status}".encode(), {"Content-Type": "text/plain", **hdrs}
+                        self._failures[i] = (prefix, status, hdrs, count - 1, fbody)
+                    body = fbody if fbody is not None else f"HTTP {status}".encode()
+                    return status, body, {"Content-Type": "text/plain", **hdrs}
             posts = list(self._posts.values())
+            raw = list(self._raw.values())
             if path == "/robots.txt":
                 return 200, self.robots_txt.encode(), {"Content-Type": "text/plain"}
             if path in self._media_by_path:
@@ -297,7 +314,7 @@ class LocalSite:
             json_hdr = {"Content-Type": "application/json; charset=utf-8"}
             try:
                 if path == "/api/v1/timelines/public":
-                    body, hdrs = self._timeline(path, query, posts)
+                    body, hdrs = self._timeline(path, query, posts, raw)
                     return 200, body, {**json_hdr, **hdrs}
                 if path.startswith("/api/v1/timelines/tag/"):
                     tag = path.rsplit("/", 1)[1].lower()

@@ -13,13 +13,14 @@ image URLs not seen before. Cursor: ``{"seen": [image URLs], "etag",
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from crawler.errors import CrawlError, MalformedPage
+from crawler.errors import CrawlError, MalformedItem, MalformedPage
 from crawler.politeness import conditional_headers, validators
 from crawler.sources.base import Cursor, Source, UploadRecord, html_to_text
 
@@ -57,19 +58,26 @@ class _PageParser(HTMLParser):
         self.description = ""
         self.author = ""
         self._in_title = False
+        self._picture_sources = -1  # sources seen in the open <picture>, -1 outside one
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): (v or "") for k, v in attrs}
         if tag == "base" and a.get("href") and self.base is None:
             self.base = a["href"]
+        elif tag == "picture":
+            self._picture_sources = 0
         elif tag == "img":
+            if self._picture_sources > 0:
+                return  # the fallback of a <picture> whose <source> we already took
             src = a.get("srcset") and _largest_srcset(a["srcset"]) or a.get("src") or a.get("data-src")
             if src:
                 self.images.append(src)
         elif tag == "source" and a.get("srcset"):
             src = _largest_srcset(a["srcset"])
-            if src:
+            if src and self._picture_sources <= 0:
                 self.images.append(src)
+            if self._picture_sources >= 0:
+                self._picture_sources += 1
         elif tag == "meta":
             key = (a.get("property") or a.get("name") or "").lower()
             content = a.get("content", "")
@@ -84,6 +92,8 @@ class _PageParser(HTMLParser):
             self._in_title = True
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "picture":
+            self._picture_sources = -1
         if tag == "title":
             self._in_title = False
 
@@ -92,8 +102,10 @@ class _PageParser(HTMLParser):
             self.title += data
 
 
-def page_images(body: str, page_url: str) -> tuple[list[str], str, str]:
-    """(absolute image URLs in page order without repeats, page text, author)."""
+def page_images(body: str, page_url: str,
+                on_error: Callable[[str, Exception], None] | None = None) -> tuple[list[str], str, str]:
+    """(absolute image URLs in page order without repeats, page text, author).
+    An unusable image reference is reported to ``on_error`` and skipped."""
     p = _PageParser()
     p.feed(body)
     p.close()
@@ -102,15 +114,23 @@ def page_images(body: str, page_url: str) -> tuple[list[str], str, str]:
     for src in p.images:
         if src.startswith("data:"):
             continue
-        full = urljoin(base, src.strip()).split("#", 1)[0]
+        try:
+            full = urljoin(base, src.strip()).split("#", 1)[0]
+            urlsplit(full).port
+        except ValueError as exc:
+            if on_error is not None:
+                on_error(f"image {src[:80]!r} on {page_url}", MalformedItem(str(exc)))
+            continue
         if urlsplit(full).scheme in ("http", "https") and full not in out:
             out.append(full)
     text = "\n".join(x for x in (p.title.strip(), html_to_text(p.description)) if x)
     return out, text, p.author
 
 
-def parse_sitemap(body: bytes, url: str) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """((page, image, caption) triples, child sitemap URLs). MalformedPage if not a sitemap."""
+def parse_sitemap(body: bytes, url: str, on_error: Callable[[str, Exception], None] | None = None,
+                  ) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """((page, image, caption) triples, child sitemap URLs). MalformedPage if
+    not a sitemap; an unusable entry goes to ``on_error`` and is skipped."""
     try:
         root = SafeET.fromstring(body)
     except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
@@ -125,9 +145,17 @@ def parse_sitemap(body: bytes, url: str) -> tuple[list[tuple[str, str, str]], li
         for img in entry.findall(f"{_IMG}image"):
             loc = (img.findtext(f"{_IMG}loc") or "").strip()
             caption = (img.findtext(f"{_IMG}caption") or img.findtext(f"{_IMG}title") or "").strip()
-            if loc:
+            try:
+                if not loc:
+                    raise MalformedItem("image:image without image:loc")
                 page_abs = urljoin(url, page) if page else url
-                triples.append((page_abs, urljoin(page_abs, loc), caption))
+                image_abs = urljoin(page_abs, loc)
+                urlsplit(image_abs).port
+            except (ValueError, MalformedItem) as exc:
+                if on_error is not None:
+                    on_error(f"entry {page or '?'} in {url}", exc)
+                continue
+            triples.append((page_abs, image_abs, caption))
     return triples, []
 
 
@@ -157,7 +185,7 @@ class HtmlPageSource(_SeenSource):
         ctype = page.headers.get("content-type", "text/html")
         if "html" not in ctype and "xml" not in ctype:
             raise MalformedPage(f"html: {page.url} is {ctype!r}, not HTML")
-        images, text, author = page_images(page.text(), page.url)
+        images, text, author = page_images(page.text(), page.url, self.skip_item)
         records = [UploadRecord(self.kind, page.url, page.url, u, author=author, text=text) for u in images]
         out, seen = self._fresh(cursor, records)
         return out, {"seen": seen, **validators(page.headers)}
@@ -171,7 +199,7 @@ class SitemapSource(_SeenSource):
         page = self.get_page(self.url, headers=conditional_headers(cursor))
         if page.not_modified:
             return [], cursor
-        triples, children = parse_sitemap(page.body, page.url)
+        triples, children = parse_sitemap(page.body, page.url, self.skip_item)
         host = urlsplit(page.url).netloc
         for child in children[: int(self.params.get("max_sitemaps", 20))]:
             if urlsplit(child).netloc != host:
@@ -179,7 +207,7 @@ class SitemapSource(_SeenSource):
                 continue
             try:
                 sub = self.get_page(child)
-                more, _ = parse_sitemap(sub.body, sub.url)
+                more, _ = parse_sitemap(sub.body, sub.url, self.skip_item)
             except CrawlError as exc:
                 raise MalformedPage(f"sitemap: child {child} failed: {exc}") from exc
             triples += more

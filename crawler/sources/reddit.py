@@ -118,7 +118,7 @@ class RedditSource(Source):
         seen = set(seen_list)
         watermark = float((cursor or {}).get("newest_utc") or 0.0)
         first_poll = cursor is None or not seen_list
-        max_pages = 1 if first_poll else int(self.params.get("max_pages", 5))
+        max_pages = int(self.params.get("backfill_pages", 1) if first_poll else self.params.get("max_pages", 5))
         limit = int(self.params.get("limit", 100))
         out: list[UploadRecord] = []
         fresh: list[str] = []

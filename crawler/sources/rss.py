@@ -88,7 +88,9 @@ def _item_images(item: Element, base: str) -> list[str]:
                 thumbs.append(el.get("url") or "")
         elif _local(tag) == "enclosure" and tag in ("enclosure", f"{_ATOM}enclosure"):
             url = el.get("url") or ""
-            if url and _is_image(url, el.get("type"), None):
+            if not url:
+                raise MalformedItem("enclosure without url")
+            if _is_image(url, el.get("type"), None):
                 content.append((url, 0))
         elif tag == f"{_ATOM}link" and el.get("rel") == "enclosure":
             url = el.get("href") or ""
