@@ -126,7 +126,7 @@ def test_match_page_shows_both_images_and_marks_the_region(world: World) -> None
     html = client.get(f"/matches/{mid}").text
     assert f'src="/works/{wid}/image"' in html
     assert f'href="/matches/{mid}/image"' in html and 'viewBox="0 0 640 480"' in html
-    assert 'points="300.0,140.0 520.0,140.0 520.0,360.0 300.0,360.0"' in html
+    assert 'points="320.0,160.0 576.0,160.0 576.0,416.0 320.0,416.0"' in html
     assert "0.812" in html and "0.954" in html and "https://pics.example/p/1" in html
     img = client.get(f"/matches/{mid}/image")
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and img.content == shot

@@ -111,9 +111,9 @@ def product_shot(logo_bytes: bytes, seed: int = 5) -> tuple[bytes, list[list[flo
     from workers.demo import photo
 
     base = photo(seed, (640, 480)).convert("RGB")
-    mark = Image.open(io.BytesIO(logo_bytes)).convert("RGBA").resize((220, 220))
-    base.paste(mark, (300, 140), mark)
-    return jpeg(base), [[300, 140], [520, 140], [520, 360], [300, 360]]
+    mark = Image.open(io.BytesIO(logo_bytes)).convert("RGBA").resize((256, 256))
+    base.paste(mark, (320, 160), mark)
+    return jpeg(base), [[320, 160], [576, 160], [576, 416], [320, 416]]
 
 
 @dataclass
