@@ -117,3 +117,29 @@ def web_server() -> Iterator[WebServer]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+# ------------------------------------------------------------------ database
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[Any]:
+    """A sessionmaker on a fresh schema: SQLite and the real PostgreSQL."""
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import Base
+
+    engine = make_engine(database_url)
+    Base.metadata.create_all(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_sessions(tmp_path: Any) -> Iterator[Any]:
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import Base
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'notices.db'}")
+    Base.metadata.create_all(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
