@@ -1,0 +1,198 @@
+"""Owner alerts over SMTP, against a real aiosmtpd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import email
+import socket
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from storage.models import Account, Match, MatchStatus
+from webapp import create_app
+from webapp.alerts import send_digests, send_instant_alert
+from webapp_testkit import World, logo_png, make_settings, product_shot
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.envelopes: list[tuple[list[str], EmailMessage]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=default_policy)
+        assert isinstance(msg, EmailMessage)
+        self.envelopes.append((list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def mail_world(world: World, smtp: tuple[Inbox, int]) -> World:
+    _, port = smtp
+    world.settings = make_settings(world.settings.data_dir,
+                                   notices={"smtp_host": "127.0.0.1", "smtp_port": port,
+                                            "from_address": "alerts@artwatch.test"},
+                                   web={"base_url": "https://watch.example"})
+    world.app = create_app(world.settings, sessions=world.sessions, blobs=world.blobs, engine=world.engine)
+    return world
+
+
+def _html(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def _text(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def _inline_images(msg: EmailMessage) -> dict[str, bytes]:
+    out = {}
+    for part in msg.walk():
+        if part.get_content_type() == "image/png" and part.get("Content-ID"):
+            out[str(part["Content-ID"]).strip("<>")] = part.get_payload(decode=True)
+    return out
+
+
+def test_instant_alert_goes_to_the_owner_with_thumbnails_and_links(
+        mail_world: World, smtp: tuple[Inbox, int]) -> None:
+    inbox, _ = smtp
+    world = mail_world
+    owner = world.account("ann@example.com", alert_mode="instant")
+    wid = world.work(owner, logo_png(1), "Acme mark")
+    shot, region = product_shot(logo_png(1))
+    mid = world.match(wid, shot, url='https://pics.example/p/1?<b>x</b>', region=region, score=0.91)
+    with world.sessions() as s:
+        assert send_instant_alert(s, world.blobs, world.settings, mid) is True
+    assert len(inbox.envelopes) == 1
+    rcpt, msg = inbox.envelopes[0]
+    assert rcpt == ["ann@example.com"] and msg["To"] == "ann@example.com"
+    assert msg["From"] == "alerts@artwatch.test"
+    assert "Acme mark" in msg["Subject"] and "pics.example" in msg["Subject"]
+    html, text = _html(msg), _text(msg)
+    assert f"https://watch.example/matches/{mid}" in html and f"https://watch.example/matches/{mid}" in text
+    assert "91%" in text and "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    images = _inline_images(msg)
+    assert len(images) == 2 and all(data.startswith(b"\x89PNG") for data in images.values())
+    for cid in images:
+        assert f"cid:{cid}" in html
+    unsub = msg["List-Unsubscribe"].strip("<>")
+    assert unsub.startswith("https://watch.example/unsubscribe/") and unsub in html and unsub in text
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+    # Idempotent: the match is alerted once, however often the task runs.
+    with world.sessions() as s:
+        assert send_instant_alert(s, world.blobs, world.settings, mid) is False
+        assert s.get(Match, mid).alerted_at is not None  # type: ignore[union-attr]
+    assert len(inbox.envelopes) == 1
+
+    # The unsubscribe link works without logging in (one-click POST as well as the page).
+    path = unsub.removeprefix("https://watch.example")
+    anon = TestClient(world.app, follow_redirects=False)
+    page = anon.get(path)
+    assert page.status_code == 200 and "ann@example.com" in page.text
+    assert anon.post(path).status_code == 200
+    with world.sessions() as s:
+        assert s.get(Account, owner).alert_mode == "off"  # type: ignore[union-attr]
+    tampered = path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB")
+    assert anon.post(tampered).status_code == 404
+
+
+def test_instant_alerts_respect_the_owners_choice_and_licences(mail_world: World, smtp: tuple[Inbox, int]) -> None:
+    inbox, _ = smtp
+    world = mail_world
+    off = world.account("off@example.com", alert_mode="off")
+    digest = world.account("digest@example.com", alert_mode="digest")
+    instant = world.account("inst@example.com", alert_mode="instant")
+    shot, _ = product_shot(logo_png(1))
+    m_off = world.match(world.work(off, logo_png(1), "A"), shot, url="https://x.example/1")
+    m_digest = world.match(world.work(digest, logo_png(2), "B"), shot, url="https://x.example/2")
+    m_licensed = world.match(world.work(instant, logo_png(3), "C"), shot, url="https://x.example/3")
+    with world.sessions() as s:
+        s.get(Match, m_licensed).status = MatchStatus.SUPPRESSED  # type: ignore[union-attr]
+        s.commit()
+        for mid in (m_off, m_digest, m_licensed, 99999):
+            assert send_instant_alert(s, world.blobs, world.settings, mid) is False
+    assert inbox.envelopes == []
+
+
+def test_digest_merges_matches_per_owner_and_is_idempotent(mail_world: World, smtp: tuple[Inbox, int]) -> None:
+    inbox, _ = smtp
+    world = mail_world
+    ann = world.account("ann@example.com", alert_mode="digest")
+    bob = world.account("bob@example.com", alert_mode="digest")
+    world.account("carl@example.com", alert_mode="digest")  # nothing new: no email
+    w1 = world.work(ann, logo_png(1), "First")
+    w2 = world.work(ann, logo_png(2, "TWO"), "Second")
+    wb = world.work(bob, logo_png(3, "BOB"), "Bobs")
+    shot, region = product_shot(logo_png(1))
+    ann_matches = [world.match(w1, shot, url="https://a.example/1", region=region),
+                   world.match(w1, shot, url="https://b.example/2"),
+                   world.match(w2, shot, url="https://c.example/3")]
+    bob_match = world.match(wb, shot, url="https://d.example/4")
+    now = datetime.now(timezone.utc) + timedelta(seconds=1)
+    with world.sessions() as s:
+        assert send_digests(s, world.blobs, world.settings, now) == 2
+    by_rcpt = {rcpt[0]: msg for rcpt, msg in inbox.envelopes}
+    assert set(by_rcpt) == {"ann@example.com", "bob@example.com"}
+    ann_msg = by_rcpt["ann@example.com"]
+    assert "3 new matches of 2 works" in ann_msg["Subject"]
+    html = _html(ann_msg)
+    for mid in ann_matches:
+        assert f"https://watch.example/matches/{mid}" in html
+    assert f"/matches/{bob_match}\"" not in html and "Bobs" not in html
+    assert len(_inline_images(ann_msg)) == 6
+    assert ann_msg["List-Unsubscribe"]
+    # Run again: everything was alerted, nothing is sent twice.
+    with world.sessions() as s:
+        assert send_digests(s, world.blobs, world.settings, now) == 0
+        assert all(m.alerted_at is not None for m in s.scalars(select(Match)))
+    assert len(inbox.envelopes) == 2
+    # A later match appears in the next digest only.
+    later = world.match(w2, shot, url="https://e.example/5")
+    with world.sessions() as s:
+        assert send_digests(s, world.blobs, world.settings, datetime.now(timezone.utc) + timedelta(seconds=1)) == 1
+    assert f"/matches/{later}" in _html(inbox.envelopes[-1][1])
+    assert "1 new match of 1 work" in inbox.envelopes[-1][1]["Subject"]
+
+
+def test_a_failed_send_releases_the_claim_so_a_retry_sends(world: World) -> None:
+    from notices.errors import MailError
+
+    world.settings = make_settings(world.settings.data_dir,
+                                   notices={"smtp_host": "127.0.0.1", "smtp_port": _free_port()})
+    owner = world.account("ann@example.com", alert_mode="instant")
+    shot, _ = product_shot(logo_png(1))
+    mid = world.match(world.work(owner, logo_png(1), "A"), shot, url="https://x.example/1")
+    with world.sessions() as s, pytest.raises(MailError, match="cannot reach the SMTP server"):
+        send_instant_alert(s, world.blobs, world.settings, mid)
+    with world.sessions() as s:
+        assert s.get(Match, mid).alerted_at is None  # type: ignore[union-attr]
