@@ -207,7 +207,7 @@ def test_concurrent_drafting_on_postgres_makes_one_notice(postgres_url: str) -> 
                 n = draft_for_match(s, mid, SETTINGS)
                 assert n is not None
                 results.append(n.id)
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(mid,)) for mid in ids]

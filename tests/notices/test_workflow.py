@@ -1,0 +1,174 @@
+"""The review workflow on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from config.settings import NoticeSettings
+from notices import workflow
+from notices.business_days import add_business_days, is_business_day
+from notices.drafting import draft_for_match
+from notices.errors import ApprovalRefused, IllegalTransition, NoticeNotFound
+from storage.db import session_scope
+from storage.models import AuditEvent, NoticeState
+
+from . import factory as f
+
+REVIEWER = "rev@artwatch.test"
+OK = {"commentary_or_criticism": "no", "parody": "no", "small_portion": "no", "transformative": "no",
+      "none_applies": "yes"}
+
+
+@pytest.fixture
+def notice_id(sessions: Any) -> int:
+    with session_scope(sessions) as s:
+        acc = f.owner(s)
+        m = f.match(s, f.upload(s, "https://i.imgur.com/w.png", "https://imgur.com/gallery/w"), f.work(s, acc)).id
+    with session_scope(sessions) as s:
+        n = draft_for_match(s, m, NoticeSettings())
+        assert n is not None
+        return n.id
+
+
+def _events(s: Any, nid: int) -> list[AuditEvent]:
+    return list(s.scalars(select(AuditEvent).where(AuditEvent.entity == "notice", AuditEvent.entity_id == nid)
+                          .order_by(AuditEvent.id)))
+
+
+def test_full_path_is_audited_with_who_and_when(sessions: Any, notice_id: int) -> None:
+    sent_at = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+    with session_scope(sessions) as s:
+        workflow.submit(s, notice_id, REVIEWER)
+        workflow.approve(s, notice_id, REVIEWER, OK)
+        n = workflow.mark_sent(s, notice_id, "sender@artwatch.test", via="web_form", followup_days=7, now=sent_at)
+        assert n.followup_due_at == datetime(2026, 11, 9, 12, 0, tzinfo=UTC)
+        workflow.resolve(s, notice_id, "followup", "removed")
+    with session_scope(sessions) as s:
+        ev = _events(s, notice_id)
+        trail = [(e.action, e.actor, e.detail.get("from"), e.detail.get("to")) for e in ev]
+        assert trail == [
+            ("drafted", "artwatch", None, None),
+            ("item_added", "artwatch", None, None),
+            ("submitted", REVIEWER, "draft", "in_review"),
+            ("approved", REVIEWER, "in_review", "approved"),
+            ("sent", "sender@artwatch.test", "approved", "sent"),
+            ("resolved", "followup", "sent", "resolved"),
+        ]
+        assert all(e.at is not None for e in ev)
+        assert ev[3].detail["fair_use"]["none_applies"] is True and ev[3].detail["fair_use"]["reviewer"] == REVIEWER
+        assert ev[5].detail["resolution"] == "removed"
+
+
+@pytest.mark.parametrize("answers,expect", [
+    ({}, "answer yes or no to commentary_or_criticism, parody, small_portion, transformative, none_applies"),
+    ({**OK, "parody": "maybe"}, "answer yes or no to parody"),
+    ({**OK, "parody": "yes", "none_applies": "no"}, "found parody to apply"),
+    ({**OK, "none_applies": "no"}, "none_applies must be yes"),
+    ({**OK, "vibes": "no"}, "unknown question(s) vibes"),
+])
+def test_fair_use_checklist_must_be_complete(sessions: Any, notice_id: int, answers: dict[str, str],
+                                             expect: str) -> None:
+    with session_scope(sessions) as s:
+        with pytest.raises(ApprovalRefused) as info:
+            workflow.approve(s, notice_id, REVIEWER, answers)
+        assert any(expect in m for m in info.value.missing), info.value.missing
+        assert workflow.get_notice(s, notice_id).state == NoticeState.DRAFT
+
+
+def test_edits_keep_a_diff_and_approval_lists_missing_elements(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        n = workflow.get_notice(s, notice_id)
+        cut = n.body_text.replace("under penalty of perjury, ", "").replace("+31 20 555 0101", "")
+        workflow.edit(s, notice_id, REVIEWER, body_text=cut, subject="Copyright notice")
+    with session_scope(sessions) as s:
+        n = workflow.get_notice(s, notice_id)
+        assert n.edited and "perjury" not in n.body_html and "&lt;" not in n.subject
+        [ev] = [e for e in _events(s, notice_id) if e.action == "edited"]
+        assert ev.actor == REVIEWER
+        assert "-I swear, under penalty of perjury, that" in ev.detail["diff"]["body_text"]
+        assert "+I swear, that" in ev.detail["diff"]["body_text"]
+        assert "+Copyright notice" in ev.detail["diff"]["subject"]
+        with pytest.raises(ApprovalRefused) as info:
+            workflow.approve(s, notice_id, REVIEWER, OK)
+        assert info.value.missing == ["contact details: telephone number",
+                                      "accuracy statement under penalty of perjury"]
+        assert "missing: contact details: telephone number; accuracy statement" in str(info.value)
+
+
+def test_new_item_after_edit_must_be_added_by_the_reviewer(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        n = workflow.get_notice(s, notice_id)
+        workflow.edit(s, notice_id, REVIEWER, body_text=n.body_text.replace("Please remove", "Kindly remove"))
+        w = n.items[0].work_id
+        from storage.models import Work
+        work = s.get(Work, w)
+        assert work is not None
+        m = f.match(s, f.upload(s, "https://i.imgur.com/late.png"), work).id
+    with session_scope(sessions) as s:
+        n2 = draft_for_match(s, m, NoticeSettings())
+        assert n2 is not None and n2.id == notice_id and "items_added_after_edit" in n2.flags
+        assert "https://i.imgur.com/late.png" not in n2.body_text
+        with pytest.raises(ApprovalRefused, match="identification of the infringing material: "
+                                                  "https://i.imgur.com/late.png"):
+            workflow.approve(s, notice_id, REVIEWER, OK)
+
+
+def test_reject_needs_a_reason_and_illegal_steps_are_refused(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        with pytest.raises(IllegalTransition, match="needs a reason"):
+            workflow.reject(s, notice_id, REVIEWER, "  ")
+        with pytest.raises(IllegalTransition, match="is draft; sent needs it to be approved"):
+            workflow.mark_sent(s, notice_id, REVIEWER, via="smtp", followup_days=7)
+        with pytest.raises(IllegalTransition, match="is draft; resolved needs it to be sent"):
+            workflow.resolve(s, notice_id, REVIEWER, "still_online")
+        n = workflow.reject(s, notice_id, REVIEWER, "licensed via agency, see ticket 12")
+        assert n.state == NoticeState.REJECTED and n.reject_reason.startswith("licensed")
+        assert n.open_key is None
+    with session_scope(sessions) as s:
+        for step in (lambda: workflow.submit(s, notice_id, REVIEWER),
+                     lambda: workflow.approve(s, notice_id, REVIEWER, OK),
+                     lambda: workflow.edit(s, notice_id, REVIEWER, subject="x"),
+                     lambda: workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 3))):
+            with pytest.raises(IllegalTransition):
+                step()
+        with pytest.raises(NoticeNotFound):
+            workflow.submit(s, 424242, REVIEWER)
+        [ev] = [e for e in _events(s, notice_id) if e.action == "rejected"]
+        assert ev.detail == {"from": "draft", "to": "rejected", "reason": "licensed via agency, see ticket 12"}
+
+
+def test_recipient_must_be_an_address_or_web_form(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        with pytest.raises(IllegalTransition, match="neither an email address nor an https"):
+            workflow.edit(s, notice_id, REVIEWER, recipient="javascript:alert(1)")
+
+
+def test_counter_notice_sets_the_10_to_14_business_day_window(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        workflow.approve(s, notice_id, REVIEWER, OK)
+        workflow.mark_sent(s, notice_id, REVIEWER, via="export", followup_days=7,
+                           now=datetime(2026, 11, 2, tzinfo=UTC))
+        workflow.resolve(s, notice_id, "followup", "removed")
+        # Thursday 19 Nov 2026; Thanksgiving (26 Nov) is not a business day.
+        n = workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 19))
+        assert n.resolution == "counter_noticed" and n.state == NoticeState.RESOLVED
+        assert n.restore_not_before is not None and n.restore_deadline is not None
+        assert n.restore_not_before.date() == date(2026, 12, 4)
+        assert n.restore_deadline.date() == date(2026, 12, 10)
+        with pytest.raises(IllegalTransition, match="once"):
+            workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 20))
+
+
+def test_business_days() -> None:
+    assert add_business_days(date(2026, 1, 2), 1) == date(2026, 1, 5)         # Friday -> Monday
+    assert not is_business_day(date(2026, 7, 3))                                # July 4 on Saturday: observed Fri
+    assert not is_business_day(date(2026, 11, 26))                              # Thanksgiving
+    assert not is_business_day(date(2027, 12, 31))                              # New Year 2028 is a Saturday
+    assert is_business_day(date(2026, 12, 24))
+    assert add_business_days(date(2026, 12, 21), 10) == date(2027, 1, 6)        # skips 25 Dec and 1 Jan
+    span = [add_business_days(date(2026, 3, 2), n) for n in (10, 14)]
+    assert span == [date(2026, 3, 16), date(2026, 3, 20)]
