@@ -18,7 +18,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from config.settings import CrawlerSettings
@@ -161,32 +160,30 @@ def record_uploads(session: Session, source_row: SourceRow, records: Sequence[Up
         for up in session.scalars(select(Upload).where(Upload.canonical_url.in_(keys[i:i + 500]))):
             existing[up.canonical_url] = up
     touched: list[Upload] = []
-    created = 0
+    fresh = [
+        dict(
+            canonical_url=key,
+            source_id=source_row.id,
+            host=(urlsplit(rec.page_url or rec.image_url).hostname or "").lower(),
+            page_url=rec.page_url,
+            image_url=rec.image_url,
+            post_id=rec.post_id,
+            author=rec.author,
+            post_text=rec.text,
+            status=UploadStatus.PENDING,
+        )
+        for key, rec in wanted.items()
+        if key not in existing
+    ]
+    created = _insert_missing(session, fresh)
+    if fresh:
+        for i in range(0, len(fresh), 500):
+            chunk = [v["canonical_url"] for v in fresh[i:i + 500]]
+            for up in session.scalars(select(Upload).where(Upload.canonical_url.in_(chunk))):
+                existing[up.canonical_url] = up
     for key, rec in wanted.items():
-        up = existing.get(key)
-        if up is None:
-            up = Upload(
-                canonical_url=key,
-                source_id=source_row.id,
-                host=(urlsplit(rec.page_url or rec.image_url).hostname or "").lower(),
-                page_url=rec.page_url,
-                image_url=rec.image_url,
-                post_id=rec.post_id,
-                author=rec.author,
-                post_text=rec.text,
-                status=UploadStatus.PENDING,
-            )
-            try:
-                with session.begin_nested():
-                    session.add(up)
-            except IntegrityError:  # another poller inserted it first
-                found = session.scalar(select(Upload).where(Upload.canonical_url == key))
-                if found is None:
-                    raise
-                up = found
-            else:
-                created += 1
-        elif rec.edited and rec.text != up.post_text:
+        up = existing[key]
+        if rec.edited and rec.text != up.post_text:
             up.post_text = rec.text
         touched.append(up)
     for rec in deletions:
@@ -199,6 +196,35 @@ def record_uploads(session: Session, source_row: SourceRow, records: Sequence[Up
     session.flush()
     need = [u.id for u in touched if u.blob_sha256 is None and u.deleted_at is None and u.status == UploadStatus.PENDING]
     return need, created
+
+
+def _insert_missing(session: Session, rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT (canonical_url) DO NOTHING; returns rows inserted.
+
+    Two pollers racing on one URL both succeed and share the row. (A
+    SAVEPOINT per row would do the same, but pysqlite's transaction handling
+    commits SAVEPOINTs opened outside a transaction.)"""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt: Any = sqlite_insert(Upload).on_conflict_do_nothing(index_elements=["canonical_url"])
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(Upload).on_conflict_do_nothing(index_elements=["canonical_url"])
+    else:  # pragma: no cover - other databases: plain inserts, caller sees IntegrityError on a race
+        for values in rows:
+            session.add(Upload(**values))
+        session.flush()
+        return len(rows)
+    inserted = 0
+    for i in range(0, len(rows), 200):
+        result = session.execute(stmt.values(rows[i:i + 200]))
+        inserted += max(0, int(getattr(result, "rowcount", 0) or 0))
+    return inserted
 
 
 def poll_source(session: Session, source_row: SourceRow, client: httpx.Client, settings: CrawlerSettings) -> list[int]:
