@@ -20,7 +20,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from storage.models import Account, LoginFailure, WebSession
 
 __all__ = [
@@ -109,6 +109,9 @@ def resolve_secret_key(settings: Settings) -> str:
     """
     if settings.web.secret_key:
         return settings.web.secret_key
+    if not settings.embedded_broker:
+        raise ConfigError("set web.secret_key (ARTWATCH_WEB__SECRET_KEY): the web server and the workers "
+                          "that send alert emails must share it, so a per-machine random key cannot be used")
     path = Path(settings.data_dir) / "web_secret_key"
     try:
         existing = path.read_text(encoding="utf-8").strip()
