@@ -1,0 +1,79 @@
+"""Vector indexes: the ``VectorIndex`` role and its two implementations.
+
+- :class:`EmbeddedIndex`: one machine, several processes (SQLite log + a
+  Qdrant Edge replica per process); ``settings.index.backend = "embedded"``.
+- :class:`QdrantIndex`: a Qdrant server through qdrant-client
+  (``backend = "server"``, ``settings.index.url``); also runs on the client's
+  local mode, which the contract tests use.
+
+:func:`build_index` picks one from the settings. :func:`rebuild_index`
+re-registers every work in the database (``artwatch index rebuild``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from matching.index.base import Distance, Hit, IndexPoint, VectorIndex, VectorSpec, point_id
+from matching.index.embedded import EmbeddedIndex
+from matching.index.qdrant import QdrantIndex
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = [
+    "PDQ_VECTOR",
+    "Distance",
+    "EmbeddedIndex",
+    "Hit",
+    "IndexPoint",
+    "QdrantIndex",
+    "VectorIndex",
+    "VectorSpec",
+    "build_index",
+    "default_specs",
+    "pdq_to_vector",
+    "point_id",
+    "rebuild_index",
+]
+
+#: PDQ as a named vector: its 256 bits as 0/1 floats; Euclidean distance is
+#: then sqrt(Hamming distance), so Qdrant can serve it too.
+PDQ_VECTOR = VectorSpec("pdq", 256, "euclid")
+
+
+def pdq_to_vector(packed: np.ndarray) -> np.ndarray:
+    """32 packed PDQ bytes -> 256 float32 bits (for :data:`PDQ_VECTOR`)."""
+    return np.unpackbits(np.asarray(packed, np.uint8)).astype(np.float32)
+
+
+def default_specs(clip_dim: int = 512) -> list[VectorSpec]:
+    """One named vector per indexed signal: CLIP (cosine) and PDQ (bits, Euclidean)."""
+    return [VectorSpec("clip", clip_dim, "cosine"), PDQ_VECTOR]
+
+
+def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -> VectorIndex:
+    """The index the settings name: embedded under ``DATA_DIR/index``, or a Qdrant server."""
+    specs = list(specs) if specs is not None else default_specs()
+    if settings.index.backend == "server":
+        from qdrant_client import QdrantClient
+
+        from matching.errors import IndexError_
+
+        if not settings.index.url:
+            raise IndexError_("index.backend is 'server' but index.url is empty")
+        client = QdrantClient(url=settings.index.url, api_key=settings.index.api_key or None)
+        return QdrantIndex(client, settings.index.collection, specs)
+    return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs)
+
+
+def __getattr__(name: str) -> object:
+    if name == "rebuild_index":
+        from matching.index.rebuild import rebuild_index
+
+        return rebuild_index
+    raise AttributeError(f"module 'matching.index' has no attribute {name!r}")
+
