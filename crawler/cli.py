@@ -84,7 +84,7 @@ def list_sources(ctx: click.Context, as_json: bool) -> None:
                 Upload.status == UploadStatus.PENDING, Upload.deleted_at.is_(None)
             ).group_by(Upload.source_id)
         ).all())
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": src.name,
                 "kind": src.kind,

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -88,7 +88,7 @@ class LocalSite:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def host(self) -> str:
@@ -145,7 +145,7 @@ class LocalSite:
                 media.append(m)
                 self._media_by_path[path] = m
             self._posts[sid] = _Post(sid, author, text, tuple(t.lower().lstrip("#") for t in tags), media,
-                                     created_at or datetime.now(timezone.utc))
+                                     created_at or datetime.now(UTC))
         return sid
 
     def add_status_json(self, status: dict[str, Any]) -> str:
@@ -169,7 +169,7 @@ class LocalSite:
         with self._lock:
             post = self._posts[status_id]
             post.text = text
-            post.edited_at = datetime.now(timezone.utc)
+            post.edited_at = datetime.now(UTC)
 
     def media_url(self, status_id: str, index: int = 0) -> str:
         with self._lock:
@@ -213,7 +213,7 @@ class LocalSite:
             "emojis": [],
             "fields": [],
         }
-        media = []
+        media: list[dict[str, Any]] = []
         for m in p.media:
             media.append({
                 "id": m.id,
@@ -374,13 +374,13 @@ def _make_handler(site: LocalSite) -> type[BaseHTTPRequestHandler]:
             if with_body and body:
                 self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._serve(True)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._serve(False)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler

@@ -331,7 +331,7 @@ class PoliteTransport(httpx.BaseTransport):
         if told is not None:
             # Never earlier than the server asked; jitter only adds.
             return told + self._rng() * min(1.0, told * 0.1 + 0.1)
-        return self._rng() * self.base_backoff * (2 ** attempt)  # full jitter
+        return float(self._rng() * self.base_backoff * (2 ** attempt))  # full jitter
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         crawl_delay: float | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -120,7 +120,7 @@ def build_source(row: SourceRow, client: httpx.Client, settings: CrawlerSettings
 _TRACKING = re.compile(
     r"^(utm_[a-z_]+|fbclid|gclid|dclid|gbraid|wbraid|msclkid|mc_cid|mc_eid|igshid|igsh|yclid|_hsenc|_hsmi"
     r"|mkt_tok|ref_src|ref_url|spm|si)$",
-    re.I,
+    re.IGNORECASE,
 )
 
 
@@ -139,7 +139,7 @@ def canonical_url(url: str) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def record_uploads(session: Session, source_row: SourceRow, records: Sequence[UploadRecord]) -> tuple[list[int], int]:

@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,8 +59,10 @@ def run_stream(
             name = row.name
         if not isinstance(source, StreamingSource):
             raise ValueError(f"source {name!r} ({source.kind}) does not stream; poll it instead")
+        items = 0
         try:
             for record, next_cursor in source.stream(cursor, idle_timeout=idle_timeout):
+                items += 1
                 with session_scope(session_factory) as s:
                     row = s.get(SourceRow, source_row_id)
                     if row is None:
@@ -70,13 +72,16 @@ def run_stream(
                         need, created = record_uploads(s, row, [record])
                         row.uploads_seen = (row.uploads_seen or 0) + created
                     row.cursor = next_cursor
-                    row.last_success_at = datetime.now(timezone.utc)
+                    row.last_success_at = datetime.now(UTC)
                     row.last_error = None
                 for upload_id in need:
                     on_new_upload(upload_id)
                 failures = 0
                 if stop_event.is_set():
                     return
+            if items == 0:
+                # Quiet or closed at once: do not hammer a server that hangs up.
+                stop_event.wait(base_backoff)
         except (InvalidSourceConfig, UnknownSourceKind):
             raise
         except CrawlError as exc:
@@ -88,5 +93,5 @@ def run_stream(
                 row = s.get(SourceRow, source_row_id)
                 if row is not None:
                     row.last_error = f"{type(exc).__name__}: {exc}"
-                    row.last_error_at = datetime.now(timezone.utc)
+                    row.last_error_at = datetime.now(UTC)
             stop_event.wait(delay)

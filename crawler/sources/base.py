@@ -20,7 +20,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -57,7 +57,7 @@ class UploadRecord:
 
 
 _TAG_RE = re.compile(r"<[^>]+>")
-_BR_RE = re.compile(r"<\s*(br|/p)\s*/?>", re.I)
+_BR_RE = re.compile(r"<\s*(br|/p)\s*/?>", re.IGNORECASE)
 
 
 def html_to_text(fragment: str) -> str:
@@ -72,7 +72,7 @@ def parse_time(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(float(value), timezone.utc)
+        return datetime.fromtimestamp(float(value), UTC)
     s = str(value).strip()
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -83,7 +83,7 @@ def parse_time(value: Any) -> datetime | None:
             dt = parsedate_to_datetime(s)
         except (TypeError, ValueError):
             return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 class Source(ABC):

@@ -116,7 +116,7 @@ def page_images(body: str, page_url: str,
             continue
         try:
             full = urljoin(base, src.strip()).split("#", 1)[0]
-            urlsplit(full).port
+            _ = urlsplit(full).port  # raises ValueError for a bad port or IPv6 literal
         except ValueError as exc:
             if on_error is not None:
                 on_error(f"image {src[:80]!r} on {page_url}", MalformedItem(str(exc)))
@@ -150,7 +150,7 @@ def parse_sitemap(body: bytes, url: str, on_error: Callable[[str, Exception], No
                     raise MalformedItem("image:image without image:loc")
                 page_abs = urljoin(url, page) if page else url
                 image_abs = urljoin(page_abs, loc)
-                urlsplit(image_abs).port
+                _ = urlsplit(image_abs).port  # raises ValueError if unusable
             except (ValueError, MalformedItem) as exc:
                 if on_error is not None:
                     on_error(f"entry {page or '?'} in {url}", exc)

@@ -57,7 +57,7 @@ def status_records(status: Any, kind: str = "mastodon") -> list[UploadRecord]:
         raise MalformedItem(f"status is a {type(status).__name__}, not an object")
     sid = Source.need(status, "id", str, "status")
     where = f"status {sid}"
-    inner = status.get("reblog") if isinstance(status.get("reblog"), dict) else status
+    inner: dict[str, Any] = status["reblog"] if isinstance(status.get("reblog"), dict) else status
     media = Source.need(inner, "media_attachments", list, where)
     account = Source.need(inner, "account", dict, where)
     acct = str(account.get("acct") or account.get("username") or "")

@@ -29,7 +29,7 @@ from crawler.sources.base import Cursor, Source, UploadRecord, parse_time
 __all__ = ["RedditSource", "post_records"]
 
 _SUB_RE = re.compile(r"^/r/([A-Za-z0-9_+]+)(?:/new)?(?:\.json)?/?$")
-_IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|webp|avif|bmp)$", re.I)
+_IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|webp|avif|bmp)$", re.IGNORECASE)
 _SEEN_KEEP = 500
 
 
@@ -52,7 +52,7 @@ def _images(post: dict[str, Any]) -> list[str]:
                 continue
             if m.get("e") not in ("Image", "AnimatedImage"):
                 continue
-            s = m.get("s") if isinstance(m.get("s"), dict) else {}
+            s: dict[str, Any] = m["s"] if isinstance(m.get("s"), dict) else {}
             u = _url(s.get("u") or s.get("gif"))
             if u:
                 urls.append(u)

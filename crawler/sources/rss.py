@@ -104,9 +104,9 @@ def _item_images(item: Element, base: str) -> list[str]:
             by_path[key] = (url, width)
     urls = [u for u, _ in by_path.values()]
     for tag in ("description", _CONTENT, f"{_ATOM}content", f"{_ATOM}summary"):
-        el = item.find(tag)
-        if el is not None and el.text and "<img" in el.text:
-            urls += imgs_in_html(el.text)
+        body_el = item.find(tag)
+        if body_el is not None and body_el.text and "<img" in body_el.text:
+            urls += imgs_in_html(body_el.text)
     if not urls:
         urls = thumbs
     out: list[str] = []

@@ -39,7 +39,7 @@ _UPLOAD_ACTIONS = {"upload", "overwrite", "revert"}
 class SSEEvent:
     __slots__ = ("data", "event", "id")
 
-    def __init__(self, event: str, data: str, id: str | None) -> None:  # noqa: A002
+    def __init__(self, event: str, data: str, id: str | None) -> None:
         self.event = event
         self.data = data
         self.id = id
@@ -47,7 +47,8 @@ class SSEEvent:
 
 def iter_sse(lines: Iterator[str]) -> Iterator[SSEEvent]:
     """Server-sent events from text lines (the WHATWG event-stream format)."""
-    event, data, last_id = "", [], None
+    event, last_id = "", None
+    data: list[str] = []
     pending_id: str | None = None
     for raw in lines:
         line = raw.rstrip("\r\n")
@@ -61,7 +62,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[SSEEvent]:
         if line.startswith(":"):
             continue
         field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if field == "data":
             data.append(value)
         elif field == "event":

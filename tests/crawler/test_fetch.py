@@ -13,7 +13,14 @@ import pytest
 
 from config.settings import CrawlerSettings
 from crawler.errors import BlockedAddress, NotAnImage, Timeout, TooLarge, TooManyRedirects
-from crawler.fetch import AddressPolicy, SafeFetcher, SafeTransport, fetch_page, is_public_address, sniff_image_type
+from crawler.fetch import (
+    AddressPolicy,
+    SafeFetcher,
+    SafeTransport,
+    fetch_page,
+    is_public_address,
+    sniff_image_type,
+)
 from crawler.service import build_client
 
 from .conftest import png
@@ -112,9 +119,8 @@ def test_every_redirect_hop_is_revalidated(http: PayloadServer, target: str) -> 
     port = http.url.rsplit(":", 1)[1]
     http.routes["/start"] = lambda p, q, h: Reply(302, {"Location": "/hop"})
     http.routes["/hop"] = lambda p, q, h: Reply(302, {"Location": target.format(port=port)})
-    with build_client(_settings()) as client:
-        with pytest.raises(BlockedAddress):
-            SafeFetcher(client, _settings()).fetch_image(http.url + "/start")
+    with build_client(_settings()) as client, pytest.raises(BlockedAddress):
+        SafeFetcher(client, _settings()).fetch_image(http.url + "/start")
     assert [r.path for r in http.requests] == ["/start", "/hop"]
 
 

@@ -99,9 +99,8 @@ def test_robots_cached_and_obeyed(http: PayloadServer) -> None:
 def test_robots_server_error_means_disallow_and_missing_means_allow(http: PayloadServer) -> None:
     http.static("/page", b"ok", "text/plain")
     http.routes["/robots.txt"] = lambda p, q, h: Reply(500, {}, b"oops")
-    with build_client(_settings()) as client:
-        with pytest.raises(RobotsDisallowed):
-            fetch_page(client, http.url + "/page")
+    with build_client(_settings()) as client, pytest.raises(RobotsDisallowed):
+        fetch_page(client, http.url + "/page")
     http.routes["/robots.txt"] = lambda p, q, h: Reply(404, {}, b"none")
     with build_client(_settings()) as client:
         assert fetch_page(client, http.url + "/page").body == b"ok"

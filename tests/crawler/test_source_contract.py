@@ -193,7 +193,7 @@ class FeedHarness(Harness):
         text = (SITES / "rss" / "rss-parser__guardian.rss").read_text(encoding="utf-8")
         first, last = text.index("<item>"), text.rindex("</item>") + len("</item>")
         self.head, self.tail = text[:first], text[last:]
-        self.items = re.findall(r"<item>.*?</item>", text[first:last], re.S)
+        self.items = re.findall(r"<item>.*?</item>", text[first:last], re.DOTALL)
         self.broken = False
         self.http.routes["/feed.xml"] = self._feed
         return self.http.url + "/feed.xml", {}
@@ -232,11 +232,11 @@ class FeedHarness(Harness):
 
     def delete(self) -> str:
         gone = self.items.pop(3)
-        return re.search(r"<guid[^>]*>(.*?)</guid>", gone, re.S).group(1)  # type: ignore[union-attr]
+        return re.search(r"<guid[^>]*>(.*?)</guid>", gone, re.DOTALL).group(1)  # type: ignore[union-attr]
 
     def edit(self) -> str:
-        self.items[2] = re.sub(r"<title>.*?</title>", "<title>edited title</title>", self.items[2], count=1, flags=re.S)
-        return re.search(r"<guid[^>]*>(.*?)</guid>", self.items[2], re.S).group(1)  # type: ignore[union-attr]
+        self.items[2] = re.sub(r"<title>.*?</title>", "<title>edited title</title>", self.items[2], count=1, flags=re.DOTALL)
+        return re.search(r"<guid[^>]*>(.*?)</guid>", self.items[2], re.DOTALL).group(1)  # type: ignore[union-attr]
 
 
 class HtmlHarness(Harness):
