@@ -1,0 +1,235 @@
+"""Matching commands: ``scan``, ``calibrate`` and ``index rebuild``.
+
+Mounted into the main ``artwatch`` CLI by ``workers/cli.py`` (or with
+:func:`register_commands`). They take their settings from ``ctx.obj.settings``
+when run there, and load them from the environment otherwise.
+
+``scan`` runs :meth:`matching.Engine.analyse`, the very call the workers make,
+on every upload of a manifest, in ``--workers`` processes (one engine each),
+and writes one JSON line per candidate::
+
+    {"upload": "u00001", "work": "w0001", "score": 0.93, "match": true}
+
+``work`` is the work's external id (its database id when it has none).
+Uploads that cannot be decoded produce no line and are counted on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from config.settings import Settings
+
+__all__ = ["calibrate", "index_group", "register_commands", "scan"]
+
+log = logging.getLogger(__name__)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.find_object(object)
+    settings = getattr(obj, "settings", None)
+    if isinstance(settings, Settings):
+        return settings
+    from config.settings import load_settings
+
+    return load_settings()
+
+
+def _without_embedder(settings: Settings) -> Settings:
+    matching = settings.matching.model_copy(update={"use_embedder": False})
+    return settings.model_copy(update={"matching": matching})
+
+
+# ------------------------------------------------------------------ scan
+
+_engine: Any = None
+
+
+def _init_worker(settings: Settings) -> None:
+    global _engine
+    from matching import build_engine
+
+    _engine = build_engine(settings)
+
+
+def _analyse_one(item: tuple[str, str]) -> tuple[str, list[tuple[int, float, bool]], str | None]:
+    """(upload id, [(work_id, score, match)], error) for one manifest entry."""
+    from matching.errors import ImageError
+
+    upload_id, path = item
+    try:
+        data = Path(path).read_bytes()
+        cands = _engine.analyse(data, name=path)
+    except ImageError as exc:
+        return upload_id, [], str(exc)
+    except OSError as exc:
+        return upload_id, [], f"{path}: cannot read: {exc.strerror}"
+    return upload_id, [(c.work_id, float(c.score), bool(c.match)) for c in cands], None
+
+
+def _read_manifest(manifest: Path) -> list[tuple[str, str]]:
+    base = manifest.parent
+    items = []
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise click.ClickException(f"{manifest}: cannot read: {exc.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            items.append((str(rec["id"]), str(base / rec["file"])))
+        except (ValueError, KeyError, TypeError):
+            raise click.ClickException(
+                f'{manifest}:{n}: expected {{"id": ..., "file": ...}}, got {line[:80]!r}'
+            ) from None
+    return items
+
+
+def _work_names(settings: Settings) -> dict[int, str]:
+    from sqlalchemy import select
+
+    from storage.db import make_engine
+    from storage.models import Work
+
+    db = make_engine(settings.resolved_database_url())
+    try:
+        with db.connect() as conn:
+            return {wid: ext or str(wid) for wid, ext in conn.execute(select(Work.id, Work.external_id))}
+    finally:
+        db.dispose()
+
+
+def _results(items: list[tuple[str, str]], settings: Settings, workers: int) -> Iterator[Any]:
+    if workers <= 1:
+        _init_worker(settings)
+        yield from map(_analyse_one, items)
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # one process per core; no oversubscription
+    # spawn: each worker starts clean and builds its own engine (no state shared across fork).
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+        yield from pool.imap(_analyse_one, items, chunksize=2)
+
+
+@click.command("scan")
+@click.option("--manifest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help='JSONL of uploads: {"id": ..., "file": path relative to the manifest}.')
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the predictions (JSONL, one line per candidate).")
+@click.option("--no-embedder", is_flag=True, help="Skip CLIP: match on the other signals only.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Processes analysing uploads (one engine each).")
+@click.pass_context
+def scan(ctx: click.Context, manifest: Path, out_path: Path, no_embedder: bool, workers: int) -> None:
+    """Analyse every upload in a manifest against the registered works."""
+    settings = _settings(ctx)
+    if no_embedder:
+        settings = _without_embedder(settings)
+    items = _read_manifest(manifest)
+    names = _work_names(settings)
+    if not names:
+        click.echo("warning: no works are registered; every upload will have no candidates", err=True)
+    errors = candidates = matched = 0
+    t0 = time.monotonic()
+    tmp = out_path.with_name(out_path.name + ".part")
+    with tmp.open("w", encoding="utf-8") as out, click.progressbar(
+        length=len(items), label="scanning", file=sys.stderr, show_pos=True, show_eta=True
+    ) as bar:
+        for upload_id, cands, error in _results(items, settings, workers):
+            if error is not None:
+                errors += 1
+                log.warning("%s", error)
+            for work_id, score, match in cands:
+                name = names.get(work_id)
+                if name is None:  # removed from the database since it was indexed
+                    continue
+                out.write(json.dumps({"upload": upload_id, "work": name, "score": round(score, 6),
+                                      "match": match}) + "\n")
+                candidates += 1
+                matched += int(match)
+            bar.update(1)
+    tmp.replace(out_path)
+    took = time.monotonic() - t0
+    click.echo(
+        f"scanned {len(items)} uploads in {took:.1f}s ({len(items) / max(took, 1e-9):.1f}/s, {workers} workers): "
+        f"{candidates} candidates, {matched} matches, {errors} unreadable",
+        err=True,
+    )
+
+
+# ------------------------------------------------------------- calibrate
+
+
+@click.command("calibrate")
+@click.option("--target-precision", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.99,
+              show_default=True, help="Precision the match threshold is set for.")
+@click.pass_context
+def calibrate(ctx: click.Context, target_precision: float) -> None:
+    """Set the match threshold from the registry itself.
+
+    Makes transformed copies of the registered works and unrelated images,
+    measures the score distributions and writes the threshold that gives the
+    target precision (see matching.calibrate).
+    """
+    settings = _settings(ctx)
+    try:
+        from matching import calibrate as calibration
+    except ImportError:
+        raise click.ClickException("calibration is not available in this build (matching.calibrate missing)") from None
+    result = calibration.run_calibration(settings, target_precision=target_precision)
+    click.echo(str(result))
+
+
+# ------------------------------------------------------------------ index
+
+
+@click.group("index")
+def index_group() -> None:
+    """Maintain the matching index."""
+
+
+@index_group.command("rebuild")
+@click.pass_context
+def index_rebuild(ctx: click.Context) -> None:
+    """Rebuild the index from the works in the database."""
+    from matching import build_engine
+    from matching.index.rebuild import rebuild_index
+    from storage.blobs import FolderBlobStore
+    from storage.db import make_engine, make_sessionmaker
+
+    settings = _settings(ctx)
+    db = make_engine(settings.resolved_database_url())
+    engine = build_engine(settings)
+    with click.progressbar(length=0, label="rebuilding index", file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(1)
+
+        report = rebuild_index(make_sessionmaker(db), FolderBlobStore(settings.blob_dir()), engine,
+                               progress=progress)
+    db.dispose()
+    for wid, why in report.failed:
+        click.echo(f"work {wid}: {why}", err=True)
+    click.echo(f"index rebuilt: {report.registered} works indexed, {report.removed} stale removed, "
+               f"{len(report.failed)} failed")
+    if report.failed:
+        ctx.exit(1)
+
+
+def register_commands(group: click.Group) -> None:
+    """Mount ``scan``, ``calibrate`` and ``index`` on a click group."""
+    for cmd in (scan, calibrate, index_group):
+        group.add_command(cmd)

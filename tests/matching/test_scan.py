@@ -1,0 +1,142 @@
+"""`artwatch scan` and `artwatch index rebuild`, end to end through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import delete, select
+
+from storage.db import make_engine
+from storage.models import Work
+
+
+def _picture(seed: int, w: int = 400, h: int = 300) -> np.ndarray:
+    """Textured enough for local features: smooth colours plus random blocks."""
+    r = np.random.default_rng(seed)
+    base = Image.fromarray(r.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    a = np.asarray(base).copy()
+    for _ in range(40):
+        x, y = int(r.integers(0, w - 30)), int(r.integers(0, h - 30))
+        a[y : y + int(r.integers(5, 30)), x : x + int(r.integers(5, 30))] = r.integers(0, 256, 3)
+    return a
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    d = tmp_path / "ds"
+    (d / "works").mkdir(parents=True)
+    (d / "uploads").mkdir()
+    with (d / "works.jsonl").open("w") as f:
+        for i in range(3):
+            Image.fromarray(_picture(i)).save(d / "works" / f"w{i}.png")
+            f.write(json.dumps({"id": f"w{i}", "file": f"works/w{i}.png", "kind": "artwork", "owner": f"o{i % 2}",
+                                "title": f"t{i}"}) + "\n")
+    with (d / "uploads.jsonl").open("w") as f:
+        for i in range(3):  # cropped, recompressed copies
+            Image.fromarray(_picture(i)[20:280, 30:370]).save(d / "uploads" / f"u{i}.jpg", quality=70)
+            f.write(json.dumps({"id": f"u{i}", "file": f"uploads/u{i}.jpg"}) + "\n")
+        Image.fromarray(_picture(99)).save(d / "uploads" / "u9.jpg")
+        f.write(json.dumps({"id": "u9", "file": "uploads/u9.jpg"}) + "\n")
+        (d / "uploads" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+        f.write(json.dumps({"id": "ubad", "file": "uploads/bad.jpg"}) + "\n")
+    return d
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("ARTWATCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ARTWATCH_CONFIG", raising=False)
+    return CliRunner()
+
+
+def _run(runner: CliRunner, *args: str) -> str:
+    from workers.cli import cli
+
+    res = runner.invoke(cli, list(args), catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def _predictions(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_scan_writes_predictions(cli: CliRunner, dataset: Path, tmp_path: Path, workers: str) -> None:
+    _run(cli, "init")
+    _run(cli, "works", "import", str(dataset / "works.jsonl"))
+    out = tmp_path / "pred.jsonl"
+    from workers.cli import cli as main
+
+    res = cli.invoke(main,
+                     ["scan", "--no-embedder", "--workers", workers, "--manifest", str(dataset / "uploads.jsonl"),
+                      "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    preds = _predictions(out)
+    for p in preds:
+        assert set(p) == {"upload", "work", "score", "match"}
+        assert isinstance(p["score"], float) and isinstance(p["match"], bool)
+    decided = {(p["upload"], p["work"]) for p in preds if p["match"]}
+    assert decided == {("u0", "w0"), ("u1", "w1"), ("u2", "w2")}
+    assert not any(p["upload"] in ("u9", "ubad") and p["match"] for p in preds)
+    assert "1 unreadable" in res.output and "bad.jpg" in res.output
+    assert "scanned 5 uploads" in res.output
+    assert not (tmp_path / "pred.jsonl.part").exists()
+
+
+def test_scan_rejects_a_bad_manifest(cli: CliRunner, tmp_path: Path) -> None:
+    from workers.cli import cli as main
+
+    _run(cli, "init")
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"id": "u1"}\n')
+    res = cli.invoke(main, ["scan", "--manifest", str(m), "--out", str(tmp_path / "o.jsonl")])
+    assert res.exit_code != 0
+    assert "m.jsonl:1: expected" in res.output
+
+
+def test_index_rebuild_from_database(cli: CliRunner, dataset: Path, tmp_path: Path) -> None:
+    from config.settings import load_settings
+    from matching import build_engine
+
+    _run(cli, "init")
+    _run(cli, "works", "import", str(dataset / "works.jsonl"))
+    settings = load_settings()
+    db = make_engine(settings.resolved_database_url())
+    with db.begin() as conn:
+        w2 = conn.execute(select(Work.id).where(Work.external_id == "w2")).scalar_one()
+        conn.execute(delete(Work).where(Work.id == w2))  # behind the engine's back
+    db.dispose()
+    engine = build_engine(settings)
+    assert w2 in engine.index.work_ids
+    out = _run(cli, "index", "rebuild")
+    assert "2 works indexed, 1 stale removed, 0 failed" in out
+    engine = build_engine(settings)
+    assert w2 not in engine.index.work_ids and len(engine.index.work_ids) == 2
+    assert engine.analyse((dataset / "uploads" / "u0.jpg").read_bytes())[0].match is True
+    assert all(c.work_id != w2 for c in engine.analyse((dataset / "uploads" / "u2.jpg").read_bytes()))
+
+
+def test_index_rebuild_reports_a_missing_blob(cli: CliRunner, dataset: Path) -> None:
+    from config.settings import load_settings
+    from workers.cli import cli as main
+
+    _run(cli, "init")
+    _run(cli, "works", "import", str(dataset / "works.jsonl"))
+    settings = load_settings()
+    db = make_engine(settings.resolved_database_url())
+    with db.begin() as conn:
+        sha = conn.execute(select(Work.blob_sha256).where(Work.external_id == "w1")).scalar_one()
+    db.dispose()
+    from storage.blobs import FolderBlobStore
+
+    FolderBlobStore(settings.blob_dir()).path(sha).unlink()
+    res = cli.invoke(main, ["index", "rebuild"])
+    assert res.exit_code == 1
+    assert "2 works indexed, 0 stale removed, 1 failed" in res.output
+    assert "w1.png" in res.output
