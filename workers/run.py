@@ -254,7 +254,12 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
             url = settings.web.base_url
             echo(f"  web UI:                 {url}" + (f"  (log in as {DEMO_REVIEWER} / {DEMO_PASSWORD})" if demo else ""))
             echo("serving the web UI; Ctrl-C to stop")
-            from webapp.cli import serve
+            import uvicorn
 
-            serve(settings)
+            from storage.blobs import FolderBlobStore
+            from webapp.app import create_app
+
+            web_app = create_app(settings, sessions=sessions, blobs=FolderBlobStore(settings.blob_dir()))
+            uvicorn.run(web_app, host=settings.web.host, port=settings.web.port,
+                        log_level="warning", server_header=False)
     return summary
