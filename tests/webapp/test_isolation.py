@@ -26,7 +26,8 @@ from sqlalchemy import select
 
 from storage.models import Account, Match, Notice, NoticeState, Role, Source, WebJob, Work
 from webapp.app import route_table
-from webapp_testkit import World, csrf_from, logo_png, product_shot
+from workers.demo import painting
+from webapp_testkit import World, csrf_from, logo_png, png, product_shot
 
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/"): "public",
@@ -132,11 +133,11 @@ class Scene:
         data: dict[str, Any] = {} if api else {"csrf_token": csrf}
         files = None
         if path in ("/works", "/api/v1/works"):
-            files = {"file": ("mine.png", logo_png(7, "BOB"), "image/png")}
-            data.update(title="bob work", kind="logo")
+            files = {"file": ("mine.png", png(painting(7)), "image/png")}
+            data.update(title="bob work", kind="artwork")
         elif path == "/works/import":
-            files = {"files": ("mine.png", logo_png(8, "B2"), "image/png")}
-            data["kind"] = "logo"
+            files = {"files": ("mine.png", png(painting(8)), "image/png")}
+            data["kind"] = "artwork"
         elif path == "/api/v1/check":
             files = {"file": ("probe.jpg", self.shot, "image/jpeg")}
         elif path.endswith("/reject"):

@@ -248,11 +248,23 @@ def test_admin_manages_sources_users_and_hosts(world: World) -> None:
     assert login(world.client(), "new@example.com", "long enough pw").headers["location"] == "/review"
 
     hosts = client.get("/admin/hosts")
-    assert hosts.status_code == 200
-    bad = client.post("/admin/hosts", data={"csrf_token": token, "override": "[hosts\nbroken"})
-    assert bad.status_code == 422 and "not valid TOML" in bad.text
+    assert hosts.status_code == 200 and "pics.example" in hosts.text and "dmca-agent@pics.example" in hosts.text
     override = world.settings.data_dir / "hosts.override.toml"
-    assert not override.exists()
+    bad = client.post("/admin/hosts", data={"csrf_token": token, "override": "[hosts\nbroken"})
+    assert bad.status_code == 422 and "not valid TOML" in bad.text and not override.exists()
+    bad = client.post("/admin/hosts", data={"csrf_token": token, "override":
+                                            '[hosts."x.example"]\nlaw = "dmca"\nemail = "not-an-address"\n'})
+    assert bad.status_code == 422 and "is not an email address" in bad.text and not override.exists()
+    good = ('[hosts."pics.example"]\nname = "Pics (override)"\ndomains = ["pics.example"]\nlaw = "dsa"\n'
+            'email = "legal@pics.example"\nverify = false\n')
+    saved = client.post("/admin/hosts", data={"csrf_token": token, "override": good})
+    assert saved.status_code == 200 and "Override saved." in saved.text
+    assert override.read_text() == good
+    assert "legal@pics.example" in saved.text and "Pics (override)" in saved.text
+    from webapp.routes.admin import effective_host_directory
+
+    entry = effective_host_directory(world.settings).lookup("https://pics.example/p/1")
+    assert entry is not None and entry.law == "dsa" and entry.recipient == "legal@pics.example"
 
 
 def test_other_roles_cannot_use_admin_or_review_pages(world: World) -> None:

@@ -71,12 +71,26 @@ def db_engine(tmp_path: Path, pg_database: str | None) -> Iterator[Engine]:
     engine.dispose()
 
 
+HOSTS_TOML = """
+[hosts."pics.example"]
+name = "Pics Example"
+domains = ["pics.example"]
+law = "dmca"
+email = "dmca-agent@pics.example"
+verify = false
+"""
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     for key in os.environ:
         if key.startswith("ARTWATCH_") and not key.startswith("ARTWATCH_TEST_"):
             raise RuntimeError(f"unset {key} before running the web tests")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    hosts = data_dir / "test-hosts.toml"
+    hosts.write_text(HOSTS_TOML, encoding="utf-8")
     base: dict[str, Any] = {
         "data_dir": data_dir,
+        "notices": {"hosts_file": str(hosts)},
         "matching": {"clip_pretrained": "", "use_embedder": False},
         "web": {"secret_key": "test-secret-key"},
     }
@@ -175,6 +189,15 @@ class World:
             s.add(m)
             s.flush()
             return m.id
+
+    def draft(self, match_id: int) -> int:
+        """The real drafting step (notices.drafting), as the pipeline's notify task runs it."""
+        from notices.drafting import draft_for_match
+
+        with session_scope(self.sessions) as s:
+            notice = draft_for_match(s, match_id, self.settings)
+            assert notice is not None
+            return notice.id
 
     def notice(self, owner_id: int, match_ids: list[int], host: str = "pics.example",
                age: timedelta = timedelta(0)) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,23 +31,25 @@ def source_kinds() -> tuple[str, ...]:
 
 
 def hosts_paths(settings: Settings) -> tuple[Path, Path]:
-    """The bundled (or configured) host directory and the admin's override file in DATA_DIR."""
-    bundled = Path(settings.notices.hosts_file) if settings.notices.hosts_file else \
-        Path(__file__).resolve().parents[2] / "config" / "hosts.toml"
+    """The configured (or bundled) host directory and the admin's override file in DATA_DIR."""
+    from notices.hosts import DEFAULT_HOSTS_FILE
+
+    bundled = Path(settings.notices.hosts_file) if settings.notices.hosts_file else DEFAULT_HOSTS_FILE
     return bundled, Path(settings.data_dir) / HOSTS_OVERRIDE_NAME
 
 
-def _host_entries(text: str) -> list[dict[str, Any]]:
-    data = tomllib.loads(text) if text.strip() else {}
-    hosts = data.get("hosts", data)
-    entries = []
-    if isinstance(hosts, dict):
-        for name, value in hosts.items():
-            if isinstance(value, dict):
-                entries.append({"host": name, **{k: v for k, v in value.items() if not isinstance(v, dict)}})
-    elif isinstance(hosts, list):
-        entries = [h for h in hosts if isinstance(h, dict)]
-    return entries
+def effective_host_directory(settings: Settings) -> Any:
+    """The bundled directory with the override file's entries replacing (or adding) entries by key.
+
+    Raises notices.errors.HostDirectoryError naming the file and entry at fault.
+    """
+    from notices.hosts import HostDirectory, load_host_directory
+
+    bundled, override = hosts_paths(settings)
+    entries = dict(load_host_directory(path=bundled).entries)
+    if override.exists():
+        entries.update(load_host_directory(path=override).entries)
+    return HostDirectory(list(entries.values()))
 
 
 def _sources_page(request: Request, session: Session, error: str = "", status: int = 200) -> Response:
@@ -162,22 +163,29 @@ def set_role(request: Request, user_id: int, role: str = Form(""), account: Acco
 
 def _hosts_page(request: Request, override_text: str | None = None, error: str = "", saved: bool = False,
                 status: int = 200) -> Response:
-    bundled, override = hosts_paths(get_ctx(request).settings)
-    try:
-        bundled_text = bundled.read_text(encoding="utf-8")
-        entries = _host_entries(bundled_text)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        bundled_text, entries = "", []
-        error = error or f"cannot read the host directory {bundled}: {exc}"
+    from notices.errors import HostDirectoryError
+    from notices.hosts import load_host_directory
+
+    settings = get_ctx(request).settings
+    bundled, override = hosts_paths(settings)
     if override_text is None:
         override_text = override.read_text(encoding="utf-8") if override.exists() else ""
     try:
-        override_entries = _host_entries(override_text)
-    except tomllib.TOMLDecodeError:
-        override_entries = []
+        bundled_keys = set(load_host_directory(path=bundled).entries)
+        entries = sorted(effective_host_directory(settings).entries.values(), key=lambda e: e.key)
+    except HostDirectoryError as exc:
+        bundled_keys, entries = set(), []
+        error = error or str(exc)
+    overridden = set()
+    if override.exists():
+        try:
+            overridden = set(load_host_directory(path=override).entries)
+        except HostDirectoryError:
+            pass
     return get_ctx(request).templates.TemplateResponse(request, "admin_hosts.html", {
         "bundled": str(bundled), "override_path": str(override), "entries": entries,
-        "override_entries": override_entries, "override_text": override_text, "error": error, "saved": saved,
+        "bundled_keys": bundled_keys, "overridden": overridden, "override_text": override_text,
+        "error": error, "saved": saved,
     }, status_code=status)
 
 
@@ -188,33 +196,26 @@ def hosts(request: Request, account: Account = ADMIN) -> Response:
 
 @router.post("/hosts", response_class=HTMLResponse)
 def save_hosts(request: Request, account: Account = ADMIN, override: str = Form("")) -> Response:
+    """Validate the override with the notices package's own loader, then replace the file atomically."""
+    import tempfile
+
+    from notices.errors import HostDirectoryError
+    from notices.hosts import HostDirectory, load_host_directory
+
     text = override.replace("\r\n", "\n")
-    try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return _hosts_page(request, text, f"not valid TOML: {exc}", status=422)
-    problem = _validate_hosts(text)
-    if problem:
-        return _hosts_page(request, text, problem, status=422)
-    _, path = hosts_paths(get_ctx(request).settings)
+    bundled, path = hosts_paths(get_ctx(request).settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / HOSTS_OVERRIDE_NAME
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            entries = dict(load_host_directory(path=bundled).entries)
+            entries.update(load_host_directory(path=candidate).entries)
+            HostDirectory(list(entries.values()))
+        except HostDirectoryError as exc:
+            message = str(exc).replace(str(candidate), HOSTS_OVERRIDE_NAME)
+            return _hosts_page(request, text, message, status=422)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    tmp_path = path.with_suffix(".tmp")
+    tmp_path.write_text(text, encoding="utf-8")
+    tmp_path.replace(path)
     return _hosts_page(request, saved=True)
-
-
-def _validate_hosts(text: str) -> str:
-    """The notices package's own check of a host directory, when it offers one."""
-    try:
-        from notices import hosts as hosts_module
-    except ImportError:
-        return ""
-    check = getattr(hosts_module, "parse_hosts", None)
-    if check is None:
-        return ""
-    try:
-        check(text)
-    except Exception as exc:  # noqa: BLE001 - shown to the admin as the reason
-        return str(exc)
-    return ""

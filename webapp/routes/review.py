@@ -24,12 +24,12 @@ router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)]
 
 STAFF = require_page_role(Role.REVIEWER, Role.ADMIN)
 OPEN_STATES = (NoticeState.DRAFT, NoticeState.IN_REVIEW)
-FAIR_USE_FACTORS = (
-    ("commentary", "Commentary or criticism"),
-    ("parody", "Parody"),
-    ("small_portion", "Uses only a small portion"),
-    ("transformative", "Transformative use"),
-)
+
+
+def fair_use_questions() -> list[tuple[str, str]]:
+    from notices.workflow import FAIR_USE_QUESTIONS
+
+    return list(FAIR_USE_QUESTIONS.items())
 
 
 def _workflow_errors() -> tuple[type[BaseException], ...]:
@@ -70,7 +70,7 @@ def notice_page(request: Request, notice_id: int, error: str = "", account: Acco
 
 
 def _render_notice(request: Request, session: Session, account: Account, notice: Notice, *,
-                   error: str = "", status: int = 200) -> Response:
+                   error: str = "", status: int = 200, gaps: list[str] | None = None) -> Response:
     ctx = get_ctx(request)
     evidence = [evidence_view(ctx, item.match) for item in notice.items]
     audit = session.scalars(
@@ -78,20 +78,22 @@ def _render_notice(request: Request, session: Session, account: Account, notice:
         .order_by(AuditEvent.at, AuditEvent.id)
     ).all()
     return ctx.templates.TemplateResponse(request, "notice.html", {
-        "notice": notice, "evidence": evidence, "audit": audit, "error": error,
-        "can_act": is_staff(account), "factors": FAIR_USE_FACTORS,
+        "notice": notice, "evidence": evidence, "audit": audit, "error": error, "gaps": gaps or [],
+        "can_act": is_staff(account), "questions": fair_use_questions(),
     }, status_code=status)
 
 
 def _act(request: Request, session: Session, account: Account, notice: Notice, action: Any) -> Response:
-    """Run a workflow step; on refusal re-render the notice with the reason."""
+    """Run a workflow step; on refusal re-render the notice with every reason."""
     try:
         action()
         session.flush()
     except _workflow_errors() as exc:
         session.rollback()
         notice = visible_notice(session, account, notice.id)
-        return _render_notice(request, session, account, notice, error=str(exc), status=409)
+        missing = getattr(exc, "missing", None)
+        return _render_notice(request, session, account, notice, error=str(exc), status=409,
+                              gaps=list(missing) if missing else [])
     return RedirectResponse(f"/notices/{notice.id}", status_code=303)
 
 
@@ -102,11 +104,9 @@ async def approve(request: Request, notice_id: int, account: Account = Depends(p
 
     notice = _staff_notice(session, account, notice_id)
     form = await request.form()
-    fair_use = {key: form.get(key) == "on" for key, _ in FAIR_USE_FACTORS}
-    fair_use["none_applies"] = form.get("none_applies") == "on"
-    note = str(form.get("fair_use_note") or "")[:2000]
-    if note:
-        fair_use["note"] = note  # type: ignore[assignment]
+    # Each question is answered yes or no; an unanswered one stays out, and
+    # the workflow refuses approval naming it.
+    fair_use = {key: str(form[key]) for key, _ in fair_use_questions() if form.get(key) in ("yes", "no")}
     return _act(request, session, account, notice,
                 lambda: workflow.approve(session, notice.id, account.email, fair_use=fair_use))
 
