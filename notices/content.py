@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 __all__ = ["LAWS", "ItemRef", "NoticeContent", "Notifier", "WorkRef", "clean_inline", "sample_content"]
 
 LAWS = ("dmca", "dsa", "trademark")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: datetime | None) -> datetime | None:
+    """An aware UTC datetime. SQLite hands back naive values; artwatch only
+    ever stores UTC, so naive means UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def clean_inline(value: object, max_length: int = 2000) -> str:

@@ -73,7 +73,8 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 @dataclass
 class WebServer:
-    """Serves ``routes[path] = (status, body)``; unknown paths are 404."""
+    """Serves ``routes[path] = (status, body)``; unknown paths are 404; for a
+    3xx status the body is the Location."""
 
     base: str
     routes: dict[str, tuple[int, bytes]]
@@ -93,6 +94,9 @@ def web_server() -> Iterator[WebServer]:
             hits.append(self.path)
             status, body = routes.get(self.path, (404, b"not found"))
             self.send_response(status)
+            if 300 <= status < 400:  # the body names the redirect target
+                self.send_header("Location", body.decode())
+                body = b""
             self.send_header("Content-Type", "image/png" if status == 200 else "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

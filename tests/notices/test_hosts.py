@@ -57,8 +57,8 @@ def test_settings_path_is_used(tmp_path: Path) -> None:
     ('[hosts."a.test"]\nlaw = "dmca"\nweb_form = "http://a.test/f"\n', "must be an https:// URL"),
     ('[hosts."a.test"]\nlaw = "dmca"\nweb_form = "https://a.test/f"\nverify = false\n', "must set verify = true"),
     ('[hosts."a.test"]\nlaw = "dmca"\nemail = "x@a.test"\nagent = "x"\n', "unknown key(s): agent"),
-    ('[hosts."a.test"]\nlaw = "dmca"\nemail = "x@a.test"\n[hosts."b.test"]\ndomains = ["a.test"]\n'
-     'law = "dmca"\nemail = "x@b.test"\n', "listed under both"),
+    (('[hosts."a.test"]\nlaw = "dmca"\nemail = "x@a.test"\n[hosts."b.test"]\ndomains = ["a.test"]\n'
+      'law = "dmca"\nemail = "x@b.test"\n'), "listed under both"),
     ("[hosts\n", "not valid TOML"),
 ])
 def test_invalid_directories_are_clear_errors(tmp_path: Path, body: str, message: str) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from config.settings import NoticeSettings
 from notices import workflow
 from notices.business_days import add_business_days, is_business_day
+from notices.content import as_utc
 from notices.drafting import draft_for_match
 from notices.errors import ApprovalRefused, IllegalTransition, NoticeNotFound
 from storage.db import session_scope
@@ -45,7 +46,7 @@ def test_full_path_is_audited_with_who_and_when(sessions: Any, notice_id: int) -
         workflow.submit(s, notice_id, REVIEWER)
         workflow.approve(s, notice_id, REVIEWER, OK)
         n = workflow.mark_sent(s, notice_id, "sender@artwatch.test", via="web_form", followup_days=7, now=sent_at)
-        assert n.followup_due_at == datetime(2026, 11, 9, 12, 0, tzinfo=UTC)
+        assert as_utc(n.followup_due_at) == datetime(2026, 11, 9, 12, 0, tzinfo=UTC)
         workflow.resolve(s, notice_id, "followup", "removed")
     with session_scope(sessions) as s:
         ev = _events(s, notice_id)
@@ -142,9 +143,8 @@ def test_reject_needs_a_reason_and_illegal_steps_are_refused(sessions: Any, noti
 
 
 def test_recipient_must_be_an_address_or_web_form(sessions: Any, notice_id: int) -> None:
-    with session_scope(sessions) as s:
-        with pytest.raises(IllegalTransition, match="neither an email address nor an https"):
-            workflow.edit(s, notice_id, REVIEWER, recipient="javascript:alert(1)")
+    with session_scope(sessions) as s, pytest.raises(IllegalTransition, match="neither an email address nor an https"):
+        workflow.edit(s, notice_id, REVIEWER, recipient="javascript:alert(1)")
 
 
 def test_counter_notice_sets_the_10_to_14_business_day_window(sessions: Any, notice_id: int) -> None:
