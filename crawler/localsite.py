@@ -359,6 +359,9 @@ def _make_handler(site: LocalSite) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "artwatch-localsite/1"
+        # Headers and body go out in separate writes; without TCP_NODELAY,
+        # Nagle plus delayed ACK stalls every keep-alive response ~40 ms.
+        disable_nagle_algorithm = True
 
         def _serve(self, with_body: bool) -> None:
             site.requests.append(RecordedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
