@@ -36,6 +36,7 @@ __all__ = [
     "NoticeSettings",
     "Settings",
     "WebSettings",
+    "WorkersSettings",
     "load_settings",
 ]
 
@@ -104,6 +105,22 @@ class WebSettings(_Section):
     secret_key: str = ""
 
 
+class WorkersSettings(_Section):
+    """Celery topology and reliability knobs; see the comments in defaults.toml."""
+
+    routes: dict[str, str] = {}
+    prefetch: dict[str, int] = {}
+    concurrency: dict[str, int] = {}
+    embed_stage: bool = False
+    embed_max_batch: int = 32
+    embed_max_wait_ms: int = 20
+    embed_dtype: Literal["float16", "bfloat16"] = "float16"
+    visibility_timeout_s: int = 3600
+    restore_interval_s: int = 10
+    max_deliveries: int = 3
+    metrics_port: int = 0
+
+
 class AlertSettings(_Section):
     default_mode: Literal["instant", "digest", "off"] = "instant"
     digest_hour_utc: int = 8
@@ -152,6 +169,7 @@ class Settings(BaseSettings):
     notices: NoticeSettings = NoticeSettings()
     web: WebSettings = WebSettings()
     alerts: AlertSettings = AlertSettings()
+    workers: WorkersSettings = WorkersSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -13,33 +13,46 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 
-__all__ = ["QUEUES", "app", "celery_config", "configure"]
+__all__ = ["QUEUES", "RETRY_BACKOFF_MAX_S", "app", "celery_config", "configure", "worker_prefetch"]
 
-# Queue per kind of work, so CPU crawlers, CPU analysis and GPU embedding can
-# be scaled and prefetched independently.
+# Queue per kind of work, so crawlers, CPU analysis and GPU embedding can be
+# scaled and prefetched independently (routes: [workers.routes] in config).
 QUEUES = ("crawl", "fetch", "analyse", "embed", "notify")
 
-ROUTES = {
-    "artwatch.crawl_source": {"queue": "crawl"},
-    "artwatch.crawl_due_sources": {"queue": "crawl"},
-    "artwatch.fetch_upload": {"queue": "fetch"},
-    "artwatch.analyse_upload": {"queue": "analyse"},
-    "artwatch.draft_notice": {"queue": "notify"},
-    "artwatch.notify_owner": {"queue": "notify"},
-    "artwatch.send_digests": {"queue": "notify"},
-}
-
-# The longest task (a crawl page or an analysis batch) finishes well inside
-# this. Redis re-delivers an unacked message after the visibility timeout, so
-# it must exceed the longest task or a slow task would run twice at once.
-VISIBILITY_TIMEOUT_S = 3600
+# The longest task (a crawl page, an analysis, a GPU batch) finishes in well
+# under a minute, and the longest retry countdown is RETRY_BACKOFF_MAX_S.
+# Redis re-delivers an unacked message after the visibility timeout, and a
+# retry waiting for its countdown is held unacked by a worker, so the timeout
+# must exceed both or a slow task (or a scheduled retry) would run twice at
+# once. [workers] visibility_timeout_s (default 3600) is checked against it.
+RETRY_BACKOFF_MAX_S = 300
+LONGEST_TASK_S = 600
 
 app = Celery("artwatch")
 
 
+def worker_prefetch(settings: Settings, queues: list[str]) -> int:
+    """Prefetch multiplier for a worker consuming ``queues``: the smallest
+    configured value among them, so a long queue is never over-prefetched
+    because it shares a worker with a short one."""
+    values = [settings.workers.prefetch.get(q, 1) for q in queues]
+    return max(1, min(values or [1]))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
+    w = settings.workers
+    unknown = sorted(set(w.routes.values()) - set(QUEUES))
+    if unknown:
+        raise ConfigError(f"workers.routes names unknown queues {unknown}; queues are {list(QUEUES)}")
+    if w.visibility_timeout_s <= LONGEST_TASK_S + RETRY_BACKOFF_MAX_S and not settings.embedded_broker:
+        # Allowed (the fault tests shorten it with short tasks), but loud.
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "workers.visibility_timeout_s=%s is below the longest task plus retry countdown (%s s): "
+            "slow tasks may run twice", w.visibility_timeout_s, LONGEST_TASK_S + RETRY_BACKOFF_MAX_S)
     conf: dict[str, Any] = {
         # JSON only: messages carry ids and small records, never pickles.
         "task_serializer": "json",
@@ -51,14 +64,29 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # because every task is idempotent (upserts keyed by natural ids).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One message at a time per process: tasks are long compared to the
-        # round trip, and prefetching more would strand work on a dead worker.
+        # A message whose task raised for good is acked, not re-queued: the
+        # task's on_failure has written it to the dead-letter table already.
+        "task_acks_on_failure_or_timeout": True,
+        # Default for clients (`artwatch crawl`); `artwatch worker` sets the
+        # value for its queues from [workers.prefetch] (see worker_prefetch).
         "worker_prefetch_multiplier": 1,
+        # A worker waits for the broker forever instead of exiting when Redis
+        # restarts; publishers retry too, so a task queued during the outage
+        # is sent once Redis is back rather than lost.
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 30, "interval_start": 0.2,
+                                      "interval_step": 0.5, "interval_max": 2.0},
+        # Celery stops consuming while Redis is away; cancel the tasks it can
+        # no longer ack so they are re-delivered, not half-acked.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_queues": [Queue(name) for name in QUEUES],
         "task_default_queue": "analyse",
-        "task_routes": ROUTES,
+        "task_routes": dict(w.routes),
+        # Events feed Flower; the worker sends them only when asked (-E).
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "crawl-due-sources": {"task": "artwatch.crawl_due_sources", "schedule": timedelta(seconds=60)},
@@ -68,19 +96,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.embedded_broker:
         folder = settings.broker_dir()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         conf["broker_url"] = "filesystem://"
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            # kombu's default is "control" in the current directory.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
         conf["beat_schedule_filename"] = str(folder / "beat-schedule")
     else:
         conf["broker_url"] = settings.broker_url
-        conf["broker_transport_options"] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+        conf["broker_transport_options"] = {
+            "visibility_timeout": w.visibility_timeout_s,
+            # Look for expired unacked messages every restore_interval_s
+            # (kombu's default throttle would make it every 10 intervals).
+            "unacked_restore_interval": w.restore_interval_s,
+            "unacked_restore_throttle": 1,
+        }
     return conf
 
 

@@ -305,28 +305,72 @@ def owners_list(obj: CliContext) -> None:
 # ---------------------------------------------------------------- worker, beat, crawl
 
 
+_ROLES = {
+    # CPU workers: crawling, fetching, analysis (decode, hashes, local features), notices.
+    "cpu": ("crawl,fetch,analyse,notify", "prefork"),
+    # GPU workers: batched CLIP embedding; one thread per in-flight image.
+    "gpu": ("embed", "threads"),
+    # Everything in one worker (the embedded default, small installs).
+    "all": ("crawl,fetch,analyse,embed,notify", "prefork"),
+}
+
+
 @cli.command()
-@click.option("-Q", "--queues", default=",".join(["crawl", "fetch", "analyse", "embed", "notify"]),
-              show_default=True, help="Comma-separated queues to consume.")
-@click.option("-c", "--concurrency", type=int, default=2, show_default=True, help="Worker processes.")
-@click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True)
+@click.option("--role", type=click.Choice(sorted(_ROLES)), default="all", show_default=True,
+              help="Which queues and pool to use: cpu, gpu (batched embedding), or all.")
+@click.option("-Q", "--queues", default=None, help="Comma-separated queues to consume (default: by role).")
+@click.option("-c", "--concurrency", type=int, default=None,
+              help="Worker processes, or threads for the gpu role (default: [workers.concurrency]).")
+@click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default=None,
+              help="Execution pool (default: by role).")
 @click.option("-n", "--hostname", default=None, help="Worker node name (default: artwatch@HOST).")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics on this port (default: workers.metrics_port; 0 = off).")
 @click.pass_obj
-def worker(obj: CliContext, queues: str, concurrency: int, pool: str, hostname: str | None) -> None:
+def worker(obj: CliContext, role: str, queues: str | None, concurrency: int | None, pool: str | None,
+           hostname: str | None, metrics_port: int | None) -> None:
     """Run a Celery worker process (CPU or GPU, by the queues it consumes)."""
-    from workers.broker import check_broker
+    import os
+
     from workers.runtime import set_runtime_settings
 
+    settings = obj.settings
+    role_queues, role_pool = _ROLES[role]
+    queue_list = [q.strip() for q in (queues or role_queues).split(",") if q.strip()]
+    pool = pool or role_pool
+    if concurrency is None:
+        concurrency = settings.workers.concurrency.get("gpu" if role == "gpu" else "cpu", 0) or (os.cpu_count() or 1)
+    port = settings.workers.metrics_port if metrics_port is None else metrics_port
+    if port:
+        # Before anything imports prometheus_client (it picks its value class
+        # at import): prefork children then write their samples to
+        # per-process files in this folder, which the exporter sums.
+        import shutil
+
+        folder = settings.data_dir.resolve() / "metrics" / f"{hostname or role}-{os.getpid()}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    from workers.broker import check_broker
+
     check_database(obj.db)
-    app = _configured_app(obj.settings)
-    check_broker(app, obj.settings)
-    set_runtime_settings(obj.settings)
-    if obj.settings.embedded_broker:
+    app = _configured_app(settings)
+    check_broker(app, settings)
+    set_runtime_settings(settings)
+    from workers.app import worker_prefetch
+
+    app.conf.worker_prefetch_multiplier = worker_prefetch(settings, queue_list)
+    if settings.embedded_broker:
         from workers.broker import default_worker_name, start_heartbeat
 
-        start_heartbeat(obj.settings, hostname or default_worker_name())
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "--without-gossip",
-            "--without-mingle", "-l", obj.settings.log_level]
+        start_heartbeat(settings, hostname or default_worker_name())
+    if port:
+        from workers.metrics import start_exporter
+
+        start_exporter(app, settings, port)
+        click.echo(f"metrics: http://0.0.0.0:{port}/metrics", err=True)
+    argv = ["worker", "-Q", ",".join(queue_list), "-c", str(concurrency), "-P", pool, "-E",
+            "--without-gossip", "--without-mingle", "-l", settings.log_level]
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)

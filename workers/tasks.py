@@ -9,16 +9,23 @@ fails after its retries is written to the dead-letter table, from where
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
+import tempfile
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from celery import Task
 from sqlalchemy import select
 
 from storage.db import session_scope
-from storage.models import DeadLetter, Source
-from workers.app import app
+from storage.models import DeadLetter, Source, Upload, UploadStatus
+from workers import metrics
+from workers.app import RETRY_BACKOFF_MAX_S, app
 from workers.runtime import get_runtime
 
 __all__ = [
@@ -26,6 +33,8 @@ __all__ = [
     "crawl_due_sources",
     "crawl_source",
     "draft_notice",
+    "embed_upload",
+    "embedding_path",
     "fetch_upload",
     "notify_owner",
     "send_digests",
@@ -33,45 +42,196 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Errors worth retrying: the network, the broker or the database blinked.
-# Anything else (a bad image, a bug) goes to the dead-letter table at once.
-try:
-    import httpx
-    from sqlalchemy.exc import OperationalError
+# Errors worth retrying: the network, the broker or the database blinked, or
+# two deliveries of one message raced on a unique key (IntegrityError: the
+# rerun finds the winner's row and upserts). Anything else (a bug, a full
+# disk) is dead-lettered at once; a bad image is not an error at all (the
+# upload is marked failed with the reason).
+import httpx  # noqa: E402
+import kombu.exceptions  # noqa: E402
+import redis.exceptions  # noqa: E402
+from sqlalchemy.exc import IntegrityError, OperationalError  # noqa: E402
 
-    TRANSIENT: tuple[type[BaseException], ...] = (httpx.TransportError, OperationalError, ConnectionError, TimeoutError)
-except ImportError:  # pragma: no cover
-    TRANSIENT = (ConnectionError, TimeoutError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    httpx.TransportError, OperationalError, IntegrityError, ConnectionError, TimeoutError,
+    kombu.exceptions.OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
+try:
+    from crawler.errors import TransientFetchError
+
+    TRANSIENT += (TransientFetchError,)
+except ImportError:  # pragma: no cover - the crawler is part of the package
+    pass
+
+# Tasks whose first argument is an upload id: a dead letter marks the upload
+# failed (with the reason) so it is not silently pending forever. fetch is not
+# among them: a fetch that failed for good (a full blob store) leaves the
+# upload pending with no blob, ready for `artwatch deadletters replay`.
+_UPLOAD_TASKS = {"artwatch.analyse_upload", "artwatch.embed_upload"}
+
+
+def _dead_letter(task: Task, args: Any, kwargs: Any, error: str, tries: int) -> None:
+    try:
+        rt = get_runtime()
+        with session_scope(rt.sessions) as s:
+            s.add(DeadLetter(task=task.name, args=list(args or []), kwargs=dict(kwargs or {}),
+                             error=error, tries=tries))
+            if task.name in _UPLOAD_TASKS and args:
+                up = s.get(Upload, int(args[0]))
+                if up is not None and up.status == UploadStatus.PENDING:
+                    up.status = UploadStatus.FAILED
+                    up.error = f"dead-lettered after {tries} tries: {error}"
+                    up.analysed_at = datetime.now(timezone.utc)
+    except Exception:  # the database itself may be what failed
+        log.exception("could not record dead letter for %s%r", task.name, args)
+    metrics.TASKS.labels(task.name, "dead_letter").inc()
+    log.error("dead letter: %s%r: %s", task.name, tuple(args or ()), error,
+              extra=_ids(task.name, args, task.request.id))
+
+
+def _ids(name: str, args: Any, task_id: str | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {"task_id": task_id}
+    if args and name in (*_UPLOAD_TASKS, "artwatch.fetch_upload"):
+        extra["upload_id"] = args[0]
+    elif args and name == "artwatch.crawl_source":
+        extra["source_id"] = args[0]
+    elif args and name in ("artwatch.draft_notice", "artwatch.notify_owner"):
+        extra["match_id"] = args[0]
+    return extra
 
 
 class ArtwatchTask(Task):  # type: ignore[misc]
-    """Records a task that has failed for good in the dead-letter table."""
+    """Counts deliveries (poison messages), times tasks, dead-letters failures.
+
+    A message delivered more than ``workers.max_deliveries`` times without
+    finishing (its worker died each time) is recorded in the dead-letter
+    table and acked instead of run again. A task that raises after its
+    retries is recorded there too; ``artwatch deadletters replay`` sends
+    either kind again.
+    """
 
     abstract = True
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        if req.called_directly or req.is_eager or not req.id:
+            return super().__call__(*args, **kwargs)
+        # From here on we run inside the worker's tracer, which has pushed the
+        # real request: call run() (autoretry wraps it), as Celery documents
+        # for custom __call__, so self.request stays the delivered message.
+        settings = get_runtime().settings
+        key = f"{req.id}:{req.retries}"
         try:
-            rt = get_runtime()
-            with session_scope(rt.sessions) as s:
-                s.add(DeadLetter(
-                    task=self.name,
-                    args=list(args or []),
-                    kwargs=dict(kwargs or {}),
-                    error=f"{type(exc).__name__}: {exc}",
-                    tries=self.request.retries + 1,
-                ))
-        except Exception:  # the database itself may be what failed
-            log.exception("could not record dead letter for %s%r", self.name, args)
+            counter = _counter(settings)
+            n = counter.incr(key)
+        except Exception as exc:  # counting must not stop the work
+            log.warning("cannot count deliveries of %s: %s", self.name, exc)
+            counter, n = None, 1
+        if n > settings.workers.max_deliveries:
+            metrics.ERRORS.labels("poison").inc()
+            _dead_letter(self, args, kwargs,
+                         f"poison message: delivered {n} times without finishing (its worker died each time)",
+                         n - 1)
+            if counter is not None:
+                counter.forget(key)
+            return None
+        t0 = time.perf_counter()
+        result = self.run(*args, **kwargs)
+        metrics.TASKS.labels(self.name, "ok").inc()
+        metrics.STAGE_SECONDS.labels(self.name.removeprefix("artwatch.")).observe(time.perf_counter() - t0)
+        if counter is not None:
+            try:
+                counter.forget(key)
+            except Exception:  # expires on its own
+                pass
+        return result
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        metrics.TASKS.labels(self.name, "retry").inc()
+        metrics.ERRORS.labels(type(exc).__name__).inc()
+        log.warning("%s: retry %d: %s", self.name, self.request.retries + 1, exc,
+                    extra=_ids(self.name, args, task_id))
+        self._forget(task_id)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        metrics.ERRORS.labels(type(exc).__name__).inc()
+        _dead_letter(self, args, kwargs, f"{type(exc).__name__}: {exc}", self.request.retries + 1)
+        self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        try:
+            _counter(get_runtime().settings).forget(f"{task_id}:{self.request.retries}")
+        except Exception:
+            pass
 
 
+def _counter(settings: Any) -> Any:
+    from workers.deliveries import delivery_counter
+
+    return delivery_counter(settings)
+
+
+# Retries declared on every task: exponential backoff (2, 4, 8, ... s, capped)
+# with full jitter so that a fleet of workers does not hammer a recovering
+# Redis or database in lockstep; five retries span about a minute on average.
 _RETRY = dict(
     base=ArtwatchTask,
     autoretry_for=TRANSIENT,
     retry_backoff=2,
-    retry_backoff_max=300,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
     retry_jitter=True,
     max_retries=5,
 )
+
+
+# ------------------------------------------------------------ embeddings
+
+
+def _model_key(settings: Any) -> str:
+    m = settings.matching
+    tag = m.clip_pretrained or "random"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{m.clip_model}-{tag}")
+
+
+def embedding_path(settings: Any, blob_sha256: str) -> Path:
+    """Where the CLIP embedding of one image blob lives (keyed by content and
+    model, so uploads sharing an image share it and a rerun overwrites it)."""
+    return settings.blob_dir() / "embeddings" / _model_key(settings) / blob_sha256[:2] / f"{blob_sha256}.f32"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Matcher:
+    """Times the matcher's analysis and hands it the GPU stage's embedding
+    when the engine accepts one (``Engine.analyse(..., embedding=...)``)."""
+
+    def __init__(self, matcher: Any, embedding: np.ndarray | None) -> None:
+        self._m = matcher
+        self._embedding = embedding
+        self.elapsed = 0.0
+
+    def analyse(self, data: bytes, **kwargs: Any) -> Any:
+        if self._embedding is not None and "embedding" in inspect.signature(self._m.analyse).parameters:
+            kwargs["embedding"] = self._embedding
+        t0 = time.perf_counter()
+        try:
+            return self._m.analyse(data, **kwargs)
+        finally:
+            self.elapsed += time.perf_counter() - t0
+            metrics.STAGE_SECONDS.labels("analyse").observe(self.elapsed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
 
 
 @app.task(name="artwatch.crawl_source", **_RETRY)
@@ -121,8 +281,45 @@ def fetch_upload(upload_id: int) -> bool:
         with session_scope(rt.sessions) as s:
             ready = fetch(s, rt.blobs, upload_id, fetcher)
     if ready:
-        analyse_upload.delay(upload_id)
+        if rt.settings.workers.embed_stage:
+            embed_upload.delay(upload_id)
+        else:
+            analyse_upload.delay(upload_id)
+    log.info("fetched" if ready else "not fetched", extra={"upload_id": upload_id})
     return ready
+
+
+@app.task(name="artwatch.embed_upload", **_RETRY)
+def embed_upload(upload_id: int) -> bool:
+    """GPU stage: embed the upload's image in a batch, then queue its analysis.
+
+    Idempotent: an embedding already on disk is reused. A bad image is left to
+    the analysis, which marks the upload failed with the decoder's reason."""
+    from matching.errors import ImageError
+    from workers.batching import get_clip
+
+    rt = get_runtime()
+    with session_scope(rt.sessions) as s:
+        up = s.get(Upload, upload_id)
+        if up is None or up.blob_sha256 is None or up.deleted_at is not None:
+            return False
+        sha = up.blob_sha256
+    path = embedding_path(rt.settings, sha)
+    if not path.exists():
+        data = rt.blobs.get(sha)
+        clip = get_clip(rt.settings)
+        try:
+            with metrics.stage("decode"):
+                crop = clip.prepare(data)
+        except ImageError as exc:
+            log.warning("not embedded: %s", exc, extra={"upload_id": upload_id})
+            analyse_upload.delay(upload_id)
+            return False
+        with metrics.stage("embed_wait"):
+            vec = clip.batcher(crop, 300.0)
+        _write_atomic(path, np.asarray(vec, np.float32).tobytes())
+    analyse_upload.delay(upload_id)
+    return True
 
 
 @app.task(name="artwatch.analyse_upload", **_RETRY)
@@ -131,10 +328,26 @@ def analyse_upload(upload_id: int) -> int:
     from workers.pipeline import analyse_upload as analyse
 
     rt = get_runtime()
+    embedding = None
+    if rt.settings.workers.embed_stage:
+        with session_scope(rt.sessions) as s:
+            up = s.get(Upload, upload_id)
+            sha = up.blob_sha256 if up is not None else None
+        if sha is not None:
+            try:
+                embedding = np.frombuffer(embedding_path(rt.settings, sha).read_bytes(), np.float32)
+            except FileNotFoundError:
+                embedding = None  # the engine embeds on its own, if it embeds at all
+    t0 = time.perf_counter()
+    matcher = _Matcher(rt.matcher, embedding)
     with session_scope(rt.sessions) as s:
-        result = analyse(s, rt.blobs, rt.matcher, upload_id)
+        result = analyse(s, rt.blobs, matcher, upload_id)
+    # Everything but the matcher: loading the upload, upserting matches, commit.
+    metrics.STAGE_SECONDS.labels("database").observe(max(0.0, time.perf_counter() - t0 - matcher.elapsed))
     if result is None:
         return 0
+    metrics.MATCHES.inc(len(result.new_match_ids))
+    log.info("analysed: %d new matches", len(result.new_match_ids), extra={"upload_id": upload_id})
     for match_id in result.new_match_ids:
         draft_notice.delay(match_id)
         notify_owner.delay(match_id)
