@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from storage.models import Account, Match, MatchStatus, Notice, NoticeItem, Role, WebJob, Work
 from webapp.errors import NotFound
@@ -79,7 +79,8 @@ def work_rows(session: Session, owner_id: int) -> list[tuple[Work, int]]:
 def match_query(account: Account, *, work_id: int | None = None,
                 include_suppressed: bool = False) -> Select[Any]:
     """Matches the account may list, highest score first."""
-    q = select(Match)
+    # Listings show each match's upload and work: load them in the same query.
+    q = select(Match).options(joinedload(Match.upload), joinedload(Match.work))
     if not is_staff(account):
         q = q.where(Match.owner_id == account.id)
     if work_id is not None:
@@ -99,7 +100,8 @@ def notice_query(account: Account, *, states: tuple[Any, ...] = ()) -> Select[An
         .join(Match, Match.id == NoticeItem.match_id)
         .group_by(NoticeItem.notice_id).subquery()
     )
-    q = select(Notice, func.coalesce(best.c.best, 0.0)).outerjoin(best, best.c.notice_id == Notice.id)
+    q = (select(Notice, func.coalesce(best.c.best, 0.0)).outerjoin(best, best.c.notice_id == Notice.id)
+         .options(selectinload(Notice.items)))
     if not is_staff(account):
         q = q.where(Notice.owner_id == account.id)
     if states:
