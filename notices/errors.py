@@ -72,9 +72,12 @@ class ProfileIncomplete(DraftingBlocked):
 
     def __init__(self, owner_email: str, missing: list[str]) -> None:
         self.missing = list(missing)
+        flags = {"legal name": "--legal-name", "postal address": "--address", "phone number": "--phone"}
+        cli = " ".join(f"{flags[m]} ..." for m in missing if m in flags)
         super().__init__(
             f"cannot draft notices for {owner_email}: fill in {', '.join(missing)} in the owner's "
             "profile (a takedown notice must carry the sender's contact details)"
+            + (f"; on the web: Profile page; from the shell: artwatch owners set {owner_email} {cli}" if cli else "")
         )
 
 
