@@ -10,6 +10,7 @@ Hierarchy::
      ├── NotFound            404 (also: "exists but belongs to someone else")
      ├── AuthRequired        401
      ├── Forbidden           403
+     ├── Conflict            409 (the object's state does not allow it)
      ├── PayloadTooLarge     413
      ├── UnsupportedImage    415
      ├── InvalidInput        422
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "AuthRequired",
+    "Conflict",
     "Forbidden",
     "InvalidInput",
     "NotFound",
@@ -65,6 +67,11 @@ class AuthRequired(WebError):
 class Forbidden(WebError):
     status = 403
     slug = "forbidden"
+
+
+class Conflict(WebError):
+    status = 409
+    slug = "conflict"
 
 
 class PayloadTooLarge(WebError):

@@ -82,6 +82,7 @@ def new_session(session: Session, account: Account, now: datetime | None = None)
     """Start a browser session for the account; return the cookie value."""
     now = now or datetime.now(timezone.utc)
     key = secrets.token_urlsafe(32)
+    session.execute(delete(WebSession).where(WebSession.expires_at < now))
     session.add(WebSession(key_hash=token_digest(key), account_id=account.id, created_at=now,
                            expires_at=now + timedelta(days=SESSION_DAYS)))
     return key

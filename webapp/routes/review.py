@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from storage.models import Account, AuditEvent, Notice, NoticeState, Role
 from webapp.access import is_staff, notice_query, visible_notice
 from webapp.deps import csrf_protect, db, get_ctx, page_user, require_page_role
-from webapp.errors import Forbidden, InvalidInput
+from webapp.errors import Conflict, Forbidden, InvalidInput
 from webapp.routes.owner import evidence_view
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
@@ -149,6 +149,9 @@ def evidence_zip(request: Request, notice_id: int, account: Account = Depends(pa
     from notices.evidence import build_bundle
 
     notice = visible_notice(session, account, notice_id)
-    data = build_bundle(session, get_ctx(request).blobs, notice.id)
+    try:
+        data = build_bundle(session, get_ctx(request).blobs, notice.id)
+    except _workflow_errors() as exc:
+        raise Conflict(f"the evidence bundle cannot be built: {exc}") from None
     return Response(bytes(data), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="notice-{notice.id}-evidence.zip"'})
