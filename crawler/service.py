@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config.settings import CrawlerSettings
@@ -33,7 +33,7 @@ from crawler.sources.base import Source, UploadRecord
 from crawler.sources.mastodon import MastodonSource
 from storage.blobs import BlobStore
 from storage.models import Source as SourceRow
-from storage.models import Upload, UploadStatus
+from storage.models import Sighting, Upload, UploadStatus
 
 __all__ = [
     "SOURCE_KINDS",
@@ -143,63 +143,95 @@ def _now() -> datetime:
 
 
 def record_uploads(session: Session, source_row: SourceRow, records: Sequence[UploadRecord]) -> tuple[list[int], int]:
-    """Upsert one pending Upload per image record; apply deletions and edits.
+    """Upsert one pending Upload per image URL and one Sighting per (upload, post);
+    apply deletions and edits.
 
-    Returns (ids of touched uploads that still need fetching, number of new rows)."""
+    A deletion marks that post's sightings deleted, and an upload deleted once
+    no live sighting of it is left. Returns (ids of touched uploads that still
+    need fetching, number of new uploads)."""
     now = _now()
-    wanted: dict[str, UploadRecord] = {}
+    images: list[tuple[str, UploadRecord]] = []
     deletions: list[UploadRecord] = []
     for rec in records:
         if rec.deleted:
             deletions.append(rec)
         elif rec.image_url:
-            wanted.setdefault(canonical_url(rec.image_url), rec)
-    existing: dict[str, Upload] = {}
-    keys = list(wanted)
-    for i in range(0, len(keys), 500):
-        for up in session.scalars(select(Upload).where(Upload.canonical_url.in_(keys[i:i + 500]))):
-            existing[up.canonical_url] = up
-    touched: list[Upload] = []
-    fresh = [
-        dict(
-            canonical_url=key,
-            source_id=source_row.id,
-            host=(urlsplit(rec.page_url or rec.image_url).hostname or "").lower(),
-            page_url=rec.page_url,
-            image_url=rec.image_url,
-            post_id=rec.post_id,
-            author=rec.author,
-            post_text=rec.text,
-            status=UploadStatus.PENDING,
-        )
-        for key, rec in wanted.items()
-        if key not in existing
-    ]
-    created = _insert_missing(session, fresh)
-    if fresh:
-        for i in range(0, len(fresh), 500):
-            chunk = [v["canonical_url"] for v in fresh[i:i + 500]]
-            for up in session.scalars(select(Upload).where(Upload.canonical_url.in_(chunk))):
-                existing[up.canonical_url] = up
-    for key, rec in wanted.items():
+            images.append((canonical_url(rec.image_url), rec))
+    existing = _uploads_by_key(session, {k for k, _ in images})
+    fresh: dict[str, dict[str, Any]] = {}
+    for key, rec in images:
+        if key not in existing and key not in fresh:
+            fresh[key] = dict(
+                canonical_url=key,
+                source_id=source_row.id,
+                host=(urlsplit(rec.page_url or rec.image_url).hostname or "").lower(),
+                page_url=rec.page_url,
+                image_url=rec.image_url,
+                post_id=rec.post_id,
+                author=rec.author,
+                post_text=rec.text,
+                status=UploadStatus.PENDING,
+            )
+    created = _insert_ignore(session, Upload, list(fresh.values()), ["canonical_url"])
+    existing.update(_uploads_by_key(session, set(fresh)))
+    sightings: dict[tuple[int, str], dict[str, Any]] = {}
+    touched: dict[int, Upload] = {}
+    for key, rec in images:
         up = existing[key]
-        if rec.edited and rec.text != up.post_text:
-            up.post_text = rec.text
-        touched.append(up)
+        touched[up.id] = up
+        sightings.setdefault((up.id, rec.post_id), dict(
+            upload_id=up.id, source_id=source_row.id, post_id=rec.post_id, page_url=rec.page_url,
+            author=rec.author, post_text=rec.text, posted_at=rec.posted_at, seen_at=now,
+        ))
+        if rec.edited:
+            if up.post_id == rec.post_id and rec.text != up.post_text:
+                up.post_text = rec.text
+    _insert_ignore(session, Sighting, list(sightings.values()), ["upload_id", "post_id"])
+    for key, rec in images:
+        if rec.edited:
+            for sg in session.scalars(select(Sighting).where(
+                    Sighting.upload_id == existing[key].id, Sighting.post_id == rec.post_id)):
+                if sg.post_text != rec.text:
+                    sg.post_text = rec.text
+                    sg.edited_at = now
     for rec in deletions:
-        q = select(Upload).where(Upload.source_id == source_row.id, Upload.post_id == rec.post_id)
-        if rec.image_url:
-            q = q.where(Upload.canonical_url == canonical_url(rec.image_url))
-        for up in session.scalars(q):
-            if up.deleted_at is None:
-                up.deleted_at = now
+        _apply_deletion(session, source_row, rec, now)
     session.flush()
-    need = [u.id for u in touched if u.blob_sha256 is None and u.deleted_at is None and u.status == UploadStatus.PENDING]
+    need = [u.id for u in touched.values()
+            if u.blob_sha256 is None and u.deleted_at is None and u.status == UploadStatus.PENDING]
     return need, created
 
 
-def _insert_missing(session: Session, rows: list[dict[str, Any]]) -> int:
-    """INSERT ... ON CONFLICT (canonical_url) DO NOTHING; returns rows inserted.
+def _uploads_by_key(session: Session, keys: set[str]) -> dict[str, Upload]:
+    found: dict[str, Upload] = {}
+    ordered = sorted(keys)
+    for i in range(0, len(ordered), 500):
+        for up in session.scalars(select(Upload).where(Upload.canonical_url.in_(ordered[i:i + 500]))):
+            found[up.canonical_url] = up
+    return found
+
+
+def _apply_deletion(session: Session, source_row: SourceRow, rec: UploadRecord, now: datetime) -> None:
+    q = select(Sighting).where(Sighting.source_id == source_row.id, Sighting.post_id == rec.post_id)
+    if rec.image_url:
+        q = q.join(Upload, Upload.id == Sighting.upload_id).where(
+            Upload.canonical_url == canonical_url(rec.image_url))
+    affected: set[int] = set()
+    for sg in session.scalars(q):
+        if sg.deleted_at is None:
+            sg.deleted_at = now
+        affected.add(sg.upload_id)
+    session.flush()
+    for uid in affected:
+        live = session.scalar(select(func.count()).select_from(Sighting).where(
+            Sighting.upload_id == uid, Sighting.deleted_at.is_(None)))
+        up = session.get(Upload, uid)
+        if up is not None and not live and up.deleted_at is None:
+            up.deleted_at = now
+
+
+def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]], keys: list[str]) -> int:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING; returns rows inserted.
 
     Two pollers racing on one URL both succeed and share the row. (A
     SAVEPOINT per row would do the same, but pysqlite's transaction handling
@@ -210,20 +242,21 @@ def _insert_missing(session: Session, rows: list[dict[str, Any]]) -> int:
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        stmt: Any = sqlite_insert(Upload).on_conflict_do_nothing(index_elements=["canonical_url"])
+        stmt: Any = sqlite_insert(model).on_conflict_do_nothing(index_elements=keys)
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(Upload).on_conflict_do_nothing(index_elements=["canonical_url"])
-    else:  # pragma: no cover - other databases: plain inserts, caller sees IntegrityError on a race
+        stmt = pg_insert(model).on_conflict_do_nothing(index_elements=keys)
+    else:  # pragma: no cover - other databases: plain inserts, a race raises IntegrityError
         for values in rows:
-            session.add(Upload(**values))
+            session.add(model(**values))
         session.flush()
         return len(rows)
     inserted = 0
     for i in range(0, len(rows), 200):
-        result = session.execute(stmt.values(rows[i:i + 200]))
-        inserted += max(0, int(getattr(result, "rowcount", 0) or 0))
+        # RETURNING counts what was inserted; rowcount is unreliable for
+        # multi-row inserts across drivers.
+        inserted += len(session.execute(stmt.values(rows[i:i + 200]).returning(model.id)).all())
     return inserted
 
 

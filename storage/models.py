@@ -44,6 +44,7 @@ __all__ = [
     "NoticeState",
     "NoticeTemplate",
     "Role",
+    "Sighting",
     "Source",
     "Upload",
     "UploadStatus",
@@ -186,6 +187,30 @@ class Upload(Base):
     analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Sighting(Base):
+    """One post showing an upload's image URL (crawler-owned).
+
+    The Upload row holds the evidence of the first sighting; the same image URL
+    seen in another post (a boost, a cross-post) adds a sighting here instead
+    of a duplicate upload. The same bytes at another URL are another Upload
+    sharing ``blob_sha256``."""
+
+    __tablename__ = "sightings"
+    __table_args__ = (UniqueConstraint("upload_id", "post_id", name="uq_sighting_upload_post"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    upload_id: Mapped[int] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"), index=True)
+    post_id: Mapped[str] = mapped_column(String(255), default="")
+    page_url: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str] = mapped_column(String(300), default="")
+    post_text: Mapped[str] = mapped_column(Text, default="")
+    posted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Match(Base):

@@ -185,3 +185,70 @@ def test_poll_error_recorded_and_cursor_kept(site: LocalSite, sessions: sessionm
         s.commit()
         assert row.cursor == cursor and "ServerError" in (row.last_error or "")
         assert row.last_error_at is not None
+
+
+def _rec(post: str, url: str, **kw: Any) -> Any:
+    from crawler.sources.base import UploadRecord
+
+    return UploadRecord("mastodon", post, f"https://m.test/@a/{post}", url, author="a", text=f"text {post}", **kw)
+
+
+def _check_sightings(sessions: sessionmaker[Session]) -> None:
+    from crawler.service import record_uploads
+    from storage.models import Sighting
+
+    with sessions() as s:
+        row = Source(name="m", kind="mastodon", url="https://m.test", params={})
+        s.add(row)
+        s.commit()
+        img = "https://files.m.test/a.png?utm_source=x"
+        need, created = record_uploads(s, row, [_rec("1", img), _rec("2", img.replace("?utm_source=x", ""))])
+        s.commit()
+        assert created == 1 and len(need) == 1  # one image URL: one upload ...
+        sightings = list(s.scalars(select(Sighting).order_by(Sighting.post_id)))
+        assert [g.post_id for g in sightings] == ["1", "2"]  # ... seen in two posts
+        # Repeating the batch (a poll replayed after a crash) adds nothing.
+        assert record_uploads(s, row, [_rec("1", img), _rec("2", img)])[1] == 0
+        s.commit()
+        assert s.scalar(select(func.count()).select_from(Sighting)) == 2
+        record_uploads(s, row, [_rec("2", img, edited=True).__class__("mastodon", "2", "", img, text="new words",
+                                                                   edited=True)])
+        s.commit()
+        assert s.scalar(select(Sighting.post_text).where(Sighting.post_id == "2")) == "new words"
+        up = s.scalar(select(Upload))
+        assert up is not None and up.post_text == "text 1"  # the upload keeps its first evidence
+        record_uploads(s, row, [_rec("1", "", deleted=True)])
+        s.commit()
+        s.refresh(up)
+        assert up.deleted_at is None  # still shown in post 2
+        record_uploads(s, row, [_rec("2", "", deleted=True)])
+        s.commit()
+        s.refresh(up)
+        assert up.deleted_at is not None
+
+
+def test_one_url_in_two_posts_is_one_upload_with_two_sightings(sessions: sessionmaker[Session]) -> None:
+    _check_sightings(sessions)
+
+
+@pytest.mark.postgres
+def test_upserts_on_postgres() -> None:
+    import os
+    import uuid
+
+    from sqlalchemy import text
+
+    url = os.environ.get("ARTWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    schema = f"crawler_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+        Base.metadata.create_all(engine)
+        _check_sightings(sessionmaker(engine, expire_on_commit=False))
+        engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
