@@ -1,7 +1,6 @@
 """Evidence bundle, re-fetch, SMTP sending, exports, rate limit and follow-up.
 
-Real parts: aiosmtpd and an HTTP server on 127.0.0.1, SQLite (and PostgreSQL
-for the storage-heavy paths through the ``sessions`` fixture)."""
+Real parts: aiosmtpd and an HTTP server on 127.0.0.1, SQLite."""
 
 from __future__ import annotations
 
@@ -45,6 +44,13 @@ OK = {"commentary_or_criticism": "no", "parody": "no", "small_portion": "no", "t
       "none_applies": "yes"}
 REVIEWER = "rev@artwatch.test"
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sessions(sqlite_sessions: Any) -> Any:
+    """SQLite only here: the storage paths these tests touch run on PostgreSQL
+    in test_drafting and test_workflow, and one database per test is slow."""
+    return sqlite_sessions
 
 
 @pytest.fixture
