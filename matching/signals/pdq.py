@@ -50,6 +50,10 @@ class PdqSignal(Signal):
     def _compute(self, probe: Probe) -> Feature:
         return self.hash_rgb(probe.image.rgb)
 
+    def compute_image(self, image: DecodedImage) -> Feature:
+        """PDQ of a decoded image (no bytes needed)."""
+        return self._check(self.hash_rgb(image.rgb))
+
     @staticmethod
     def hash_rgb(rgb: np.ndarray) -> Feature:
         bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
