@@ -29,13 +29,6 @@ from matching.signals.pdq import PdqSignal
 __all__ = ["WorkVectors", "vector_specs"]
 
 
-class _Embedder(Protocol):
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-    def embed(self, images: Sequence[DecodedImage]) -> object: ...
-
-
 class _Work(Protocol):
     @property
     def work_id(self) -> int: ...

@@ -57,7 +57,8 @@ class Feature:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bits that differ between packed uint8 bit vectors; broadcasts over leading axes."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int64)
+    out: np.ndarray = np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int64)
+    return out
 
 
 class Signal(ABC):
@@ -116,5 +117,5 @@ class Signal(ABC):
         if self.metric == "exact":
             return 1.0 - self.distance(a, b)
         if self.metric == "hamming":
-            return 1.0 - self.distance(a, b) / (8 * a.shape[-1])
-        return max(0.0, min(1.0, 1.0 - self.distance(a, b)))
+            return 1.0 - self.distance(a, b) / float(8 * a.shape[-1])
+        return float(max(0.0, min(1.0, 1.0 - self.distance(a, b))))
