@@ -143,8 +143,8 @@ def _decode_raster(data: bytes, label: str, max_side: int | None, max_pixels: in
                 raise ImageTooLarge(
                     label, f"{fmt} of {w}x{h} = {w * h} pixels is over the limit of {max_pixels}"
                 )
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
+            # Animations (GIF, APNG, WebP, multi-page TIFF) open on their first
+            # frame; never ask for n_frames, which would scan the whole file.
             orientation = im.getexif().get(0x0112, 1)
             if fmt in ("JPEG", "MPO") and max_side is not None:
                 long = max(w, h)

@@ -84,3 +84,25 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     for w in (1, 40, 101, 140):
         assert ix.search("clip", _vec(w), 1)[0].work_id == w
     ix.close()
+
+
+def _forked_search(ix: EmbeddedIndex, work: int, results: Any) -> None:
+    results.put([h.work_id for h in ix.search("clip", _vec(work), 1)])
+
+
+def test_index_object_inherited_across_fork(tmp_path: Path) -> None:
+    """A Celery prefork child inherits the parent's index object; it must open
+    its own connection and replica, and still see the parent's later writes."""
+    fork = mp.get_context("fork")
+    ix = EmbeddedIndex(tmp_path, SPECS)
+    ix.upsert([_point(1)])
+    assert ix.search("clip", _vec(1), 1)[0].work_id == 1  # parent's replica exists
+    ix.upsert([_point(2)])
+    results = fork.Queue()
+    child = fork.Process(target=_forked_search, args=(ix, 2, results))
+    child.start()
+    assert results.get(timeout=60) == [2]
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert ix.search("clip", _vec(2), 1)[0].work_id == 2
+    ix.close()
