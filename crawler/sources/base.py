@@ -17,6 +17,7 @@ import html
 import json
 import logging
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -167,15 +168,17 @@ class StreamingSource(Source):
         the connection drops (raising FetchError) or the caller stops iterating."""
 
     def poll(self, cursor: Cursor | None) -> tuple[list[UploadRecord], Cursor]:
+        """Read the stream until it is idle for ``poll_idle_seconds`` (2),
+        ``poll_max_records`` (500) records or ``poll_max_seconds`` (20) pass."""
         idle = float(self.params.get("poll_idle_seconds", 2.0))
         limit = int(self.params.get("poll_max_records", 500))
+        deadline = time.monotonic() + float(self.params.get("poll_max_seconds", 20.0))
         records: list[UploadRecord] = []
         last: Cursor = dict(cursor or {})
         for record, cur in self.stream(cursor, idle_timeout=idle):
             last = cur
-            if record is None:
-                continue
-            records.append(record)
-            if len(records) >= limit:
+            if record is not None:
+                records.append(record)
+            if len(records) >= limit or time.monotonic() > deadline:
                 break
         return records, last

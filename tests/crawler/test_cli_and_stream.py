@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from config.settings import CrawlerSettings, Settings
 from crawler.cli import sources_group
@@ -31,8 +32,9 @@ class Obj:
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def sessions() -> sessionmaker[Session]:
+    # One shared in-memory connection: no per-DDL fsync, visible to the stream thread.
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
     Base.metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)
 

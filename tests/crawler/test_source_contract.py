@@ -363,7 +363,7 @@ class WikimediaHarness(Harness):
         for _ in range(2):
             self.publish(1)
         self.http.routes["/v2/stream/recentchange"] = self._stream
-        return self.http.url + "/v2/stream/recentchange", {"poll_idle_seconds": 0.5}
+        return self.http.url + "/v2/stream/recentchange", {"poll_idle_seconds": 0.25}
 
     def _stream(self, path: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
         if self.broken:
@@ -424,7 +424,7 @@ class BlueskyHarness(Harness):
         self.ws.events = [json.loads(line) for line in lines if line.strip()]
         self.image_posts = [e for e in self.ws.events if "app.bsky.embed.images" in json.dumps(e)]
         assert len(self.image_posts) == 2
-        return self.ws.url, {"poll_idle_seconds": 0.5}
+        return self.ws.url, {"poll_idle_seconds": 0.25}
 
     def initial(self) -> set[str]:
         from crawler.sources.bluesky import event_records
@@ -483,6 +483,8 @@ HARNESSES: list[type[Harness]] = [MastodonHarness, RedditHarness, FeedHarness, H
 
 def test_every_registered_kind_has_a_harness() -> None:
     assert {h.kind for h in HARNESSES} == set(SOURCE_KINDS)
+    assert {h.kind for h in PAGED} == {"mastodon", "reddit"}
+    assert {h.kind for h in STREAMED} == {"wikimedia", "bluesky"}
 
 
 # -- fixtures -----------------------------------------------------------------
@@ -500,14 +502,34 @@ def crawl_client(settings: CrawlerSettings) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture(params=HARNESSES, ids=[h.kind for h in HARNESSES])
-def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+def _serve(cls: type[Harness]) -> Iterator[Harness]:
     http = PayloadServer().start()
     ws = JetstreamServer().start()
     with LocalSite() as site:
-        yield request.param(http, ws, site)
+        yield cls(http, ws, site)
     http.stop()
     ws.stop()
+
+
+@pytest.fixture(params=HARNESSES, ids=[h.kind for h in HARNESSES])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    yield from _serve(request.param)
+
+
+PAGED = [h for h in HARNESSES if h.page_size is not None]
+STREAMED = [h for h in HARNESSES if SOURCE_KINDS[h.kind].streaming]
+
+
+@pytest.fixture(params=PAGED, ids=[h.kind for h in PAGED])
+def paged_harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """Sources whose site paginates (the others read one document or a stream)."""
+    yield from _serve(request.param)
+
+
+@pytest.fixture(params=STREAMED, ids=[h.kind for h in STREAMED])
+def stream_harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """Streaming sources (polling ones are covered by test_crash_and_restart_from_saved_cursor)."""
+    yield from _serve(request.param)
 
 
 @pytest.fixture
@@ -569,9 +591,8 @@ def test_crash_and_restart_from_saved_cursor(harness: Harness, settings: Crawler
         assert src.poll(after)[0] == []
 
 
-def test_crash_mid_stream_resumes_exactly(harness: Harness, crawl_client: httpx.Client) -> None:
-    if not SOURCE_KINDS[harness.kind].streaming:
-        pytest.skip("polling source: covered by test_crash_and_restart_from_saved_cursor")
+def test_crash_mid_stream_resumes_exactly(stream_harness: Harness, crawl_client: httpx.Client) -> None:
+    harness = stream_harness
     url, params = harness.configure()
     if isinstance(harness, BlueskyHarness):
         expected = harness.initial() | harness.publish(1, images=3) | harness.publish(1)
@@ -595,9 +616,9 @@ def test_crash_mid_stream_resumes_exactly(harness: Harness, crawl_client: httpx.
     assert set(got) == expected
 
 
-def test_pagination(harness: Harness, crawl_client: httpx.Client) -> None:
-    if harness.page_size is None:
-        pytest.skip(f"{harness.kind} has no pagination (one document or a stream)")
+def test_pagination(paged_harness: Harness, crawl_client: httpx.Client) -> None:
+    harness = paged_harness
+    assert harness.page_size is not None
     url, params = harness.configure()
     src = _source(harness, crawl_client, url, params)
     _, cursor = _drain(src, None)
