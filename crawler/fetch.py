@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -292,18 +293,30 @@ def raise_for_status(resp: httpx.Response) -> None:
         raise HTTPStatusError(f"{final}: HTTP {code}", final, code)
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, url: str) -> bytes:
+def _read_capped(response: httpx.Response, max_bytes: int, url: str, budget: float | None) -> bytes:
+    """The body, refusing more than ``max_bytes`` and, against servers that
+    drip bytes just fast enough to dodge the read timeout, more than
+    ``budget`` seconds in all."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise TooLarge(f"{url}: Content-Length {declared} exceeds the {max_bytes}-byte cap", url)
+    deadline = time.monotonic() + budget if budget else None
     chunks: list[bytes] = []
     total = 0
     for chunk in response.iter_bytes():
         total += len(chunk)
         if total > max_bytes:
             raise TooLarge(f"{url}: body exceeds the {max_bytes}-byte cap", url)
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout(f"{url}: body took longer than {budget:.1f}s in all", url)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def total_budget(client: httpx.Client) -> float | None:
+    """Seconds a whole body may take: three read timeouts (None if unlimited)."""
+    read = client.timeout.read
+    return 3 * read if read else None
 
 
 def _exchange(
@@ -318,7 +331,7 @@ def _exchange(
         with client.stream("GET", url, params=params, headers=dict(headers or {}), follow_redirects=True) as resp:
             final = str(resp.url)
             raise_for_status(resp)
-            body = b"" if resp.status_code == 304 else _read_capped(resp, max_bytes, final)
+            body = b"" if resp.status_code == 304 else _read_capped(resp, max_bytes, final, total_budget(client))
             return resp, body
     except httpx.TooManyRedirects as exc:
         raise TooManyRedirects(f"{url}: too many redirects ({exc})", url) from None

@@ -73,6 +73,27 @@ def iter_sse(lines: Iterator[str]) -> Iterator[SSEEvent]:
         yield SSEEvent(event or "message", "\n".join(data), pending_id if pending_id is not None else last_id)
 
 
+def capped_lines(chunks: Iterator[bytes], max_line: int, url: str) -> Iterator[str]:
+    """Text lines (LF, CRLF or CR endings) of a byte stream; MalformedPage for a
+    line over ``max_line`` bytes, so a stream that never ends a line cannot
+    grow memory without bound."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            lf, cr = buf.find(b"\n"), buf.find(b"\r")
+            cut = min(i for i in (lf, cr) if i >= 0) if (lf >= 0 or cr >= 0) else -1
+            if cut < 0 or (buf[cut:cut + 1] == b"\r" and cut == len(buf) - 1):
+                break  # no line end yet, or a CR that may be the first half of CRLF
+            step = 2 if buf[cut:cut + 2] == b"\r\n" else 1
+            line, buf = buf[:cut], buf[cut + step:]
+            yield line.decode("utf-8", errors="replace")
+        if len(buf) > max_line:
+            raise MalformedPage(f"wikimedia: {url}: an event line exceeds {max_line} bytes")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 def _file_name(title: str) -> str:
     return title.split(":", 1)[1] if ":" in title else title
 
@@ -130,7 +151,7 @@ class WikimediaSource(StreamingSource):
                 ctype = resp.headers.get("content-type", "")
                 if "text/event-stream" not in ctype:
                     raise MalformedPage(f"wikimedia: {resp.url} is {ctype!r}, not text/event-stream")
-                for ev in iter_sse(resp.iter_lines()):
+                for ev in iter_sse(capped_lines(resp.iter_bytes(), self.max_page_bytes, str(resp.url))):
                     if ev.event != "message":
                         continue
                     cur: Cursor = {"last_event_id": ev.id} if ev.id else dict(cursor or {})

@@ -206,3 +206,47 @@ def test_environment_proxy_ignored(http: PayloadServer, monkeypatch: pytest.Monk
     http.static("/a.png", png(1), "image/png")
     with build_client(_settings()) as client:
         assert SafeFetcher(client, _settings()).fetch_image(http.url + "/a.png").data == png(1)
+
+
+def test_slow_drip_body_hits_total_budget(http: PayloadServer) -> None:
+    def drip() -> Iterator[bytes]:
+        yield png("drip")
+        for _ in range(40):
+            time.sleep(0.05)  # each read is well inside the read timeout
+            yield b"\x00" * 10
+
+    http.routes["/drip.png"] = lambda p, q, h: Reply(200, {"Content-Type": "image/png"}, stream=drip())
+    settings = _settings(read_timeout=0.2)
+    with build_client(settings) as client:
+        t0 = time.monotonic()
+        with pytest.raises(Timeout, match="in all"):
+            SafeFetcher(client, settings).fetch_image(http.url + "/drip.png")
+        assert time.monotonic() - t0 < 1.5
+
+
+def test_xml_entity_bomb_is_a_malformed_page(http: PayloadServer) -> None:
+    from crawler.errors import MalformedPage
+    from crawler.sources.rss import FeedSource
+
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+            b"<rss><channel><item><title>&lol2;</title></item></channel></rss>")
+    http.static("/feed.xml", bomb, "application/rss+xml")
+    with build_client(_settings()) as client:
+        with pytest.raises(MalformedPage, match="not well-formed"):
+            FeedSource(http.url + "/feed.xml", {}, client).poll(None)
+
+
+def test_sse_line_without_end_is_capped(http: PayloadServer) -> None:
+    from crawler.errors import MalformedPage
+    from crawler.sources.wikimedia import WikimediaSource
+
+    def endless() -> Iterator[bytes]:
+        yield b"data: "
+        for _ in range(50):
+            yield b"x" * 1000
+
+    http.routes["/stream"] = lambda p, q, h: Reply(200, {"Content-Type": "text/event-stream"}, stream=endless())
+    with build_client(_settings()) as client:
+        src = WikimediaSource(http.url + "/stream", {}, client, max_page_bytes=10_000)
+        with pytest.raises(MalformedPage, match="exceeds 10000 bytes"):
+            list(src.stream(None, idle_timeout=2))
