@@ -1,0 +1,352 @@
+"""The matching engine: register works, analyse uploads, decide.
+
+One upload is decoded once. Its RootSIFT keypoints query the local-feature
+inverted file (:mod:`matching.local`); the best-voted works are verified
+geometrically (:mod:`matching.verify`), which also gives the polygon where
+the work sits. PDQ with the works' dihedral variants catches near-exact
+copies whose keypoints were destroyed (heavy blur, pixelisation).
+
+Every (upload, work) pair gets one score in [0, 1]: a logistic model over
+the verification evidence (distinct inliers, inlier ratio, coverage) combined
+with a logistic model of the PDQ distance by noisy-OR. The models and the
+decision threshold come from ``DATA_DIR/calibration.json`` written by
+:func:`matching.calibrate.calibrate`; without that file the built-in
+coefficients (fitted the same way on synthetic copies, see docs) and
+``settings.matching.threshold`` apply. ``score`` estimates the probability
+that the pair is a true copy on the calibration distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pdqhash
+
+from matching.decode import DecodedImage, decode_image
+from matching.local import (
+    FeatureStore,
+    LocalIndex,
+    StoredWork,
+    extract_features,
+    extract_work_features,
+    limit_native_threads,
+)
+from matching.verify import Verification, verify
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = ["Candidate", "Engine", "ScoreModel", "WorkRef", "build_engine"]
+
+log = logging.getLogger(__name__)
+
+#: Decoding size: uploads are described at about 400x300 and works at up to
+#: 512x384, so nothing larger is ever needed.
+UPLOAD_MAX_SIDE = 768
+WORK_MAX_SIDE = 1024
+#: PDQ distance above which PDQ says nothing (random pairs sit near 128).
+PDQ_RELEVANT = 64
+
+
+@dataclass(frozen=True)
+class WorkRef:
+    work_id: int
+    owner_id: int
+    kind: str  # "logo" | "artwork"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (upload, work) pair. ``region`` is the work's outline in upload pixels."""
+
+    work_id: int
+    owner_id: int
+    score: float
+    match: bool
+    signals: dict[str, float]
+    region: list[list[float]] | None
+
+
+@dataclass(frozen=True)
+class ScoreModel:
+    """Calibrated score: logistic models of the local and PDQ evidence.
+
+    ``local`` weights ``[bias, log1p(inliers), inlier_ratio, log(coverage + 0.01)]``;
+    ``pdq`` weights ``[bias, distance]``.
+    """
+
+    local: tuple[float, float, float, float] = (-4.5, 2.6, 2.0, 1.2)
+    pdq: tuple[float, float] = (7.0, -0.25)
+    threshold: float = 0.5
+    target_precision: float | None = None
+
+    def local_prob(self, v: Verification | None) -> float:
+        if v is None or not v.plausible or v.inliers < 4:
+            return 0.0
+        b, a1, a2, a3 = self.local
+        z = b + a1 * math.log1p(v.inliers) + a2 * v.inlier_ratio + a3 * math.log(v.coverage + 0.01)
+        return _sigmoid(z)
+
+    def pdq_prob(self, distance: int | None) -> float:
+        if distance is None or distance > PDQ_RELEVANT:
+            return 0.0
+        b, a = self.pdq
+        return _sigmoid(b + a * distance)
+
+    def combine(self, p_local: float, p_pdq: float) -> float:
+        return 1.0 - (1.0 - p_local) * (1.0 - p_pdq)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"local": list(self.local), "pdq": list(self.pdq), "threshold": self.threshold,
+                "target_precision": self.target_precision}
+
+    @staticmethod
+    def from_json(d: dict[str, Any], default_threshold: float) -> ScoreModel:
+        base = ScoreModel(threshold=default_threshold)
+        loc = d.get("local", base.local)
+        pdq = d.get("pdq", base.pdq)
+        return ScoreModel(
+            local=(float(loc[0]), float(loc[1]), float(loc[2]), float(loc[3])),
+            pdq=(float(pdq[0]), float(pdq[1])),
+            threshold=float(d.get("threshold", default_threshold)),
+            target_precision=d.get("target_precision"),
+        )
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def _pdq_bits(rgb: npt.NDArray[np.uint8], dihedral: bool) -> tuple[npt.NDArray[np.uint8], int]:
+    """PDQ hashes packed to (k, 32) bytes, and the quality."""
+    img = rgb
+    if max(img.shape[:2]) > 512:
+        s = 512 / max(img.shape[:2])
+        img = cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
+                         interpolation=cv2.INTER_AREA)
+    img = np.ascontiguousarray(img)
+    if dihedral:
+        hashes, quality = pdqhash.compute_dihedral(img)
+    else:
+        h, quality = pdqhash.compute(img)
+        hashes = [h]
+    bits = np.stack([np.asarray(h, np.uint8) for h in hashes])
+    return np.packbits(bits, axis=1), int(quality)
+
+
+@dataclass
+class _Analysis:
+    """What one upload yields before scoring (kept for calibration)."""
+
+    verifications: dict[int, Verification]
+    pdq: dict[int, int]
+    width: int
+    height: int
+    scale: float
+
+
+@dataclass
+class Engine:
+    """Registers works and analyses uploads; safe to use from several processes.
+
+    Work features persist under ``data_dir/features``; each call first picks
+    up works that other processes registered or removed.
+    """
+
+    data_dir: Path
+    default_threshold: float = 0.5
+    verify_top: int = 12
+    search_top: int = 48
+    index: LocalIndex = field(init=False)
+    _model: ScoreModel = field(init=False)
+    _model_mtime: float | None = field(default=None, init=False)
+    _pdq_ids: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64), init=False)
+    _pdq_mat: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 32), np.uint8),
+                                            init=False)
+    _pdq_owner: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64),
+                                              init=False)
+    _pdq_key: tuple[int, ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.index = LocalIndex(FeatureStore(self.data_dir / "features"))
+        self._model = ScoreModel(threshold=self.default_threshold)
+        self.index.refresh()
+
+    # ------------------------------------------------------------ registration
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.data_dir / "calibration.json"
+
+    def register(self, work: WorkRef, data: bytes) -> None:
+        """Compute and persist every signal of ``work``; registering again replaces it."""
+        self.add_prepared(self.prepare(work, data))
+
+    def prepare(self, work: WorkRef, data: bytes) -> StoredWork:
+        """Compute a work's signals without touching the registry (parallelisable)."""
+        img = decode_image(data, name=f"work {work.work_id}", max_side=WORK_MAX_SIDE)
+        renderings = [np.asarray(r) for r in img.variants()]
+        direct, mirrored = extract_work_features(renderings)
+        pdq = np.concatenate([_pdq_bits(r, dihedral=True)[0] for r in renderings])
+        h, w = renderings[0].shape[:2]
+        return StoredWork(work.work_id, work.owner_id, work.kind, w, h, direct, mirrored, pdq)
+
+    def add_prepared(self, stored: StoredWork) -> None:
+        """Persist and index what :meth:`prepare` computed."""
+        self.index.add(stored)
+
+    def unregister(self, work_id: int) -> None:
+        """Forget a work everywhere; unknown ids are ignored."""
+        self.index.remove(work_id)
+
+    def retrain(self) -> None:
+        """Retrain the local-feature vocabulary on the current registry (index rebuild)."""
+        self.index.retrain()
+        self.index.refresh()
+
+    # ------------------------------------------------------------ analysis
+
+    @property
+    def model(self) -> ScoreModel:
+        try:
+            mtime: float | None = self.calibration_path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if mtime != self._model_mtime:
+            self._model_mtime = mtime
+            if mtime is None:
+                self._model = ScoreModel(threshold=self.default_threshold)
+            else:
+                d = json.loads(self.calibration_path.read_text(encoding="utf-8"))
+                self._model = ScoreModel.from_json(d, self.default_threshold)
+        return self._model
+
+    def analyse(self, data: bytes, *, name: str = "", owner_ids: list[int] | None = None) -> list[Candidate]:
+        """Candidates for one upload, best first; ``match`` is the decision."""
+        img = decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE)
+        return self.score(self.analyse_decoded(img, owner_ids=owner_ids), img)
+
+    def analyse_batch(self, items: list[tuple[bytes, str]]) -> list[list[Candidate]]:
+        """Analyse several uploads (one decode each); results in input order."""
+        return [self.analyse(data, name=name) for data, name in items]
+
+    def analyse_decoded(
+        self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> _Analysis:
+        """Evidence for every candidate work; ``timings`` collects CPU seconds per stage."""
+        clock = time.process_time
+        t0 = clock()
+        rgb = np.asarray(img.rgb)
+        h, w = rgb.shape[:2]
+        q = extract_features(rgb)
+        t1 = clock()
+        found = self.index.search(q, top=self.search_top, owner_ids=owner_ids)
+        t2 = clock()
+        verifications: dict[int, Verification] = {}
+        ranked = []
+        for corr in found:
+            peak, mask = corr.consistent()
+            if peak >= 4:
+                ranked.append((peak, corr, mask))
+        ranked.sort(key=lambda r: -r[0])
+        for peak, corr, mask in ranked[: self.verify_top]:
+            sw = self.index.work(corr.work_id)
+            if sw is None:
+                continue
+            v = verify(corr.w_xy[mask], corr.q_xy[mask], work_size=(sw.width, sw.height),
+                       upload_size=(w, h), offered=corr.q_xy.shape[0])
+            if v is None:
+                continue
+            best = verifications.get(corr.work_id)
+            if best is None or _rank(v) > _rank(best):
+                verifications[corr.work_id] = v
+        t3 = clock()
+        pdq = self._pdq_search(rgb, owner_ids)
+        if timings is not None:
+            timings.update(features=t1 - t0, search=t2 - t1, verify=t3 - t2, pdq=clock() - t3)
+        return _Analysis(verifications, pdq, w, h, img.scale)
+
+    def score(self, a: _Analysis, img: DecodedImage | None = None, limit: int = 10) -> list[Candidate]:
+        model = self.model
+        out: list[Candidate] = []
+        for wid in set(a.verifications) | set(a.pdq):
+            sw = self.index.work(wid)
+            if sw is None:
+                continue
+            v = a.verifications.get(wid)
+            d = a.pdq.get(wid)
+            p_local = model.local_prob(v)
+            p_pdq = model.pdq_prob(d)
+            s = model.combine(p_local, p_pdq)
+            if s < 1e-4:
+                continue
+            signals: dict[str, float] = {"local": p_local, "pdq": p_pdq}
+            region = None
+            if v is not None:
+                signals.update(inliers=float(v.inliers), tentative=float(v.tentative),
+                               coverage=v.coverage)
+                if v.plausible and p_local >= p_pdq:
+                    k = 1.0 / a.scale if a.scale > 0 else 1.0
+                    region = [[x * k, y * k] for x, y in v.polygon]
+            if d is not None:
+                signals["pdq_distance"] = float(d)
+            out.append(Candidate(wid, sw.owner_id, s, s >= model.threshold, signals, region))
+        out.sort(key=lambda c: -c.score)
+        return out[:limit]
+
+    def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None) -> dict[int, int]:
+        key = tuple(self.index.work_ids)
+        if key != self._pdq_key:
+            ids: list[int] = []
+            mats: list[npt.NDArray[np.uint8]] = []
+            owners: list[int] = []
+            for wid in key:
+                sw = self.index.work(wid)
+                if sw is None or not sw.pdq.shape[0]:
+                    continue
+                ids.extend([wid] * sw.pdq.shape[0])
+                owners.extend([sw.owner_id] * sw.pdq.shape[0])
+                mats.append(sw.pdq)
+            self._pdq_ids = np.asarray(ids, np.int64)
+            self._pdq_owner = np.asarray(owners, np.int64)
+            self._pdq_mat = np.concatenate(mats) if mats else np.zeros((0, 32), np.uint8)
+            self._pdq_key = key
+        if not self._pdq_ids.shape[0]:
+            return {}
+        h, quality = _pdq_bits(rgb, dihedral=False)
+        if quality < 50:
+            return {}
+        dist = np.bitwise_count(self._pdq_mat ^ h[0]).sum(axis=1)
+        ok = dist <= PDQ_RELEVANT
+        if owner_ids is not None:
+            ok &= np.isin(self._pdq_owner, np.asarray(list(owner_ids), np.int64))
+        out: dict[int, int] = {}
+        for wid, d in zip(self._pdq_ids[ok].tolist(), dist[ok].tolist(), strict=True):
+            if d < out.get(wid, 1 << 30):
+                out[wid] = int(d)
+        return out
+
+
+def _rank(v: Verification) -> tuple[bool, int, float]:
+    return (v.plausible, v.inliers, v.inlier_ratio)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine for these settings (features under ``settings.data_dir``)."""
+    limit_native_threads()
+    return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold)

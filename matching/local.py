@@ -1,0 +1,734 @@
+"""Local features and candidate retrieval over them.
+
+Registered works are described by RootSIFT keypoints extracted from several
+renderings of the work (both mirror states, two scales, and for logos with
+alpha both white and black backgrounds), so a copy that is flipped, shrunk or
+pasted onto a dark photo still shares keypoints with one rendering.
+
+Retrieval never scans the registry: descriptors are quantised with a
+two-level k-means vocabulary trained on the registry itself (like an IVF
+index) and refined with a 64-bit Hamming-embedding signature of the residual.
+An upload's descriptors look up their words, keep postings within a Hamming
+radius, and vote for (work, mirror) *images*. The surviving correspondences
+of the best-voted images go straight to geometric verification
+(:mod:`matching.verify`), so no work's descriptors are read at query time.
+
+Persistence (``DIR`` = ``settings.data_dir/features``):
+
+- ``works/<id>.npz``: the work's keypoints and descriptors (source of truth);
+- ``vocab.npz``: the vocabulary, with a version id;
+- ``journal.log``: append-only lines ``add <id>``, ``del <id>``,
+  ``vocab <version>``, written under ``journal.lock``. Every process replays
+  the journal from the offset it has read, so works registered by another
+  process become searchable on its next query.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import portalocker
+
+__all__ = [
+    "Correspondences",
+    "FeatureStore",
+    "LocalFeatures",
+    "LocalIndex",
+    "Vocabulary",
+    "extract_features",
+    "extract_work_features",
+    "limit_native_threads",
+]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+U8 = npt.NDArray[np.uint8]
+I32 = npt.NDArray[np.int32]
+U64 = npt.NDArray[np.uint64]
+
+#: Pixel area at which an upload is described. SIFT doubles the image
+#: internally, so this keeps the finest octave near 2x the analysis size.
+UPLOAD_AREA = 400 * 300
+UPLOAD_MAX_KP = 900
+#: Renderings of a work: areas for the two scales.
+WORK_AREAS = (512 * 384, 256 * 192, 128 * 96)
+WORK_MAX_KP = (1500, 600, 250)
+HE_BITS = 64
+#: Postings farther than this (of 64 bits) from the query signature are ignored.
+HE_RADIUS = 22
+_ROOT_SCALE = 512.0
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one image (or one mirror state of a work).
+
+    ``xy`` is in the pixel frame of the image described (for a mirrored work
+    rendering, the mirrored frame); ``desc`` is RootSIFT scaled to uint8.
+    """
+
+    xy: F32
+    scale: F32
+    angle: F32
+    desc: U8
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return int(self.xy.shape[0])
+
+    @staticmethod
+    def empty(width: int, height: int) -> LocalFeatures:
+        return LocalFeatures(
+            np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
+            np.zeros((0, 128), np.uint8), width, height,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[LocalFeatures]) -> LocalFeatures:
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        return LocalFeatures(
+            np.concatenate([p.xy for p in parts]), np.concatenate([p.scale for p in parts]),
+            np.concatenate([p.angle for p in parts]), np.concatenate([p.desc for p in parts]),
+            parts[0].width, parts[0].height,
+        )
+
+
+def limit_native_threads() -> None:
+    """One native thread for OpenCV and OpenBLAS in this process.
+
+    The engine runs one process per core; native thread pools on top of that
+    only add spinning (OpenBLAS made small matrix products 6x dearer here).
+    """
+    cv2.setNumThreads(1)
+    try:
+        import ctypes
+
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ".so" in ln}
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for fn in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                       "openblas_set_num_threads"):
+                if hasattr(lib, fn):
+                    getattr(lib, fn)(1)
+                    break
+    except OSError:  # pragma: no cover - not Linux or no OpenBLAS: nothing to limit
+        pass
+
+
+def _gray(rgb: npt.NDArray[np.uint8]) -> U8:
+    return np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+
+
+_SIFT_CACHE: dict[tuple[int, float], cv2.SIFT] = {}
+#: SIFT's edge-response limit. The default (10) drops most corners of flat
+#: logo shapes; 30 keeps them (RANSAC copes with their weaker localisation).
+EDGE_THRESHOLD = 30.0
+
+
+def _sift(n: int, contrast: float) -> cv2.SIFT:
+    key = (n, contrast)
+    det = _SIFT_CACHE.get(key)
+    if det is None:
+        det = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast, edgeThreshold=EDGE_THRESHOLD)
+        _SIFT_CACHE[key] = det
+    return det
+
+
+def extract_features(
+    rgb: npt.NDArray[np.uint8], *, area: int = UPLOAD_AREA, max_kp: int = UPLOAD_MAX_KP,
+    contrast: float = 0.03,
+) -> LocalFeatures:
+    """RootSIFT keypoints of an RGB image, coordinates in its own pixel frame.
+
+    The image is first resized (down only) to about ``area`` pixels; SIFT's
+    own 2x upsampling then recovers detail for small images.
+    """
+    h, w = rgb.shape[:2]
+    gray = _gray(rgb)
+    s = min(1.0, float(np.sqrt(area / float(w * h))))
+    if s < 1.0:
+        gray = cv2.resize(gray, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+    kps, desc = _sift(max_kp, contrast).detectAndCompute(gray, None)
+    if desc is None or not kps:
+        return LocalFeatures.empty(w, h)
+    sx = w / gray.shape[1]
+    sy = h / gray.shape[0]
+    xy = np.array([k.pt for k in kps], np.float32)
+    xy[:, 0] = (xy[:, 0] + 0.5) * sx - 0.5
+    xy[:, 1] = (xy[:, 1] + 0.5) * sy - 0.5
+    scale = np.array([k.size for k in kps], np.float32) * np.float32(sx)
+    angle = np.array([k.angle for k in kps], np.float32)
+    d = desc.astype(np.float32)
+    d /= d.sum(axis=1, keepdims=True) + 1e-7
+    root = np.clip(np.sqrt(d) * _ROOT_SCALE, 0, 255).astype(np.uint8)
+    return LocalFeatures(xy, scale, angle, root, w, h)
+
+
+def extract_work_features(
+    renderings: Sequence[npt.NDArray[np.uint8]],
+) -> tuple[LocalFeatures, LocalFeatures]:
+    """Keypoints of a work for both mirror states: ``(direct, mirrored)``.
+
+    ``renderings`` are the same work on different backgrounds (same size).
+    Each is described at two scales; the mirrored state is extracted from the
+    mirrored pixels (SIFT is not mirror invariant), frame mirrored too.
+    """
+    out: list[LocalFeatures] = []
+    for flip in (False, True):
+        parts: list[LocalFeatures] = []
+        for rgb in renderings:
+            img = np.ascontiguousarray(rgb[:, ::-1]) if flip else rgb
+            for area, n in zip(WORK_AREAS, WORK_MAX_KP, strict=True):
+                f = extract_features(img, area=area, max_kp=n, contrast=0.02)
+                if len(f):
+                    parts.append(f)
+        h, w = renderings[0].shape[:2]
+        out.append(LocalFeatures.concat(parts) if parts else LocalFeatures.empty(w, h))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Two-level k-means vocabulary with Hamming-embedding projection."""
+
+    coarse: F32  # (k1, 128)
+    fine: F32  # (k1, k2, 128); unused slots are +inf-far (large values)
+    proj: F32  # (64, 128)
+    version: str
+
+    @property
+    def k2(self) -> int:
+        return int(self.fine.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.fine.shape[0] * self.fine.shape[1])
+
+    @staticmethod
+    def train(desc: U8, *, seed: int = 0) -> Vocabulary:
+        """Train on a sample of registry descriptors; size follows the sample."""
+        rng = np.random.default_rng(seed)
+        x = desc.astype(np.float32)
+        if x.shape[0] > 300_000:
+            x = x[rng.choice(x.shape[0], 300_000, replace=False)]
+        n = x.shape[0]
+        words = int(np.clip(n // 12, 64, 65_536))
+        k1 = int(np.clip(round(np.sqrt(words)), 4, 256))
+        k2 = k1
+        cv2.setRNGSeed(seed)
+        crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 12, 0.5)
+        _, lab, coarse = cv2.kmeans(x, k1, None, crit, 1, cv2.KMEANS_PP_CENTERS)
+        lab = lab.ravel()
+        fine = np.full((k1, k2, 128), 1e4, np.float32)
+        for c in range(k1):
+            members = x[lab == c]
+            if members.shape[0] == 0:
+                continue
+            k = min(k2, max(1, members.shape[0] // 4))
+            if k == 1:
+                fine[c, 0] = members.mean(axis=0)
+                continue
+            _, _, cent = cv2.kmeans(members, k, None, crit, 1, cv2.KMEANS_PP_CENTERS)
+            fine[c, :k] = cent
+        q, _ = np.linalg.qr(rng.standard_normal((128, 128)).astype(np.float64))
+        proj = q[:HE_BITS].astype(np.float32)
+        return Vocabulary(coarse.astype(np.float32), fine, proj, uuid.uuid4().hex)
+
+    def assign(self, desc: U8, *, n_coarse: int = 1, n_fine: int = 1) -> tuple[I32, U64, I32]:
+        """Words and signatures of descriptors, with multiple assignment.
+
+        Returns ``(rows, sigs, words)``: ``rows[i]`` is the descriptor index of
+        the i-th (descriptor, word) pair.
+        """
+        x = desc.astype(np.float32)
+        n = x.shape[0]
+        if n == 0:
+            return np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32)
+        k1 = self.coarse.shape[0]
+        d1 = (self.coarse * self.coarse).sum(1)[None, :] - 2.0 * (x @ self.coarse.T)
+        nc = min(n_coarse, k1)
+        c_idx = np.argsort(d1, axis=1)[:, :nc] if nc > 1 else np.argmin(d1, axis=1)[:, None]
+        rows_c = np.repeat(np.arange(n), nc)
+        cells = c_idx.ravel()
+        order = np.argsort(cells, kind="stable")
+        rows_c, cells = rows_c[order], cells[order]
+        bounds = np.searchsorted(cells, np.arange(k1 + 1))
+        nf = min(n_fine, self.k2)
+        out_rows: list[npt.NDArray[np.intp]] = []
+        out_words: list[npt.NDArray[np.int64]] = []
+        out_res: list[F32] = []
+        for c in np.unique(cells):
+            r = rows_c[bounds[c]:bounds[c + 1]]
+            xc = x[r]
+            fc = self.fine[c]
+            d2 = (fc * fc).sum(1)[None, :] - 2.0 * (xc @ fc.T)
+            f_idx = np.argsort(d2, axis=1)[:, :nf] if nf > 1 else np.argmin(d2, axis=1)[:, None]
+            rr = np.repeat(r, nf)
+            ff = f_idx.ravel()
+            out_rows.append(rr)
+            out_words.append(c * self.k2 + ff)
+            out_res.append(x[rr] - fc[ff])
+        rows = np.concatenate(out_rows).astype(np.int32)
+        words = np.concatenate(out_words).astype(np.int32)
+        res = np.concatenate(out_res)
+        bits = (res @ self.proj.T) > 0
+        sigs = np.packbits(bits, axis=1, bitorder="little").view("<u8").ravel().astype(np.uint64)
+        return rows, sigs, words
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, coarse=self.coarse, fine=self.fine, proj=self.proj,
+                 version=np.array(self.version))
+        _atomic_write(path, buf.getvalue())
+
+    @staticmethod
+    def load(path: Path) -> Vocabulary:
+        with np.load(path) as z:
+            return Vocabulary(z["coarse"], z["fine"], z["proj"], str(z["version"]))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- stored works
+
+
+@dataclass(frozen=True)
+class StoredWork:
+    """What the index keeps about one registered work."""
+
+    work_id: int
+    owner_id: int
+    kind: str
+    width: int
+    height: int
+    direct: LocalFeatures
+    mirrored: LocalFeatures
+    #: PDQ hashes of the work's dihedral variants (and renderings), (k, 32) uint8.
+    pdq: U8 = field(default_factory=lambda: np.zeros((0, 32), np.uint8))
+
+
+class FeatureStore:
+    """Per-work feature files plus the journal other processes replay."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.works_dir = root / "works"
+        self.works_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = root / "journal.log"
+        self.lock_path = root / "journal.lock"
+        self.vocab_path = root / "vocab.npz"
+
+    def path(self, work_id: int) -> Path:
+        return self.works_dir / f"{int(work_id)}.npz"
+
+    def write(self, w: StoredWork) -> None:
+        buf = io.BytesIO()
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            "meta": np.array([w.work_id, w.owner_id, w.width, w.height], np.int64),
+            "kind": np.array(w.kind),
+            "pdq": w.pdq,
+        }
+        for tag, f in (("d", w.direct), ("m", w.mirrored)):
+            arrays[f"{tag}_xy"] = f.xy
+            arrays[f"{tag}_scale"] = f.scale
+            arrays[f"{tag}_angle"] = f.angle
+            arrays[f"{tag}_desc"] = f.desc
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        _atomic_write(self.path(w.work_id), buf.getvalue())
+
+    def read(self, work_id: int) -> StoredWork | None:
+        try:
+            z = np.load(self.path(work_id))
+        except FileNotFoundError:
+            return None
+        with z:
+            wid, owner, width, height = (int(v) for v in z["meta"])
+            feats = []
+            for tag in ("d", "m"):
+                feats.append(LocalFeatures(z[f"{tag}_xy"], z[f"{tag}_scale"], z[f"{tag}_angle"],
+                                           z[f"{tag}_desc"], width, height))
+            return StoredWork(wid, owner, str(z["kind"]), width, height, feats[0], feats[1], z["pdq"])
+
+    def remove(self, work_id: int) -> None:
+        self.path(work_id).unlink(missing_ok=True)
+
+    def stored_ids(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.works_dir.glob("*.npz"))
+
+    def append(self, lines: Iterable[str]) -> None:
+        text = "".join(f"{line}\n" for line in lines)
+        with portalocker.Lock(str(self.lock_path), timeout=60):
+            with open(self.journal, "a", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+
+    def lock(self) -> portalocker.Lock:
+        return portalocker.Lock(str(self.lock_path), timeout=600)
+
+
+# --------------------------------------------------------------------------- index
+
+
+@dataclass
+class Correspondences:
+    """Tentative matches between an upload and one (work, mirror) image."""
+
+    work_id: int
+    mirrored: bool
+    votes: float
+    q_xy: F32  # upload keypoints (upload frame)
+    w_xy: F32  # work keypoints (work frame, mirrored if ``mirrored``)
+    hamming: I32
+    d_angle: F32  # keypoint orientation difference, degrees in [0, 360)
+    d_logscale: F32  # log2(upload keypoint size / work keypoint size)
+
+    def consistent(self, *, angle_bins: int = 18, scale_bin: float = 0.5) -> tuple[int, npt.NDArray[np.bool_]]:
+        """Weak geometric consistency: the densest (rotation, scale) cell.
+
+        Returns the number of correspondences agreeing with the dominant
+        rotation and scale change (3x3 neighbourhood of histogram cells), and
+        their mask. A true copy concentrates there; chance matches spread out.
+        """
+        n = self.q_xy.shape[0]
+        if n == 0:
+            return 0, np.zeros(0, bool)
+        a = (self.d_angle / (360.0 / angle_bins)).astype(np.int64) % angle_bins
+        s = np.clip(np.floor(self.d_logscale / scale_bin).astype(np.int64) + 12, 0, 23)
+        hist = np.bincount(a * 24 + s, minlength=angle_bins * 24).reshape(angle_bins, 24)
+        pad = np.zeros((angle_bins + 2, 26), np.int64)
+        pad[1:-1, 1:-1] = hist
+        pad[0, 1:-1] = hist[-1]
+        pad[-1, 1:-1] = hist[0]
+        rows = pad[:-2] + pad[1:-1] + pad[2:]
+        sm = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+        pa, ps = np.unravel_index(int(np.argmax(sm)), sm.shape)
+        da_ = np.abs(((a - pa + angle_bins // 2) % angle_bins) - angle_bins // 2)
+        mask = (da_ <= 1) & (np.abs(s - ps) <= 1)
+        return int(mask.sum()), mask
+
+
+@dataclass
+class _Segment:
+    """Postings sorted by word (CSR)."""
+
+    offsets: npt.NDArray[np.int64]
+    image: I32
+    sig: U64
+    xy: F32
+    scale_angle: npt.NDArray[np.float16]
+
+    @staticmethod
+    def build(n_words: int, words: I32, image: I32, sig: U64, xy: F32,
+              scale_angle: npt.NDArray[np.float16]) -> _Segment:
+        order = np.argsort(words, kind="stable")
+        w = words[order]
+        offsets = np.searchsorted(w, np.arange(n_words + 1)).astype(np.int64)
+        return _Segment(offsets, image[order], sig[order], xy[order], scale_angle[order])
+
+    @property
+    def n(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass
+class _Quantised:
+    words: I32
+    sig: U64
+    image: I32
+    xy: F32
+    scale_angle: npt.NDArray[np.float16]
+
+
+@dataclass
+class _ImageInfo:
+    work_id: int
+    owner_id: int
+    mirrored: bool
+    n_kp: int
+
+
+@dataclass
+class LocalIndex:
+    """Inverted file over registered works' descriptors, shared through disk.
+
+    ``refresh()`` is cheap (one ``stat``) when nothing changed; the engine
+    calls it before each query.
+    """
+
+    store: FeatureStore
+    n_coarse: int = 2
+    n_fine: int = 2
+    vocab: Vocabulary | None = None
+    _offset: int = 0
+    _works: dict[int, StoredWork] = field(default_factory=dict)
+    _images: list[_ImageInfo] = field(default_factory=list)
+    _image_of: dict[tuple[int, bool], int] = field(default_factory=dict)
+    _alive: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    _owner: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
+    _pending: list[_Quantised] = field(default_factory=list)
+    _main: _Segment | None = None
+    _delta: _Segment | None = None
+    _delta_parts: list[_Quantised] = field(default_factory=list)
+    _trained_on: int = 0
+
+    # ---- registration (writer side)
+
+    def add(self, work: StoredWork) -> None:
+        """Persist a work's features and make them searchable everywhere."""
+        self.store.write(work)
+        self.store.append([f"add {work.work_id}"])
+        self._maybe_train()
+        self.refresh()
+
+    def remove(self, work_id: int) -> None:
+        self.store.remove(work_id)
+        self.store.append([f"del {int(work_id)}"])
+        self.refresh()
+
+    def _maybe_train(self) -> None:
+        """Train the vocabulary when absent, and again each time the registry has
+        grown 4x, until it was trained on 256 works (enough for a stable one)."""
+        self.refresh()
+        n_works = len(self.store.stored_ids())
+        if self.vocab is None or (self._trained_on < 256 and n_works >= 4 * max(1, self._trained_on)):
+            self.retrain()
+
+    def retrain(self) -> None:
+        """Train a new vocabulary from the stored works (sampled) and publish it."""
+        with self.store.lock():
+            ids = self.store.stored_ids()
+            rng = np.random.default_rng(0)
+            per = max(50, 300_000 // max(1, len(ids)))
+            sample: list[U8] = []
+            for wid in ids:
+                w = self.store.read(wid)
+                if w is None:
+                    continue
+                for f in (w.direct, w.mirrored):
+                    if len(f) > per // 2:
+                        sample.append(f.desc[rng.choice(len(f), per // 2, replace=False)])
+                    elif len(f):
+                        sample.append(f.desc)
+            if not sample:
+                return
+            vocab = Vocabulary.train(np.concatenate(sample))
+            vocab.save(self.store.vocab_path)
+            with open(self.store.journal, "a", encoding="utf-8") as fh:
+                fh.write(f"vocab {vocab.version} {len(ids)}\n")
+        log.info("local index: trained a %d-word vocabulary on %d works", vocab.size, len(ids))
+
+    # ---- reader side
+
+    def refresh(self) -> None:
+        """Apply journal lines written since the last call (by any process)."""
+        try:
+            size = self.store.journal.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self._offset:
+            return
+        with open(self.store.journal, "rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read(size - self._offset)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return
+        self._offset += end + 1
+        lines = chunk[: end + 1].decode("utf-8").splitlines()
+        vocab_lines = [i for i, ln in enumerate(lines) if ln.startswith("vocab ")]
+        if vocab_lines:
+            last = vocab_lines[-1]
+            parts = lines[last].split()
+            self._trained_on = int(parts[2]) if len(parts) > 2 else 0
+            if self.vocab is None or self.vocab.version != parts[1]:
+                self._reload_all()
+                return
+        touched: dict[int, str] = {}
+        for ln in lines:
+            op, _, arg = ln.partition(" ")
+            if op in ("add", "del"):
+                touched[int(arg)] = op
+        for wid, op in touched.items():
+            self._drop(wid)
+            if op == "add":
+                w = self.store.read(wid)
+                if w is not None:
+                    self._insert(w)
+
+    def _reload_all(self) -> None:
+        self.vocab = Vocabulary.load(self.store.vocab_path) if self.store.vocab_path.exists() else None
+        self._works.clear()
+        self._images.clear()
+        self._image_of.clear()
+        self._alive = np.zeros(0, bool)
+        self._owner = np.zeros(0, np.int32)
+        self._main = self._delta = None
+        self._delta_parts.clear()
+        self._pending.clear()
+        for wid in self.store.stored_ids():
+            w = self.store.read(wid)
+            if w is not None:
+                self._insert(w)
+
+    def _drop(self, work_id: int) -> None:
+        if self._works.pop(work_id, None) is None:
+            return
+        for m in (False, True):
+            img = self._image_of.pop((work_id, m), None)
+            if img is not None:
+                self._alive[img] = False
+
+    def _insert(self, w: StoredWork) -> None:
+        self._works[w.work_id] = w
+        if self.vocab is None:
+            return
+        for mirrored, f in ((False, w.direct), (True, w.mirrored)):
+            img = len(self._images)
+            self._images.append(_ImageInfo(w.work_id, w.owner_id, mirrored, len(f)))
+            self._image_of[(w.work_id, mirrored)] = img
+            self._alive = np.append(self._alive, True)
+            self._owner = np.append(self._owner, np.int32(w.owner_id))
+            if not len(f):
+                continue
+            rows, sig, words = self.vocab.assign(f.desc)
+            sa = np.stack([f.scale, f.angle], axis=1).astype(np.float16)
+            self._pending.append(_Quantised(words, sig, np.full(rows.shape[0], img, np.int32),
+                                            f.xy[rows], sa[rows]))
+
+    def _compact(self) -> None:
+        if not self._pending or self.vocab is None:
+            return
+        self._delta_parts.extend(self._pending)
+        self._pending.clear()
+        main_n = self._main.n if self._main is not None else 0
+        delta_n = sum(p.words.shape[0] for p in self._delta_parts)
+        parts = list(self._delta_parts)
+        if delta_n * 4 > main_n:
+            # Merge everything into a new main segment (drops dead postings).
+            if self._main is not None:
+                m = self._main
+                words = np.repeat(np.arange(m.offsets.shape[0] - 1, dtype=np.int32), np.diff(m.offsets))
+                parts.insert(0, _Quantised(words, m.sig, m.image, m.xy, m.scale_angle))
+            self._delta_parts.clear()
+            self._delta = None
+            self._main = self._build(parts, drop_dead=True)
+        else:
+            self._delta = self._build(parts, drop_dead=False)
+
+    def _build(self, parts: list[_Quantised], *, drop_dead: bool) -> _Segment:
+        assert self.vocab is not None
+        words = np.concatenate([p.words for p in parts])
+        image = np.concatenate([p.image for p in parts])
+        sig = np.concatenate([p.sig for p in parts])
+        xy = np.concatenate([p.xy for p in parts])
+        sa = np.concatenate([p.scale_angle for p in parts])
+        if drop_dead and self._alive.shape[0]:
+            keep = self._alive[image]
+            words, image, sig, xy, sa = words[keep], image[keep], sig[keep], xy[keep], sa[keep]
+        return _Segment.build(self.vocab.size, words, image, sig, xy, sa)
+
+    @property
+    def work_ids(self) -> list[int]:
+        return sorted(self._works)
+
+    def work(self, work_id: int) -> StoredWork | None:
+        return self._works.get(work_id)
+
+    def search(
+        self, q: LocalFeatures, *, top: int = 24, owner_ids: Sequence[int] | None = None,
+    ) -> list[Correspondences]:
+        """Best-voted (work, mirror) images with their tentative correspondences."""
+        self.refresh()
+        if self.vocab is None or not len(q):
+            return []
+        self._compact()
+        rows, qsig, words = self.vocab.assign(q.desc, n_coarse=self.n_coarse, n_fine=self.n_fine)
+        hits_q: list[I32] = []
+        hits_p: list[npt.NDArray[np.int64]] = []
+        hits_h: list[npt.NDArray[np.uint8]] = []
+        segs = [s for s in (self._main, self._delta) if s is not None]
+        for si, seg in enumerate(segs):
+            start = seg.offsets[words]
+            cnt = seg.offsets[words + 1] - start
+            total = int(cnt.sum())
+            if total == 0:
+                continue
+            rep = np.repeat(np.arange(rows.shape[0]), cnt)
+            pos = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(start, cnt)
+            ham = np.bitwise_count(seg.sig[pos] ^ qsig[rep])
+            ok = ham <= HE_RADIUS
+            hits_q.append(rows[rep[ok]])
+            hits_p.append(pos[ok] + (si << 40))
+            hits_h.append(ham[ok])
+        if not hits_q:
+            return []
+        qi = np.concatenate(hits_q)
+        pi = np.concatenate(hits_p)
+        hh = np.concatenate(hits_h)
+        seg_of = (pi >> 40).astype(np.int64)
+        local = pi & ((1 << 40) - 1)
+        image = np.empty(pi.shape[0], np.int32)
+        for si, seg in enumerate(segs):
+            m = seg_of == si
+            image[m] = seg.image[local[m]]
+        alive = self._alive[image]
+        if owner_ids is not None:
+            alive &= np.isin(self._owner[image], np.asarray(list(owner_ids), np.int32))
+        qi, pi, hh, image, seg_of, local = qi[alive], pi[alive], hh[alive], image[alive], seg_of[alive], local[alive]
+        if qi.shape[0] == 0:
+            return []
+        # One correspondence per (image, query keypoint): the closest signature.
+        key = image.astype(np.int64) * (1 << 20) + qi
+        order = np.lexsort((hh, key))
+        key_s = key[order]
+        first = np.ones(order.shape[0], bool)
+        first[1:] = key_s[1:] != key_s[:-1]
+        sel = order[first]
+        qi, hh, image, seg_of, local = qi[sel], hh[sel], image[sel], seg_of[sel], local[sel]
+        # Gaussian-weighted votes, normalised by the image's keypoint count.
+        weight = np.exp(-((hh.astype(np.float32) / 16.0) ** 2))
+        n_img = len(self._images)
+        votes = np.bincount(image, weights=weight, minlength=n_img)
+        nkp = np.array([max(1, im.n_kp) for im in self._images], np.float64)
+        rank = votes / np.sqrt(nkp / 1000.0 + 1.0)
+        cand = np.argsort(-rank)[:top]
+        cand = cand[votes[cand] > 0]
+        out: list[Correspondences] = []
+        by_image_order = np.argsort(image, kind="stable")
+        img_sorted = image[by_image_order]
+        for c in cand:
+            lo, hi = np.searchsorted(img_sorted, [c, c + 1])
+            idx = by_image_order[lo:hi]
+            w_xy = np.empty((idx.shape[0], 2), np.float32)
+            w_sa = np.empty((idx.shape[0], 2), np.float32)
+            for si, seg in enumerate(segs):
+                m = seg_of[idx] == si
+                w_xy[m] = seg.xy[local[idx][m]]
+                w_sa[m] = seg.scale_angle[local[idx][m]]
+            info = self._images[int(c)]
+            qk = qi[idx]
+            d_angle = np.mod(q.angle[qk] - w_sa[:, 1], 360.0).astype(np.float32)
+            d_log = np.log2(np.maximum(q.scale[qk], 1e-3) / np.maximum(w_sa[:, 0], 1e-3)).astype(np.float32)
+            out.append(Correspondences(info.work_id, info.mirrored, float(votes[c]),
+                                       q.xy[qk], w_xy, hh[idx].astype(np.int32), d_angle, d_log))
+        return out
