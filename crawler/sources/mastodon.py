@@ -12,7 +12,7 @@ immediately after it, and follows ``rel="prev"`` in the Link header until
 nothing newer is left (at most ``max_pages`` pages per poll, so a large
 backlog is worked off over several polls, oldest first, without gaps). The
 first poll (no cursor) takes the newest page and follows ``rel="next"``
-(``max_id``) for ``backfill_pages`` pages.
+(``max_id``) for ``backfill_pages`` pages (default 5).
 
 IDs are compared as integers, never as strings. Edited statuses (non-null
 ``edited_at``) are flagged ``edited``. Polling cannot see deletions;
@@ -163,7 +163,7 @@ class MastodonSource(Source):
             url: str | None = endpoint
             query: dict[str, Any] | None = self._query()
             top = 0
-            for _ in range(max(1, int(self.params.get("backfill_pages", 1)))):
+            for _ in range(max(1, int(self.params.get("backfill_pages", 5)))):
                 if url is None:
                     break
                 statuses, links = self._page(url, query)

@@ -42,7 +42,7 @@ def test_media_served_and_deleted(site: LocalSite, client: httpx.Client) -> None
 
 def test_mastodon_source_polls_localsite(site: LocalSite, client: httpx.Client) -> None:
     first = [site.add_post(png(i), author="alice") for i in range(3)]
-    src = MastodonSource(site.url, {"limit": 2}, client)
+    src = MastodonSource(site.url, {"limit": 2, "backfill_pages": 1}, client)
     records, cursor = src.poll(None)
     assert {r.post_id for r in records} == {first[2], first[1]}  # first poll: newest page only
     assert records[0].author == "alice@127.0.0.1"
