@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 00:48:31.908250
+Create Date: 2026-11-28 01:26:17.823679
 """
 from __future__ import annotations
 
@@ -91,6 +91,20 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
+    op.create_table('notice_templates',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('owner_id', sa.Integer(), nullable=False),
+    sa.Column('law', sa.String(length=32), nullable=False),
+    sa.Column('variant', sa.String(length=8), nullable=False),
+    sa.Column('source', sa.Text(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['owner_id'], ['accounts.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('owner_id', 'law', 'variant', name='uq_notice_template_owner_law_variant')
+    )
+    with op.batch_alter_table('notice_templates', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_notice_templates_owner_id'), ['owner_id'], unique=False)
+
     op.create_table('notices',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('owner_id', sa.Integer(), nullable=False),
@@ -110,10 +124,14 @@ def upgrade() -> None:
     sa.Column('followup_due_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('counter_notice_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('restore_deadline', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('restore_not_before', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('sent_via', sa.String(length=16), nullable=False),
+    sa.Column('open_key', sa.String(length=400), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['accounts.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('open_key')
     )
     with op.batch_alter_table('notices', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_notices_owner_id'), ['owner_id'], unique=False)
@@ -217,6 +235,27 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_matches_upload_id'), ['upload_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_matches_work_id'), ['work_id'], unique=False)
 
+    op.create_table('sightings',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('upload_id', sa.Integer(), nullable=False),
+    sa.Column('source_id', sa.Integer(), nullable=True),
+    sa.Column('post_id', sa.String(length=255), nullable=False),
+    sa.Column('page_url', sa.Text(), nullable=False),
+    sa.Column('author', sa.String(length=300), nullable=False),
+    sa.Column('post_text', sa.Text(), nullable=False),
+    sa.Column('posted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('seen_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('edited_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['source_id'], ['sources.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['upload_id'], ['uploads.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('upload_id', 'post_id', name='uq_sighting_upload_post')
+    )
+    with op.batch_alter_table('sightings', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sightings_source_id'), ['source_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sightings_upload_id'), ['upload_id'], unique=False)
+
     op.create_table('notice_items',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('notice_id', sa.Integer(), nullable=False),
@@ -243,6 +282,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_notice_items_notice_id'))
 
     op.drop_table('notice_items')
+    with op.batch_alter_table('sightings', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sightings_upload_id'))
+        batch_op.drop_index(batch_op.f('ix_sightings_source_id'))
+
+    op.drop_table('sightings')
     with op.batch_alter_table('matches', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_matches_work_id'))
         batch_op.drop_index(batch_op.f('ix_matches_upload_id'))
@@ -271,6 +315,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_notices_owner_id'))
 
     op.drop_table('notices')
+    with op.batch_alter_table('notice_templates', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_notice_templates_owner_id'))
+
+    op.drop_table('notice_templates')
     op.drop_table('sources')
     with op.batch_alter_table('login_failures', schema=None) as batch_op:
         batch_op.drop_index('ix_login_failures_ip_at')
