@@ -121,6 +121,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def configure(settings: Settings) -> Celery:
-    app.conf.update(celery_config(settings))
+    conf = celery_config(settings)
+    if app.conf.get("broker_url") != conf["broker_url"] and app._pool is not None:
+        # Reconfigured for another broker in the same process (tests, the
+        # embedded run): drop connections and producers bound to the old one.
+        app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+    app.conf.update(conf)
     app.conf.artwatch_settings = settings
     return app

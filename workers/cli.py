@@ -364,6 +364,14 @@ def worker(obj: CliContext, role: str, queues: str | None, concurrency: int | No
         from workers.broker import default_worker_name, start_heartbeat
 
         start_heartbeat(settings, hostname or default_worker_name())
+    if (role == "gpu" or "embed" in queue_list) and pool in ("threads", "solo") and settings.workers.embed_stage:
+        # Load the model before consuming: the first batch must not wait for
+        # it (and with it the messages' visibility timeout).
+        from workers.batching import get_clip
+
+        clip = get_clip(settings)
+        click.echo(f"embedding model ready on {clip.device} "
+                   f"({'float32' if clip.autocast is None else settings.workers.embed_dtype})", err=True)
     if port:
         from workers.metrics import start_exporter
 

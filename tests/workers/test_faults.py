@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,8 +52,9 @@ def _unacked(url: str) -> list[dict[str, object]]:
 
 
 def test_sigkill_gpu_worker_mid_batch(make_pipeline: MakePipeline, redis_url: str) -> None:
-    """The embed worker is SIGKILLed while it holds a batch; a new one takes
-    the batch over after the visibility timeout and nothing is lost or doubled."""
+    """The embed worker is SIGKILLed while it holds a batch; a standby GPU
+    worker takes the embed queue over, gets the killed worker's messages back
+    after the visibility timeout, and nothing is lost or doubled."""
     p = make_pipeline(redis_url, copies=2, others=6, env={
         "ARTWATCH_WORKERS__EMBED_STAGE": "true",
         "ARTWATCH_MATCHING__DEVICE": "cpu",
@@ -62,13 +64,21 @@ def test_sigkill_gpu_worker_mid_batch(make_pipeline: MakePipeline, redis_url: st
     })
     p.start_worker("--role", "cpu", "-c", "2", name="cpu")
     gpu = p.start_worker("--role", "gpu", "-c", "16", name="gpu1")
+    # The standby loads its model now (importing torch takes a while on a
+    # busy 2-core machine) but consumes a queue nobody uses until told.
+    p.start_worker("--role", "gpu", "-c", "16", "-Q", "standby", name="gpu2")
     p.crawl()
-    held = wait_for(lambda: [m for m in _unacked(redis_url) if m["queue"] == "embed"], 40,
-                    "the GPU worker to hold embed messages")
+    held = wait_for(lambda: [m for m in _unacked(redis_url) if m["queue"] == "embed"], 150,
+                    "the GPU worker to hold embed messages")  # torch import: slow on a busy machine
     gpu.send_signal(signal.SIGKILL)
     gpu.wait()
     assert held, "nothing was in flight on the GPU worker"
-    p.start_worker("--role", "gpu", "-c", "16", name="gpu2")
+    from workers.app import app
+
+    wait_for(lambda: "gpu2@" in p.log("gpu2") and " ready." in p.log("gpu2"), 90, "the standby to be ready")
+    replies = app.control.add_consumer("embed", destination=[f"gpu2@{socket.gethostname()}"], reply=True,
+                                       timeout=5)
+    assert replies, "the standby did not answer"
     p.wait_settled(8, timeout=60)
     p.assert_end_state()
     # The replacement really did the killed worker's work.
