@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from functools import lru_cache
 
 from PIL import Image
@@ -67,12 +66,12 @@ def _size_cached(data: bytes) -> tuple[int, int] | None:
         if png is None:
             return None
         data = png
+    # No warnings.catch_warnings() here: it is not thread-safe, and these run in
+    # request threads next to FastAPI's own use of it.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                return (int(w), int(h))
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            return (int(w), int(h))
     except Exception:  # noqa: BLE001
         return None
 
@@ -90,16 +89,14 @@ def thumbnail_png(data: bytes, box: int = 240) -> bytes | None:
             return None
         data = png
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                im.draft("RGB", (box, box))
-                frame = im.convert("RGBA")
-                frame.thumbnail((box, box))
-                flat = Image.new("RGB", frame.size, "white")
-                flat.paste(frame, mask=frame.getchannel("A"))
-                out = io.BytesIO()
-                flat.save(out, "PNG", optimize=True)
-                return out.getvalue()
-    except Exception:  # noqa: BLE001
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (box, box))
+            frame = im.convert("RGBA")
+            frame.thumbnail((box, box))
+            flat = Image.new("RGB", frame.size, "white")
+            flat.paste(frame, mask=frame.getchannel("A"))
+            out = io.BytesIO()
+            flat.save(out, "PNG", optimize=True)
+            return out.getvalue()
+    except Exception:  # noqa: BLE001 - a display helper never fails the page
         return None

@@ -41,8 +41,8 @@ def test_register_list_get_and_remove_works(world: World) -> None:
 
 def test_check_reports_scores_and_region_for_a_partial_copy(world: World) -> None:
     owner = world.account("ann@example.com")
-    wid = world.work(owner, logo_png(1), "Acme")
-    world.work(owner, logo_png(2, "OTHER"), "Other")
+    wid = world.work(owner, logo_png(1), "Acme", indexed=True)
+    world.work(owner, logo_png(2, "OTHER"), "Other", indexed=True)
     shot, (tl, _, br, _) = product_shot(logo_png(1))
     api = world.api("ann@example.com")
     result = api.post("/api/v1/check", files={"file": ("shot.jpg", shot, "image/jpeg")}).json()
@@ -65,7 +65,7 @@ def test_check_reports_scores_and_region_for_a_partial_copy(world: World) -> Non
 def test_staff_tokens_check_against_every_owner(world: World) -> None:
     owner = world.account("ann@example.com")
     world.account("platform@example.com", Role.REVIEWER)
-    wid = world.work(owner, logo_png(1), "Acme")
+    wid = world.work(owner, logo_png(1), "Acme", indexed=True)
     result = world.api("platform@example.com").post(
         "/api/v1/check", files={"file": ("x.png", logo_png(1), "image/png")}).json()
     assert result["copies"] and result["candidates"][0]["work_id"] == wid

@@ -164,7 +164,11 @@ def test_import_shows_progress_until_done_and_reports_bad_files(world: World) ->
     world.account("ann@example.com")
     client = world.client("ann@example.com")
     token = csrf_from(client.get("/works/import").text)
-    files = [("files", (f"logo{i}.png", logo_png(10 + i, f"L{i}"), "image/png")) for i in range(3)]
+    # Touch the polled routes once before the import thread starts: FastAPI sets a route up on
+    # its first request inside warnings.catch_warnings(), which races with the decoder's own
+    # catch_warnings() in the import thread under pytest's "error" filter.
+    assert client.get("/jobs/0/progress").status_code == 404 and client.get("/jobs/0").status_code == 404
+    files = [("files", (f"logo{i}.png", logo_png(10 + i, f"L{i}"), "image/png")) for i in range(2)]
     files.append(("files", ("notes.txt", b"hello", "text/plain")))
     r = client.post("/works/import", data={"csrf_token": token, "kind": "logo"}, files=files)
     assert r.status_code == 303
@@ -177,12 +181,12 @@ def test_import_shows_progress_until_done_and_reports_bad_files(world: World) ->
         if 'data-state="done"' in frag or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert 'data-state="done"' in frag and "4 of 4" in frag
+    assert 'data-state="done"' in frag and "3 of 3" in frag
     assert "notes.txt" in frag and "upload a PNG, JPEG, WebP or SVG" in frag
     with world.sessions() as s:
-        assert sorted(s.scalars(select(Work.title)).all()) == ["logo0", "logo1", "logo2"]
+        assert sorted(s.scalars(select(Work.title)).all()) == ["logo0", "logo1"]
         job = s.scalars(select(WebJob)).one()
-        assert job.done == 4 and job.total == 4 and len(job.errors) == 1
+        assert job.done == 3 and job.total == 3 and len(job.errors) == 1
 
 
 def test_profile_saves_alert_mode_and_issues_an_api_token(world: World) -> None:

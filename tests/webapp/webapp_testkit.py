@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import Settings, load_settings
 from storage.blobs import FolderBlobStore
 from storage.db import make_engine, make_sessionmaker, session_scope
-from storage.models import Account, Base, Match, Notice, NoticeItem, Role, Upload, UploadStatus, Work
+from storage.models import Account, Base, Match, Notice, NoticeItem, Role, Upload, UploadStatus, Work, WorkKind
 from webapp import create_app
 from webapp.security import hash_password, issue_api_token
 
@@ -114,6 +115,7 @@ def jpeg(img: Image.Image, quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=64)
 def logo_png(seed: int, text: str = "ACME") -> bytes:
     from workers.demo import logo
 
@@ -161,12 +163,21 @@ class World:
         return TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[email]}"})
 
     def work(self, owner_id: int, data: bytes, title: str = "Logo", kind: str = "logo",
-             licensed: tuple[str, ...] = ()) -> int:
+             licensed: tuple[str, ...] = (), *, indexed: bool = False) -> int:
+        """A registered work. indexed=True goes through the real pipeline and matching engine
+        (about 2 s per work on the test machine); otherwise only the rows and blob are written,
+        which is all a page that lists or shows the work needs."""
         from workers.pipeline import register_work
 
         with session_scope(self.sessions) as s:
-            work = register_work(s, self.blobs, self.engine, owner_id=owner_id, data=data,
-                                 filename=f"{title}.png", title=title, kind=kind, licensed_sites=licensed)
+            if indexed:
+                work = register_work(s, self.blobs, self.engine, owner_id=owner_id, data=data,
+                                     filename=f"{title}.png", title=title, kind=kind, licensed_sites=licensed)
+            else:
+                work = Work(owner_id=owner_id, title=title, kind=WorkKind(kind), blob_sha256=self.blobs.put(data),
+                            filename=f"{title}.png", licensed_sites=list(licensed))
+                s.add(work)
+                s.flush()
             return work.id
 
     def match(self, work_id: int, data: bytes, *, url: str, score: float = 0.93,
