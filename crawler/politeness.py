@@ -41,9 +41,12 @@ from crawler.fetch import user_agent
 
 __all__ = [
     "PoliteTransport",
+    "PolitenessState",
     "RobotsRules",
     "conditional_headers",
     "parse_robots",
+    "reset_shared_state",
+    "shared_state",
     "validators",
 ]
 
@@ -188,6 +191,41 @@ class _Host:
     next_start: float = 0.0
 
 
+class PolitenessState:
+    """What politeness remembers: robots.txt per origin, pacing and slots per host.
+
+    Shared by every client of a process (see :func:`shared_state`) so that a
+    Celery worker building a client per task still fetches robots.txt once a
+    day and paces each host across tasks. Limits hold per process; several
+    worker processes each keep their own pace."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.hosts: dict[str, _Host] = {}
+        self.robots: dict[str, tuple[float, RobotsRules]] = {}
+        self.robots_locks: dict[str, threading.Lock] = {}
+
+
+_SHARED: dict[str, PolitenessState] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_state(settings: CrawlerSettings) -> PolitenessState:
+    """The process-wide state for these settings (one per distinct settings)."""
+    key = settings.model_dump_json()
+    with _SHARED_LOCK:
+        state = _SHARED.get(key)
+        if state is None:
+            state = _SHARED[key] = PolitenessState()
+        return state
+
+
+def reset_shared_state() -> None:
+    """Forget all shared politeness state (tests)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
 class _ReleasingStream(httpx.SyncByteStream):
     def __init__(self, inner: httpx.SyncByteStream, release: Callable[[], None]) -> None:
         self._inner = inner
@@ -220,6 +258,7 @@ class PoliteTransport(httpx.BaseTransport):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        state: PolitenessState | None = None,
     ) -> None:
         self.inner = inner
         self.settings = settings
@@ -230,10 +269,11 @@ class PoliteTransport(httpx.BaseTransport):
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
-        self._lock = threading.Lock()
-        self._hosts: dict[str, _Host] = {}
-        self._robots: dict[str, tuple[float, RobotsRules]] = {}
-        self._robots_locks: dict[str, threading.Lock] = {}
+        self.state = state if state is not None else PolitenessState()
+        self._lock = self.state.lock
+        self._hosts = self.state.hosts
+        self._robots = self.state.robots
+        self._robots_locks = self.state.robots_locks
 
     # robots
 

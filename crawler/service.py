@@ -91,15 +91,16 @@ def build_client(settings: CrawlerSettings) -> httpx.Client:
     """An httpx client for crawling: safe transport (address checks on every
     connection, so on every redirect hop), politeness (robots.txt, per-host
     rate and concurrency limits, backoff) when enabled, our User-Agent, the
-    configured timeouts and redirect limit. Environment proxies are ignored
+    configured timeouts and redirect limit. Politeness state (robots.txt
+    cache, per-host pacing) is shared by all clients built in this process. Environment proxies are ignored
     because a proxy would connect on our behalf, unchecked."""
-    from crawler.politeness import PoliteTransport
+    from crawler.politeness import PoliteTransport, shared_state
 
     transport: httpx.BaseTransport = SafeTransport(
         AddressPolicy.from_list(settings.allow_internal),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
     )
-    transport = PoliteTransport(transport, settings)
+    transport = PoliteTransport(transport, settings, state=shared_state(settings))
     return httpx.Client(
         transport=transport,
         headers={"User-Agent": user_agent(settings)},

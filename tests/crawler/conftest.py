@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from crawler.localsite import LocalSite
+from crawler.politeness import reset_shared_state
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SITES = SHARED / "conformance" / "sites"
@@ -20,6 +21,14 @@ PNG = (
 def png(tag: int | str) -> bytes:
     """A distinct PNG-signed payload per tag (the crawler sniffs, it does not decode)."""
     return PNG + f"artwatch-test-{tag}".encode()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_politeness() -> Iterator[None]:
+    """Servers reuse ephemeral ports across tests: never carry robots.txt over."""
+    reset_shared_state()
+    yield
+    reset_shared_state()
 
 
 @pytest.fixture
