@@ -227,6 +227,7 @@ def build_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: 
         # the test; every task here takes a few seconds at most.
         "ARTWATCH_WORKERS__VISIBILITY_TIMEOUT_S": "8",
         "ARTWATCH_WORKERS__RESTORE_INTERVAL_S": "1",
+        "ARTWATCH_WEB__SECRET_KEY": "worker-tests-secret",
         **(env or {}),
     }
     for k, v in values.items():
