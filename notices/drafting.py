@@ -140,21 +140,26 @@ def content_for_notice(session: Session, notice: Notice, directory: HostDirector
     entry = directory.lookup(notice.host) if directory is not None else None
     works: dict[int, WorkRef] = {}
     items: list[ItemRef] = []
-    for item in notice.items:
-        if item.online == "removed":
-            continue
-        work = session.get(Work, item.work_id)
-        upload = item.match.upload if item.match is not None else None
-        title = clean_inline(work.title or work.filename or f"work #{work.id}", 300) if work else "?"
-        if work is not None and work.id not in works:
+    session.flush()
+    rows = session.execute(
+        select(NoticeItem, Upload, Work)
+        .join(Match, NoticeItem.match_id == Match.id)
+        .join(Upload, Match.upload_id == Upload.id)
+        .join(Work, NoticeItem.work_id == Work.id)
+        .where(NoticeItem.notice_id == notice.id, NoticeItem.online != "removed")
+        .order_by(NoticeItem.id)
+    ).all()
+    for item, upload, work in rows:
+        title = clean_inline(work.title or work.filename or f"work #{work.id}", 300)
+        if work.id not in works:
             works[work.id] = WorkRef(title, clean_inline(work.registration_number, 100),
                                      work.kind.value if isinstance(work.kind, WorkKind) else str(work.kind))
         items.append(ItemRef(
             url=clean_inline(item.url),
-            page_url=clean_inline(_web_url(upload.page_url)) if upload is not None else "",
+            page_url=clean_inline(_web_url(upload.page_url)),
             work_title=title,
-            captured_at=_when(upload.fetched_at) if upload is not None else "",
-            author=clean_inline(upload.author, 200) if upload is not None else "",
+            captured_at=_when(upload.fetched_at),
+            author=clean_inline(upload.author, 200),
         ))
     notifier = Notifier(clean_inline(owner.legal_name, 200), clean_block(owner.postal_address),
                         clean_inline(owner.phone, 64), clean_inline(owner.email, 320))
