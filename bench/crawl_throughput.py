@@ -46,8 +46,9 @@ def _serve(posts: int, size: int, conn: Any) -> None:
         conn.recv()  # until told to stop
 
 
-def crawl(url: str, client: httpx.Client, settings: CrawlerSettings,
-          workdir: Path) -> tuple[int, float, float, float]:
+def crawl(
+    url: str, client: httpx.Client, settings: CrawlerSettings, workdir: Path
+) -> tuple[int, float, float, float]:
     engine = create_engine(f"sqlite:///{workdir / 'db.sqlite'}")
     Base.metadata.create_all(engine)
     sessions = sessionmaker(engine, expire_on_commit=False)
@@ -56,7 +57,9 @@ def crawl(url: str, client: httpx.Client, settings: CrawlerSettings,
     wall0, cpu0 = time.perf_counter(), time.process_time()
     fetched = 0
     with sessions() as s:
-        row = Source(name="bench", kind="mastodon", url=url, params={"limit": 40, "backfill_pages": 1000})
+        row = Source(
+            name="bench", kind="mastodon", url=url, params={"limit": 40, "backfill_pages": 1000}
+        )
         s.add(row)
         s.commit()
         ids = poll_source(s, row, client, settings)
@@ -70,20 +73,28 @@ def crawl(url: str, client: httpx.Client, settings: CrawlerSettings,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--posts", type=int, default=300)
     ap.add_argument("--bytes", type=int, default=50_000, help="image size")
     ap.add_argument("--rps", type=float, default=50.0, help="per-host rate for the polite config")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--tmp", default=None, help="where the SQLite file and blobs go (e.g. /dev/shm)")
+    ap.add_argument(
+        "--tmp", default=None, help="where the SQLite file and blobs go (e.g. /dev/shm)"
+    )
     args = ap.parse_args()
 
     parent, child = mp.Pipe()
     server = mp.Process(target=_serve, args=(args.posts, args.bytes, child), daemon=True)
     server.start()
     url = parent.recv()
-    common: dict[str, Any] = dict(allow_internal=["127.0.0.1"], user_agent="artwatch-bench/1",
-                                  contact_url="https://artwatch.test", max_concurrency_per_host=2)
+    common: dict[str, Any] = dict(
+        allow_internal=["127.0.0.1"],
+        user_agent="artwatch-bench/1",
+        contact_url="https://artwatch.test",
+        max_concurrency_per_host=2,
+    )
     configs = {
         "raw": None,
         "safe": CrawlerSettings(obey_robots=False, requests_per_second=0, **common),
@@ -104,15 +115,21 @@ def main() -> None:
     parent.send("stop")
     server.join(5)
     base = None
-    print(f"posts={args.posts} image_bytes={args.bytes} polite_rps={args.rps} repeat={args.repeat} "
-          f"tmp={args.tmp or 'default'} (best run)")
-    print(f"{'config':8} {'uploads':>7} {'poll s':>7} {'wall s':>7} {'uploads/s':>10} {'CPU ms/upload':>14} "
-          f"{'speed vs raw':>13}")
+    print(
+        f"posts={args.posts} image_bytes={args.bytes} polite_rps={args.rps} repeat={args.repeat} "
+        f"tmp={args.tmp or 'default'} (best run)"
+    )
+    print(
+        f"{'config':8} {'uploads':>7} {'poll s':>7} {'wall s':>7} {'uploads/s':>10} {'CPU ms/upload':>14} "
+        f"{'speed vs raw':>13}"
+    )
     for name, runs in results.items():
         n, wall, cpu, poll = min(runs, key=lambda r: r[1])
         rate = n / wall
         base = base or rate
-        print(f"{name:8} {n:7d} {poll:7.2f} {wall:7.2f} {rate:10.1f} {1000 * cpu / n:14.2f} {rate / base:13.2f}")
+        print(
+            f"{name:8} {n:7d} {poll:7.2f} {wall:7.2f} {rate:10.1f} {1000 * cpu / n:14.2f} {rate / base:13.2f}"
+        )
 
 
 if __name__ == "__main__":

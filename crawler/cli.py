@@ -39,14 +39,33 @@ def sources_group() -> None:
 @click.argument("name")
 @click.argument("kind")
 @click.argument("url")
-@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
-              help="Source parameter, repeatable (e.g. -p tag=art for a Mastodon hashtag).")
-@click.option("--every", "every", type=click.IntRange(min=10), default=300, show_default=True,
-              help="Seconds between polls (polling sources).")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Source parameter, repeatable (e.g. -p tag=art for a Mastodon hashtag).",
+)
+@click.option(
+    "--every",
+    "every",
+    type=click.IntRange(min=10),
+    default=300,
+    show_default=True,
+    help="Seconds between polls (polling sources).",
+)
 @click.option("--disabled", is_flag=True, help="Add it switched off.")
 @click.pass_context
-def add_source(ctx: click.Context, name: str, kind: str, url: str, params: tuple[str, ...], every: int,
-               disabled: bool) -> None:
+def add_source(
+    ctx: click.Context,
+    name: str,
+    kind: str,
+    url: str,
+    params: tuple[str, ...],
+    every: int,
+    disabled: bool,
+) -> None:
     """Add a source NAME of KIND crawling URL.
 
     \b
@@ -69,7 +88,16 @@ def add_source(ctx: click.Context, name: str, kind: str, url: str, params: tuple
     with session_scope(ctx.obj.sessions) as s:
         if s.scalar(select(Source.id).where(Source.name == name)) is not None:
             raise click.UsageError(f"a source named {name!r} already exists (remove it first)")
-        s.add(Source(name=name, kind=kind, url=url, params=parsed, poll_seconds=every, enabled=not disabled))
+        s.add(
+            Source(
+                name=name,
+                kind=kind,
+                url=url,
+                params=parsed,
+                poll_seconds=every,
+                enabled=not disabled,
+            )
+        )
     click.echo(f"added {kind} source {name!r}: {url}")
 
 
@@ -79,11 +107,13 @@ def add_source(ctx: click.Context, name: str, kind: str, url: str, params: tuple
 def list_sources(ctx: click.Context, as_json: bool) -> None:
     """List sources with their last success, last error and backlog."""
     with session_scope(ctx.obj.sessions) as s:
-        backlog = dict(s.execute(
-            select(Upload.source_id, func.count()).where(
-                Upload.status == UploadStatus.PENDING, Upload.deleted_at.is_(None)
-            ).group_by(Upload.source_id)
-        ).all())
+        backlog = dict(
+            s.execute(
+                select(Upload.source_id, func.count())
+                .where(Upload.status == UploadStatus.PENDING, Upload.deleted_at.is_(None))
+                .group_by(Upload.source_id)
+            ).all()
+        )
         rows: list[dict[str, Any]] = [
             {
                 "name": src.name,
@@ -111,8 +141,10 @@ def list_sources(ctx: click.Context, as_json: bool) -> None:
         mode = "stream" if r["streaming"] else f"every {r['every']}s"
         params = " ".join(f"{k}={v}" for k, v in r["params"].items())
         click.echo(f"{r['name']}\t{r['kind']}\t{state}\t{mode}\t{r['url']} {params}".rstrip())
-        click.echo(f"\tlast success: {r['last_success_at'] or 'never'}; seen {r['uploads_seen']}; "
-                   f"backlog {r['backlog']}")
+        click.echo(
+            f"\tlast success: {r['last_success_at'] or 'never'}; seen {r['uploads_seen']}; "
+            f"backlog {r['backlog']}"
+        )
         if r["last_error"]:
             click.echo(f"\tlast error: {r['last_error']}")
 

@@ -97,7 +97,9 @@ class ServerError(TransientFetchError, HTTPStatusError):
 class RateLimited(TransientFetchError, HTTPStatusError):
     """The host kept answering 429/503 after the allowed backoff retries."""
 
-    def __init__(self, message: str, url: str = "", status_code: int = 429, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, url: str = "", status_code: int = 429, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, url, status_code)
         self.retry_after = retry_after
 

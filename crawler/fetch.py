@@ -185,15 +185,20 @@ class _SafeBackend(httpcore.NetworkBackend):
         for ip in addresses:
             try:
                 return self._inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                    str(ip),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last_exc = exc
         assert last_exc is not None
         raise last_exc
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
         raise BlockedAddress(f"refusing unix socket {path}", path)
 
     def sleep(self, seconds: float) -> None:
@@ -286,7 +291,9 @@ def raise_for_status(resp: httpx.Response) -> None:
     final = str(resp.url)
     code = resp.status_code
     if code in (429, 503):
-        raise RateLimited(f"{final}: HTTP {code}", final, code, _retry_after(resp.headers.get("retry-after")))
+        raise RateLimited(
+            f"{final}: HTTP {code}", final, code, _retry_after(resp.headers.get("retry-after"))
+        )
     if code >= 500:
         raise ServerError(f"{final}: HTTP {code}", final, code)
     if code >= 400:
@@ -328,10 +335,16 @@ def _exchange(
     max_bytes: int,
 ) -> tuple[httpx.Response, bytes]:
     try:
-        with client.stream("GET", url, params=params, headers=dict(headers or {}), follow_redirects=True) as resp:
+        with client.stream(
+            "GET", url, params=params, headers=dict(headers or {}), follow_redirects=True
+        ) as resp:
             final = str(resp.url)
             raise_for_status(resp)
-            body = b"" if resp.status_code == 304 else _read_capped(resp, max_bytes, final, total_budget(client))
+            body = (
+                b""
+                if resp.status_code == 304
+                else _read_capped(resp, max_bytes, final, total_budget(client))
+            )
             return resp, body
     except httpx.TooManyRedirects as exc:
         raise TooManyRedirects(f"{url}: too many redirects ({exc})", url) from None
@@ -373,7 +386,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 def sniff_image_type(data: bytes) -> str | None:
     """The image MIME type from the leading bytes, or None if not an accepted image."""
     for magic, offset, mime in _MAGIC:
-        if data[offset:offset + len(magic)] == magic:
+        if data[offset : offset + len(magic)] == magic:
             return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
@@ -411,11 +424,18 @@ class SafeFetcher:
 
         Raises NotAnImage when the bytes are no supported image, whatever the
         Content-Type says."""
-        resp, body = _exchange(self.client, url, params=None, headers={"Accept": "image/*"},
-                               max_bytes=self.settings.max_image_bytes)
+        resp, body = _exchange(
+            self.client,
+            url,
+            params=None,
+            headers={"Accept": "image/*"},
+            max_bytes=self.settings.max_image_bytes,
+        )
         final = str(resp.url)
         mime = sniff_image_type(body)
         if mime is None:
             declared = resp.headers.get("content-type", "?")
-            raise NotAnImage(f"{final}: not an image (declared {declared}, first bytes {body[:8]!r})", final)
+            raise NotAnImage(
+                f"{final}: not an image (declared {declared}, first bytes {body[:8]!r})", final
+            )
         return FetchedImage(url, final, resp.status_code, dict(resp.headers), mime, body)

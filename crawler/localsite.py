@@ -66,8 +66,14 @@ class RecordedRequest:
 class LocalSite:
     """Threaded Mastodon-compatible HTTP server on 127.0.0.1 (port 0 = ephemeral)."""
 
-    def __init__(self, posts: Sequence[dict[str, Any]] = (), *, host: str = "127.0.0.1", port: int = 0,
-                 robots_txt: str = "User-agent: *\nAllow: /\n") -> None:
+    def __init__(
+        self,
+        posts: Sequence[dict[str, Any]] = (),
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        robots_txt: str = "User-agent: *\nAllow: /\n",
+    ) -> None:
         self._lock = threading.Lock()
         self._posts: dict[str, _Post] = {}
         self._media_by_path: dict[str, _Media] = {}
@@ -96,8 +102,12 @@ class LocalSite:
 
     def start(self) -> LocalSite:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="localsite",
-                                            kwargs={"poll_interval": 0.1}, daemon=True)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                name="localsite",
+                kwargs={"poll_interval": 0.1},
+                daemon=True,
+            )
             self._thread.start()
         return self
 
@@ -138,14 +148,20 @@ class LocalSite:
             media: list[_Media] = []
             for i, (data, ctype) in enumerate(attachments):
                 mid = str(int(sid) + 1 + i)
-                groups = "/".join(mid.zfill(18)[k:k + 3] for k in range(0, 18, 3))
+                groups = "/".join(mid.zfill(18)[k : k + 3] for k in range(0, 18, 3))
                 digest = hashlib.sha256(data + mid.encode()).hexdigest()[:16]
                 path = f"/system/media_attachments/files/{groups}/original/{digest}.{_EXT.get(ctype, 'bin')}"
                 m = _Media(mid, data, ctype, path)
                 media.append(m)
                 self._media_by_path[path] = m
-            self._posts[sid] = _Post(sid, author, text, tuple(t.lower().lstrip("#") for t in tags), media,
-                                     created_at or datetime.now(UTC))
+            self._posts[sid] = _Post(
+                sid,
+                author,
+                text,
+                tuple(t.lower().lstrip("#") for t in tags),
+                media,
+                created_at or datetime.now(UTC),
+            )
         return sid
 
     def add_status_json(self, status: dict[str, Any]) -> str:
@@ -179,8 +195,14 @@ class LocalSite:
         with self._lock:
             return f"{self.url}/@{self._posts[status_id].author}/{status_id}"
 
-    def fail_next(self, path_prefix: str, status: int, count: int = 1,
-                  headers: dict[str, str] | None = None, body: bytes | None = None) -> None:
+    def fail_next(
+        self,
+        path_prefix: str,
+        status: int,
+        count: int = 1,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> None:
         """Answer the next ``count`` requests whose path starts with ``path_prefix``
         with ``status`` (and ``body``: e.g. a 200 with a broken page)."""
         with self._lock:
@@ -215,23 +237,26 @@ class LocalSite:
         }
         media: list[dict[str, Any]] = []
         for m in p.media:
-            media.append({
-                "id": m.id,
-                "type": "image",
-                "url": base + m.path,
-                "preview_url": base + m.path.replace("/original/", "/small/"),
-                "remote_url": None,
-                "preview_remote_url": None,
-                "text_url": None,
-                "meta": {},
-                "description": m.description or None,
-                "blurhash": None,
-            })
+            media.append(
+                {
+                    "id": m.id,
+                    "type": "image",
+                    "url": base + m.path,
+                    "preview_url": base + m.path.replace("/original/", "/small/"),
+                    "remote_url": None,
+                    "preview_remote_url": None,
+                    "text_url": None,
+                    "meta": {},
+                    "description": m.description or None,
+                    "blurhash": None,
+                }
+            )
         from html import escape
 
         return {
             "id": p.id,
-            "created_at": p.created_at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{p.created_at.microsecond // 1000:03d}Z",
+            "created_at": p.created_at.strftime("%Y-%m-%dT%H:%M:%S.")
+            + f"{p.created_at.microsecond // 1000:03d}Z",
             "in_reply_to_id": None,
             "in_reply_to_account_id": None,
             "sensitive": p.sensitive,
@@ -256,19 +281,31 @@ class LocalSite:
             "poll": None,
         }
 
-    def _timeline(self, path: str, query: dict[str, list[str]], posts: list[_Post],
-                  raw: Sequence[dict[str, Any]] = ()) -> tuple[bytes, dict[str, str]]:
+    def _timeline(
+        self,
+        path: str,
+        query: dict[str, list[str]],
+        posts: list[_Post],
+        raw: Sequence[dict[str, Any]] = (),
+    ) -> tuple[bytes, dict[str, str]]:
         def q(name: str) -> str | None:
             v = query.get(name)
             return v[0] if v else None
 
-        items: list[tuple[int, Any]] = [(int(p.id), p) for p in posts] + [(int(r["id"]), r) for r in raw]
+        items: list[tuple[int, Any]] = [(int(p.id), p) for p in posts] + [
+            (int(r["id"]), r) for r in raw
+        ]
         if q("only_media") in ("true", "1"):
-            items = [(i, p) for i, p in items
-                     if (p.media if isinstance(p, _Post) else p.get("media_attachments"))]
+            items = [
+                (i, p)
+                for i, p in items
+                if (p.media if isinstance(p, _Post) else p.get("media_attachments"))
+            ]
         try:
             limit = max(1, min(40, int(q("limit") or 20)))
-            max_id, since_id, min_id = (int(x) if x else None for x in (q("max_id"), q("since_id"), q("min_id")))
+            max_id, since_id, min_id = (
+                int(x) if x else None for x in (q("max_id"), q("since_id"), q("min_id"))
+            )
         except ValueError:
             raise _BadRequest("bad pagination parameter") from None
         ordered = sorted(items, key=lambda t: t[0], reverse=True)
@@ -286,7 +323,9 @@ class LocalSite:
             keep = {k: v[0] for k, v in query.items() if k not in ("max_id", "min_id", "since_id")}
             nxt = urlencode({**keep, "max_id": page[-1][0]})
             prv = urlencode({**keep, "min_id": page[0][0]})
-            headers["Link"] = f'<{self.url}{path}?{nxt}>; rel="next", <{self.url}{path}?{prv}>; rel="prev"'
+            headers["Link"] = (
+                f'<{self.url}{path}?{nxt}>; rel="next", <{self.url}{path}?{prv}>; rel="prev"'
+            )
         body = [self._status_json(p) if isinstance(p, _Post) else p for _, p in page]
         return json.dumps(body).encode(), headers
 
@@ -309,8 +348,15 @@ class LocalSite:
             if path in self._media_by_path:
                 m = self._media_by_path[path]
                 etag = '"' + hashlib.sha256(m.data).hexdigest()[:20] + '"'
-                return 200, m.data, {"Content-Type": m.content_type, "ETag": etag,
-                                     "Cache-Control": "public, max-age=31536000"}
+                return (
+                    200,
+                    m.data,
+                    {
+                        "Content-Type": m.content_type,
+                        "ETag": etag,
+                        "Cache-Control": "public, max-age=31536000",
+                    },
+                )
             json_hdr = {"Content-Type": "application/json; charset=utf-8"}
             try:
                 if path == "/api/v1/timelines/public":
@@ -329,7 +375,11 @@ class LocalSite:
                     name = (query.get("acct") or [""])[0]
                     for p in posts:
                         if p.author == name:
-                            return 200, json.dumps(self._status_json(p)["account"]).encode(), json_hdr
+                            return (
+                                200,
+                                json.dumps(self._status_json(p)["account"]).encode(),
+                                json_hdr,
+                            )
                     return 404, b'{"error":"Record not found"}', json_hdr
                 if path.startswith("/api/v1/statuses/"):
                     post = self._posts.get(path.rsplit("/", 1)[1])
@@ -364,7 +414,11 @@ def _make_handler(site: LocalSite) -> type[BaseHTTPRequestHandler]:
         disable_nagle_algorithm = True
 
         def _serve(self, with_body: bool) -> None:
-            site.requests.append(RecordedRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            site.requests.append(
+                RecordedRequest(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
+                )
+            )
             status, body, headers = site._route(self.command, self.path)
             inm = self.headers.get("If-None-Match")
             if status == 200 and inm and headers.get("ETag") == inm:

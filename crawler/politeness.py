@@ -94,8 +94,10 @@ class RobotsRules:
             if not rule.path:
                 continue
             if rule.regex.match(target):
-                if best is None or len(rule.path) > len(best.path) or (
-                    len(rule.path) == len(best.path) and rule.allow and not best.allow
+                if (
+                    best is None
+                    or len(rule.path) > len(best.path)
+                    or (len(rule.path) == len(best.path) and rule.allow and not best.allow)
                 ):
                     best = rule
         return best is None or best.allow
@@ -146,13 +148,17 @@ def parse_robots(text: str, agent: str) -> RobotsRules:
                 current[2].append(float(value))
             except ValueError:
                 pass
-    mine = [g for g in groups if any(a != "*" and a and token.startswith(a.split("/")[0]) for a in g[0])]
+    mine = [
+        g for g in groups if any(a != "*" and a and token.startswith(a.split("/")[0]) for a in g[0])
+    ]
     chosen = mine or [g for g in groups if "*" in g[0]]
     rules = RobotsRules(sitemaps=sitemaps)
     for _, group_rules, delays in chosen:
         rules.rules.extend(group_rules)
         if delays:
-            rules.crawl_delay = max(delays + ([rules.crawl_delay] if rules.crawl_delay is not None else []))
+            rules.crawl_delay = max(
+                delays + ([rules.crawl_delay] if rules.crawl_delay is not None else [])
+            )
     return rules
 
 
@@ -298,7 +304,9 @@ class PoliteTransport(httpx.BaseTransport):
     def _fetch_robots(self, origin: str) -> tuple[RobotsRules, float]:
         url = httpx.URL(origin + "/robots.txt")
         for _hop in range(5):
-            request = httpx.Request("GET", url, headers={"User-Agent": self.agent, "Accept": "text/plain"})
+            request = httpx.Request(
+                "GET", url, headers={"User-Agent": self.agent, "Accept": "text/plain"}
+            )
             try:
                 response = self._send_paced(request)
                 try:
@@ -328,7 +336,10 @@ class PoliteTransport(httpx.BaseTransport):
         with self._lock:
             h = self._hosts.get(host)
             if h is None:
-                h = _Host(threading.Lock(), threading.BoundedSemaphore(max(1, self.settings.max_concurrency_per_host)))
+                h = _Host(
+                    threading.Lock(),
+                    threading.BoundedSemaphore(max(1, self.settings.max_concurrency_per_host)),
+                )
                 self._hosts[host] = h
             return h
 
@@ -351,7 +362,9 @@ class PoliteTransport(httpx.BaseTransport):
         with host.lock:
             host.next_start = max(host.next_start, self._clock() + seconds)
 
-    def _send_paced(self, request: httpx.Request, crawl_delay: float | None = None) -> httpx.Response:
+    def _send_paced(
+        self, request: httpx.Request, crawl_delay: float | None = None
+    ) -> httpx.Response:
         host = self._host(request.url.host)
         self._wait_turn(host, self._interval(crawl_delay))
         host.slots.acquire()
@@ -371,14 +384,16 @@ class PoliteTransport(httpx.BaseTransport):
         if told is not None:
             # Never earlier than the server asked; jitter only adds.
             return told + self._rng() * min(1.0, told * 0.1 + 0.1)
-        return float(self._rng() * self.base_backoff * (2 ** attempt))  # full jitter
+        return float(self._rng() * self.base_backoff * (2**attempt))  # full jitter
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         crawl_delay: float | None = None
         if self.settings.obey_robots and request.url.path != "/robots.txt":
             rules = self.robots_for(request.url)
             if not rules.allowed(str(request.url)):
-                raise RobotsDisallowed(f"robots.txt of {request.url.host} disallows {request.url}", str(request.url))
+                raise RobotsDisallowed(
+                    f"robots.txt of {request.url.host} disallows {request.url}", str(request.url)
+                )
             crawl_delay = rules.crawl_delay
         attempt = 0
         while True:

@@ -82,7 +82,9 @@ def validate_source(kind: str, url: str, params: Mapping[str, Any]) -> type[Sour
     Raises UnknownSourceKind or InvalidSourceConfig with a message for the user."""
     cls = SOURCE_KINDS.get(kind)
     if cls is None:
-        raise UnknownSourceKind(f"unknown source kind {kind!r}; known kinds: {', '.join(sorted(SOURCE_KINDS))}")
+        raise UnknownSourceKind(
+            f"unknown source kind {kind!r}; known kinds: {', '.join(sorted(SOURCE_KINDS))}"
+        )
     cls.validate(url, params)
     return cls
 
@@ -92,8 +94,9 @@ def build_client(settings: CrawlerSettings) -> httpx.Client:
     connection, so on every redirect hop), politeness (robots.txt, per-host
     rate and concurrency limits, backoff) when enabled, our User-Agent, the
     configured timeouts and redirect limit. Politeness state (robots.txt
-    cache, per-host pacing) is shared by all clients built in this process. Environment proxies are ignored
-    because a proxy would connect on our behalf, unchecked."""
+    cache, per-host pacing) is shared by all clients built in this process.
+    Environment proxies are ignored because a proxy would connect on our
+    behalf, unchecked. ``requests_per_second <= 0`` means no rate limit."""
     from crawler.politeness import PoliteTransport, shared_state
 
     transport: httpx.BaseTransport = SafeTransport(
@@ -111,7 +114,9 @@ def build_client(settings: CrawlerSettings) -> httpx.Client:
     )
 
 
-def build_source(row: SourceRow, client: httpx.Client, settings: CrawlerSettings | None = None) -> Source:
+def build_source(
+    row: SourceRow, client: httpx.Client, settings: CrawlerSettings | None = None
+) -> Source:
     """The Source object for a ``sources`` row."""
     cls = validate_source(row.kind, row.url, row.params or {})
     max_page = settings.max_page_bytes if settings is not None else 5_000_000
@@ -134,8 +139,14 @@ def canonical_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     port = parts.port
-    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
-    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k))
+    netloc = (
+        host
+        if port is None or (scheme, port) in (("http", 80), ("https", 443))
+        else f"{host}:{port}"
+    )
+    query = sorted(
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)
+    )
     return urlunsplit((scheme, netloc, parts.path or "/", urlencode(query), ""))
 
 
@@ -143,7 +154,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def record_uploads(session: Session, source_row: SourceRow, records: Sequence[UploadRecord]) -> tuple[list[int], int]:
+def record_uploads(
+    session: Session, source_row: SourceRow, records: Sequence[UploadRecord]
+) -> tuple[list[int], int]:
     """Upsert one pending Upload per image URL and one Sighting per (upload, post);
     apply deletions and edits.
 
@@ -180,26 +193,41 @@ def record_uploads(session: Session, source_row: SourceRow, records: Sequence[Up
     for key, rec in images:
         up = existing[key]
         touched[up.id] = up
-        sightings.setdefault((up.id, rec.post_id), dict(
-            upload_id=up.id, source_id=source_row.id, post_id=rec.post_id, page_url=rec.page_url,
-            author=rec.author, post_text=rec.text, posted_at=rec.posted_at, seen_at=now,
-        ))
+        sightings.setdefault(
+            (up.id, rec.post_id),
+            dict(
+                upload_id=up.id,
+                source_id=source_row.id,
+                post_id=rec.post_id,
+                page_url=rec.page_url,
+                author=rec.author,
+                post_text=rec.text,
+                posted_at=rec.posted_at,
+                seen_at=now,
+            ),
+        )
         if rec.edited:
             if up.post_id == rec.post_id and rec.text != up.post_text:
                 up.post_text = rec.text
     _insert_ignore(session, Sighting, list(sightings.values()), ["upload_id", "post_id"])
     for key, rec in images:
         if rec.edited:
-            for sg in session.scalars(select(Sighting).where(
-                    Sighting.upload_id == existing[key].id, Sighting.post_id == rec.post_id)):
+            for sg in session.scalars(
+                select(Sighting).where(
+                    Sighting.upload_id == existing[key].id, Sighting.post_id == rec.post_id
+                )
+            ):
                 if sg.post_text != rec.text:
                     sg.post_text = rec.text
                     sg.edited_at = now
     for rec in deletions:
         _apply_deletion(session, source_row, rec, now)
     session.flush()
-    need = [u.id for u in touched.values()
-            if u.blob_sha256 is None and u.deleted_at is None and u.status == UploadStatus.PENDING]
+    need = [
+        u.id
+        for u in touched.values()
+        if u.blob_sha256 is None and u.deleted_at is None and u.status == UploadStatus.PENDING
+    ]
     return need, created
 
 
@@ -207,16 +235,21 @@ def _uploads_by_key(session: Session, keys: set[str]) -> dict[str, Upload]:
     found: dict[str, Upload] = {}
     ordered = sorted(keys)
     for i in range(0, len(ordered), 500):
-        for up in session.scalars(select(Upload).where(Upload.canonical_url.in_(ordered[i:i + 500]))):
+        for up in session.scalars(
+            select(Upload).where(Upload.canonical_url.in_(ordered[i : i + 500]))
+        ):
             found[up.canonical_url] = up
     return found
 
 
-def _apply_deletion(session: Session, source_row: SourceRow, rec: UploadRecord, now: datetime) -> None:
+def _apply_deletion(
+    session: Session, source_row: SourceRow, rec: UploadRecord, now: datetime
+) -> None:
     q = select(Sighting).where(Sighting.source_id == source_row.id, Sighting.post_id == rec.post_id)
     if rec.image_url:
         q = q.join(Upload, Upload.id == Sighting.upload_id).where(
-            Upload.canonical_url == canonical_url(rec.image_url))
+            Upload.canonical_url == canonical_url(rec.image_url)
+        )
     affected: set[int] = set()
     for sg in session.scalars(q):
         if sg.deleted_at is None:
@@ -224,14 +257,19 @@ def _apply_deletion(session: Session, source_row: SourceRow, rec: UploadRecord, 
         affected.add(sg.upload_id)
     session.flush()
     for uid in affected:
-        live = session.scalar(select(func.count()).select_from(Sighting).where(
-            Sighting.upload_id == uid, Sighting.deleted_at.is_(None)))
+        live = session.scalar(
+            select(func.count())
+            .select_from(Sighting)
+            .where(Sighting.upload_id == uid, Sighting.deleted_at.is_(None))
+        )
         up = session.get(Upload, uid)
         if up is not None and not live and up.deleted_at is None:
             up.deleted_at = now
 
 
-def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]], keys: list[str]) -> int:
+def _insert_ignore(
+    session: Session, model: type[Any], rows: list[dict[str, Any]], keys: list[str]
+) -> int:
     """INSERT ... ON CONFLICT (keys) DO NOTHING; returns rows inserted.
 
     Two pollers racing on one URL both succeed and share the row. (A
@@ -257,11 +295,13 @@ def _insert_ignore(session: Session, model: type[Any], rows: list[dict[str, Any]
     for i in range(0, len(rows), 200):
         # RETURNING counts what was inserted; rowcount is unreliable for
         # multi-row inserts across drivers.
-        inserted += len(session.execute(stmt.values(rows[i:i + 200]).returning(model.id)).all())
+        inserted += len(session.execute(stmt.values(rows[i : i + 200]).returning(model.id)).all())
     return inserted
 
 
-def poll_source(session: Session, source_row: SourceRow, client: httpx.Client, settings: CrawlerSettings) -> list[int]:
+def poll_source(
+    session: Session, source_row: SourceRow, client: httpx.Client, settings: CrawlerSettings
+) -> list[int]:
     """Poll one source from its saved cursor; returns ids of uploads to fetch.
 
     Rows, cursor, ``last_success_at`` and ``last_error`` go into ``session``

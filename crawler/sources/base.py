@@ -121,13 +121,22 @@ class Source(ABC):
         """Raise InvalidSourceConfig if ``url``/``params`` cannot work for this kind."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidSourceConfig(f"{cls.kind}: URL must be an absolute http(s) URL, got {url!r}")
+            raise InvalidSourceConfig(
+                f"{cls.kind}: URL must be an absolute http(s) URL, got {url!r}"
+            )
 
     # -- shared plumbing -------------------------------------------------
 
-    def get_page(self, url: str, *, params: Mapping[str, Any] | None = None,
-                 headers: Mapping[str, str] | None = None) -> Page:
-        return fetch_page(self.client, url, params=params, headers=headers, max_bytes=self.max_page_bytes)
+    def get_page(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Page:
+        return fetch_page(
+            self.client, url, params=params, headers=headers, max_bytes=self.max_page_bytes
+        )
 
     def get_json(self, url: str, *, params: Mapping[str, Any] | None = None) -> tuple[Any, Page]:
         page = self.get_page(url, params=params, headers={"Accept": "application/json"})

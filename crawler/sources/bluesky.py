@@ -55,8 +55,12 @@ def _images(embed: Any) -> list[dict[str, Any]]:
     return []
 
 
-def event_records(event: Any, cdn: str = "https://cdn.bsky.app/img", handles: Mapping[str, str] | None = None,
-                  kind: str = "bluesky") -> list[UploadRecord]:
+def event_records(
+    event: Any,
+    cdn: str = "https://cdn.bsky.app/img",
+    handles: Mapping[str, str] | None = None,
+    kind: str = "bluesky",
+) -> list[UploadRecord]:
     """Records for one Jetstream event (empty unless it is a post with images or a post delete)."""
     if not isinstance(event, dict) or not isinstance(event.get("time_us"), int):
         raise MalformedItem(f"not a Jetstream event: {str(event)[:80]!r}")
@@ -87,11 +91,18 @@ def event_records(event: Any, cdn: str = "https://cdn.bsky.app/img", handles: Ma
         cid = ref.get("$link") if isinstance(ref, dict) else None
         if not isinstance(cid, str) or not cid:
             raise MalformedItem(f"{post_id}: image without a blob CID")
-        out.append(UploadRecord(
-            kind, post_id, page_url, f"{cdn.rstrip('/')}/feed_fullsize/plain/{did}/{cid}@jpeg",
-            author=author, text=str(record.get("text") or ""),
-            posted_at=parse_time(record.get("createdAt")), edited=op == "update",
-        ))
+        out.append(
+            UploadRecord(
+                kind,
+                post_id,
+                page_url,
+                f"{cdn.rstrip('/')}/feed_fullsize/plain/{did}/{cid}@jpeg",
+                author=author,
+                text=str(record.get("text") or ""),
+                posted_at=parse_time(record.get("createdAt")),
+                edited=op == "update",
+            )
+        )
     return out
 
 
@@ -102,18 +113,24 @@ class BlueskySource(StreamingSource):
     def validate(cls, url: str, params: Mapping[str, Any]) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise InvalidSourceConfig(f"bluesky: URL must be a ws:// or wss:// Jetstream URL, got {url!r}")
+            raise InvalidSourceConfig(
+                f"bluesky: URL must be a ws:// or wss:// Jetstream URL, got {url!r}"
+            )
         cdn = str(params.get("cdn", "https://cdn.bsky.app/img"))
         if urlsplit(cdn).scheme not in ("http", "https"):
             raise InvalidSourceConfig(f"bluesky: cdn must be an http(s) URL, got {cdn!r}")
 
     def _url(self, cursor_us: int | None) -> str:
         parts = urlsplit(self.url)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("cursor", "wantedCollections")]
+        query = [
+            (k, v) for k, v in parse_qsl(parts.query) if k not in ("cursor", "wantedCollections")
+        ]
         query.append(("wantedCollections", POST))
         if cursor_us is not None:
             query.append(("cursor", str(cursor_us)))
-        return urlunsplit((parts.scheme, parts.netloc, parts.path or "/subscribe", urlencode(query), ""))
+        return urlunsplit(
+            (parts.scheme, parts.netloc, parts.path or "/subscribe", urlencode(query), "")
+        )
 
     def _socket(self, policy: AddressPolicy) -> socket.socket:
         parts = urlsplit(self.url)
@@ -140,8 +157,9 @@ class BlueskySource(StreamingSource):
                 last = exc
         raise TransientFetchError(f"bluesky: cannot connect to {host}:{port}: {last}", self.url)
 
-    def stream(self, cursor: Cursor | None, *,
-               idle_timeout: float | None = None) -> Iterator[tuple[UploadRecord | None, Cursor]]:
+    def stream(
+        self, cursor: Cursor | None, *, idle_timeout: float | None = None
+    ) -> Iterator[tuple[UploadRecord | None, Cursor]]:
         cdn = str(self.params.get("cdn", "https://cdn.bsky.app/img"))
         start = (cursor or {}).get("time_us")
         done_in_start = (cursor or {}).get("done")
@@ -151,9 +169,13 @@ class BlueskySource(StreamingSource):
         pending: Cursor | None = None
         skipped = 0
         try:
-            with connect(self._url(int(start) if start is not None else None), sock=sock,
-                         user_agent_header=ua, open_timeout=self.client.timeout.connect or 10.0,
-                         max_size=2 ** 22) as ws:
+            with connect(
+                self._url(int(start) if start is not None else None),
+                sock=sock,
+                user_agent_header=ua,
+                open_timeout=self.client.timeout.connect or 10.0,
+                max_size=2**22,
+            ) as ws:
                 while True:
                     try:
                         message = ws.recv(timeout=idle_timeout)
@@ -162,9 +184,13 @@ class BlueskySource(StreamingSource):
                     try:
                         event = json.loads(message)
                         t = event.get("time_us") if isinstance(event, dict) else None
-                        if event.get("kind") == "identity" and isinstance(event.get("identity"), dict):
+                        if event.get("kind") == "identity" and isinstance(
+                            event.get("identity"), dict
+                        ):
                             ident = event["identity"]
-                            if isinstance(ident.get("handle"), str) and isinstance(event.get("did"), str):
+                            if isinstance(ident.get("handle"), str) and isinstance(
+                                event.get("did"), str
+                            ):
                                 handles[event["did"]] = ident["handle"]
                         records = event_records(event, cdn, handles, self.kind)
                     except (ValueError, AttributeError, MalformedItem) as exc:
@@ -194,9 +220,13 @@ class BlueskySource(StreamingSource):
         except (ConnectionClosed, OSError) as exc:
             if isinstance(exc, TimeoutError):
                 raise Timeout(f"bluesky: {self.url}: timed out", self.url) from None
-            raise TransientFetchError(f"bluesky: {self.url}: connection lost: {exc}", self.url) from None
+            raise TransientFetchError(
+                f"bluesky: {self.url}: connection lost: {exc}", self.url
+            ) from None
         except (InvalidHandshake, InvalidURI) as exc:
-            raise TransientFetchError(f"bluesky: {self.url}: handshake failed: {exc}", self.url) from None
+            raise TransientFetchError(
+                f"bluesky: {self.url}: handshake failed: {exc}", self.url
+            ) from None
         finally:
             sock.close()
         if pending is not None:

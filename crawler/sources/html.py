@@ -41,7 +41,9 @@ def _largest_srcset(value: str) -> str | None:
         if len(bits) > 1:
             d = bits[1].lower()
             try:
-                size = float(d[:-1]) * (1.0 if d.endswith("w") else 10000.0 if d.endswith("x") else 1.0)
+                size = float(d[:-1]) * (
+                    1.0 if d.endswith("w") else 10000.0 if d.endswith("x") else 1.0
+                )
             except ValueError:
                 size = 1.0
         if best is None or size > best[0]:
@@ -69,7 +71,12 @@ class _PageParser(HTMLParser):
         elif tag == "img":
             if self._picture_sources > 0:
                 return  # the fallback of a <picture> whose <source> we already took
-            src = a.get("srcset") and _largest_srcset(a["srcset"]) or a.get("src") or a.get("data-src")
+            src = (
+                a.get("srcset")
+                and _largest_srcset(a["srcset"])
+                or a.get("src")
+                or a.get("data-src")
+            )
             if src:
                 self.images.append(src)
         elif tag == "source" and a.get("srcset"):
@@ -81,7 +88,13 @@ class _PageParser(HTMLParser):
         elif tag == "meta":
             key = (a.get("property") or a.get("name") or "").lower()
             content = a.get("content", "")
-            if key in ("og:image", "og:image:url", "og:image:secure_url", "twitter:image", "twitter:image:src"):
+            if key in (
+                "og:image",
+                "og:image:url",
+                "og:image:secure_url",
+                "twitter:image",
+                "twitter:image:src",
+            ):
                 if content:
                     self.images.append(content)
             elif key in ("og:description", "description") and not self.description:
@@ -102,8 +115,9 @@ class _PageParser(HTMLParser):
             self.title += data
 
 
-def page_images(body: str, page_url: str,
-                on_error: Callable[[str, Exception], None] | None = None) -> tuple[list[str], str, str]:
+def page_images(
+    body: str, page_url: str, on_error: Callable[[str, Exception], None] | None = None
+) -> tuple[list[str], str, str]:
     """(absolute image URLs in page order without repeats, page text, author).
     An unusable image reference is reported to ``on_error`` and skipped."""
     p = _PageParser()
@@ -127,8 +141,11 @@ def page_images(body: str, page_url: str,
     return out, text, p.author
 
 
-def parse_sitemap(body: bytes, url: str, on_error: Callable[[str, Exception], None] | None = None,
-                  ) -> tuple[list[tuple[str, str, str]], list[str]]:
+def parse_sitemap(
+    body: bytes,
+    url: str,
+    on_error: Callable[[str, Exception], None] | None = None,
+) -> tuple[list[tuple[str, str, str]], list[str]]:
     """((page, image, caption) triples, child sitemap URLs). MalformedPage if
     not a sitemap; an unusable entry goes to ``on_error`` and is skipped."""
     try:
@@ -160,7 +177,9 @@ def parse_sitemap(body: bytes, url: str, on_error: Callable[[str, Exception], No
 
 
 class _SeenSource(Source):
-    def _fresh(self, cursor: Cursor, candidates: list[UploadRecord]) -> tuple[list[UploadRecord], list[str]]:
+    def _fresh(
+        self, cursor: Cursor, candidates: list[UploadRecord]
+    ) -> tuple[list[UploadRecord], list[str]]:
         seen_list = [str(s) for s in cursor.get("seen", [])]
         seen = set(seen_list)
         out: list[UploadRecord] = []
@@ -179,14 +198,18 @@ class HtmlPageSource(_SeenSource):
 
     def poll(self, cursor: Cursor | None) -> tuple[list[UploadRecord], Cursor]:
         cursor = dict(cursor or {})
-        page = self.get_page(self.url, headers={**conditional_headers(cursor), "Accept": "text/html,*/*"})
+        page = self.get_page(
+            self.url, headers={**conditional_headers(cursor), "Accept": "text/html,*/*"}
+        )
         if page.not_modified:
             return [], cursor
         ctype = page.headers.get("content-type", "text/html")
         if "html" not in ctype and "xml" not in ctype:
             raise MalformedPage(f"html: {page.url} is {ctype!r}, not HTML")
         images, text, author = page_images(page.text(), page.url, self.skip_item)
-        records = [UploadRecord(self.kind, page.url, page.url, u, author=author, text=text) for u in images]
+        records = [
+            UploadRecord(self.kind, page.url, page.url, u, author=author, text=text) for u in images
+        ]
         out, seen = self._fresh(cursor, records)
         return out, {"seen": seen, **validators(page.headers)}
 
@@ -214,4 +237,3 @@ class SitemapSource(_SeenSource):
         records = [UploadRecord(self.kind, p, p, i, text=c) for p, i, c in triples]
         out, seen = self._fresh(cursor, records)
         return out, {"seen": seen, **validators(page.headers)}
-

@@ -31,7 +31,7 @@ from crawler.sources.base import Cursor, Source, UploadRecord, html_to_text, par
 
 __all__ = ["MastodonSource", "parse_link_header", "status_records"]
 
-_LINK_RE = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+_LINK_RE = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
 def parse_link_header(value: str) -> dict[str, str]:
@@ -77,16 +77,18 @@ def status_records(status: Any, kind: str = "mastodon") -> list[UploadRecord]:
         url = att.get("url") or att.get("remote_url")
         if not isinstance(url, str) or not url:
             raise MalformedItem(f"{where}: image attachment without url")
-        out.append(UploadRecord(
-            source_kind=kind,
-            post_id=sid,
-            page_url=page_url,
-            image_url=url,
-            author=acct,
-            text=text,
-            posted_at=parse_time(inner.get("created_at")),
-            edited=bool(inner.get("edited_at")),
-        ))
+        out.append(
+            UploadRecord(
+                source_kind=kind,
+                post_id=sid,
+                page_url=page_url,
+                image_url=url,
+                author=acct,
+                text=text,
+                posted_at=parse_time(inner.get("created_at")),
+                edited=bool(inner.get("edited_at")),
+            )
+        )
     return out
 
 
@@ -96,13 +98,23 @@ class MastodonSource(Source):
     @classmethod
     def validate(cls, url: str, params: Mapping[str, Any]) -> None:
         super().validate(url, params)
-        unknown = set(params) - {"tag", "account", "acct", "local", "limit", "max_pages", "backfill_pages"}
+        unknown = set(params) - {
+            "tag",
+            "account",
+            "acct",
+            "local",
+            "limit",
+            "max_pages",
+            "backfill_pages",
+        }
         if unknown:
             raise InvalidSourceConfig(f"mastodon: unknown params {sorted(unknown)}")
         if sum(k in params for k in ("tag", "account", "acct")) > 1:
             raise InvalidSourceConfig("mastodon: give at most one of tag, account, acct")
         if "account" in params and not str(params["account"]).isdigit():
-            raise InvalidSourceConfig("mastodon: account must be a numeric id (use acct=NAME for a handle)")
+            raise InvalidSourceConfig(
+                "mastodon: account must be a numeric id (use acct=NAME for a handle)"
+            )
 
     def _base(self) -> str:
         p = urlsplit(self.url)
@@ -115,7 +127,9 @@ class MastodonSource(Source):
         if "account" in self.params:
             return f"{base}/api/v1/accounts/{self.params['account']}/statuses"
         if "acct" in self.params:
-            data, page = self.get_json(f"{base}/api/v1/accounts/lookup", params={"acct": self.params["acct"]})
+            data, page = self.get_json(
+                f"{base}/api/v1/accounts/lookup", params={"acct": self.params["acct"]}
+            )
             if not isinstance(data, dict) or not isinstance(data.get("id"), str):
                 raise MalformedPage(f"mastodon: account lookup at {page.url} returned no id")
             self.params["account"] = data["id"]
@@ -131,7 +145,9 @@ class MastodonSource(Source):
     def _page(self, url: str, query: Mapping[str, Any] | None) -> tuple[list[Any], dict[str, str]]:
         data, page = self.get_json(url, params=query)
         if not isinstance(data, list):
-            raise MalformedPage(f"mastodon: {page.url} returned a {type(data).__name__}, expected a list of statuses")
+            raise MalformedPage(
+                f"mastodon: {page.url} returned a {type(data).__name__}, expected a list of statuses"
+            )
         return data, parse_link_header(page.headers.get("link", ""))
 
     def _same_origin(self, link: str | None) -> str | None:
@@ -187,7 +203,9 @@ class MastodonSource(Source):
                 break
             top = max(fresh)
             prev = self._same_origin(links.get("prev"))
-            if prev is not None and parse_qs(urlsplit(prev).query).get("min_id", [""])[0] == str(top):
+            if prev is not None and parse_qs(urlsplit(prev).query).get("min_id", [""])[0] == str(
+                top
+            ):
                 url, query = prev, None
             else:
                 url, query = endpoint, {**self._query(), "min_id": str(top)}

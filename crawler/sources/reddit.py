@@ -60,8 +60,10 @@ def _images(post: dict[str, Any]) -> list[str]:
             return urls
     direct = _url(post.get("url_overridden_by_dest") or post.get("url"))
     host = (urlsplit(direct).hostname or "").lower()
-    if direct and (post.get("post_hint") == "image" or
-                   (host in ("i.redd.it", "i.imgur.com") and _IMAGE_EXT.search(urlsplit(direct).path))):
+    if direct and (
+        post.get("post_hint") == "image"
+        or (host in ("i.redd.it", "i.imgur.com") and _IMAGE_EXT.search(urlsplit(direct).path))
+    ):
         return [direct]
     if post.get("is_self"):
         return []
@@ -92,8 +94,16 @@ def post_records(child: Any, kind: str = "reddit") -> list[UploadRecord]:
     posted = parse_time(post.get("created_utc"))
     edited = bool(post.get("edited"))
     return [
-        UploadRecord(kind, name, page_url, url, author=f"u/{author}" if author else "", text=text,
-                     posted_at=posted, edited=edited)
+        UploadRecord(
+            kind,
+            name,
+            page_url,
+            url,
+            author=f"u/{author}" if author else "",
+            text=text,
+            posted_at=posted,
+            edited=edited,
+        )
         for url in _images(post)
     ]
 
@@ -105,7 +115,9 @@ class RedditSource(Source):
     def validate(cls, url: str, params: Mapping[str, Any]) -> None:
         super().validate(url, params)
         if not _SUB_RE.match(urlsplit(url).path):
-            raise InvalidSourceConfig(f"reddit: URL must look like https://www.reddit.com/r/NAME, got {url!r}")
+            raise InvalidSourceConfig(
+                f"reddit: URL must look like https://www.reddit.com/r/NAME, got {url!r}"
+            )
 
     def _endpoint(self) -> str:
         parts = urlsplit(self.url)
@@ -118,7 +130,9 @@ class RedditSource(Source):
         seen = set(seen_list)
         watermark = float((cursor or {}).get("newest_utc") or 0.0)
         first_poll = cursor is None or not seen_list
-        max_pages = int(self.params.get("backfill_pages", 1) if first_poll else self.params.get("max_pages", 5))
+        max_pages = int(
+            self.params.get("backfill_pages", 1) if first_poll else self.params.get("max_pages", 5)
+        )
         limit = int(self.params.get("limit", 100))
         out: list[UploadRecord] = []
         fresh: list[str] = []
@@ -129,8 +143,12 @@ class RedditSource(Source):
             if after:
                 query["after"] = after
             data, page = self.get_json(self._endpoint(), params=query)
-            if not isinstance(data, dict) or data.get("kind") != "Listing" or not isinstance(
-                data.get("data"), dict) or not isinstance(data["data"].get("children"), list):
+            if (
+                not isinstance(data, dict)
+                or data.get("kind") != "Listing"
+                or not isinstance(data.get("data"), dict)
+                or not isinstance(data["data"].get("children"), list)
+            ):
                 raise MalformedPage(f"reddit: {page.url} is not a Listing")
             reached_known = False
             for i, child in enumerate(data["data"]["children"]):

@@ -82,7 +82,9 @@ def _item_images(item: Element, base: str) -> list[str]:
         if tag == f"{_MEDIA}content":
             url = el.get("url") or ""
             if url and _is_image(url, el.get("type"), el.get("medium")):
-                content.append((url, int(el.get("width") or 0) if (el.get("width") or "").isdigit() else 0))
+                content.append(
+                    (url, int(el.get("width") or 0) if (el.get("width") or "").isdigit() else 0)
+                )
         elif tag == f"{_MEDIA}thumbnail":
             if el.get("url"):
                 thumbs.append(el.get("url") or "")
@@ -151,8 +153,9 @@ def _entry_record_fields(item: Element, atom: bool, base: str) -> tuple[str, str
     return ident, urljoin(base, link) if link else "", author, text, parse_time(posted)
 
 
-def parse_feed(body: bytes, base: str, kind: str = "rss",
-               on_error: Any = None) -> list[tuple[str, list[UploadRecord]]]:
+def parse_feed(
+    body: bytes, base: str, kind: str = "rss", on_error: Any = None
+) -> list[tuple[str, list[UploadRecord]]]:
     """(item id, records) per feed item, in feed order. MalformedPage if the
     document is not a feed; ``on_error(where, exc)`` is called for bad items."""
     try:
@@ -161,7 +164,7 @@ def parse_feed(body: bytes, base: str, kind: str = "rss",
         raise MalformedPage(f"{kind}: {base} is not well-formed XML: {exc}") from None
     for el in root.iter():  # Atom 0.3 uses another namespace for the same elements
         if isinstance(el.tag, str) and el.tag.startswith(_ATOM03):
-            el.tag = _ATOM + el.tag[len(_ATOM03):]
+            el.tag = _ATOM + el.tag[len(_ATOM03) :]
     entries, atom = _entries(root)
     out: list[tuple[str, list[UploadRecord]]] = []
     for i, item in enumerate(entries):
@@ -172,8 +175,17 @@ def parse_feed(body: bytes, base: str, kind: str = "rss",
                 if not images:
                     continue  # nothing to record and nothing to remember
                 ident = "sha256:" + hashlib.sha256("|".join(images).encode()).hexdigest()[:32]
-            out.append((ident, [UploadRecord(kind, ident, link, url, author=author, text=text, posted_at=posted)
-                                for url in images]))
+            out.append(
+                (
+                    ident,
+                    [
+                        UploadRecord(
+                            kind, ident, link, url, author=author, text=text, posted_at=posted
+                        )
+                        for url in images
+                    ],
+                )
+            )
         except MalformedItem as exc:
             if on_error is not None:
                 on_error(f"item #{i} in {base}", exc)
@@ -185,8 +197,13 @@ class FeedSource(Source):
 
     def poll(self, cursor: Cursor | None) -> tuple[list[UploadRecord], Cursor]:
         cursor = dict(cursor or {})
-        page = self.get_page(self.url, headers={**conditional_headers(cursor),
-                                                "Accept": "application/rss+xml, application/atom+xml, */*"})
+        page = self.get_page(
+            self.url,
+            headers={
+                **conditional_headers(cursor),
+                "Accept": "application/rss+xml, application/atom+xml, */*",
+            },
+        )
         if page.not_modified:
             return [], cursor
         items = parse_feed(page.body, page.url, self.kind, on_error=self.skip_item)

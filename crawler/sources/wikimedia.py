@@ -70,7 +70,9 @@ def iter_sse(lines: Iterator[str]) -> Iterator[SSEEvent]:
         elif field == "id" and "\0" not in value:
             pending_id = value
     if data:
-        yield SSEEvent(event or "message", "\n".join(data), pending_id if pending_id is not None else last_id)
+        yield SSEEvent(
+            event or "message", "\n".join(data), pending_id if pending_id is not None else last_id
+        )
 
 
 def capped_lines(chunks: Iterator[bytes], max_line: int, url: str) -> Iterator[str]:
@@ -83,10 +85,10 @@ def capped_lines(chunks: Iterator[bytes], max_line: int, url: str) -> Iterator[s
         while True:
             lf, cr = buf.find(b"\n"), buf.find(b"\r")
             cut = min(i for i in (lf, cr) if i >= 0) if (lf >= 0 or cr >= 0) else -1
-            if cut < 0 or (buf[cut:cut + 1] == b"\r" and cut == len(buf) - 1):
+            if cut < 0 or (buf[cut : cut + 1] == b"\r" and cut == len(buf) - 1):
                 break  # no line end yet, or a CR that may be the first half of CRLF
-            step = 2 if buf[cut:cut + 2] == b"\r\n" else 1
-            line, buf = buf[:cut], buf[cut + step:]
+            step = 2 if buf[cut : cut + 2] == b"\r\n" else 1
+            line, buf = buf[:cut], buf[cut + step :]
             yield line.decode("utf-8", errors="replace")
         if len(buf) > max_line:
             raise MalformedPage(f"wikimedia: {url}: an event line exceeds {max_line} bytes")
@@ -98,7 +100,9 @@ def _file_name(title: str) -> str:
     return title.split(":", 1)[1] if ":" in title else title
 
 
-def event_records(change: Any, wiki: str = "commonswiki", kind: str = "wikimedia") -> list[UploadRecord]:
+def event_records(
+    change: Any, wiki: str = "commonswiki", kind: str = "wikimedia"
+) -> list[UploadRecord]:
     """Records for one recentchange object (empty for anything but file uploads/deletes)."""
     if not isinstance(change, dict):
         raise MalformedItem(f"event data is a {type(change).__name__}, not an object")
@@ -110,7 +114,9 @@ def event_records(change: Any, wiki: str = "commonswiki", kind: str = "wikimedia
     title = change.get("title")
     server = change.get("server_url")
     if not isinstance(title, str) or not isinstance(server, str):
-        raise MalformedItem(f"{log_type} event {change.get('log_id')!r} without title or server_url")
+        raise MalformedItem(
+            f"{log_type} event {change.get('log_id')!r} without title or server_url"
+        )
     name = _file_name(title).replace(" ", "_")
     page_url = (change.get("meta") or {}).get("uri") or f"{server}/wiki/{quote('File:' + name)}"
     if log_type == "delete" and action in ("delete", "delete_redir"):
@@ -119,13 +125,18 @@ def event_records(change: Any, wiki: str = "commonswiki", kind: str = "wikimedia
         return []
     image_url = f"{server}/wiki/Special:FilePath/{quote(name)}"
     text = html_to_text(str(change.get("parsedcomment") or "")) or str(change.get("comment") or "")
-    return [UploadRecord(
-        kind, title, page_url, image_url,
-        author=str(change.get("user") or ""),
-        text=text,
-        posted_at=parse_time(change.get("timestamp")),
-        edited=action != "upload",
-    )]
+    return [
+        UploadRecord(
+            kind,
+            title,
+            page_url,
+            image_url,
+            author=str(change.get("user") or ""),
+            text=text,
+            posted_at=parse_time(change.get("timestamp")),
+            edited=action != "upload",
+        )
+    ]
 
 
 class WikimediaSource(StreamingSource):
@@ -135,8 +146,9 @@ class WikimediaSource(StreamingSource):
     def validate(cls, url: str, params: Mapping[str, Any]) -> None:
         super().validate(url, params)
 
-    def stream(self, cursor: Cursor | None, *,
-               idle_timeout: float | None = None) -> Iterator[tuple[UploadRecord | None, Cursor]]:
+    def stream(
+        self, cursor: Cursor | None, *, idle_timeout: float | None = None
+    ) -> Iterator[tuple[UploadRecord | None, Cursor]]:
         wiki = str(self.params.get("wiki", "commonswiki"))
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         last_id = (cursor or {}).get("last_event_id")
@@ -150,8 +162,12 @@ class WikimediaSource(StreamingSource):
                 raise_for_status(resp)
                 ctype = resp.headers.get("content-type", "")
                 if "text/event-stream" not in ctype:
-                    raise MalformedPage(f"wikimedia: {resp.url} is {ctype!r}, not text/event-stream")
-                for ev in iter_sse(capped_lines(resp.iter_bytes(), self.max_page_bytes, str(resp.url))):
+                    raise MalformedPage(
+                        f"wikimedia: {resp.url} is {ctype!r}, not text/event-stream"
+                    )
+                for ev in iter_sse(
+                    capped_lines(resp.iter_bytes(), self.max_page_bytes, str(resp.url))
+                ):
                     if ev.event != "message":
                         continue
                     cur: Cursor = {"last_event_id": ev.id} if ev.id else dict(cursor or {})
@@ -175,6 +191,8 @@ class WikimediaSource(StreamingSource):
         except httpx.TimeoutException as exc:
             raise Timeout(f"wikimedia: {self.url}: {type(exc).__name__}", self.url) from None
         except httpx.HTTPError as exc:
-            raise TransientFetchError(f"wikimedia: {self.url}: {type(exc).__name__}: {exc}", self.url) from None
+            raise TransientFetchError(
+                f"wikimedia: {self.url}: {type(exc).__name__}: {exc}", self.url
+            ) from None
         if pending is not None:
             yield None, pending

@@ -41,8 +41,9 @@ class PayloadServer:
         self.requests: list[Seen] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -59,7 +60,9 @@ class PayloadServer:
         self._server.server_close()
 
     def static(self, path: str, body: bytes, content_type: str, **headers: str) -> None:
-        self.routes[path] = lambda p, q, h: Reply(200, {"Content-Type": content_type, **headers}, body)
+        self.routes[path] = lambda p, q, h: Reply(
+            200, {"Content-Type": content_type, **headers}, body
+        )
 
     def hits(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.path == path]
@@ -102,7 +105,9 @@ class PayloadServer:
         return Handler
 
 
-def sse_frames(events: list[tuple[str, str]], last_event_id: str | None, hold: float) -> Iterator[bytes]:
+def sse_frames(
+    events: list[tuple[str, str]], last_event_id: str | None, hold: float
+) -> Iterator[bytes]:
     """Frames for (id, data) events after ``last_event_id``, then keep the stream open ``hold`` s."""
     start = 0
     if last_event_id is not None:

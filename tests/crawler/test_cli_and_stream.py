@@ -34,7 +34,9 @@ class Obj:
 @pytest.fixture
 def sessions() -> sessionmaker[Session]:
     # One shared in-memory connection: no per-DDL fsync, visible to the stream thread.
-    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    engine = create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
     Base.metadata.create_all(engine)
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -50,14 +52,21 @@ def run(sessions: sessionmaker[Session], tmp_path: Path) -> Any:
 
 
 def test_add_list_remove(run: Any, sessions: sessionmaker[Session]) -> None:
-    r = run("add", "pix", "mastodon", "https://pixelfed.social", "--param", "tag=art", "--every", "120")
+    r = run(
+        "add", "pix", "mastodon", "https://pixelfed.social", "--param", "tag=art", "--every", "120"
+    )
     assert r.exit_code == 0, r.output
     assert "added mastodon source 'pix'" in r.output
     r = run("add", "bsky", "bluesky", "wss://jetstream2.us-east.bsky.network/subscribe")
     assert r.exit_code == 0, r.output
     with sessions() as s:
         row = s.scalar(select(Source).where(Source.name == "pix"))
-        assert row is not None and row.params == {"tag": "art"} and row.poll_seconds == 120 and row.enabled
+        assert (
+            row is not None
+            and row.params == {"tag": "art"}
+            and row.poll_seconds == 120
+            and row.enabled
+        )
     listing = run("list")
     assert "pix\tmastodon\ton\tevery 120s\thttps://pixelfed.social tag=art" in listing.output
     assert "bsky\tbluesky\ton\tstream" in listing.output
@@ -68,13 +77,16 @@ def test_add_list_remove(run: Any, sessions: sessionmaker[Session]) -> None:
     assert [d["name"] for d in json.loads(run("list", "--json").output)] == ["bsky"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["add", "x", "myspace", "https://myspace.com"], "unknown source kind 'myspace'"),
-    (["add", "x", "rss", "not a url"], "absolute http(s) URL"),
-    (["add", "x", "mastodon", "https://m.test", "--param", "tag"], "expected KEY=VALUE"),
-    (["add", "x", "reddit", "https://www.reddit.com/u/x"], "r/NAME"),
-    (["remove", "nope"], "no source named 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["add", "x", "myspace", "https://myspace.com"], "unknown source kind 'myspace'"),
+        (["add", "x", "rss", "not a url"], "absolute http(s) URL"),
+        (["add", "x", "mastodon", "https://m.test", "--param", "tag"], "expected KEY=VALUE"),
+        (["add", "x", "reddit", "https://www.reddit.com/u/x"], "r/NAME"),
+        (["remove", "nope"], "no source named 'nope'"),
+    ],
+)
 def test_clear_errors(run: Any, args: list[str], message: str) -> None:
     r = run(*args)
     assert r.exit_code == 2 and message in r.output
@@ -101,13 +113,22 @@ def settings() -> CrawlerSettings:
     return CrawlerSettings(allow_internal=["127.0.0.1"], requests_per_second=0, obey_robots=False)
 
 
-def _consume(sessions: sessionmaker[Session], sid: int, settings: CrawlerSettings, until: Any,
-             timeout: float = 8.0) -> list[int]:
+def _consume(
+    sessions: sessionmaker[Session],
+    sid: int,
+    settings: CrawlerSettings,
+    until: Any,
+    timeout: float = 8.0,
+) -> list[int]:
     got: list[int] = []
     stop = threading.Event()
     with build_client(settings) as client:
-        t = threading.Thread(target=run_stream, args=(sessions, sid, client, got.append, stop),
-                             kwargs={"base_backoff": 0.05, "idle_timeout": 0.3}, daemon=True)
+        t = threading.Thread(
+            target=run_stream,
+            args=(sessions, sid, client, got.append, stop),
+            kwargs={"base_backoff": 0.05, "idle_timeout": 0.3},
+            daemon=True,
+        )
         t.start()
         deadline = time.monotonic() + timeout
         while not until(got) and time.monotonic() < deadline:
@@ -118,8 +139,9 @@ def _consume(sessions: sessionmaker[Session], sid: int, settings: CrawlerSetting
     return got
 
 
-def test_run_stream_reconnects_with_backoff_and_resumes(sessions: sessionmaker[Session],
-                                                        settings: CrawlerSettings) -> None:
+def test_run_stream_reconnects_with_backoff_and_resumes(
+    sessions: sessionmaker[Session], settings: CrawlerSettings
+) -> None:
     http = PayloadServer().start()
     events = _wikimedia_events()
     upload = json.loads(events[-1][1])
@@ -131,8 +153,11 @@ def test_run_stream_reconnects_with_backoff_and_resumes(sessions: sessionmaker[S
         if failures["left"] > 0:
             failures["left"] -= 1
             return Reply(502, {}, b"bad gateway")
-        return Reply(200, {"Content-Type": "text/event-stream"}, stream=sse_frames(events, h.get("last-event-id"),
-                                                                                     hold=0.05))
+        return Reply(
+            200,
+            {"Content-Type": "text/event-stream"},
+            stream=sse_frames(events, h.get("last-event-id"), hold=0.05),
+        )
 
     http.routes["/stream"] = stream
     try:
@@ -162,13 +187,18 @@ def test_run_stream_reconnects_with_backoff_and_resumes(sessions: sessionmaker[S
         http.stop()
 
 
-def test_run_stream_bluesky_records_error_then_recovers(sessions: sessionmaker[Session],
-                                                        settings: CrawlerSettings) -> None:
+def test_run_stream_bluesky_records_error_then_recovers(
+    sessions: sessionmaker[Session], settings: CrawlerSettings
+) -> None:
     from .conftest import SITES
 
     ws = JetstreamServer().start()
-    ws.events = [json.loads(line) for line in
-                 (SITES / "bluesky" / "commit_create_post_embed_images.jsonl").read_text().splitlines()]
+    ws.events = [
+        json.loads(line)
+        for line in (SITES / "bluesky" / "commit_create_post_embed_images.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     ws.reject_next = 1
     try:
         with sessions() as s:
@@ -180,10 +210,10 @@ def test_run_stream_bluesky_records_error_then_recovers(sessions: sessionmaker[S
         assert len(got) == 2
         with sessions() as s:
             row = s.get(Source, sid)
-            assert row is not None and row.cursor == {"time_us": max(e["time_us"] for e in ws.events)}
+            assert row is not None and row.cursor == {
+                "time_us": max(e["time_us"] for e in ws.events)
+            }
             assert row.last_error is None and row.last_success_at is not None
         assert len(ws.connections) >= 2 and "cursor=" not in ws.connections[0]
     finally:
         ws.stop()
-
-

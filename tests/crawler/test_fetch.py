@@ -37,18 +37,49 @@ def http() -> Iterator[PayloadServer]:
 
 
 def _settings(**kw: Any) -> CrawlerSettings:
-    base: dict[str, Any] = dict(allow_internal=["127.0.0.1"], requests_per_second=0, obey_robots=False,
-                                user_agent="artwatch-test/1", contact_url="https://artwatch.test/contact")
+    base: dict[str, Any] = dict(
+        allow_internal=["127.0.0.1"],
+        requests_per_second=0,
+        obey_robots=False,
+        user_agent="artwatch-test/1",
+        contact_url="https://artwatch.test/contact",
+    )
     base.update(kw)
     return CrawlerSettings(**base)
 
 
-@pytest.mark.parametrize("addr", [
-    "10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "127.1.2.3", "169.254.169.254", "0.0.0.0",
-    "100.64.0.1", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.0.170", "198.18.0.1",
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
-    "::ffff:10.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "fd00:ec2::254", "::127.0.0.1", "2001:db8::1",
-])
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "127.0.0.1",
+        "127.1.2.3",
+        "169.254.169.254",
+        "0.0.0.0",
+        "100.64.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "192.0.0.170",
+        "198.18.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:10.0.0.1",
+        "64:ff9b::7f00:1",
+        "2002:7f00:1::",
+        "fd00:ec2::254",
+        "::127.0.0.1",
+        "2001:db8::1",
+    ],
+)
 def test_non_public_addresses_refused(addr: str) -> None:
     ip = ipaddress.ip_address(addr)
     assert not is_public_address(ip)
@@ -56,7 +87,9 @@ def test_non_public_addresses_refused(addr: str) -> None:
         AddressPolicy().check("example.test", ip)
 
 
-@pytest.mark.parametrize("addr", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize(
+    "addr", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+)
 def test_public_addresses_allowed(addr: str) -> None:
     assert is_public_address(ipaddress.ip_address(addr))
     AddressPolicy().check("example.test", ipaddress.ip_address(addr))
@@ -105,16 +138,25 @@ def test_check_is_at_connect_time_so_rebinding_fails(http: PayloadServer) -> Non
 
 def test_mixed_dns_answer_refused() -> None:
     def resolver(host: str, p: int, **kw: Any) -> list[Any]:
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", p)),
-                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", p, 0, 0))]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", p)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", p, 0, 0)),
+        ]
 
     with httpx.Client(transport=SafeTransport(AddressPolicy(), resolver=resolver)) as c:
         with pytest.raises(BlockedAddress, match="::1"):
             c.get("http://mixed.test/")
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.2:{port}/x", "http://169.254.169.254/latest/meta-data/",
-                                    "http://[::1]:{port}/x", "http://0.0.0.0:{port}/x"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{port}/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:{port}/x",
+        "http://0.0.0.0:{port}/x",
+    ],
+)
 def test_every_redirect_hop_is_revalidated(http: PayloadServer, target: str) -> None:
     port = http.url.rsplit(":", 1)[1]
     http.routes["/start"] = lambda p, q, h: Reply(302, {"Location": "/hop"})
@@ -141,8 +183,11 @@ def test_redirects_limited_and_final_url_recorded(http: PayloadServer) -> None:
 def test_size_cap_with_and_without_content_length(http: PayloadServer) -> None:
     big = png("big") + b"\x00" * 5000
     http.static("/declared.png", big, "image/png")
-    http.routes["/chunked.png"] = lambda p, q, h: Reply(200, {"Content-Type": "image/png"},
-                                                        stream=iter([big[i:i + 512] for i in range(0, len(big), 512)]))
+    http.routes["/chunked.png"] = lambda p, q, h: Reply(
+        200,
+        {"Content-Type": "image/png"},
+        stream=iter([big[i : i + 512] for i in range(0, len(big), 512)]),
+    )
     settings = _settings(max_image_bytes=2000)
     with build_client(settings) as client:
         fetcher = SafeFetcher(client, settings)
@@ -157,7 +202,9 @@ def test_read_timeout(http: PayloadServer) -> None:
         time.sleep(1.0)
         yield png("slow")
 
-    http.routes["/slow.png"] = lambda p, q, h: Reply(200, {"Content-Type": "image/png"}, stream=slow())
+    http.routes["/slow.png"] = lambda p, q, h: Reply(
+        200, {"Content-Type": "image/png"}, stream=slow()
+    )
     settings = _settings(read_timeout=0.2)
     with build_client(settings) as client:
         t0 = time.monotonic()
@@ -183,11 +230,19 @@ def test_type_sniffed_from_bytes_not_content_type(http: PayloadServer) -> None:
         assert img.content_type == "image/jpeg" and img.headers["content-type"] == "text/plain"
 
 
-@pytest.mark.parametrize("data,mime", [
-    (png(0), "image/png"), (JPEG, "image/jpeg"), (b"GIF89a...", "image/gif"),
-    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"), (b"\x00\x00\x00\x1cftypavif", "image/avif"),
-    (b"\x00\x00\x00\x18ftypheic", "image/heic"), (b"<svg xmlns=", None), (b"", None),
-])
+@pytest.mark.parametrize(
+    "data,mime",
+    [
+        (png(0), "image/png"),
+        (JPEG, "image/jpeg"),
+        (b"GIF89a...", "image/gif"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (b"\x00\x00\x00\x1cftypavif", "image/avif"),
+        (b"\x00\x00\x00\x18ftypheic", "image/heic"),
+        (b"<svg xmlns=", None),
+        (b"", None),
+    ],
+)
 def test_sniff(data: bytes, mime: str | None) -> None:
     assert sniff_image_type(data) == mime
 
@@ -196,7 +251,10 @@ def test_user_agent_names_contact_url(http: PayloadServer) -> None:
     http.static("/a.png", png(1), "image/png")
     with build_client(_settings()) as client:
         SafeFetcher(client, _settings()).fetch_image(http.url + "/a.png")
-    assert http.requests[-1].headers["user-agent"] == "artwatch-test/1 (+https://artwatch.test/contact)"
+    assert (
+        http.requests[-1].headers["user-agent"]
+        == "artwatch-test/1 (+https://artwatch.test/contact)"
+    )
 
 
 def test_environment_proxy_ignored(http: PayloadServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,7 +273,9 @@ def test_slow_drip_body_hits_total_budget(http: PayloadServer) -> None:
             time.sleep(0.05)  # each read is well inside the read timeout
             yield b"\x00" * 10
 
-    http.routes["/drip.png"] = lambda p, q, h: Reply(200, {"Content-Type": "image/png"}, stream=drip())
+    http.routes["/drip.png"] = lambda p, q, h: Reply(
+        200, {"Content-Type": "image/png"}, stream=drip()
+    )
     settings = _settings(read_timeout=0.2)
     with build_client(settings) as client:
         t0 = time.monotonic()
@@ -228,8 +288,10 @@ def test_xml_entity_bomb_is_a_malformed_page(http: PayloadServer) -> None:
     from crawler.errors import MalformedPage
     from crawler.sources.rss import FeedSource
 
-    bomb = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
-            b"<rss><channel><item><title>&lol2;</title></item></channel></rss>")
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+        b"<rss><channel><item><title>&lol2;</title></item></channel></rss>"
+    )
     http.static("/feed.xml", bomb, "application/rss+xml")
     with build_client(_settings()) as client:
         with pytest.raises(MalformedPage, match="not well-formed"):
@@ -245,7 +307,9 @@ def test_sse_line_without_end_is_capped(http: PayloadServer) -> None:
         for _ in range(50):
             yield b"x" * 1000
 
-    http.routes["/stream"] = lambda p, q, h: Reply(200, {"Content-Type": "text/event-stream"}, stream=endless())
+    http.routes["/stream"] = lambda p, q, h: Reply(
+        200, {"Content-Type": "text/event-stream"}, stream=endless()
+    )
     with build_client(_settings()) as client:
         src = WikimediaSource(http.url + "/stream", {}, client, max_page_bytes=10_000)
         with pytest.raises(MalformedPage, match="exceeds 10000 bytes"):

@@ -27,7 +27,9 @@ def test_pagination_semantics(site: LocalSite, client: httpx.Client) -> None:
 
 
 def test_media_served_and_deleted(site: LocalSite, client: httpx.Client) -> None:
-    sid = site.add_post(png("a"), content_type="image/png", text="hello", author="bob", tags=["Art"])
+    sid = site.add_post(
+        png("a"), content_type="image/png", text="hello", author="bob", tags=["Art"]
+    )
     status = client.get(f"{site.url}/api/v1/statuses/{sid}").json()
     assert status["account"]["acct"] == "bob" and status["content"] == "<p>hello</p>"
     media = status["media_attachments"][0]

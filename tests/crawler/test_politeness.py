@@ -76,8 +76,13 @@ def http() -> Iterator[PayloadServer]:
 
 
 def _settings(**kw: Any) -> CrawlerSettings:
-    base: dict[str, Any] = dict(allow_internal=["127.0.0.1"], requests_per_second=0, obey_robots=True,
-                                user_agent="artwatch/0.1", contact_url="https://artwatch.test")
+    base: dict[str, Any] = dict(
+        allow_internal=["127.0.0.1"],
+        requests_per_second=0,
+        obey_robots=True,
+        user_agent="artwatch/0.1",
+        contact_url="https://artwatch.test",
+    )
     base.update(kw)
     return CrawlerSettings(**base)
 
@@ -120,12 +125,15 @@ def test_robots_can_be_switched_off(http: PayloadServer) -> None:
 
 def _gaps(http: PayloadServer, path: str) -> list[float]:
     times = [r.at for r in http.hits(path)]
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def test_crawl_delay_obeyed(http: PayloadServer) -> None:
-    http.static("/robots.txt", b"User-agent: artwatch\nCrawl-delay: 0.3\n\nUser-agent: *\nDisallow: /\n",
-                "text/plain")
+    http.static(
+        "/robots.txt",
+        b"User-agent: artwatch\nCrawl-delay: 0.3\n\nUser-agent: *\nDisallow: /\n",
+        "text/plain",
+    )
     http.static("/p", b"ok", "text/plain")
     with build_client(_settings()) as client:
         for _ in range(3):
@@ -158,7 +166,9 @@ def test_per_host_concurrency_cap(http: PayloadServer) -> None:
 
     http.routes["/slow"] = slow
     with build_client(_settings(max_concurrency_per_host=2, obey_robots=False)) as client:
-        threads = [threading.Thread(target=fetch_page, args=(client, http.url + "/slow")) for _ in range(6)]
+        threads = [
+            threading.Thread(target=fetch_page, args=(client, http.url + "/slow")) for _ in range(6)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -181,7 +191,9 @@ def _polite_client(settings: CrawlerSettings, sleep: _Recorder, **kw: Any) -> ht
 
 
 def test_429_honours_retry_after(http: PayloadServer) -> None:
-    replies = iter([Reply(429, {"Retry-After": "2"}), Reply(200, {"Content-Type": "text/plain"}, b"ok")])
+    replies = iter(
+        [Reply(429, {"Retry-After": "2"}), Reply(200, {"Content-Type": "text/plain"}, b"ok")]
+    )
     http.routes["/p"] = lambda p, q, h: next(replies)
     sleep = _Recorder()
     with _polite_client(_settings(obey_robots=False), sleep, rng=lambda: 0.5) as client:
@@ -191,11 +203,15 @@ def test_429_honours_retry_after(http: PayloadServer) -> None:
 
 
 def test_503_backs_off_exponentially_with_jitter(http: PayloadServer) -> None:
-    replies = iter([Reply(503), Reply(503), Reply(503), Reply(200, {"Content-Type": "text/plain"}, b"ok")])
+    replies = iter(
+        [Reply(503), Reply(503), Reply(503), Reply(200, {"Content-Type": "text/plain"}, b"ok")]
+    )
     http.routes["/p"] = lambda p, q, h: next(replies)
     sleep = _Recorder()
     jitter = iter([0.5, 0.25, 1.0])
-    with _polite_client(_settings(obey_robots=False), sleep, rng=lambda: next(jitter), base_backoff=1.0) as c:
+    with _polite_client(
+        _settings(obey_robots=False), sleep, rng=lambda: next(jitter), base_backoff=1.0
+    ) as c:
         assert fetch_page(c, http.url + "/p").body == b"ok"
     assert sleep.sleeps == pytest.approx([0.5 * 1, 0.25 * 2, 1.0 * 4], abs=0.05)
 
@@ -213,7 +229,9 @@ def test_retry_after_too_long_gives_rate_limited_error(http: PayloadServer) -> N
 def test_retries_give_up_after_max(http: PayloadServer) -> None:
     http.routes["/p"] = lambda p, q, h: Reply(503)
     sleep = _Recorder()
-    with _polite_client(_settings(obey_robots=False), sleep, max_retries=2, rng=lambda: 0.0) as client:
+    with _polite_client(
+        _settings(obey_robots=False), sleep, max_retries=2, rng=lambda: 0.0
+    ) as client:
         with pytest.raises(RateLimited):
             fetch_page(client, http.url + "/p")
     assert len(http.hits("/p")) == 3
@@ -223,10 +241,20 @@ def test_conditional_get_with_etag_and_last_modified(http: PayloadServer) -> Non
     feed = (SITES / "rss" / "feedparser__rss__item_enclosure_multiple.xml").read_bytes()
 
     def route(p: str, q: dict[str, str], h: dict[str, str]) -> Reply:
-        if h.get("if-none-match") == '"v1"' and h.get("if-modified-since") == "Wed, 01 Jul 2026 00:00:00 GMT":
+        if (
+            h.get("if-none-match") == '"v1"'
+            and h.get("if-modified-since") == "Wed, 01 Jul 2026 00:00:00 GMT"
+        ):
             return Reply(304, {"ETag": '"v1"'})
-        return Reply(200, {"Content-Type": "application/rss+xml", "ETag": '"v1"',
-                           "Last-Modified": "Wed, 01 Jul 2026 00:00:00 GMT"}, feed)
+        return Reply(
+            200,
+            {
+                "Content-Type": "application/rss+xml",
+                "ETag": '"v1"',
+                "Last-Modified": "Wed, 01 Jul 2026 00:00:00 GMT",
+            },
+            feed,
+        )
 
     http.routes["/feed"] = route
     with build_client(_settings(obey_robots=False)) as client:

@@ -25,8 +25,12 @@ from .servers import PayloadServer, Reply
 
 @pytest.fixture
 def settings() -> CrawlerSettings:
-    return CrawlerSettings(allow_internal=["127.0.0.1"], requests_per_second=0,
-                           user_agent="artwatch-test/1", contact_url="https://artwatch.test")
+    return CrawlerSettings(
+        allow_internal=["127.0.0.1"],
+        requests_per_second=0,
+        user_agent="artwatch-test/1",
+        contact_url="https://artwatch.test",
+    )
 
 
 @pytest.fixture
@@ -47,13 +51,16 @@ def blobs(tmp_path: Path) -> FolderBlobStore:
     return FolderBlobStore(tmp_path / "blobs")
 
 
-@pytest.mark.parametrize("raw,canon", [
-    ("HTTPS://Example.COM:443/a/b.png#frag", "https://example.com/a/b.png"),
-    ("http://example.com:80/x?utm_source=tw&b=2&a=1&fbclid=zz", "http://example.com/x?a=1&b=2"),
-    ("http://example.com:8080", "http://example.com:8080/"),
-    ("https://i.redd.it/x.jpg?igshid=1&gclid=2&si=3", "https://i.redd.it/x.jpg"),
-    ("http://[::1]:8000/a?x=1", "http://[::1]:8000/a?x=1"),
-])
+@pytest.mark.parametrize(
+    "raw,canon",
+    [
+        ("HTTPS://Example.COM:443/a/b.png#frag", "https://example.com/a/b.png"),
+        ("http://example.com:80/x?utm_source=tw&b=2&a=1&fbclid=zz", "http://example.com/x?a=1&b=2"),
+        ("http://example.com:8080", "http://example.com:8080/"),
+        ("https://i.redd.it/x.jpg?igshid=1&gclid=2&si=3", "https://i.redd.it/x.jpg"),
+        ("http://[::1]:8000/a?x=1", "http://[::1]:8000/a?x=1"),
+    ],
+)
 def test_canonical_url(raw: str, canon: str) -> None:
     assert canonical_url(raw) == canon
 
@@ -79,9 +86,12 @@ def _row(s: Session, site: LocalSite, **kw: Any) -> Source:
     return row
 
 
-def test_poll_upserts_evidence_and_cursor_in_one_transaction(site: LocalSite, sessions: sessionmaker[Session],
-                                                             client: httpx.Client,
-                                                             settings: CrawlerSettings) -> None:
+def test_poll_upserts_evidence_and_cursor_in_one_transaction(
+    site: LocalSite,
+    sessions: sessionmaker[Session],
+    client: httpx.Client,
+    settings: CrawlerSettings,
+) -> None:
     a = site.add_post(png("a"), text="my <b>art</b>", author="alice")
     b = site.add_post(png("b"), images=[(png("c"), "image/png")], author="bob")
     with sessions() as s:
@@ -100,7 +110,9 @@ def test_poll_upserts_evidence_and_cursor_in_one_transaction(site: LocalSite, se
         assert up is not None
         assert up.page_url == site.status_url(a) and up.image_url == site.media_url(a)
         assert up.author == "alice@127.0.0.1" and up.post_text == "my <b>art</b>"
-        assert up.host == "127.0.0.1" and up.source_id == row.id and up.status == UploadStatus.PENDING
+        assert (
+            up.host == "127.0.0.1" and up.source_id == row.id and up.status == UploadStatus.PENDING
+        )
         # A poll repeated from an old cursor upserts: no duplicates, nothing to fetch twice.
         row.cursor = None
         poll_source(s, row, client, settings)
@@ -108,9 +120,13 @@ def test_poll_upserts_evidence_and_cursor_in_one_transaction(site: LocalSite, se
         assert s.scalar(select(func.count()).select_from(Upload)) == 3
 
 
-def test_fetch_records_evidence_and_dedupes_by_content(site: LocalSite, sessions: sessionmaker[Session],
-                                                       client: httpx.Client, settings: CrawlerSettings,
-                                                       blobs: FolderBlobStore) -> None:
+def test_fetch_records_evidence_and_dedupes_by_content(
+    site: LocalSite,
+    sessions: sessionmaker[Session],
+    client: httpx.Client,
+    settings: CrawlerSettings,
+    blobs: FolderBlobStore,
+) -> None:
     first = site.add_post(png("same"), author="artist")
     second = site.add_post(png("same"), author="copier")  # same image posted twice
     with sessions() as s:
@@ -133,8 +149,13 @@ def test_fetch_records_evidence_and_dedupes_by_content(site: LocalSite, sessions
         assert len(site.requests) == n
 
 
-def test_fetch_marks_deleted_on_404(site: LocalSite, sessions: sessionmaker[Session], client: httpx.Client,
-                                    settings: CrawlerSettings, blobs: FolderBlobStore) -> None:
+def test_fetch_marks_deleted_on_404(
+    site: LocalSite,
+    sessions: sessionmaker[Session],
+    client: httpx.Client,
+    settings: CrawlerSettings,
+    blobs: FolderBlobStore,
+) -> None:
     sid = site.add_post(png("gone"))
     with sessions() as s:
         row = _row(s, site)
@@ -147,8 +168,12 @@ def test_fetch_marks_deleted_on_404(site: LocalSite, sessions: sessionmaker[Sess
         assert fetch_upload(s, blobs, uid, SafeFetcher(client, settings)) is False
 
 
-def test_fetch_failures(sessions: sessionmaker[Session], client: httpx.Client, settings: CrawlerSettings,
-                        blobs: FolderBlobStore) -> None:
+def test_fetch_failures(
+    sessions: sessionmaker[Session],
+    client: httpx.Client,
+    settings: CrawlerSettings,
+    blobs: FolderBlobStore,
+) -> None:
     http = PayloadServer().start()
     try:
         http.static("/page.png", b"<html>a page, not a picture</html>", "image/png")
@@ -156,8 +181,10 @@ def test_fetch_failures(sessions: sessionmaker[Session], client: httpx.Client, s
         http.routes["/moved.png"] = lambda p, q, h: Reply(302, {"Location": "/real.png"})
         http.static("/real.png", png("real"), "application/octet-stream")
         with sessions() as s:
-            ups = [Upload(canonical_url=canonical_url(http.url + p), image_url=http.url + p)
-                   for p in ("/page.png", "/down.png", "/moved.png")]
+            ups = [
+                Upload(canonical_url=canonical_url(http.url + p), image_url=http.url + p)
+                for p in ("/page.png", "/down.png", "/moved.png")
+            ]
             s.add_all(ups)
             s.commit()
             fetcher = SafeFetcher(client, settings)
@@ -172,8 +199,12 @@ def test_fetch_failures(sessions: sessionmaker[Session], client: httpx.Client, s
         http.stop()
 
 
-def test_poll_error_recorded_and_cursor_kept(site: LocalSite, sessions: sessionmaker[Session],
-                                             client: httpx.Client, settings: CrawlerSettings) -> None:
+def test_poll_error_recorded_and_cursor_kept(
+    site: LocalSite,
+    sessions: sessionmaker[Session],
+    client: httpx.Client,
+    settings: CrawlerSettings,
+) -> None:
     site.add_post(png(1))
     with sessions() as s:
         row = _row(s, site)
@@ -190,7 +221,9 @@ def test_poll_error_recorded_and_cursor_kept(site: LocalSite, sessions: sessionm
 def _rec(post: str, url: str, **kw: Any) -> Any:
     from crawler.sources.base import UploadRecord
 
-    return UploadRecord("mastodon", post, f"https://m.test/@a/{post}", url, author="a", text=f"text {post}", **kw)
+    return UploadRecord(
+        "mastodon", post, f"https://m.test/@a/{post}", url, author="a", text=f"text {post}", **kw
+    )
 
 
 def _check_sightings(sessions: sessionmaker[Session]) -> None:
@@ -202,7 +235,9 @@ def _check_sightings(sessions: sessionmaker[Session]) -> None:
         s.add(row)
         s.commit()
         img = "https://files.m.test/a.png?utm_source=x"
-        need, created = record_uploads(s, row, [_rec("1", img), _rec("2", img.replace("?utm_source=x", ""))])
+        need, created = record_uploads(
+            s, row, [_rec("1", img), _rec("2", img.replace("?utm_source=x", ""))]
+        )
         s.commit()
         assert created == 1 and len(need) == 1  # one image URL: one upload ...
         sightings = list(s.scalars(select(Sighting).order_by(Sighting.post_id)))
@@ -211,8 +246,15 @@ def _check_sightings(sessions: sessionmaker[Session]) -> None:
         assert record_uploads(s, row, [_rec("1", img), _rec("2", img)])[1] == 0
         s.commit()
         assert s.scalar(select(func.count()).select_from(Sighting)) == 2
-        record_uploads(s, row, [_rec("2", img, edited=True).__class__("mastodon", "2", "", img, text="new words",
-                                                                   edited=True)])
+        record_uploads(
+            s,
+            row,
+            [
+                _rec("2", img, edited=True).__class__(
+                    "mastodon", "2", "", img, text="new words", edited=True
+                )
+            ],
+        )
         s.commit()
         assert s.scalar(select(Sighting.post_text).where(Sighting.post_id == "2")) == "new words"
         up = s.scalar(select(Upload))
@@ -227,7 +269,9 @@ def _check_sightings(sessions: sessionmaker[Session]) -> None:
         assert up.deleted_at is not None
 
 
-def test_one_url_in_two_posts_is_one_upload_with_two_sightings(sessions: sessionmaker[Session]) -> None:
+def test_one_url_in_two_posts_is_one_upload_with_two_sightings(
+    sessions: sessionmaker[Session],
+) -> None:
     _check_sightings(sessions)
 
 
@@ -238,7 +282,9 @@ def test_upserts_on_postgres() -> None:
 
     from sqlalchemy import text
 
-    url = os.environ.get("ARTWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    url = os.environ.get(
+        "ARTWATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
     schema = f"crawler_{uuid.uuid4().hex[:10]}"
     admin = create_engine(url)
     with admin.begin() as conn:

@@ -100,7 +100,9 @@ class MastodonHarness(Harness):
     def break_item(self) -> None:
         bad = self.site.add_post(None, text="placeholder")
         self.site.delete_post(bad)
-        self.site.add_status_json({"id": bad, "media_attachments": [{"type": "image", "url": "http://x/y.png"}]})
+        self.site.add_status_json(
+            {"id": bad, "media_attachments": [{"type": "image", "url": "http://x/y.png"}]}
+        )
 
     def break_page(self) -> None:
         self.site.fail_next("/api/v1/timelines", 200, body=b"<html>maintenance</html>")
@@ -120,8 +122,12 @@ class RedditHarness(Harness):
     page_size = 3
 
     def configure(self) -> tuple[str, dict[str, Any]]:
-        children = json.loads((SITES / "reddit" / "r_popular_hot_trimmed.json").read_text())["data"]["children"]
-        children += json.loads((SITES / "reddit" / "r_all_new_before.json").read_text())["data"]["children"]
+        children = json.loads((SITES / "reddit" / "r_popular_hot_trimmed.json").read_text())[
+            "data"
+        ]["children"]
+        children += json.loads((SITES / "reddit" / "r_all_new_before.json").read_text())["data"][
+            "children"
+        ]
         gallery = json.loads((SITES / "reddit" / "comments_gallery_post.json").read_text())
         children += gallery[0]["data"]["children"]
         self.children: list[dict[str, Any]] = children
@@ -132,17 +138,30 @@ class RedditHarness(Harness):
     def _listing(self, path: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
         if self.broken:
             self.broken = False
-            return Reply(200, {"Content-Type": "application/json"}, b'{"kind": "Listing", "data": nul')
-        ordered = sorted(self.children, key=lambda c: -float(c.get("data", {}).get("created_utc", 1e12)))
+            return Reply(
+                200, {"Content-Type": "application/json"}, b'{"kind": "Listing", "data": nul'
+            )
+        ordered = sorted(
+            self.children, key=lambda c: -float(c.get("data", {}).get("created_utc", 1e12))
+        )
         limit = int(query.get("limit", 25))
         start = 0
         if "after" in query:
             names = [c.get("data", {}).get("name") for c in ordered]
             start = names.index(query["after"]) + 1
-        page = ordered[start:start + limit]
-        after = page[-1]["data"].get("name") if len(page) == limit and start + limit < len(ordered) else None
-        body = {"kind": "Listing", "data": {"after": after, "before": None, "dist": len(page), "children": page}}
-        return Reply(200, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(body).encode())
+        page = ordered[start : start + limit]
+        after = (
+            page[-1]["data"].get("name")
+            if len(page) == limit and start + limit < len(ordered)
+            else None
+        )
+        body = {
+            "kind": "Listing",
+            "data": {"after": after, "before": None, "dist": len(page), "children": page},
+        }
+        return Reply(
+            200, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(body).encode()
+        )
 
     def initial(self) -> set[str]:
         from crawler.sources.reddit import post_records
@@ -156,17 +175,23 @@ class RedditHarness(Harness):
         for _ in range(count):
             self.n += 1
             c = copy.deepcopy(template)
-            c["data"].update(name=f"t3_new{self.n}", id=f"new{self.n}", created_utc=newest + self.n,
-                             url=f"https://i.redd.it/new{self.n}.jpeg",
-                             url_overridden_by_dest=f"https://i.redd.it/new{self.n}.jpeg",
-                             permalink=f"/r/art/comments/new{self.n}/x/")
+            c["data"].update(
+                name=f"t3_new{self.n}",
+                id=f"new{self.n}",
+                created_utc=newest + self.n,
+                url=f"https://i.redd.it/new{self.n}.jpeg",
+                url_overridden_by_dest=f"https://i.redd.it/new{self.n}.jpeg",
+                permalink=f"/r/art/comments/new{self.n}/x/",
+            )
             self.children.append(c)
             out.add(c["data"]["url"])
         return out
 
     def break_item(self) -> None:
         newest = max(float(c["data"].get("created_utc", 0)) for c in self.children)
-        self.children.append({"kind": "t3", "data": {"title": "no name", "created_utc": newest + 0.5}})
+        self.children.append(
+            {"kind": "t3", "data": {"title": "no name", "created_utc": newest + 0.5}}
+        )
 
     def break_page(self) -> None:
         self.broken = True
@@ -182,8 +207,10 @@ class RedditHarness(Harness):
         return str(c["data"]["name"])
 
 
-_RSS_NEW = ('<item><title>new {n}</title><link>http://feed.test/new/{n}</link><guid>http://feed.test/new/{n}</guid>'
-            '<media:content width="460" url="https://img.test/new/{n}.jpg"/></item>')
+_RSS_NEW = (
+    "<item><title>new {n}</title><link>http://feed.test/new/{n}</link><guid>http://feed.test/new/{n}</guid>"
+    '<media:content width="460" url="https://img.test/new/{n}.jpg"/></item>'
+)
 
 
 class FeedHarness(Harness):
@@ -200,18 +227,27 @@ class FeedHarness(Harness):
 
     def _feed(self, path: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
         if self.broken:
-            return Reply(200, {"Content-Type": "application/rss+xml"}, b"<rss><channel><item><title>cut")
+            return Reply(
+                200, {"Content-Type": "application/rss+xml"}, b"<rss><channel><item><title>cut"
+            )
         body = (self.head + "".join(self.items) + self.tail).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
         if headers.get("if-none-match") == etag:
             return Reply(304, {"ETag": etag})
-        return Reply(200, {"Content-Type": "application/rss+xml; charset=utf-8", "ETag": etag}, body)
+        return Reply(
+            200, {"Content-Type": "application/rss+xml; charset=utf-8", "ETag": etag}, body
+        )
 
     def initial(self) -> set[str]:
         from crawler.sources.rss import parse_feed
 
-        return {r.image_url for _, recs in parse_feed((self.head + "".join(self.items) + self.tail).encode(),
-                                                      self.http.url) for r in recs}
+        return {
+            r.image_url
+            for _, recs in parse_feed(
+                (self.head + "".join(self.items) + self.tail).encode(), self.http.url
+            )
+            for r in recs
+        }
 
     def publish(self, count: int) -> set[str]:
         out = set()
@@ -222,7 +258,9 @@ class FeedHarness(Harness):
         return out
 
     def break_item(self) -> None:
-        self.items.insert(0, '<item><title>bad</title><guid>bad-1</guid><enclosure type="image/jpeg"/></item>')
+        self.items.insert(
+            0, '<item><title>bad</title><guid>bad-1</guid><enclosure type="image/jpeg"/></item>'
+        )
 
     def break_page(self) -> None:
         self.broken = True
@@ -235,7 +273,13 @@ class FeedHarness(Harness):
         return re.search(r"<guid[^>]*>(.*?)</guid>", gone, re.DOTALL).group(1)  # type: ignore[union-attr]
 
     def edit(self) -> str:
-        self.items[2] = re.sub(r"<title>.*?</title>", "<title>edited title</title>", self.items[2], count=1, flags=re.DOTALL)
+        self.items[2] = re.sub(
+            r"<title>.*?</title>",
+            "<title>edited title</title>",
+            self.items[2],
+            count=1,
+            flags=re.DOTALL,
+        )
         return re.search(r"<guid[^>]*>(.*?)</guid>", self.items[2], re.DOTALL).group(1)  # type: ignore[union-attr]
 
 
@@ -243,8 +287,11 @@ class HtmlHarness(Harness):
     kind = "html"
 
     def configure(self) -> tuple[str, dict[str, Any]]:
-        self.imgs = ['<img src="/img/a.png">', '<img src="b.jpg" srcset="b-small.jpg 100w, b-large.jpg 1200w">',
-                     '<picture><source srcset="/img/c.webp 1x, /img/c@2x.webp 2x"><img src="/img/c.jpg"></picture>']
+        self.imgs = [
+            '<img src="/img/a.png">',
+            '<img src="b.jpg" srcset="b-small.jpg 100w, b-large.jpg 1200w">',
+            '<picture><source srcset="/img/c.webp 1x, /img/c@2x.webp 2x"><img src="/img/c.jpg"></picture>',
+        ]
         self.title = "Gallery"
         self.broken = False
         self.http.routes["/gallery/"] = self._page
@@ -253,15 +300,28 @@ class HtmlHarness(Harness):
     def _page(self, path: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
         if self.broken:
             return Reply(200, {"Content-Type": "image/png"}, png("not html"))
-        body = (f'<!doctype html><html><head><title>{self.title}</title>'
-                f'<meta property="og:image" content="https://cdn.test/og.jpg"></head>'
-                f'<body>{"".join(self.imgs)}</body></html>').encode()
-        return Reply(200, {"Content-Type": "text/html; charset=utf-8", "Last-Modified": "Wed, 01 Jul 2026 00:00:00 GMT"},
-                     body)
+        body = (
+            f"<!doctype html><html><head><title>{self.title}</title>"
+            f'<meta property="og:image" content="https://cdn.test/og.jpg"></head>'
+            f"<body>{''.join(self.imgs)}</body></html>"
+        ).encode()
+        return Reply(
+            200,
+            {
+                "Content-Type": "text/html; charset=utf-8",
+                "Last-Modified": "Wed, 01 Jul 2026 00:00:00 GMT",
+            },
+            body,
+        )
 
     def initial(self) -> set[str]:
         u = self.http.url
-        return {"https://cdn.test/og.jpg", f"{u}/img/a.png", f"{u}/gallery/b-large.jpg", f"{u}/img/c@2x.webp"}
+        return {
+            "https://cdn.test/og.jpg",
+            f"{u}/img/a.png",
+            f"{u}/gallery/b-large.jpg",
+            f"{u}/img/c@2x.webp",
+        }
 
     def publish(self, count: int) -> set[str]:
         out = set()
@@ -299,21 +359,29 @@ class SitemapHarness(Harness):
         }
         self.broken = False
         u = self.http.url
-        index = ('<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
-                 f'<sitemap><loc>{u}/sitemap-1.xml</loc></sitemap><sitemap><loc>{u}/sitemap-2.xml</loc></sitemap>'
-                 '</sitemapindex>')
+        index = (
+            '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+            f"<sitemap><loc>{u}/sitemap-1.xml</loc></sitemap><sitemap><loc>{u}/sitemap-2.xml</loc></sitemap>"
+            "</sitemapindex>"
+        )
         self.http.routes["/sitemap.xml"] = lambda p, q, h: (
-            Reply(200, {"Content-Type": "application/xml"}, b"<urlset") if self.broken
-            else Reply(200, {"Content-Type": "application/xml"}, index.encode()))
+            Reply(200, {"Content-Type": "application/xml"}, b"<urlset")
+            if self.broken
+            else Reply(200, {"Content-Type": "application/xml"}, index.encode())
+        )
         for path in self.entries:
             self.http.routes[path] = self._child
         return u + "/sitemap.xml", {}
 
     def _child(self, path: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
-        urls = "".join(f'<url><loc>{p}</loc><image:image><image:loc>{i}</image:loc></image:image></url>'
-                       for p, i in self.entries[path])
-        body = ('<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9" '
-                f'xmlns:image="http://www.google.com/schemas/sitemap-image/1.1">{urls}</urlset>')
+        urls = "".join(
+            f"<url><loc>{p}</loc><image:image><image:loc>{i}</image:loc></image:image></url>"
+            for p, i in self.entries[path]
+        )
+        body = (
+            '<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9" '
+            f'xmlns:image="http://www.google.com/schemas/sitemap-image/1.1">{urls}</urlset>'
+        )
         return Reply(200, {"Content-Type": "application/xml"}, body.encode())
 
     def initial(self) -> set[str]:
@@ -368,16 +436,31 @@ class WikimediaHarness(Harness):
     def _stream(self, path: str, query: dict[str, str], headers: dict[str, str]) -> Reply:
         if self.broken:
             return Reply(200, {"Content-Type": "text/html"}, b"<html>down for maintenance</html>")
-        return Reply(200, {"Content-Type": "text/event-stream; charset=utf-8"},
-                     stream=sse_frames(list(self.events), headers.get("last-event-id"), hold=0.1))
+        return Reply(
+            200,
+            {"Content-Type": "text/event-stream; charset=utf-8"},
+            stream=sse_frames(list(self.events), headers.get("last-event-id"), hold=0.1),
+        )
 
     def _emit(self, **changes: Any) -> dict[str, Any]:
         self.offset += 1
         ev = copy.deepcopy(self.upload)
         ev.update(changes)
         ev["meta"]["offset"] = self.offset
-        self.events.append((json.dumps([{"topic": "eqiad.mediawiki.recentchange", "partition": 0,
-                                          "offset": self.offset}]), json.dumps(ev)))
+        self.events.append(
+            (
+                json.dumps(
+                    [
+                        {
+                            "topic": "eqiad.mediawiki.recentchange",
+                            "partition": 0,
+                            "offset": self.offset,
+                        }
+                    ]
+                ),
+                json.dumps(ev),
+            )
+        )
         return ev
 
     def initial(self) -> set[str]:
@@ -410,7 +493,9 @@ class WikimediaHarness(Harness):
 
     def edit(self) -> str:
         title = "File:Artwatch test 1.jpg"
-        self._emit(title=title, log_action="overwrite", parsedcomment="overwritten with a new version")
+        self._emit(
+            title=title, log_action="overwrite", parsedcomment="overwritten with a new version"
+        )
         return title
 
 
@@ -420,7 +505,9 @@ class BlueskyHarness(Harness):
     edit_event = True
 
     def configure(self) -> tuple[str, dict[str, Any]]:
-        lines = (SITES / "bluesky" / "jetstream_v1_window_2026-07-04.jsonl").read_text().splitlines()
+        lines = (
+            (SITES / "bluesky" / "jetstream_v1_window_2026-07-04.jsonl").read_text().splitlines()
+        )
         self.ws.events = [json.loads(line) for line in lines if line.strip()]
         self.image_posts = [e for e in self.ws.events if "app.bsky.embed.images" in json.dumps(e)]
         assert len(self.image_posts) == 2
@@ -448,24 +535,47 @@ class BlueskyHarness(Harness):
                 img = copy.deepcopy(template)
                 img["image"]["ref"]["$link"] = f"bafkreinew{self.n}x{k}"
                 ev["commit"]["record"]["embed"]["images"].append(img)
-                out.add(f"https://cdn.bsky.app/img/feed_fullsize/plain/{ev['did']}/bafkreinew{self.n}x{k}@jpeg")
+                out.add(
+                    f"https://cdn.bsky.app/img/feed_fullsize/plain/{ev['did']}/bafkreinew{self.n}x{k}@jpeg"
+                )
             self.ws.events.append(ev)
         return out
 
     def break_item(self) -> None:
-        self.ws.events.append({"time_us": self._next_time(), "kind": "commit", "did": "did:plc:broken",
-                               "commit": {"operation": "create", "collection": "app.bsky.feed.post",
-                                          "rkey": "bad", "record": {"embed": {"$type": "app.bsky.embed.images",
-                                                                              "images": [{"image": {}}]}}}})
+        self.ws.events.append(
+            {
+                "time_us": self._next_time(),
+                "kind": "commit",
+                "did": "did:plc:broken",
+                "commit": {
+                    "operation": "create",
+                    "collection": "app.bsky.feed.post",
+                    "rkey": "bad",
+                    "record": {
+                        "embed": {"$type": "app.bsky.embed.images", "images": [{"image": {}}]}
+                    },
+                },
+            }
+        )
 
     def break_page(self) -> None:
         self.ws.reject_next = 1
 
     def delete(self) -> str:
         ev = self.image_posts[0]
-        self.ws.events.append({"did": ev["did"], "time_us": self._next_time(), "kind": "commit",
-                               "commit": {"rev": "x", "operation": "delete", "collection": "app.bsky.feed.post",
-                                          "rkey": ev["commit"]["rkey"]}})
+        self.ws.events.append(
+            {
+                "did": ev["did"],
+                "time_us": self._next_time(),
+                "kind": "commit",
+                "commit": {
+                    "rev": "x",
+                    "operation": "delete",
+                    "collection": "app.bsky.feed.post",
+                    "rkey": ev["commit"]["rkey"],
+                },
+            }
+        )
         return f"at://{ev['did']}/app.bsky.feed.post/{ev['commit']['rkey']}"
 
     def edit(self) -> str:
@@ -477,8 +587,15 @@ class BlueskyHarness(Harness):
         return f"at://{ev['did']}/app.bsky.feed.post/{ev['commit']['rkey']}"
 
 
-HARNESSES: list[type[Harness]] = [MastodonHarness, RedditHarness, FeedHarness, HtmlHarness, SitemapHarness,
-                                  WikimediaHarness, BlueskyHarness]
+HARNESSES: list[type[Harness]] = [
+    MastodonHarness,
+    RedditHarness,
+    FeedHarness,
+    HtmlHarness,
+    SitemapHarness,
+    WikimediaHarness,
+    BlueskyHarness,
+]
 
 
 def test_every_registered_kind_has_a_harness() -> None:
@@ -492,8 +609,13 @@ def test_every_registered_kind_has_a_harness() -> None:
 
 @pytest.fixture
 def settings() -> CrawlerSettings:
-    return CrawlerSettings(allow_internal=["127.0.0.1"], requests_per_second=0, read_timeout=5,
-                           user_agent="artwatch-test/1", contact_url="https://artwatch.test/contact")
+    return CrawlerSettings(
+        allow_internal=["127.0.0.1"],
+        requests_per_second=0,
+        read_timeout=5,
+        user_agent="artwatch-test/1",
+        contact_url="https://artwatch.test/contact",
+    )
 
 
 @pytest.fixture
@@ -543,7 +665,9 @@ def _source(h: Harness, client: httpx.Client, url: str, params: dict[str, Any]) 
     return SOURCE_KINDS[h.kind](url, params, client)
 
 
-def _drain(src: Source, cursor: dict[str, Any] | None) -> tuple[list[UploadRecord], dict[str, Any] | None]:
+def _drain(
+    src: Source, cursor: dict[str, Any] | None
+) -> tuple[list[UploadRecord], dict[str, Any] | None]:
     """Poll until a poll brings nothing new, as the scheduler would over time."""
     out: list[UploadRecord] = []
     for _ in range(10):
@@ -591,7 +715,9 @@ def test_crash_and_restart_from_saved_cursor(harness: Harness, settings: Crawler
         assert src.poll(after)[0] == []
 
 
-def test_crash_mid_stream_resumes_exactly(stream_harness: Harness, crawl_client: httpx.Client) -> None:
+def test_crash_mid_stream_resumes_exactly(
+    stream_harness: Harness, crawl_client: httpx.Client
+) -> None:
     harness = stream_harness
     url, params = harness.configure()
     if isinstance(harness, BlueskyHarness):
@@ -630,8 +756,9 @@ def test_pagination(paged_harness: Harness, crawl_client: httpx.Client) -> None:
     assert pages >= 4
 
 
-def test_malformed_item_logged_and_rest_continue(harness: Harness, crawl_client: httpx.Client,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_malformed_item_logged_and_rest_continue(
+    harness: Harness, crawl_client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     url, params = harness.configure()
     src = _source(harness, crawl_client, url, params)
     _, cursor = _drain(src, None)
@@ -646,8 +773,12 @@ def test_malformed_item_logged_and_rest_continue(harness: Harness, crawl_client:
     assert harness.kind in errors[0].getMessage()
 
 
-def test_malformed_page_recorded_and_retried(harness: Harness, crawl_client: httpx.Client,
-                                             settings: CrawlerSettings, sessions: sessionmaker[Session]) -> None:
+def test_malformed_page_recorded_and_retried(
+    harness: Harness,
+    crawl_client: httpx.Client,
+    settings: CrawlerSettings,
+    sessions: sessionmaker[Session],
+) -> None:
     url, params = harness.configure()
     with sessions() as s:
         row = SourceRow(name="t", kind=harness.kind, url=url, params=params)
@@ -671,7 +802,9 @@ def test_malformed_page_recorded_and_retried(harness: Harness, crawl_client: htt
         assert got == new
 
 
-def test_direct_poll_of_malformed_page_raises_clear_error(harness: Harness, crawl_client: httpx.Client) -> None:
+def test_direct_poll_of_malformed_page_raises_clear_error(
+    harness: Harness, crawl_client: httpx.Client
+) -> None:
     url, params = harness.configure()
     src = _source(harness, crawl_client, url, params)
     harness.break_page()
@@ -682,8 +815,12 @@ def test_direct_poll_of_malformed_page_raises_clear_error(harness: Harness, craw
     assert harness.kind in str(info.value) or url.split("//")[1].split("/")[0] in str(info.value)
 
 
-def test_deleted_and_edited_posts(harness: Harness, crawl_client: httpx.Client, settings: CrawlerSettings,
-                                  sessions: sessionmaker[Session]) -> None:
+def test_deleted_and_edited_posts(
+    harness: Harness,
+    crawl_client: httpx.Client,
+    settings: CrawlerSettings,
+    sessions: sessionmaker[Session],
+) -> None:
     url, params = harness.configure()
     with sessions() as s:
         row = SourceRow(name="t", kind=harness.kind, url=url, params=params)
@@ -704,7 +841,9 @@ def test_deleted_and_edited_posts(harness: Harness, crawl_client: httpx.Client, 
             gone = [r for r in rows if r.post_id == deleted]
             assert gone and all(r.deleted_at is not None for r in gone)
         if harness.edit_event:
-            assert s.scalar(select(func.count()).select_from(Upload)) == count, "an edit created new uploads"
+            assert s.scalar(select(func.count()).select_from(Upload)) == count, (
+                "an edit created new uploads"
+            )
             changed = [r for r in rows if r.post_id == edited]
             assert changed and all(r.deleted_at is None for r in changed)
             assert any("edited" in r.post_text or "overwritten" in r.post_text for r in changed)
