@@ -37,8 +37,11 @@ sys.path.insert(0, str(ROOT))
 def _settings(data_dir: Path, port: int):  # type: ignore[no-untyped-def]
     from config.settings import load_settings
 
-    return load_settings(data_dir=data_dir, matching={"clip_pretrained": "", "use_embedder": False},
-                         web={"secret_key": "bench-secret", "port": port})
+    return load_settings(
+        data_dir=data_dir,
+        matching={"clip_pretrained": "", "use_embedder": False},
+        web={"secret_key": "bench-secret", "port": port},
+    )
 
 
 def prepare(data_dir: Path, port: int, works: int, matches: int) -> tuple[str, bytes]:
@@ -78,10 +81,21 @@ def prepare(data_dir: Path, port: int, works: int, matches: int) -> tuple[str, b
         work_ids = []
         first_logo = png(logo(1, "ACME"))
         for i in range(works):
-            data = first_logo if i == 0 else (png(logo(i + 1, f"L{i}")) if i % 2 else png(painting(i)))
-            work_ids.append(register_work(s, blobs, matcher, owner_id=owner.id, data=data,
-                                          filename=f"w{i}.png", title=f"Work {i}",
-                                          kind="logo" if i % 2 == 0 else "artwork").id)
+            data = (
+                first_logo if i == 0 else (png(logo(i + 1, f"L{i}")) if i % 2 else png(painting(i)))
+            )
+            work_ids.append(
+                register_work(
+                    s,
+                    blobs,
+                    matcher,
+                    owner_id=owner.id,
+                    data=data,
+                    filename=f"w{i}.png",
+                    title=f"Work {i}",
+                    kind="logo" if i % 2 == 0 else "artwork",
+                ).id
+            )
         shot_img = photo(5, (640, 480)).convert("RGB")
         mark = Image.open(io.BytesIO(first_logo)).convert("RGBA").resize((256, 256))
         shot_img.paste(mark, (320, 160), mark)
@@ -89,15 +103,28 @@ def prepare(data_dir: Path, port: int, works: int, matches: int) -> tuple[str, b
         sha = blobs.put(shot)
         now = datetime.now(timezone.utc)
         for j in range(matches):
-            up = Upload(canonical_url=f"https://pics.example/p/{j}", host="pics.example",
-                        page_url=f"https://pics.example/p/{j}", image_url=f"https://pics.example/i/{j}.jpg",
-                        blob_sha256=sha, content_type="image/jpeg", fetched_at=now - timedelta(minutes=j),
-                        status=UploadStatus.ANALYSED)
+            up = Upload(
+                canonical_url=f"https://pics.example/p/{j}",
+                host="pics.example",
+                page_url=f"https://pics.example/p/{j}",
+                image_url=f"https://pics.example/i/{j}.jpg",
+                blob_sha256=sha,
+                content_type="image/jpeg",
+                fetched_at=now - timedelta(minutes=j),
+                status=UploadStatus.ANALYSED,
+            )
             s.add(up)
             s.flush()
-            s.add(Match(upload_id=up.id, work_id=work_ids[j % len(work_ids)], owner_id=owner.id,
-                        score=0.5 + (j % 50) / 100, signals={"local": 0.9, "pdq": 0.7},
-                        region=[[320, 160], [576, 160], [576, 416], [320, 416]]))
+            s.add(
+                Match(
+                    upload_id=up.id,
+                    work_id=work_ids[j % len(work_ids)],
+                    owner_id=owner.id,
+                    score=0.5 + (j % 50) / 100,
+                    signals={"local": 0.9, "pdq": 0.7},
+                    region=[[320, 160], [576, 160], [576, 416], [320, 416]],
+                )
+            )
     engine.dispose()
     return token, shot
 
@@ -121,9 +148,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def drive(base: str, token: str, concurrency: int, n: int, kind: str, probe: bytes) -> dict[str, float]:
+def drive(
+    base: str, token: str, concurrency: int, n: int, kind: str, probe: bytes
+) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {token}"}
-    clients = [httpx.Client(base_url=base, headers=headers, timeout=120) for _ in range(concurrency)]
+    clients = [
+        httpx.Client(base_url=base, headers=headers, timeout=120) for _ in range(concurrency)
+    ]
 
     def one(i: int) -> float:
         client = clients[i % concurrency]
@@ -166,11 +197,16 @@ def main() -> None:
         data_dir = Path(tmp)
         t0 = time.perf_counter()
         token, probe = prepare(data_dir, port, args.works, args.matches)
-        print(f"prepared {args.works} works and {args.matches} matches in {time.perf_counter() - t0:.1f}s",
-              file=sys.stderr)
+        print(
+            f"prepared {args.works} works and {args.matches} matches "
+            f"in {time.perf_counter() - t0:.1f}s",
+            file=sys.stderr,
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_")}
-        server = subprocess.Popen([sys.executable, "-c", SERVE.format(root=str(ROOT), data_dir=str(data_dir),
-                                                                       port=port)], env=env)
+        server = subprocess.Popen(
+            [sys.executable, "-c", SERVE.format(root=str(ROOT), data_dir=str(data_dir), port=port)],
+            env=env,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -189,8 +225,11 @@ def main() -> None:
                     res = drive(base, token, c, n, kind, probe)
                     base_rps = base_rps or res["rps"]
                     rows.append((kind, c, n, res, res["rps"] / base_rps))
-                    print(f"{kind} c={c}: p50 {res['p50']:.1f} ms, p95 {res['p95']:.1f} ms, "
-                          f"{res['rps']:.1f} req/s", file=sys.stderr)
+                    print(
+                        f"{kind} c={c}: p50 {res['p50']:.1f} ms, p95 {res['p95']:.1f} ms, "
+                        f"{res['rps']:.1f} req/s",
+                        file=sys.stderr,
+                    )
         finally:
             server.terminate()
             server.wait(timeout=20)
@@ -198,8 +237,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     names = {"list": "GET /api/v1/matches?limit=50", "check": "POST /api/v1/check (640x480 JPEG)"}
     for kind, c, n, res, ratio in rows:
-        print(f"| {names[kind]} | {c} | {n} | {res['p50']:.1f} | {res['p95']:.1f} | {res['rps']:.1f} | "
-              f"{ratio:.2f}x |")
+        print(
+            f"| {names[kind]} | {c} | {n} | {res['p50']:.1f} | {res['p95']:.1f} | "
+            f"{res['rps']:.1f} | "
+            f"{ratio:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def work_rows(session: Session, owner_id: int) -> list[tuple[Work, int]]:
     counts = (
         select(Match.work_id, func.count(Match.id).label("n"))
         .where(Match.owner_id == owner_id, Match.status != MatchStatus.SUPPRESSED)
-        .group_by(Match.work_id).subquery()
+        .group_by(Match.work_id)
+        .subquery()
     )
     rows = session.execute(
         select(Work, func.coalesce(counts.c.n, 0))
@@ -76,8 +77,9 @@ def work_rows(session: Session, owner_id: int) -> list[tuple[Work, int]]:
     return [(w, int(n)) for w, n in rows]
 
 
-def match_query(account: Account, *, work_id: int | None = None,
-                include_suppressed: bool = False) -> Select[Any]:
+def match_query(
+    account: Account, *, work_id: int | None = None, include_suppressed: bool = False
+) -> Select[Any]:
     """Matches the account may list, highest score first."""
     # Listings show each match's upload and work: load them in the same query.
     q = select(Match).options(joinedload(Match.upload), joinedload(Match.work))
@@ -90,7 +92,7 @@ def match_query(account: Account, *, work_id: int | None = None,
     return q.order_by(Match.score.desc(), Match.created_at.asc(), Match.id.asc())
 
 
-def notice_query(account: Account, *, states: tuple[Any, ...] = ()) -> Select[Any]:
+def notice_query(account: Account, *, states: tuple[Any, ...] = ()) -> Select[Notice, Any]:
     """Notices the account may list, most confident first, then oldest first.
 
     Confidence is the best match score among the notice's items.
@@ -98,12 +100,18 @@ def notice_query(account: Account, *, states: tuple[Any, ...] = ()) -> Select[An
     best = (
         select(NoticeItem.notice_id, func.max(Match.score).label("best"))
         .join(Match, Match.id == NoticeItem.match_id)
-        .group_by(NoticeItem.notice_id).subquery()
+        .group_by(NoticeItem.notice_id)
+        .subquery()
     )
-    q = (select(Notice, func.coalesce(best.c.best, 0.0)).outerjoin(best, best.c.notice_id == Notice.id)
-         .options(selectinload(Notice.items)))
+    q = (
+        select(Notice, func.coalesce(best.c.best, 0.0))
+        .outerjoin(best, best.c.notice_id == Notice.id)
+        .options(selectinload(Notice.items))
+    )
     if not is_staff(account):
         q = q.where(Notice.owner_id == account.id)
     if states:
         q = q.where(Notice.state.in_(states))
-    return q.order_by(func.coalesce(best.c.best, 0.0).desc(), Notice.created_at.asc(), Notice.id.asc())
+    return q.order_by(
+        func.coalesce(best.c.best, 0.0).desc(), Notice.created_at.asc(), Notice.id.asc()
+    )

@@ -66,7 +66,9 @@ def _claim(session: Session, match_ids: list[int], now: datetime) -> list[int]:
     won = []
     for mid in match_ids:
         result = session.execute(
-            update(Match).where(Match.id == mid, Match.alerted_at.is_(None)).values(alerted_at=now)
+            update(Match)
+            .where(Match.id == mid, Match.alerted_at.is_(None))
+            .values(alerted_at=now)
             .execution_options(synchronize_session=False)
         )
         if getattr(result, "rowcount", 0) == 1:
@@ -77,8 +79,12 @@ def _claim(session: Session, match_ids: list[int], now: datetime) -> list[int]:
 
 def _release(session: Session, match_ids: list[int]) -> None:
     session.rollback()
-    session.execute(update(Match).where(Match.id.in_(match_ids)).values(alerted_at=None)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        update(Match)
+        .where(Match.id.in_(match_ids))
+        .values(alerted_at=None)
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
 
 
@@ -91,8 +97,15 @@ def _thumb(blobs: BlobStore, sha: str | None) -> bytes | None:
         return None
 
 
-def _compose(settings: Settings, blobs: BlobStore, account: Account, matches: list[Match], *,
-             digest: bool, now: datetime) -> EmailMessage:
+def _compose(
+    settings: Settings,
+    blobs: BlobStore,
+    account: Account,
+    matches: list[Match],
+    *,
+    digest: bool,
+    now: datetime,
+) -> EmailMessage:
     from notices.mail import build_message, safe_header
 
     base = settings.web.base_url.rstrip("/")
@@ -111,48 +124,79 @@ def _compose(settings: Settings, blobs: BlobStore, account: Account, matches: li
         items.append(_Item(m, f"{base}/matches/{m.id}", cids[0], cids[1]))
     unsub = unsubscribe_url(settings, account.id)
     context: dict[str, Any] = {
-        "account": account, "items": items, "digest": digest, "now": now, "unsubscribe": unsub,
-        "more": max(0, len(matches) - DIGEST_MAX_MATCHES), "matches_url": f"{base}/matches",
+        "account": account,
+        "items": items,
+        "digest": digest,
+        "now": now,
+        "unsubscribe": unsub,
+        "more": max(0, len(matches) - DIGEST_MAX_MATCHES),
+        "matches_url": f"{base}/matches",
         "profile_url": f"{base}/profile",
     }
     if digest:
         works = {m.work_id for m in matches}
-        subject = (f"artwatch daily digest: {len(matches)} new match{'es' if len(matches) != 1 else ''} "
-                   f"of {len(works)} work{'s' if len(works) != 1 else ''}")
+        subject = (
+            f"artwatch daily digest: {len(matches)} new match{'es' if len(matches) != 1 else ''} "
+            f"of {len(works)} work{'s' if len(works) != 1 else ''}"
+        )
     else:
         m = matches[0]
-        subject = f"artwatch: a copy of \u201c{m.work.title}\u201d on {m.upload.host or 'an image site'}"
+        subject = (
+            f"artwatch: a copy of \u201c{m.work.title}\u201d on {m.upload.host or 'an image site'}"
+        )
     text = _env.get_template("alert.txt").render(context)
     html = _env.get_template("alert.html").render(context)
     msg = build_message(settings.notices, account.email, safe_header(subject), text, html)
-    html_part = msg.get_payload()[1]
+    html_part = msg.get_body(preferencelist=("html",))
+    assert isinstance(html_part, EmailMessage)
     for cid, png in images:
-        html_part.add_related(png, maintype="image", subtype="png", cid=cid, filename="thumbnail.png")
+        html_part.add_related(
+            png, maintype="image", subtype="png", cid=cid, filename="thumbnail.png"
+        )
     msg["List-Unsubscribe"] = f"<{unsub}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     return msg
 
 
-def _deliver(session: Session, settings: Settings, blobs: BlobStore, account: Account,
-             match_ids: list[int], *, digest: bool, now: datetime) -> bool:
+def _deliver(
+    session: Session,
+    settings: Settings,
+    blobs: BlobStore,
+    account: Account,
+    match_ids: list[int],
+    *,
+    digest: bool,
+    now: datetime,
+) -> bool:
     from notices.mail import send_email
 
     won = _claim(session, match_ids, now)
     if not won:
         return False
-    matches = list(session.scalars(select(Match).where(Match.id.in_(won))
-                                   .order_by(Match.score.desc(), Match.id)))
+    matches = list(
+        session.scalars(
+            select(Match).where(Match.id.in_(won)).order_by(Match.score.desc(), Match.id)
+        )
+    )
     try:
-        send_email(settings.notices, _compose(settings, blobs, account, matches, digest=digest, now=now))
+        send_email(
+            settings.notices, _compose(settings, blobs, account, matches, digest=digest, now=now)
+        )
     except BaseException:
         _release(session, won)
         raise
-    log.info("alert sent to account %s for %d match(es)", account.id, len(won),
-             extra={"account_id": account.id, "match_ids": won})
+    log.info(
+        "alert sent to account %s for %d match(es)",
+        account.id,
+        len(won),
+        extra={"account_id": account.id, "match_ids": won},
+    )
     return True
 
 
-def send_instant_alert(session: Session, blobs: BlobStore, settings: Settings, match_id: int) -> bool:
+def send_instant_alert(
+    session: Session, blobs: BlobStore, settings: Settings, match_id: int
+) -> bool:
     """Email the owner about one new match if they chose instant alerts.
 
     Returns True when an email was sent; False when the match is gone, not
@@ -167,8 +211,9 @@ def send_instant_alert(session: Session, blobs: BlobStore, settings: Settings, m
     account = session.get(Account, match.owner_id)
     if account is None or account.alert_mode != "instant":
         return False
-    return _deliver(session, settings, blobs, account, [match.id], digest=False,
-                    now=datetime.now(timezone.utc))
+    return _deliver(
+        session, settings, blobs, account, [match.id], digest=False, now=datetime.now(timezone.utc)
+    )
 
 
 def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: datetime) -> int:
@@ -180,19 +225,34 @@ def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: da
     Commits the session.
     """
     owners = session.scalars(
-        select(Account).where(Account.alert_mode == "digest").where(
-            Account.id.in_(select(Match.owner_id).where(Match.alerted_at.is_(None),
-                                                        Match.status == MatchStatus.NEW,
-                                                        Match.created_at <= now)))
+        select(Account)
+        .where(Account.alert_mode == "digest")
+        .where(
+            Account.id.in_(
+                select(Match.owner_id).where(
+                    Match.alerted_at.is_(None),
+                    Match.status == MatchStatus.NEW,
+                    Match.created_at <= now,
+                )
+            )
+        )
         .order_by(Account.id)
     ).all()
     sent = 0
     first_error: BaseException | None = None
     for account in owners:
-        ids = list(session.scalars(
-            select(Match.id).where(Match.owner_id == account.id, Match.alerted_at.is_(None),
-                                   Match.status == MatchStatus.NEW, Match.created_at <= now)
-            .order_by(Match.id)))
+        ids = list(
+            session.scalars(
+                select(Match.id)
+                .where(
+                    Match.owner_id == account.id,
+                    Match.alerted_at.is_(None),
+                    Match.status == MatchStatus.NEW,
+                    Match.created_at <= now,
+                )
+                .order_by(Match.id)
+            )
+        )
         try:
             if _deliver(session, settings, blobs, account, ids, digest=True, now=now):
                 sent += 1

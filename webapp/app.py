@@ -24,8 +24,10 @@ __all__ = ["create_app", "route_table"]
 
 HERE = Path(__file__).parent
 
-_PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-             "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+_PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 def _template_context(request: Request) -> dict[str, Any]:
@@ -44,12 +46,19 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d else "—"
     env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%" if v is not None else "—"
-    env.filters["points"] = lambda region: " ".join(f"{float(x):.1f},{float(y):.1f}" for x, y in region or [])
+    env.filters["points"] = lambda region: " ".join(
+        f"{float(x):.1f},{float(y):.1f}" for x, y in region or []
+    )
     return Jinja2Templates(env=env, context_processors=[_template_context])
 
 
-def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = None,
-               blobs: BlobStore | None = None, engine: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    sessions: sessionmaker[Session] | None = None,
+    blobs: BlobStore | None = None,
+    engine: Any = None,
+) -> FastAPI:
     """Build the app. Anything not passed in is built from the settings.
 
     ``engine`` is the matching engine; when omitted it is built on first use
@@ -70,23 +79,32 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
         return build(settings)
 
     ctx = WebContext(
-        settings=settings, sessions=sessions, blobs=blobs,
-        signer=Signer(resolve_secret_key(settings)), templates=_templates(),
-        engine_factory=build_engine, max_upload_bytes=settings.crawler.max_image_bytes,
+        settings=settings,
+        sessions=sessions,
+        blobs=blobs,
+        signer=Signer(resolve_secret_key(settings)),
+        templates=_templates(),
+        engine_factory=build_engine,
+        max_upload_bytes=settings.crawler.max_image_bytes,
     )
     app = FastAPI(
         title="artwatch",
         version="1",
         description="Register works, list matches and notices, and check an image for copies. "
-                    "Authenticate with 'Authorization: Bearer <API token>'. Errors are RFC 9457 "
-                    "problem details (application/problem+json).",
-        docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None, openapi_url="/api/v1/openapi.json",
+        "Authenticate with 'Authorization: Bearer <API token>'. Errors are RFC 9457 "
+        "problem details (application/problem+json).",
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+        openapi_url="/api/v1/openapi.json",
     )
     app.state.ctx = ctx
     install_error_handlers(app)
 
     @app.middleware("http")
-    async def browser_hygiene(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def browser_hygiene(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         # A pre-login cookie gives the login form something to bind its CSRF token to.
         fresh_pre = None
         if not request.cookies.get(SESSION_COOKIE) and not request.cookies.get(PRE_COOKIE):
@@ -94,8 +112,9 @@ def create_app(settings: Settings, *, sessions: sessionmaker[Session] | None = N
             request.state.pre_cookie = fresh_pre
         response = await call_next(request)
         if fresh_pre and not request.url.path.startswith("/api/"):
-            response.set_cookie(PRE_COOKIE, fresh_pre, httponly=True, samesite="lax",
-                                secure=ctx.secure_cookies)
+            response.set_cookie(
+                PRE_COOKIE, fresh_pre, httponly=True, samesite="lax", secure=ctx.secure_cookies
+            )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Content-Security-Policy", _PAGE_CSP)

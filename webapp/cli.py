@@ -43,9 +43,17 @@ def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
     host = host or settings.web.host
     port = port if port is not None else settings.web.port
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"artwatch web: serving on http://{shown}:{port}/ (public URL {settings.web.base_url})")
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True,
-                server_header=False)
+    click.echo(
+        f"artwatch web: serving on http://{shown}:{port}/ (public URL {settings.web.base_url})"
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
 
 
 @click.group("users")
@@ -55,11 +63,18 @@ def users_group() -> None:
 
 @users_group.command("add")
 @click.argument("email")
-@click.option("--role", type=click.Choice([r.value for r in Role]), default=Role.OWNER.value, show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    default=Role.OWNER.value,
+    show_default=True,
+)
 @click.option("--name", "display_name", default="", help="Display name (default: the email).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.pass_context
-def add_user(ctx: click.Context, email: str, role: str, display_name: str, password_stdin: bool) -> None:
+def add_user(
+    ctx: click.Context, email: str, role: str, display_name: str, password_stdin: bool
+) -> None:
     """Create an account."""
     email = email.strip().lower()
     if "@" not in email or any(c.isspace() for c in email):
@@ -74,8 +89,15 @@ def add_user(ctx: click.Context, email: str, role: str, display_name: str, passw
     with session_scope(obj.sessions) as session:
         if session.scalar(select(Account).where(func.lower(Account.email) == email)) is not None:
             raise UserError(f"an account for {email} already exists")
-        session.add(Account(email=email, role=Role(role), password_hash=hash_password(password),
-                            display_name=display_name or email, alert_mode=obj.settings.alerts.default_mode))
+        session.add(
+            Account(
+                email=email,
+                role=Role(role),
+                password_hash=hash_password(password),
+                display_name=display_name or email,
+                alert_mode=obj.settings.alerts.default_mode,
+            )
+        )
     click.echo(f"added {role} {email}")
 
 
@@ -92,8 +114,10 @@ def list_users(ctx: click.Context) -> None:
         width = max(len(a.email) for a in rows)
         click.echo(f"{'EMAIL'.ljust(width)}  ROLE      ALERTS   TOKEN  LOGIN")
         for a in rows:
-            click.echo(f"{a.email.ljust(width)}  {a.role.value.ljust(8)}  {a.alert_mode.ljust(7)}  "
-                       f"{'yes' if a.api_token_hash else 'no '}    {'yes' if a.password_hash else 'no'}")
+            click.echo(
+                f"{a.email.ljust(width)}  {a.role.value.ljust(8)}  {a.alert_mode.ljust(7)}  "
+                f"{'yes' if a.api_token_hash else 'no '}    {'yes' if a.password_hash else 'no'}"
+            )
 
 
 @users_group.command("token")
@@ -103,7 +127,9 @@ def new_token(ctx: click.Context, email: str) -> None:
     """Print a new API token for EMAIL (it replaces the old one)."""
     obj: Any = ctx.obj
     with session_scope(obj.sessions) as session:
-        account = session.scalar(select(Account).where(func.lower(Account.email) == email.strip().lower()))
+        account = session.scalar(
+            select(Account).where(func.lower(Account.email) == email.strip().lower())
+        )
         if account is None:
             raise UserError(f"no account for {email}")
         token = issue_api_token(account)

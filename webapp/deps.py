@@ -111,8 +111,10 @@ def api_user(request: Request, session: Session = Depends(db)) -> Account:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthRequired("send an API token as 'Authorization: Bearer <token>' "
-                           "(create one on your profile page or with 'artwatch users token EMAIL')")
+        raise AuthRequired(
+            "send an API token as 'Authorization: Bearer <token>' "
+            "(create one on your profile page or with 'artwatch users token EMAIL')"
+        )
     account = account_for_token(session, token.strip())
     if account is None:
         raise AuthRequired("the API token is not valid (it may have been replaced by a newer one)")
@@ -123,7 +125,9 @@ def _role_check(*roles: Role) -> Callable[[Account], Account]:
     def check(account: Account) -> Account:
         if account.role not in roles:
             names = " or ".join(r.value for r in roles)
-            raise Forbidden(f"this needs the {names} role; you are signed in as {account.role.value}")
+            raise Forbidden(
+                f"this needs the {names} role; you are signed in as {account.role.value}"
+            )
         return account
 
     return check
@@ -149,8 +153,11 @@ def require_api_role(*roles: Role) -> Any:
 
 def csrf_binding(request: Request) -> str:
     """What a CSRF token is bound to: the session cookie, else the pre-login cookie."""
-    return request.cookies.get(SESSION_COOKIE) or request.cookies.get(PRE_COOKIE) or \
-        getattr(request.state, "pre_cookie", "")
+    return str(
+        request.cookies.get(SESSION_COOKIE)
+        or request.cookies.get(PRE_COOKIE)
+        or getattr(request.state, "pre_cookie", "")
+    )
 
 
 async def csrf_protect(request: Request) -> None:
@@ -164,7 +171,9 @@ async def csrf_protect(request: Request) -> None:
         token = value if isinstance(value, str) else ""
     binding = csrf_binding(request)
     if not token or not binding or not get_ctx(request).signer.check_csrf(token, binding):
-        raise Forbidden("the form's security token is missing or stale; reload the page and try again")
+        raise Forbidden(
+            "the form's security token is missing or stale; reload the page and try again"
+        )
 
 
 async def read_upload(request: Request, file: Any) -> bytes:

@@ -102,8 +102,15 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def problem_response(request: Request, status: int, detail: str, *, slug: str | None = None,
-                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem_response(
+    request: Request,
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + (slug or str(status)),
         "title": HTTPStatus(status).phrase,
@@ -112,11 +119,19 @@ def problem_response(request: Request, status: int, detail: str, *, slug: str | 
         "instance": request.url.path,
     }
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )
 
 
-def _render(request: Request, status: int, detail: str, slug: str,
-            headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def _render(
+    request: Request,
+    status: int,
+    detail: str,
+    slug: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
     if _is_api(request):
         if status == 401:
             headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="artwatch"'}
@@ -124,16 +139,22 @@ def _render(request: Request, status: int, detail: str, slug: str,
     if status == 401:
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
     templates = request.app.state.ctx.templates
-    return templates.TemplateResponse(
-        request, "error.html", {"status": status, "title": HTTPStatus(status).phrase, "detail": detail},
-        status_code=status, headers=headers,
+    response: Response = templates.TemplateResponse(
+        request,
+        "error.html",
+        {"status": status, "title": HTTPStatus(status).phrase, "detail": detail},
+        status_code=status,
+        headers=headers,
     )
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def web_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, WebError)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+        headers = (
+            {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+        )
         return _render(request, exc.status, exc.detail, exc.slug, headers, **exc.extra)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -143,15 +164,23 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"nothing at {request.url.path}"
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return _render(request, exc.status_code, detail, str(exc.status_code), dict(exc.headers or {}))
+        return _render(
+            request, exc.status_code, detail, str(exc.status_code), dict(exc.headers or {})
+        )
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         errors = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            errors.append({"field": ".".join(loc) or "(request)", "message": str(err.get("msg", ""))})
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "the request is not valid"
+            loc = [
+                str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")
+            ]
+            errors.append(
+                {"field": ".".join(loc) or "(request)", "message": str(err.get("msg", ""))}
+            )
+        detail = (
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "the request is not valid"
+        )
         return _render(request, 422, detail, "invalid-input", errors=errors)
 
     app.add_exception_handler(WebError, web_error)

@@ -16,10 +16,17 @@ __all__ = ["ACCEPTED_TYPES", "image_size", "media_type", "sniff", "thumbnail_png
 
 ACCEPTED_TYPES = ("png", "jpeg", "webp", "svg")
 _MEDIA = {
-    "png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "svg": "image/svg+xml",
-    "gif": "image/gif", "avif": "image/avif", "heic": "image/heic",
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "svg": "image/svg+xml",
+    "gif": "image/gif",
+    "avif": "image/avif",
+    "heic": "image/heic",
 }
-_SVG_HEAD = re.compile(rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!DOCTYPE[^>]*>\s*)?<svg[\s>]", re.S | re.I)
+_SVG_HEAD = re.compile(
+    rb"^\s*(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!DOCTYPE[^>]*>\s*)?<svg[\s>]", re.S | re.I
+)
 
 
 def sniff(data: bytes) -> str | None:
@@ -53,8 +60,11 @@ def _svg_png(data: bytes, width: int | None = None) -> bytes | None:
     try:
         import resvg_py
 
-        return bytes(resvg_py.svg_to_bytes(svg_string=data.decode("utf-8", "replace"), width=width,
-                                           skip_system_fonts=True))
+        return bytes(
+            resvg_py.svg_to_bytes(
+                svg_string=data.decode("utf-8", "replace"), width=width, skip_system_fonts=True
+            )
+        )
     except Exception:  # noqa: BLE001 - a display helper never fails the page
         return None
 

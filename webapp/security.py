@@ -83,8 +83,14 @@ def new_session(session: Session, account: Account, now: datetime | None = None)
     now = now or datetime.now(timezone.utc)
     key = secrets.token_urlsafe(32)
     session.execute(delete(WebSession).where(WebSession.expires_at < now))
-    session.add(WebSession(key_hash=token_digest(key), account_id=account.id, created_at=now,
-                           expires_at=now + timedelta(days=SESSION_DAYS)))
+    session.add(
+        WebSession(
+            key_hash=token_digest(key),
+            account_id=account.id,
+            created_at=now,
+            expires_at=now + timedelta(days=SESSION_DAYS),
+        )
+    )
     return key
 
 
@@ -92,7 +98,9 @@ def session_account(session: Session, key: str) -> Account | None:
     row = session.scalar(select(WebSession).where(WebSession.key_hash == token_digest(key)))
     if row is None:
         return None
-    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+    expires = (
+        row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+    )
     if expires <= datetime.now(timezone.utc):
         return None
     return session.get(Account, row.account_id)
@@ -111,8 +119,10 @@ def resolve_secret_key(settings: Settings) -> str:
     if settings.web.secret_key:
         return settings.web.secret_key
     if not settings.embedded_broker:
-        raise ConfigError("set web.secret_key (ARTWATCH_WEB__SECRET_KEY): the web server and the workers "
-                          "that send alert emails must share it, so a per-machine random key cannot be used")
+        raise ConfigError(
+            "set web.secret_key (ARTWATCH_WEB__SECRET_KEY): the web server and the workers "
+            "that send alert emails must share it, so a per-machine random key cannot be used"
+        )
     path = Path(settings.data_dir) / "web_secret_key"
     try:
         existing = path.read_text(encoding="utf-8").strip()
@@ -174,25 +184,37 @@ class LoginThrottle:
     per_ip: int = 20
     window: timedelta = timedelta(minutes=15)
 
-    def retry_after(self, session: Session, email: str, ip: str, now: datetime | None = None) -> int:
+    def retry_after(
+        self, session: Session, email: str, ip: str, now: datetime | None = None
+    ) -> int:
         """Seconds until a login may be tried again; 0 when allowed now."""
         now = now or datetime.now(timezone.utc)
         since = now - self.window
         waits = []
-        for column, value, limit in ((LoginFailure.email, email.lower(), self.per_email),
-                                     (LoginFailure.ip, ip, self.per_ip)):
-            count = session.scalar(select(func.count()).where(column == value, LoginFailure.at > since)) or 0
+        for column, value, limit in (
+            (LoginFailure.email, email.lower(), self.per_email),
+            (LoginFailure.ip, ip, self.per_ip),
+        ):
+            count = (
+                session.scalar(select(func.count()).where(column == value, LoginFailure.at > since))
+                or 0
+            )
             if count >= limit:
                 oldest = session.scalar(
-                    select(LoginFailure.at).where(column == value, LoginFailure.at > since)
-                    .order_by(LoginFailure.at.desc()).offset(limit - 1).limit(1)
+                    select(LoginFailure.at)
+                    .where(column == value, LoginFailure.at > since)
+                    .order_by(LoginFailure.at.desc())
+                    .offset(limit - 1)
+                    .limit(1)
                 )
                 if oldest is not None:
                     oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
                     waits.append(int((oldest + self.window - now).total_seconds()) + 1)
         return max(waits, default=0)
 
-    def record_failure(self, session: Session, email: str, ip: str, now: datetime | None = None) -> None:
+    def record_failure(
+        self, session: Session, email: str, ip: str, now: datetime | None = None
+    ) -> None:
         now = now or datetime.now(timezone.utc)
         session.add(LoginFailure(email=email.lower(), ip=ip, at=now))
         session.execute(delete(LoginFailure).where(LoginFailure.at < now - self.window * 4))

@@ -59,8 +59,10 @@ def parse_licensed(text: str | Sequence[str]) -> tuple[str, ...]:
         if not item:
             continue
         if not _SITE.match(item) or len(item) > 500:
-            raise InvalidInput(f"licensed site {item[:80]!r} is not a host (example.com), "
-                               "a handle (@shop) or a URL (https://site/@shop)")
+            raise InvalidInput(
+                f"licensed site {item[:80]!r} is not a host (example.com), "
+                "a handle (@shop) or a URL (https://site/@shop)"
+            )
         if item not in out:
             out.append(item)
     return tuple(out)
@@ -70,13 +72,16 @@ def check_image(data: bytes, filename: str) -> str:
     kind = sniff(data)
     if kind not in ACCEPTED_TYPES:
         found = kind.upper() if kind else "not an image we recognise"
-        raise UnsupportedImage(f"{filename or 'the file'}: {found}; upload a PNG, JPEG, WebP or SVG file")
+        raise UnsupportedImage(
+            f"{filename or 'the file'}: {found}; upload a PNG, JPEG, WebP or SVG file"
+        )
     return kind
 
 
-def register(ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str,
-             form: WorkForm) -> Work:
-    """Register one work for the owner; bad images raise UnsupportedImage with the decoder's reason."""
+def register(
+    ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str, form: WorkForm
+) -> Work:
+    """Register one work for the owner; a bad image raises UnsupportedImage with the reason."""
     from workers.pipeline import PipelineError, register_work
 
     check_image(data, filename)
@@ -88,9 +93,16 @@ def register(ctx: WebContext, session: Session, owner_id: int, data: bytes, file
     try:
         with ctx.engine_lock:
             return register_work(
-                session, ctx.blobs, ctx.engine, owner_id=owner_id, data=data,
-                filename=PurePath(filename).name[:300], title=form.title, kind=form.kind,
-                registration_number=form.registration_number, licensed_sites=form.licensed_sites,
+                session,
+                ctx.blobs,
+                ctx.engine,
+                owner_id=owner_id,
+                data=data,
+                filename=PurePath(filename).name[:300],
+                title=form.title,
+                kind=form.kind,
+                registration_number=form.registration_number,
+                licensed_sites=form.licensed_sites,
             )
     except ImageError as exc:
         raise UnsupportedImage(str(exc)) from None
@@ -105,9 +117,14 @@ def remove(ctx: WebContext, session: Session, work: Work) -> None:
         remove_work(session, ctx.engine, work.id, owner_id=work.owner_id)
 
 
-def start_import(ctx: WebContext, session: Session, owner_id: int,
-                 files: Sequence[tuple[str, bytes]], kind: str,
-                 licensed_sites: tuple[str, ...] = ()) -> WebJob:
+def start_import(
+    ctx: WebContext,
+    session: Session,
+    owner_id: int,
+    files: Sequence[tuple[str, bytes]],
+    kind: str,
+    licensed_sites: tuple[str, ...] = (),
+) -> WebJob:
     """Create an import job and register the files in a background thread.
 
     The job row records progress (done of total) and one message per file
@@ -117,7 +134,9 @@ def start_import(ctx: WebContext, session: Session, owner_id: int,
     if not files:
         raise InvalidInput("choose one or more image files to import")
     WorkForm("x", kind).validated("x")
-    job = WebJob(owner_id=owner_id, kind="import", state="queued", total=len(files), done=0, errors=[])
+    job = WebJob(
+        owner_id=owner_id, kind="import", state="queued", total=len(files), done=0, errors=[]
+    )
     session.add(job)
     session.commit()
     job_id = job.id
@@ -129,8 +148,14 @@ def start_import(ctx: WebContext, session: Session, owner_id: int,
     return job
 
 
-def _run_import(ctx: WebContext, job_id: int, owner_id: int, files: list[tuple[str, bytes]],
-                kind: str, licensed_sites: tuple[str, ...]) -> None:
+def _run_import(
+    ctx: WebContext,
+    job_id: int,
+    owner_id: int,
+    files: list[tuple[str, bytes]],
+    kind: str,
+    licensed_sites: tuple[str, ...],
+) -> None:
     errors: list[Any] = []
     try:
         with session_scope(ctx.sessions) as s:
@@ -140,8 +165,9 @@ def _run_import(ctx: WebContext, job_id: int, owner_id: int, files: list[tuple[s
         for index, (filename, data) in enumerate(files, start=1):
             try:
                 with session_scope(ctx.sessions) as s:
-                    register(ctx, s, owner_id, data, filename,
-                             WorkForm("", kind, "", licensed_sites))
+                    register(
+                        ctx, s, owner_id, data, filename, WorkForm("", kind, "", licensed_sites)
+                    )
             except Exception as exc:  # noqa: BLE001 - reported per file, the import goes on
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
                 errors.append({"file": filename, "error": detail})

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from webapp_testkit import World, logo_png, make_settings, product_shot
 
 from storage.models import Account, Match, MatchStatus
 from webapp import create_app
 from webapp.alerts import send_digests, send_instant_alert
-from webapp_testkit import World, logo_png, make_settings, product_shot
 
 
 class Inbox:
@@ -25,7 +25,9 @@ class Inbox:
         self.envelopes: list[tuple[list[str], EmailMessage]] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=default_policy)
+        msg = email.message_from_bytes(
+            envelope.original_content or envelope.content, policy=default_policy
+        )
         assert isinstance(msg, EmailMessage)
         self.envelopes.append((list(envelope.rcpt_tos), msg))
         return "250 OK"
@@ -54,11 +56,18 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 @pytest.fixture
 def mail_world(world: World, smtp: tuple[Inbox, int]) -> World:
     _, port = smtp
-    world.settings = make_settings(world.settings.data_dir,
-                                   notices={"smtp_host": "127.0.0.1", "smtp_port": port,
-                                            "from_address": "alerts@artwatch.test"},
-                                   web={"base_url": "https://watch.example"})
-    world.app = create_app(world.settings, sessions=world.sessions, blobs=world.blobs, engine=world.engine)
+    world.settings = make_settings(
+        world.settings.data_dir,
+        notices={
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "from_address": "alerts@artwatch.test",
+        },
+        web={"base_url": "https://watch.example"},
+    )
+    world.app = create_app(
+        world.settings, sessions=world.sessions, blobs=world.blobs, engine=world.engine
+    )
     return world
 
 
@@ -83,13 +92,14 @@ def _inline_images(msg: EmailMessage) -> dict[str, bytes]:
 
 
 def test_instant_alert_goes_to_the_owner_with_thumbnails_and_links(
-        mail_world: World, smtp: tuple[Inbox, int]) -> None:
+    mail_world: World, smtp: tuple[Inbox, int]
+) -> None:
     inbox, _ = smtp
     world = mail_world
     owner = world.account("ann@example.com", alert_mode="instant")
     wid = world.work(owner, logo_png(1), "Acme mark")
     shot, region = product_shot(logo_png(1))
-    mid = world.match(wid, shot, url='https://pics.example/p/1?<b>x</b>', region=region, score=0.91)
+    mid = world.match(wid, shot, url="https://pics.example/p/1?<b>x</b>", region=region, score=0.91)
     with world.sessions() as s:
         assert send_instant_alert(s, world.blobs, world.settings, mid) is True
     assert len(inbox.envelopes) == 1
@@ -98,14 +108,19 @@ def test_instant_alert_goes_to_the_owner_with_thumbnails_and_links(
     assert msg["From"] == "alerts@artwatch.test"
     assert "Acme mark" in msg["Subject"] and "pics.example" in msg["Subject"]
     html, text = _html(msg), _text(msg)
-    assert f"https://watch.example/matches/{mid}" in html and f"https://watch.example/matches/{mid}" in text
+    assert (
+        f"https://watch.example/matches/{mid}" in html
+        and f"https://watch.example/matches/{mid}" in text
+    )
     assert "91%" in text and "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
     images = _inline_images(msg)
     assert len(images) == 2 and all(data.startswith(b"\x89PNG") for data in images.values())
     for cid in images:
         assert f"cid:{cid}" in html
     unsub = msg["List-Unsubscribe"].strip("<>")
-    assert unsub.startswith("https://watch.example/unsubscribe/") and unsub in html and unsub in text
+    assert (
+        unsub.startswith("https://watch.example/unsubscribe/") and unsub in html and unsub in text
+    )
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
     # Idempotent: the match is alerted once, however often the task runs.
@@ -126,7 +141,9 @@ def test_instant_alert_goes_to_the_owner_with_thumbnails_and_links(
     assert anon.post(tampered).status_code == 404
 
 
-def test_instant_alerts_respect_the_owners_choice_and_licences(mail_world: World, smtp: tuple[Inbox, int]) -> None:
+def test_instant_alerts_respect_the_owners_choice_and_licences(
+    mail_world: World, smtp: tuple[Inbox, int]
+) -> None:
     inbox, _ = smtp
     world = mail_world
     off = world.account("off@example.com", alert_mode="off")
@@ -144,7 +161,9 @@ def test_instant_alerts_respect_the_owners_choice_and_licences(mail_world: World
     assert inbox.envelopes == []
 
 
-def test_digest_merges_matches_per_owner_and_is_idempotent(mail_world: World, smtp: tuple[Inbox, int]) -> None:
+def test_digest_merges_matches_per_owner_and_is_idempotent(
+    mail_world: World, smtp: tuple[Inbox, int]
+) -> None:
     inbox, _ = smtp
     world = mail_world
     ann = world.account("ann@example.com", alert_mode="digest")
@@ -154,9 +173,11 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(mail_world: World, sm
     w2 = world.work(ann, logo_png(2, "TWO"), "Second")
     wb = world.work(bob, logo_png(3, "BOB"), "Bobs")
     shot, region = product_shot(logo_png(1))
-    ann_matches = [world.match(w1, shot, url="https://a.example/1", region=region),
-                   world.match(w1, shot, url="https://b.example/2"),
-                   world.match(w2, shot, url="https://c.example/3")]
+    ann_matches = [
+        world.match(w1, shot, url="https://a.example/1", region=region),
+        world.match(w1, shot, url="https://b.example/2"),
+        world.match(w2, shot, url="https://c.example/3"),
+    ]
     bob_match = world.match(wb, shot, url="https://d.example/4")
     now = datetime.now(timezone.utc) + timedelta(seconds=1)
     with world.sessions() as s:
@@ -168,7 +189,7 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(mail_world: World, sm
     html = _html(ann_msg)
     for mid in ann_matches:
         assert f"https://watch.example/matches/{mid}" in html
-    assert f"/matches/{bob_match}\"" not in html and "Bobs" not in html
+    assert f'/matches/{bob_match}"' not in html and "Bobs" not in html
     assert len(_inline_images(ann_msg)) == 6
     assert ann_msg["List-Unsubscribe"]
     # Run again: everything was alerted, nothing is sent twice.
@@ -179,7 +200,12 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(mail_world: World, sm
     # A later match appears in the next digest only.
     later = world.match(w2, shot, url="https://e.example/5")
     with world.sessions() as s:
-        assert send_digests(s, world.blobs, world.settings, datetime.now(timezone.utc) + timedelta(seconds=1)) == 1
+        assert (
+            send_digests(
+                s, world.blobs, world.settings, datetime.now(timezone.utc) + timedelta(seconds=1)
+            )
+            == 1
+        )
     assert f"/matches/{later}" in _html(inbox.envelopes[-1][1])
     assert "1 new match of 1 work" in inbox.envelopes[-1][1]["Subject"]
 
@@ -187,8 +213,9 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(mail_world: World, sm
 def test_a_failed_send_releases_the_claim_so_a_retry_sends(world: World) -> None:
     from notices.errors import MailError
 
-    world.settings = make_settings(world.settings.data_dir,
-                                   notices={"smtp_host": "127.0.0.1", "smtp_port": _free_port()})
+    world.settings = make_settings(
+        world.settings.data_dir, notices={"smtp_host": "127.0.0.1", "smtp_port": _free_port()}
+    )
     owner = world.account("ann@example.com", alert_mode="instant")
     shot, _ = product_shot(logo_png(1))
     mid = world.match(world.work(owner, logo_png(1), "A"), shot, url="https://x.example/1")

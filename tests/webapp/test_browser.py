@@ -13,15 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from webapp_testkit import PASSWORD, World, logo_png, product_shot
 
 from storage.models import Notice, NoticeState, Role
-from webapp_testkit import PASSWORD, World, logo_png, product_shot
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _free_port() -> int:
@@ -35,7 +41,9 @@ def server(world: World) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
-    config = uvicorn.Config(world.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        world.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)
     thread.start()
@@ -56,7 +64,9 @@ def page(server: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         context = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900})
@@ -67,7 +77,7 @@ def page(server: str) -> Iterator[Any]:
         yield pg
         context.close()
         browser.close()
-        # A CSP violation or script error would show here; 404 responses for probed ids are expected.
+        # A CSP violation or script error shows here; 404s for probed ids are expected.
         assert not [e for e in errors if "404" not in e], errors
 
 
@@ -79,8 +89,9 @@ def _login(page: Any, email: str) -> None:
     page.wait_for_load_state("networkidle")
 
 
-def test_owner_logs_in_registers_a_logo_and_sees_it_listed(world: World, page: Any, artifacts: Path,
-                                                             tmp_path: Path) -> None:
+def test_owner_logs_in_registers_a_logo_and_sees_it_listed(
+    world: World, page: Any, artifacts: Path, tmp_path: Path
+) -> None:
     world.account("ann@example.com")
     page.goto("/works")
     assert page.url.endswith("/login?next=/works")
@@ -109,14 +120,20 @@ def test_owner_logs_in_registers_a_logo_and_sees_it_listed(world: World, page: A
     page.screenshot(path=str(artifacts / "1-works-list.png"), full_page=True)
 
 
-def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(world: World, page: Any,
-                                                                       artifacts: Path) -> None:
+def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(
+    world: World, page: Any, artifacts: Path
+) -> None:
     owner = world.account("ann@example.com")
     world.account("rita@example.com", Role.REVIEWER)
     wid = world.work(owner, logo_png(1), "Acme poster", kind="artwork")
     shot, region = product_shot(logo_png(1))
-    mid = world.match(wid, shot, url="https://pics.example/p/981", region=region,
-                      signals={"pdq": 0.74, "local": 0.96})
+    mid = world.match(
+        wid,
+        shot,
+        url="https://pics.example/p/981",
+        region=region,
+        signals={"pdq": 0.74, "local": 0.96},
+    )
     nid = world.draft(mid)
     _login(page, "rita@example.com")
     assert page.url.endswith("/review")
@@ -127,7 +144,9 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(world: Wor
     assert page.locator(f"img[src='/works/{wid}/image']").evaluate("img => img.naturalWidth") > 0
     polygon = page.locator("svg.overlay polygon.region")
     assert polygon.count() == 1 and polygon.bounding_box()["width"] > 50
-    assert "0.960" in page.inner_text("main") and "https://pics.example/p/981" in page.inner_text("main")
+    assert "0.960" in page.inner_text("main") and "https://pics.example/p/981" in page.inner_text(
+        "main"
+    )
     page.screenshot(path=str(artifacts / "2-notice-evidence.png"), full_page=True)
     page.click(f"a[href='/matches/{mid}']")
     page.wait_for_load_state("networkidle")
@@ -149,7 +168,9 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(world: Wor
         assert notice.fair_use["reviewer"] == "rita@example.com"
 
 
-def test_second_owner_cannot_reach_the_first_owners_work(world: World, page: Any, artifacts: Path) -> None:
+def test_second_owner_cannot_reach_the_first_owners_work(
+    world: World, page: Any, artifacts: Path
+) -> None:
     ann = world.account("ann@example.com")
     world.account("bob@example.com")
     wid = world.work(ann, logo_png(1), "Ann private mark")
@@ -159,8 +180,14 @@ def test_second_owner_cannot_reach_the_first_owners_work(world: World, page: Any
     _login(page, "bob@example.com")
     assert "Ann private mark" not in page.inner_text("main")
     page.screenshot(path=str(artifacts / "3-second-owner-works.png"), full_page=True)
-    for path in (f"/works/{wid}", f"/matches/{mid}", f"/notices/{nid}", f"/works/{wid}/image",
-                 f"/matches/{mid}/image", f"/notices/{nid}/evidence.zip"):
+    for path in (
+        f"/works/{wid}",
+        f"/matches/{mid}",
+        f"/notices/{nid}",
+        f"/works/{wid}/image",
+        f"/matches/{mid}/image",
+        f"/notices/{nid}/evidence.zip",
+    ):
         response = page.goto(path)
         assert response is not None and response.status == 404, path
         assert "Ann private mark" not in page.content()

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
+from webapp_testkit import World, login, make_settings
 
 from config.settings import ConfigError
 from storage.models import Account, Role
 from webapp.cli import users_group
 from webapp.security import resolve_secret_key, verify_password
-from webapp_testkit import World, login, make_settings
 
 
 def _obj(world: World) -> SimpleNamespace:
@@ -29,24 +29,38 @@ def _obj(world: World) -> SimpleNamespace:
 
 def test_users_add_list_and_token(world: World) -> None:
     runner = CliRunner()
-    r = runner.invoke(users_group, ["add", "Root@Example.com", "--role", "admin", "--password-stdin"],
-                      input="a long password\n", obj=_obj(world))
+    r = runner.invoke(
+        users_group,
+        ["add", "Root@Example.com", "--role", "admin", "--password-stdin"],
+        input="a long password\n",
+        obj=_obj(world),
+    )
     assert r.exit_code == 0, r.output
     assert "added admin root@example.com" in r.output
     with world.sessions() as s:
         acct = s.scalars(select(Account)).one()
         assert acct.role == Role.ADMIN and verify_password(acct.password_hash, "a long password")
-    assert login(world.client(), "root@example.com", "a long password").headers["location"] == "/admin/users"
+    assert (
+        login(world.client(), "root@example.com", "a long password").headers["location"]
+        == "/admin/users"
+    )
 
-    dup = runner.invoke(users_group, ["add", "root@example.com", "--password-stdin"], input="another pw 123\n",
-                        obj=_obj(world))
+    dup = runner.invoke(
+        users_group,
+        ["add", "root@example.com", "--password-stdin"],
+        input="another pw 123\n",
+        obj=_obj(world),
+    )
     assert dup.exit_code == 2 and "already exists" in dup.output
-    short = runner.invoke(users_group, ["add", "x@example.com", "--password-stdin"], input="short\n",
-                          obj=_obj(world))
+    short = runner.invoke(
+        users_group, ["add", "x@example.com", "--password-stdin"], input="short\n", obj=_obj(world)
+    )
     assert short.exit_code == 2 and "at least 10 characters" in short.output
 
     listed = runner.invoke(users_group, ["list"], obj=_obj(world))
-    assert listed.exit_code == 0 and "root@example.com" in listed.output and "admin" in listed.output
+    assert (
+        listed.exit_code == 0 and "root@example.com" in listed.output and "admin" in listed.output
+    )
 
     tok = runner.invoke(users_group, ["token", "root@example.com"], obj=_obj(world))
     assert tok.exit_code == 0
@@ -59,12 +73,16 @@ def test_users_add_list_and_token(world: World) -> None:
     assert missing.exit_code == 2 and "no account for nobody@example.com" in missing.output
 
 
-def test_secret_key_is_generated_once_per_data_dir_and_required_when_distributed(tmp_path: Path) -> None:
+def test_secret_key_is_generated_once_per_data_dir_and_required_when_distributed(
+    tmp_path: Path,
+) -> None:
     settings = make_settings(tmp_path, web={"secret_key": ""})
     first = resolve_secret_key(settings)
     assert len(first) >= 32 and resolve_secret_key(settings) == first
     assert (tmp_path / "web_secret_key").stat().st_mode & 0o077 == 0
-    distributed = make_settings(tmp_path, web={"secret_key": ""}, broker_url="redis://127.0.0.1:6379/0")
+    distributed = make_settings(
+        tmp_path, web={"secret_key": ""}, broker_url="redis://127.0.0.1:6379/0"
+    )
     with pytest.raises(ConfigError, match="web.secret_key"):
         resolve_secret_key(distributed)
 
@@ -86,16 +104,27 @@ def test_web_command_serves_and_prints_the_url(tmp_path: Path) -> None:
         from storage.blobs import FolderBlobStore
         from storage.models import Base
         from webapp.cli import web_command
-        settings = make_settings(__import__("pathlib").Path({str(tmp_path)!r}), web={{"port": {port}}})
+        from pathlib import Path
+        settings = make_settings(Path({str(tmp_path)!r}), web={{"port": {port}}})
         engine = make_engine(settings.resolved_database_url())
         Base.metadata.create_all(engine)
         obj = SimpleNamespace(settings=settings, sessions=make_sessionmaker(engine),
                               blobs=FolderBlobStore(settings.blob_dir()))
         web_command.main([], obj=obj, standalone_mode=True)
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, cwd=Path(__file__).resolve().parents[2], text=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()

@@ -16,18 +16,17 @@ route must say how it is isolated and get exercised here.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from webapp_testkit import World, csrf_from, logo_png, png, product_shot
 
 from storage.models import Account, Match, Notice, NoticeState, Role, Source, WebJob, Work
 from webapp.app import route_table
 from workers.demo import painting
-from webapp_testkit import World, csrf_from, logo_png, png, product_shot
 
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/"): "public",
@@ -82,7 +81,10 @@ ROUTES: dict[tuple[str, str], str] = {
 }
 
 # Destructive routes act on their own copy of A's work so the other checks still have one.
-SPARE_WORK = {("POST", "/works/{work_id}/delete"): "spare1", ("DELETE", "/api/v1/works/{work_id}"): "spare2"}
+SPARE_WORK = {
+    ("POST", "/works/{work_id}/delete"): "spare1",
+    ("DELETE", "/api/v1/works/{work_id}"): "spare2",
+}
 
 A_TITLE = "Ann secret logo"
 A_URL = "https://annonly.example/p/42"
@@ -122,8 +124,13 @@ class Scene:
         ids = dict(self.ids)
         if key in SPARE_WORK:
             ids["work_id"] = self.ids[SPARE_WORK[key]]
-        return path.format(**{k: ids[k] for k in ("work_id", "match_id", "notice_id", "job_id",
-                                                     "source_id", "user_id") if "{" + k + "}" in path})
+        return path.format(
+            **{
+                k: ids[k]
+                for k in ("work_id", "match_id", "notice_id", "job_id", "source_id", "user_id")
+                if "{" + k + "}" in path
+            }
+        )
 
     @staticmethod
     def _wait_for_job(client: TestClient, job_url: str) -> None:
@@ -136,8 +143,11 @@ class Scene:
 
     def request(self, who: str, method: str, path: str) -> Any:
         api = path.startswith("/api/")
-        client: TestClient = (self.a_api if who == "a" else self.b_api) if api else \
-            (self.a_web if who == "a" else self.b_web)
+        client: TestClient = (
+            (self.a_api if who == "a" else self.b_api)
+            if api
+            else (self.a_web if who == "a" else self.b_web)
+        )
         csrf = self.a_csrf if who == "a" else self.b_csrf
         data: dict[str, Any] = {} if api else {"csrf_token": csrf}
         files = None
@@ -169,7 +179,9 @@ class Scene:
 
             token = re.search(r'id="new-token">([^<]+)<', r.text)
             assert token is not None
-            (self.a_api if who == "a" else self.b_api).headers["Authorization"] = f"Bearer {token.group(1)}"
+            (self.a_api if who == "a" else self.b_api).headers["Authorization"] = (
+                f"Bearer {token.group(1)}"
+            )
         return r
 
 
@@ -190,13 +202,19 @@ def _a_state(world: World, scene: Scene) -> Any:
     with world.sessions() as s:
         notice = s.get(Notice, scene.ids["notice_id"])
         assert notice is not None
-        return (sorted(s.scalars(select(Work.id).where(Work.owner_id == scene.a)).all()),
-                s.scalar(select(Match.id).where(Match.owner_id == scene.a)),
-                notice.state, notice.subject, notice.reject_reason,
-                s.get(Account, scene.a).role)  # type: ignore[union-attr]
+        return (
+            sorted(s.scalars(select(Work.id).where(Work.owner_id == scene.a)).all()),
+            s.scalar(select(Match.id).where(Match.owner_id == scene.a)),
+            notice.state,
+            notice.subject,
+            notice.reject_reason,
+            s.get(Account, scene.a).role,
+        )  # type: ignore[union-attr]
 
 
-def test_owner_gets_404_for_another_owners_objects_at_every_owned_route(world: World, scene: Scene) -> None:
+def test_owner_gets_404_for_another_owners_objects_at_every_owned_route(
+    world: World, scene: Scene
+) -> None:
     before = _a_state(world, scene)
     owned = [k for k, v in ROUTES.items() if v == "owned"]
     assert len(owned) >= 15
@@ -208,8 +226,11 @@ def test_owner_gets_404_for_another_owners_objects_at_every_owned_route(world: W
             assert r.headers["content-type"] == "application/problem+json"
         assert A_TITLE not in r.text and A_URL not in r.text
         # An id that exists is indistinguishable from one that does not.
-        missing = scene.request("b", method, template.format(work_id=99999, match_id=99999, notice_id=99999,
-                                                             job_id=99999))
+        missing = scene.request(
+            "b",
+            method,
+            template.format(work_id=99999, match_id=99999, notice_id=99999, job_id=99999),
+        )
         assert missing.status_code == 404
         assert _strip_ids(missing.text) == _strip_ids(r.text), f"{method} {path} leaks existence"
     assert _a_state(world, scene) == before, "another owner changed A's data"
@@ -218,7 +239,11 @@ def test_owner_gets_404_for_another_owners_objects_at_every_owned_route(world: W
     for method, template in owned:
         path = scene.fill((method, template), template)
         r = scene.request("a", method, path)
-        expected = {403} if template.startswith("/notices/{notice_id}/") and method == "POST" else {200, 204, 303}
+        expected = (
+            {403}
+            if template.startswith("/notices/{notice_id}/") and method == "POST"
+            else {200, 204, 303}
+        )
         assert r.status_code in expected, f"{method} {path}: owner got {r.status_code}"
 
 
@@ -237,18 +262,27 @@ def test_listings_never_show_another_owners_data(world: World, scene: Scene) -> 
         assert A_TITLE not in r.text and A_URL not in r.text, f"{method} {path} shows A's data"
         if path.startswith("/api/") and method == "GET":
             body = r.json()
-            assert all(item.get("id") not in scene.ids.values() or item.get("title") != A_TITLE for item in body)
+            assert all(
+                item.get("id") not in scene.ids.values() or item.get("title") != A_TITLE
+                for item in body
+            )
     # B's own API listings are empty of A's ids; A's contain them.
     assert scene.ids["match_id"] not in [m["id"] for m in scene.b_api.get("/api/v1/matches").json()]
     assert scene.ids["match_id"] in [m["id"] for m in scene.a_api.get("/api/v1/matches").json()]
-    assert scene.ids["notice_id"] not in [n["id"] for n in scene.b_api.get("/api/v1/notices").json()]
+    assert scene.ids["notice_id"] not in [
+        n["id"] for n in scene.b_api.get("/api/v1/notices").json()
+    ]
     assert scene.ids["notice_id"] in [n["id"] for n in scene.a_api.get("/api/v1/notices").json()]
     # The check endpoint, given an exact copy of A's logo in a photo, tells B nothing about it.
-    probe = scene.b_api.post("/api/v1/check", files={"file": ("p.png", scene.a_logo, "image/png")}).json()
+    probe = scene.b_api.post(
+        "/api/v1/check", files={"file": ("p.png", scene.a_logo, "image/png")}
+    ).json()
     a_work_ids = {scene.ids["work_id"], scene.ids["spare1"], scene.ids["spare2"]}
     assert probe["copies"] is False
     assert not {c["work_id"] for c in probe["candidates"]} & a_work_ids
-    mine = scene.a_api.post("/api/v1/check", files={"file": ("p.png", scene.a_logo, "image/png")}).json()
+    mine = scene.a_api.post(
+        "/api/v1/check", files={"file": ("p.png", scene.a_logo, "image/png")}
+    ).json()
     assert mine["copies"] is True and mine["candidates"][0]["work_id"] == scene.ids["work_id"]
 
 

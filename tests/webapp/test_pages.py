@@ -7,9 +7,9 @@ import time
 from datetime import timedelta
 
 from sqlalchemy import select
+from webapp_testkit import PASSWORD, World, csrf_from, login, logo_png, product_shot
 
 from storage.models import Account, Role, Source, WebJob, Work
-from webapp_testkit import PASSWORD, World, csrf_from, login, logo_png, product_shot
 
 
 def test_login_sets_session_and_wrong_password_is_refused(world: World) -> None:
@@ -51,9 +51,15 @@ def test_forms_without_a_valid_csrf_token_are_refused(world: World) -> None:
     world.account("bob@example.com")
     other = world.client("bob@example.com")
     foreign = csrf_from(other.get("/profile").text)
-    assert client.post("/profile", data={"alert_mode": "off", "csrf_token": foreign}).status_code == 403
+    assert (
+        client.post("/profile", data={"alert_mode": "off", "csrf_token": foreign}).status_code
+        == 403
+    )
     with world.sessions() as s:
-        assert s.scalar(select(Account.alert_mode).where(Account.email == "ann@example.com")) == "instant"
+        assert (
+            s.scalar(select(Account.alert_mode).where(Account.email == "ann@example.com"))
+            == "instant"
+        )
 
 
 def test_logout_ends_the_server_side_session(world: World) -> None:
@@ -71,9 +77,17 @@ def test_owner_registers_a_logo_and_sees_it_listed(world: World) -> None:
     world.account("ann@example.com")
     client = world.client("ann@example.com")
     token = csrf_from(client.get("/works/new").text)
-    r = client.post("/works", data={"csrf_token": token, "title": "Acme mark", "kind": "logo",
-                                    "registration_number": "TM 123", "licensed_sites": "shop.example\n@acme"},
-                    files={"file": ("acme.png", logo_png(1), "image/png")})
+    r = client.post(
+        "/works",
+        data={
+            "csrf_token": token,
+            "title": "Acme mark",
+            "kind": "logo",
+            "registration_number": "TM 123",
+            "licensed_sites": "shop.example\n@acme",
+        },
+        files={"file": ("acme.png", logo_png(1), "image/png")},
+    )
     assert r.status_code == 303, r.text
     page = client.get(r.headers["location"])
     assert "Acme mark" in page.text and "TM 123" in page.text and "shop.example" in page.text
@@ -84,7 +98,10 @@ def test_owner_registers_a_logo_and_sees_it_listed(world: World) -> None:
         assert work.licensed_sites == ["shop.example", "@acme"] and work.kind.value == "logo"
     # The engine knows the work: its own image is found again.
     shot, _ = product_shot(logo_png(1))
-    assert any(c.work_id == work.id for c in world.engine.analyse(logo_png(1), name="x", owner_ids=[work.owner_id]))
+    assert any(
+        c.work_id == work.id
+        for c in world.engine.analyse(logo_png(1), name="x", owner_ids=[work.owner_id])
+    )
 
 
 def test_register_refuses_unsupported_and_broken_files_with_a_clear_message(world: World) -> None:
@@ -92,12 +109,18 @@ def test_register_refuses_unsupported_and_broken_files_with_a_clear_message(worl
     client = world.client("ann@example.com")
     token = csrf_from(client.get("/works/new").text)
     gif = b"GIF89a" + b"\x00" * 100
-    r = client.post("/works", data={"csrf_token": token, "title": "x", "kind": "logo"},
-                    files={"file": ("x.gif", gif, "image/gif")})
+    r = client.post(
+        "/works",
+        data={"csrf_token": token, "title": "x", "kind": "logo"},
+        files={"file": ("x.gif", gif, "image/gif")},
+    )
     assert r.status_code == 415 and "upload a PNG, JPEG, WebP or SVG" in r.text
     broken = logo_png(1)[:200]
-    r = client.post("/works", data={"csrf_token": token, "title": "x", "kind": "logo"},
-                    files={"file": ("broken.png", broken, "image/png")})
+    r = client.post(
+        "/works",
+        data={"csrf_token": token, "title": "x", "kind": "logo"},
+        files={"file": ("broken.png", broken, "image/png")},
+    )
     assert r.status_code == 415 and "broken.png" in r.text
     with world.sessions() as s:
         assert s.scalars(select(Work)).all() == []
@@ -111,7 +134,9 @@ def test_works_list_counts_flagged_matches(world: World) -> None:
     world.match(w1, shot, url="https://pics.example/p/1", region=region)
     world.match(w1, shot, url="https://pics.example/p/2", region=region)
     html = world.client("ann@example.com").get("/works").text
-    rows = re.findall(r'<a href="/works/(\d+)">([^<]+)</a></td>.*?<td class="num">(.*?)</td>', html, re.S)
+    rows = re.findall(
+        r'<a href="/works/(\d+)">([^<]+)</a></td>.*?<td class="num">(.*?)</td>', html, re.S
+    )
     counts = {title: re.sub(r"<[^>]+>", "", n) for _, title, n in rows}
     assert counts == {"First": "2", "Second": "0"}
 
@@ -120,8 +145,13 @@ def test_match_page_shows_both_images_and_marks_the_region(world: World) -> None
     owner = world.account("ann@example.com")
     wid = world.work(owner, logo_png(1), "Acme")
     shot, region = product_shot(logo_png(1))
-    mid = world.match(wid, shot, url="https://pics.example/p/1", region=region,
-                      signals={"pdq": 0.812, "local": 0.954})
+    mid = world.match(
+        wid,
+        shot,
+        url="https://pics.example/p/1",
+        region=region,
+        signals={"pdq": 0.812, "local": 0.954},
+    )
     client = world.client("ann@example.com")
     html = client.get(f"/matches/{mid}").text
     assert f'src="/works/{wid}/image"' in html
@@ -129,7 +159,11 @@ def test_match_page_shows_both_images_and_marks_the_region(world: World) -> None
     assert 'points="320.0,160.0 576.0,160.0 576.0,416.0 320.0,416.0"' in html
     assert "0.812" in html and "0.954" in html and "https://pics.example/p/1" in html
     img = client.get(f"/matches/{mid}/image")
-    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and img.content == shot
+    assert (
+        img.status_code == 200
+        and img.headers["content-type"] == "image/jpeg"
+        and img.content == shot
+    )
     assert "sandbox" in img.headers["content-security-policy"]
 
 
@@ -145,13 +179,19 @@ def test_crawled_strings_are_escaped(world: World) -> None:
 
 def test_svg_images_are_served_sandboxed(world: World) -> None:
     owner = world.account("ann@example.com")
-    svg = (b'<svg xmlns="http://www.w3.org/2000/svg" width="200" height="200">'
-           b'<rect width="200" height="200" fill="#fff"/><circle cx="100" cy="100" r="70" fill="#c00"/>'
-           b'<rect x="60" y="60" width="80" height="80" fill="#004"/></svg>')
+    svg = (
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="200" height="200">'
+        b'<rect width="200" height="200" fill="#fff"/>'
+        b'<circle cx="100" cy="100" r="70" fill="#c00"/>'
+        b'<rect x="60" y="60" width="80" height="80" fill="#004"/></svg>'
+    )
     client = world.client("ann@example.com")
     token = csrf_from(client.get("/works/new").text)
-    r = client.post("/works", data={"csrf_token": token, "title": "Badge", "kind": "logo"},
-                    files={"file": ("badge.svg", svg, "image/svg+xml")})
+    r = client.post(
+        "/works",
+        data={"csrf_token": token, "title": "Badge", "kind": "logo"},
+        files={"file": ("badge.svg", svg, "image/svg+xml")},
+    )
     assert r.status_code == 303, r.text
     with world.sessions() as s:
         wid = s.scalars(select(Work.id).where(Work.owner_id == owner)).one()
@@ -167,7 +207,10 @@ def test_import_shows_progress_until_done_and_reports_bad_files(world: World) ->
     # Touch the polled routes once before the import thread starts: FastAPI sets a route up on
     # its first request inside warnings.catch_warnings(), which races with the decoder's own
     # catch_warnings() in the import thread under pytest's "error" filter.
-    assert client.get("/jobs/0/progress").status_code == 404 and client.get("/jobs/0").status_code == 404
+    assert (
+        client.get("/jobs/0/progress").status_code == 404
+        and client.get("/jobs/0").status_code == 404
+    )
     files = [("files", (f"logo{i}.png", logo_png(10 + i, f"L{i}"), "image/png")) for i in range(2)]
     files.append(("files", ("notes.txt", b"hello", "text/plain")))
     r = client.post("/works/import", data={"csrf_token": token, "kind": "logo"}, files=files)
@@ -193,17 +236,33 @@ def test_profile_saves_alert_mode_and_issues_an_api_token(world: World) -> None:
     world.account("ann@example.com")
     client = world.client("ann@example.com")
     token = csrf_from(client.get("/profile").text)
-    r = client.post("/profile", data={"csrf_token": token, "alert_mode": "digest", "legal_name": "Ann Co",
-                                      "postal_address": "2 Road", "phone": "123", "display_name": "Ann"})
+    r = client.post(
+        "/profile",
+        data={
+            "csrf_token": token,
+            "alert_mode": "digest",
+            "legal_name": "Ann Co",
+            "postal_address": "2 Road",
+            "phone": "123",
+            "display_name": "Ann",
+        },
+    )
     assert r.status_code == 200 and "Saved." in r.text
     r = client.post("/profile/token", data={"csrf_token": token})
     new = re.search(r'id="new-token">([^<]+)<', r.text)
     assert new
     api = world.app and client  # same app
-    assert api.get("/api/v1/works", headers={"Authorization": f"Bearer {new.group(1)}"}).status_code == 200
+    assert (
+        api.get("/api/v1/works", headers={"Authorization": f"Bearer {new.group(1)}"}).status_code
+        == 200
+    )
     # The old token stopped working.
-    assert client.get("/api/v1/works",
-                      headers={"Authorization": f"Bearer {world.tokens['ann@example.com']}"}).status_code == 401
+    assert (
+        client.get(
+            "/api/v1/works", headers={"Authorization": f"Bearer {world.tokens['ann@example.com']}"}
+        ).status_code
+        == 401
+    )
     with world.sessions() as s:
         acct = s.scalars(select(Account).where(Account.email == "ann@example.com")).one()
         assert acct.alert_mode == "digest" and acct.legal_name == "Ann Co"
@@ -215,12 +274,21 @@ def test_reviewer_queue_is_ordered_by_confidence_then_age(world: World) -> None:
     world.account("rita@example.com", Role.REVIEWER)
     wid = world.work(owner, logo_png(1))
     shot, region = product_shot(logo_png(1))
-    low_old = world.notice(owner, [world.match(wid, shot, url="https://a.example/1", score=0.6)],
-                           host="a.example", age=timedelta(days=3))
-    high_new = world.notice(owner, [world.match(wid, shot, url="https://b.example/1", score=0.95)],
-                            host="b.example")
-    high_old = world.notice(owner, [world.match(wid, shot, url="https://c.example/1", score=0.95)],
-                            host="c.example", age=timedelta(days=1))
+    low_old = world.notice(
+        owner,
+        [world.match(wid, shot, url="https://a.example/1", score=0.6)],
+        host="a.example",
+        age=timedelta(days=3),
+    )
+    high_new = world.notice(
+        owner, [world.match(wid, shot, url="https://b.example/1", score=0.95)], host="b.example"
+    )
+    high_old = world.notice(
+        owner,
+        [world.match(wid, shot, url="https://c.example/1", score=0.95)],
+        host="c.example",
+        age=timedelta(days=1),
+    )
     html = world.client("rita@example.com").get("/review").text
     order = [int(x) for x in re.findall(r'<a href="/notices/(\d+)">#', html)]
     assert order == [high_old, high_new, low_old]
@@ -233,11 +301,21 @@ def test_admin_manages_sources_users_and_hosts(world: World) -> None:
     from crawler.service import SOURCE_KINDS
 
     kind = sorted(SOURCE_KINDS)[0]
-    bad = client.post("/admin/sources", data={"csrf_token": token, "name": "x", "kind": "gopher",
-                                              "url": "https://x.example"})
+    bad = client.post(
+        "/admin/sources",
+        data={"csrf_token": token, "name": "x", "kind": "gopher", "url": "https://x.example"},
+    )
     assert bad.status_code == 422 and "unknown source kind" in bad.text
-    ok = client.post("/admin/sources", data={"csrf_token": token, "name": "feed", "kind": kind,
-                                             "url": "https://feed.example/rss", "params": '{"tag": "art"}'})
+    ok = client.post(
+        "/admin/sources",
+        data={
+            "csrf_token": token,
+            "name": "feed",
+            "kind": kind,
+            "url": "https://feed.example/rss",
+            "params": '{"tag": "art"}',
+        },
+    )
     assert ok.status_code == 303
     with world.sessions() as s:
         src = s.scalars(select(Source)).one()
@@ -246,21 +324,44 @@ def test_admin_manages_sources_users_and_hosts(world: World) -> None:
     with world.sessions() as s:
         assert s.get(Source, src.id).enabled is False  # type: ignore[union-attr]
 
-    r = client.post("/admin/users", data={"csrf_token": token, "email": "new@example.com", "role": "reviewer",
-                                          "password": "long enough pw"})
+    r = client.post(
+        "/admin/users",
+        data={
+            "csrf_token": token,
+            "email": "new@example.com",
+            "role": "reviewer",
+            "password": "long enough pw",
+        },
+    )
     assert r.status_code == 303
-    assert login(world.client(), "new@example.com", "long enough pw").headers["location"] == "/review"
+    assert (
+        login(world.client(), "new@example.com", "long enough pw").headers["location"] == "/review"
+    )
 
     hosts = client.get("/admin/hosts")
-    assert hosts.status_code == 200 and "pics.example" in hosts.text and "dmca-agent@pics.example" in hosts.text
+    assert (
+        hosts.status_code == 200
+        and "pics.example" in hosts.text
+        and "dmca-agent@pics.example" in hosts.text
+    )
     override = world.settings.data_dir / "hosts.override.toml"
     bad = client.post("/admin/hosts", data={"csrf_token": token, "override": "[hosts\nbroken"})
     assert bad.status_code == 422 and "not valid TOML" in bad.text and not override.exists()
-    bad = client.post("/admin/hosts", data={"csrf_token": token, "override":
-                                            '[hosts."x.example"]\nlaw = "dmca"\nemail = "not-an-address"\n'})
-    assert bad.status_code == 422 and "is not an email address" in bad.text and not override.exists()
-    good = ('[hosts."pics.example"]\nname = "Pics (override)"\ndomains = ["pics.example"]\nlaw = "dsa"\n'
-            'email = "legal@pics.example"\nverify = false\n')
+    bad = client.post(
+        "/admin/hosts",
+        data={
+            "csrf_token": token,
+            "override": '[hosts."x.example"]\nlaw = "dmca"\nemail = "not-an-address"\n',
+        },
+    )
+    assert (
+        bad.status_code == 422 and "is not an email address" in bad.text and not override.exists()
+    )
+    good = (
+        '[hosts."pics.example"]\nname = "Pics (override)"\n'
+        'domains = ["pics.example"]\nlaw = "dsa"\n'
+        'email = "legal@pics.example"\nverify = false\n'
+    )
     saved = client.post("/admin/hosts", data={"csrf_token": token, "override": good})
     assert saved.status_code == 200 and "Override saved." in saved.text
     assert override.read_text() == good

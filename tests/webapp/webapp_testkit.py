@@ -12,8 +12,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import Settings, load_settings
 from storage.blobs import FolderBlobStore
 from storage.db import make_engine, make_sessionmaker, session_scope
-from storage.models import Account, Base, Match, Notice, NoticeItem, Role, Upload, UploadStatus, Work, WorkKind
+from storage.models import (
+    Account,
+    Base,
+    Match,
+    Notice,
+    NoticeItem,
+    Role,
+    Upload,
+    UploadStatus,
+    Work,
+    WorkKind,
+)
 from webapp import create_app
 from webapp.security import hash_password, issue_api_token
 
@@ -145,9 +156,16 @@ class World:
 
     def account(self, email: str, role: Role = Role.OWNER, **fields: Any) -> int:
         with session_scope(self.sessions) as s:
-            acct = Account(email=email, role=role, password_hash=hash_password(PASSWORD),
-                           display_name=email.split("@")[0], legal_name=f"{email} Ltd",
-                           postal_address="1 Test Street, Testville", phone="+1 555 0100", **fields)
+            acct = Account(
+                email=email,
+                role=role,
+                password_hash=hash_password(PASSWORD),
+                display_name=email.split("@")[0],
+                legal_name=f"{email} Ltd",
+                postal_address="1 Test Street, Testville",
+                phone="+1 555 0100",
+                **fields,
+            )
             s.add(acct)
             s.flush()
             self.tokens[email] = issue_api_token(acct)
@@ -162,8 +180,16 @@ class World:
     def api(self, email: str) -> TestClient:
         return TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[email]}"})
 
-    def work(self, owner_id: int, data: bytes, title: str = "Logo", kind: str = "logo",
-             licensed: tuple[str, ...] = (), *, indexed: bool = False) -> int:
+    def work(
+        self,
+        owner_id: int,
+        data: bytes,
+        title: str = "Logo",
+        kind: str = "logo",
+        licensed: tuple[str, ...] = (),
+        *,
+        indexed: bool = False,
+    ) -> int:
         """A registered work. indexed=True goes through the real pipeline and matching engine
         (about 2 s per work on the test machine); otherwise only the rows and blob are written,
         which is all a page that lists or shows the work needs."""
@@ -171,18 +197,41 @@ class World:
 
         with session_scope(self.sessions) as s:
             if indexed:
-                work = register_work(s, self.blobs, self.engine, owner_id=owner_id, data=data,
-                                     filename=f"{title}.png", title=title, kind=kind, licensed_sites=licensed)
+                work = register_work(
+                    s,
+                    self.blobs,
+                    self.engine,
+                    owner_id=owner_id,
+                    data=data,
+                    filename=f"{title}.png",
+                    title=title,
+                    kind=kind,
+                    licensed_sites=licensed,
+                )
             else:
-                work = Work(owner_id=owner_id, title=title, kind=WorkKind(kind), blob_sha256=self.blobs.put(data),
-                            filename=f"{title}.png", licensed_sites=list(licensed))
+                work = Work(
+                    owner_id=owner_id,
+                    title=title,
+                    kind=WorkKind(kind),
+                    blob_sha256=self.blobs.put(data),
+                    filename=f"{title}.png",
+                    licensed_sites=list(licensed),
+                )
                 s.add(work)
                 s.flush()
             return work.id
 
-    def match(self, work_id: int, data: bytes, *, url: str, score: float = 0.93,
-              region: list[list[float]] | None = None, signals: dict[str, float] | None = None,
-              age: timedelta = timedelta(0)) -> int:
+    def match(
+        self,
+        work_id: int,
+        data: bytes,
+        *,
+        url: str,
+        score: float = 0.93,
+        region: list[list[float]] | None = None,
+        signals: dict[str, float] | None = None,
+        age: timedelta = timedelta(0),
+    ) -> int:
         """An upload captured at url that matched work_id (rows as the pipeline writes them)."""
         from urllib.parse import urlsplit
 
@@ -190,13 +239,28 @@ class World:
             work = s.get(Work, work_id)
             assert work is not None
             now = datetime.now(timezone.utc) - age
-            upload = Upload(canonical_url=url, host=urlsplit(url).hostname or "", page_url=url,
-                            image_url=url + ".jpg", blob_sha256=self.blobs.put(data), content_type="image/jpeg",
-                            fetched_at=now, status=UploadStatus.ANALYSED, author="copier")
+            upload = Upload(
+                canonical_url=url,
+                host=urlsplit(url).hostname or "",
+                page_url=url,
+                image_url=url + ".jpg",
+                blob_sha256=self.blobs.put(data),
+                content_type="image/jpeg",
+                fetched_at=now,
+                status=UploadStatus.ANALYSED,
+                author="copier",
+            )
             s.add(upload)
             s.flush()
-            m = Match(upload_id=upload.id, work_id=work.id, owner_id=work.owner_id, score=score,
-                      signals=signals or {"pdq": 0.81, "local": 0.95}, region=region, created_at=now)
+            m = Match(
+                upload_id=upload.id,
+                work_id=work.id,
+                owner_id=work.owner_id,
+                score=score,
+                signals=signals or {"pdq": 0.81, "local": 0.95},
+                region=region,
+                created_at=now,
+            )
             s.add(m)
             s.flush()
             return m.id
@@ -210,19 +274,34 @@ class World:
             assert notice is not None
             return notice.id
 
-    def notice(self, owner_id: int, match_ids: list[int], host: str = "pics.example",
-               age: timedelta = timedelta(0)) -> int:
+    def notice(
+        self,
+        owner_id: int,
+        match_ids: list[int],
+        host: str = "pics.example",
+        age: timedelta = timedelta(0),
+    ) -> int:
         """A draft notice over the given matches (rows only; the drafting helper fills bodies)."""
         with session_scope(self.sessions) as s:
-            n = Notice(owner_id=owner_id, host=host, law="dmca", recipient=f"dmca@{host}",
-                       subject=f"DMCA notice for {host}", body_text="Dear agent,\n...",
-                       created_at=datetime.now(timezone.utc) - age)
+            n = Notice(
+                owner_id=owner_id,
+                host=host,
+                law="dmca",
+                recipient=f"dmca@{host}",
+                subject=f"DMCA notice for {host}",
+                body_text="Dear agent,\n...",
+                created_at=datetime.now(timezone.utc) - age,
+            )
             s.add(n)
             s.flush()
             for mid in match_ids:
                 m = s.get(Match, mid)
                 assert m is not None
-                s.add(NoticeItem(notice_id=n.id, match_id=mid, work_id=m.work_id, url=m.upload.page_url))
+                s.add(
+                    NoticeItem(
+                        notice_id=n.id, match_id=mid, work_id=m.work_id, url=m.upload.page_url
+                    )
+                )
             s.flush()
             return n.id
 

@@ -34,7 +34,9 @@ def hosts_paths(settings: Settings) -> tuple[Path, Path]:
     """The configured (or bundled) host directory and the admin's override file in DATA_DIR."""
     from notices.hosts import DEFAULT_HOSTS_FILE
 
-    bundled = Path(settings.notices.hosts_file) if settings.notices.hosts_file else DEFAULT_HOSTS_FILE
+    bundled = (
+        Path(settings.notices.hosts_file) if settings.notices.hosts_file else DEFAULT_HOSTS_FILE
+    )
     return bundled, Path(settings.data_dir) / HOSTS_OVERRIDE_NAME
 
 
@@ -52,11 +54,16 @@ def effective_host_directory(settings: Settings) -> Any:
     return HostDirectory(list(entries.values()))
 
 
-def _sources_page(request: Request, session: Session, error: str = "", status: int = 200) -> Response:
+def _sources_page(
+    request: Request, session: Session, error: str = "", status: int = 200
+) -> Response:
     sources = session.scalars(select(Source).order_by(Source.name)).all()
     return get_ctx(request).templates.TemplateResponse(
-        request, "admin_sources.html", {"sources": sources, "kinds": source_kinds(), "error": error},
-        status_code=status)
+        request,
+        "admin_sources.html",
+        {"sources": sources, "kinds": source_kinds(), "error": error},
+        status_code=status,
+    )
 
 
 @router.get("/sources", response_class=HTMLResponse)
@@ -65,22 +72,33 @@ def sources(request: Request, account: Account = ADMIN, session: Session = Depen
 
 
 @router.post("/sources", response_class=HTMLResponse)
-def add_source(request: Request, account: Account = ADMIN, session: Session = Depends(db),
-               name: str = Form(""), kind: str = Form(""), url: str = Form(""),
-               params: str = Form(""), poll_seconds: int = Form(300)) -> Response:
+def add_source(
+    request: Request,
+    account: Account = ADMIN,
+    session: Session = Depends(db),
+    name: str = Form(""),
+    kind: str = Form(""),
+    url: str = Form(""),
+    params: str = Form(""),
+    poll_seconds: int = Form(300),
+) -> Response:
     try:
         name = name.strip()
         if not name or len(name) > 100:
             raise InvalidInput("give the source a name of 1 to 100 characters")
         if kind not in source_kinds():
-            raise InvalidInput(f"unknown source kind {kind!r}; choose one of {', '.join(source_kinds())}")
+            raise InvalidInput(
+                f"unknown source kind {kind!r}; choose one of {', '.join(source_kinds())}"
+            )
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput("the source URL must be an http(s) URL with a host")
         try:
             parsed = json.loads(params) if params.strip() else {}
         except json.JSONDecodeError as exc:
-            raise InvalidInput(f"params are not valid JSON: {exc.msg} (line {exc.lineno})") from None
+            raise InvalidInput(
+                f"params are not valid JSON: {exc.msg} (line {exc.lineno})"
+            ) from None
         if not isinstance(parsed, dict):
             raise InvalidInput("params must be a JSON object")
         if not 10 <= poll_seconds <= 86400:
@@ -89,7 +107,9 @@ def add_source(request: Request, account: Account = ADMIN, session: Session = De
             raise InvalidInput(f"a source named {name!r} already exists")
     except WebError as exc:
         return _sources_page(request, session, exc.detail, exc.status)
-    session.add(Source(name=name, kind=kind, url=url.strip(), params=parsed, poll_seconds=poll_seconds))
+    session.add(
+        Source(name=name, kind=kind, url=url.strip(), params=parsed, poll_seconds=poll_seconds)
+    )
     return RedirectResponse("/admin/sources", status_code=303)
 
 
@@ -101,14 +121,18 @@ def _source(session: Session, source_id: int) -> Source:
 
 
 @router.post("/sources/{source_id}/toggle")
-def toggle_source(source_id: int, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+def toggle_source(
+    source_id: int, account: Account = ADMIN, session: Session = Depends(db)
+) -> Response:
     source = _source(session, source_id)
     source.enabled = not source.enabled
     return RedirectResponse("/admin/sources", status_code=303)
 
 
 @router.post("/sources/{source_id}/delete")
-def delete_source(source_id: int, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+def delete_source(
+    source_id: int, account: Account = ADMIN, session: Session = Depends(db)
+) -> Response:
     session.delete(_source(session, source_id))
     return RedirectResponse("/admin/sources", status_code=303)
 
@@ -116,8 +140,11 @@ def delete_source(source_id: int, account: Account = ADMIN, session: Session = D
 def _users_page(request: Request, session: Session, error: str = "", status: int = 200) -> Response:
     users = session.scalars(select(Account).order_by(Account.role, Account.email)).all()
     return get_ctx(request).templates.TemplateResponse(
-        request, "admin_users.html", {"users": users, "roles": [r.value for r in Role], "error": error},
-        status_code=status)
+        request,
+        "admin_users.html",
+        {"users": users, "roles": [r.value for r in Role], "error": error},
+        status_code=status,
+    )
 
 
 @router.get("/users", response_class=HTMLResponse)
@@ -126,9 +153,15 @@ def users(request: Request, account: Account = ADMIN, session: Session = Depends
 
 
 @router.post("/users", response_class=HTMLResponse)
-def add_user(request: Request, account: Account = ADMIN, session: Session = Depends(db),
-             email: str = Form(""), role: str = Form("owner"), password: str = Form(""),
-             display_name: str = Form("")) -> Response:
+def add_user(
+    request: Request,
+    account: Account = ADMIN,
+    session: Session = Depends(db),
+    email: str = Form(""),
+    role: str = Form("owner"),
+    password: str = Form(""),
+    display_name: str = Form(""),
+) -> Response:
     email = email.strip().lower()
     try:
         if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
@@ -141,15 +174,26 @@ def add_user(request: Request, account: Account = ADMIN, session: Session = Depe
             raise InvalidInput(f"an account for {email} already exists")
     except WebError as exc:
         return _users_page(request, session, exc.detail, exc.status)
-    session.add(Account(email=email, role=Role(role), password_hash=hash_password(password),
-                        display_name=display_name.strip()[:200] or email,
-                        alert_mode=get_ctx(request).settings.alerts.default_mode))
+    session.add(
+        Account(
+            email=email,
+            role=Role(role),
+            password_hash=hash_password(password),
+            display_name=display_name.strip()[:200] or email,
+            alert_mode=get_ctx(request).settings.alerts.default_mode,
+        )
+    )
     return RedirectResponse("/admin/users", status_code=303)
 
 
 @router.post("/users/{user_id}/role", response_class=HTMLResponse)
-def set_role(request: Request, user_id: int, role: str = Form(""), account: Account = ADMIN,
-             session: Session = Depends(db)) -> Response:
+def set_role(
+    request: Request,
+    user_id: int,
+    role: str = Form(""),
+    account: Account = ADMIN,
+    session: Session = Depends(db),
+) -> Response:
     user = session.get(Account, user_id)
     if user is None:
         raise NotFound(f"no user with id {user_id}")
@@ -161,8 +205,13 @@ def set_role(request: Request, user_id: int, role: str = Form(""), account: Acco
     return RedirectResponse("/admin/users", status_code=303)
 
 
-def _hosts_page(request: Request, override_text: str | None = None, error: str = "", saved: bool = False,
-                status: int = 200) -> Response:
+def _hosts_page(
+    request: Request,
+    override_text: str | None = None,
+    error: str = "",
+    saved: bool = False,
+    status: int = 200,
+) -> Response:
     from notices.errors import HostDirectoryError
     from notices.hosts import load_host_directory
 
@@ -182,11 +231,21 @@ def _hosts_page(request: Request, override_text: str | None = None, error: str =
             overridden = set(load_host_directory(path=override).entries)
         except HostDirectoryError:
             pass
-    return get_ctx(request).templates.TemplateResponse(request, "admin_hosts.html", {
-        "bundled": str(bundled), "override_path": str(override), "entries": entries,
-        "bundled_keys": bundled_keys, "overridden": overridden, "override_text": override_text,
-        "error": error, "saved": saved,
-    }, status_code=status)
+    return get_ctx(request).templates.TemplateResponse(
+        request,
+        "admin_hosts.html",
+        {
+            "bundled": str(bundled),
+            "override_path": str(override),
+            "entries": entries,
+            "bundled_keys": bundled_keys,
+            "overridden": overridden,
+            "override_text": override_text,
+            "error": error,
+            "saved": saved,
+        },
+        status_code=status,
+    )
 
 
 @router.get("/hosts", response_class=HTMLResponse)
@@ -196,7 +255,7 @@ def hosts(request: Request, account: Account = ADMIN) -> Response:
 
 @router.post("/hosts", response_class=HTMLResponse)
 def save_hosts(request: Request, account: Account = ADMIN, override: str = Form("")) -> Response:
-    """Validate the override with the notices package's own loader, then replace the file atomically."""
+    """Validate the override with the notices package's loader, then replace the file atomically."""
     import tempfile
 
     from notices.errors import HostDirectoryError

@@ -15,12 +15,22 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from storage.models import Account, Match, Notice, Role, Work
-from webapp.access import is_staff, match_query, notice_query, visible_match, visible_notice, visible_work, work_rows
+from webapp.access import (
+    is_staff,
+    match_query,
+    notice_query,
+    visible_match,
+    visible_notice,
+    visible_work,
+    work_rows,
+)
 from webapp.deps import api_user, db, get_ctx, read_upload, require_api_role
 from webapp.errors import UnsupportedImage
 from webapp.works import WorkForm, check_image, parse_licensed, register, remove
 
-_PROBLEM = {"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+_PROBLEM = {
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid API token", **_PROBLEM},
     403: {"description": "Your role may not do this", **_PROBLEM},
@@ -30,7 +40,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     413: {"description": "The file is larger than the upload limit", **_PROBLEM},
-    415: {"description": "Not a PNG, JPEG, WebP or SVG image, or the image cannot be decoded", **_PROBLEM},
+    415: {
+        "description": "Not a PNG, JPEG, WebP or SVG image, or the image cannot be decoded",
+        **_PROBLEM,
+    },
 }
 
 router = APIRouter(prefix="/api/v1", tags=["api"], responses=_ERRORS)
@@ -60,10 +73,16 @@ class WorkOut(BaseModel):
 
     @classmethod
     def of(cls, work: Work, match_count: int | None = None) -> WorkOut:
-        return cls(id=work.id, title=work.title, kind=work.kind.value, filename=work.filename,
-                   registration_number=work.registration_number,
-                   licensed_sites=[str(s) for s in work.licensed_sites or []],
-                   created_at=work.created_at, match_count=match_count)
+        return cls(
+            id=work.id,
+            title=work.title,
+            kind=work.kind.value,
+            filename=work.filename,
+            registration_number=work.registration_number,
+            licensed_sites=[str(s) for s in work.licensed_sites or []],
+            created_at=work.created_at,
+            match_count=match_count,
+        )
 
 
 class MatchOut(BaseModel):
@@ -71,7 +90,9 @@ class MatchOut(BaseModel):
     work_id: int
     score: float
     signals: dict[str, Any]
-    region: list[list[float]] | None = Field(None, description="Polygon [[x, y], ...] in upload pixels")
+    region: list[list[float]] | None = Field(
+        None, description="Polygon [[x, y], ...] in upload pixels"
+    )
     status: str
     page_url: str
     image_url: str
@@ -81,10 +102,19 @@ class MatchOut(BaseModel):
 
     @classmethod
     def of(cls, m: Match) -> MatchOut:
-        return cls(id=m.id, work_id=m.work_id, score=m.score, signals=dict(m.signals or {}),
-                   region=m.region, status=m.status.value, page_url=m.upload.page_url,
-                   image_url=m.upload.image_url, host=m.upload.host, captured_at=m.upload.fetched_at,
-                   created_at=m.created_at)
+        return cls(
+            id=m.id,
+            work_id=m.work_id,
+            score=m.score,
+            signals=dict(m.signals or {}),
+            region=m.region,
+            status=m.status.value,
+            page_url=m.upload.page_url,
+            image_url=m.upload.image_url,
+            host=m.upload.host,
+            captured_at=m.upload.fetched_at,
+            created_at=m.created_at,
+        )
 
 
 class NoticeOut(BaseModel):
@@ -102,10 +132,19 @@ class NoticeOut(BaseModel):
 
     @classmethod
     def of(cls, n: Notice) -> NoticeOut:
-        return cls(id=n.id, host=n.host, law=n.law, state=n.state.value, recipient=n.recipient,
-                   flags=[str(f) for f in n.flags or []], subject=n.subject,
-                   urls=[i.url for i in n.items], match_ids=[i.match_id for i in n.items],
-                   created_at=n.created_at, sent_at=n.sent_at)
+        return cls(
+            id=n.id,
+            host=n.host,
+            law=n.law,
+            state=n.state.value,
+            recipient=n.recipient,
+            flags=[str(f) for f in n.flags or []],
+            subject=n.subject,
+            urls=[i.url for i in n.items],
+            match_ids=[i.match_id for i in n.items],
+            created_at=n.created_at,
+            sent_at=n.sent_at,
+        )
 
 
 class CheckMatch(BaseModel):
@@ -129,10 +168,12 @@ def install_problem_schema(app: Any) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = \
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
                 Problem.model_json_schema()
+            )
             app.openapi_schema = schema
         return dict(app.openapi_schema)
 
@@ -140,34 +181,59 @@ def install_problem_schema(app: Any) -> None:
 
 
 @router.get("/works", response_model=list[WorkOut], summary="List your works")
-def list_works(account: Account = Depends(api_user), session: Session = Depends(db)) -> list[WorkOut]:
+def list_works(
+    account: Account = Depends(api_user), session: Session = Depends(db)
+) -> list[WorkOut]:
     return [WorkOut.of(w, n) for w, n in work_rows(session, account.id)]
 
 
-@router.post("/works", response_model=WorkOut, status_code=201, summary="Register a work",
-             responses=_UPLOAD_ERRORS)
-async def create_work(request: Request, account: Account = OWNER, session: Session = Depends(db),
-                      file: UploadFile = File(description="PNG, JPEG, WebP or SVG"),
-                      title: str = Form(""), kind: str = Form("artwork", pattern="^(logo|artwork)$"),
-                      registration_number: str = Form(""),
-                      licensed_sites: list[str] = Form(default_factory=list,
-                                                       description="Hosts, handles or URL prefixes")) -> WorkOut:
+@router.post(
+    "/works",
+    response_model=WorkOut,
+    status_code=201,
+    summary="Register a work",
+    responses=_UPLOAD_ERRORS,
+)
+async def create_work(
+    request: Request,
+    account: Account = OWNER,
+    session: Session = Depends(db),
+    file: UploadFile = File(description="PNG, JPEG, WebP or SVG"),
+    title: str = Form(""),
+    kind: str = Form("artwork", pattern="^(logo|artwork)$"),
+    registration_number: str = Form(""),
+    licensed_sites: list[str] = Form(
+        default_factory=list, description="Hosts, handles or URL prefixes"
+    ),
+) -> WorkOut:
     data = await read_upload(request, file)
     sites = parse_licensed([s for item in licensed_sites for s in item.split(",")])
-    work = register(get_ctx(request), session, account.id, data, file.filename or "",
-                    WorkForm(title, kind, registration_number, sites))
+    work = register(
+        get_ctx(request),
+        session,
+        account.id,
+        data,
+        file.filename or "",
+        WorkForm(title, kind, registration_number, sites),
+    )
     return WorkOut.of(work, 0)
 
 
 @router.get("/works/{work_id}", response_model=WorkOut, summary="One of your works")
-def get_work(work_id: int, account: Account = Depends(api_user), session: Session = Depends(db)) -> WorkOut:
+def get_work(
+    work_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
+) -> WorkOut:
     work = visible_work(session, account, work_id)
     return WorkOut.of(work)
 
 
 @router.delete("/works/{work_id}", status_code=204, summary="Remove a work and its matches")
-def delete_work(request: Request, work_id: int, account: Account = Depends(api_user),
-                session: Session = Depends(db)) -> Response:
+def delete_work(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(api_user),
+    session: Session = Depends(db),
+) -> Response:
     work = visible_work(session, account, work_id)
     if work.owner_id != account.id:
         from webapp.errors import NotFound
@@ -178,9 +244,14 @@ def delete_work(request: Request, work_id: int, account: Account = Depends(api_u
 
 
 @router.get("/matches", response_model=list[MatchOut], summary="List matches, highest score first")
-def list_matches(account: Account = Depends(api_user), session: Session = Depends(db),
-                 work_id: int | None = None, include_suppressed: bool = False,
-                 limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> list[MatchOut]:
+def list_matches(
+    account: Account = Depends(api_user),
+    session: Session = Depends(db),
+    work_id: int | None = None,
+    include_suppressed: bool = False,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[MatchOut]:
     if work_id is not None:
         visible_work(session, account, work_id)
     q = match_query(account, work_id=work_id, include_suppressed=include_suppressed)
@@ -188,29 +259,46 @@ def list_matches(account: Account = Depends(api_user), session: Session = Depend
 
 
 @router.get("/matches/{match_id}", response_model=MatchOut, summary="One match")
-def get_match(match_id: int, account: Account = Depends(api_user), session: Session = Depends(db)) -> MatchOut:
+def get_match(
+    match_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
+) -> MatchOut:
     return MatchOut.of(visible_match(session, account, match_id))
 
 
-@router.get("/notices", response_model=list[NoticeOut], summary="List notices, most confident first")
-def list_notices(account: Account = Depends(api_user), session: Session = Depends(db),
-                 limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> list[NoticeOut]:
+@router.get(
+    "/notices", response_model=list[NoticeOut], summary="List notices, most confident first"
+)
+def list_notices(
+    account: Account = Depends(api_user),
+    session: Session = Depends(db),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[NoticeOut]:
     rows = session.execute(notice_query(account).limit(limit).offset(offset)).all()
     return [NoticeOut.of(n) for n, _best in rows]
 
 
 @router.get("/notices/{notice_id}", response_model=NoticeOut, summary="One notice")
-def get_notice(notice_id: int, account: Account = Depends(api_user),
-               session: Session = Depends(db)) -> NoticeOut:
+def get_notice(
+    notice_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
+) -> NoticeOut:
     return NoticeOut.of(visible_notice(session, account, notice_id))
 
 
-@router.post("/check", response_model=CheckResult, summary="Does this image copy a registered work?",
-             responses=_UPLOAD_ERRORS,
-             description="Owners check against their own works; reviewer and admin tokens (for example a "
-                         "platform's integration) check against every registered work.")
-async def check(request: Request, account: Account = Depends(api_user), session: Session = Depends(db),
-                file: UploadFile = File(description="The image to check")) -> CheckResult:
+@router.post(
+    "/check",
+    response_model=CheckResult,
+    summary="Does this image copy a registered work?",
+    responses=_UPLOAD_ERRORS,
+    description="Owners check against their own works; reviewer and admin tokens (for example a "
+    "platform's integration) check against every registered work.",
+)
+async def check(
+    request: Request,
+    account: Account = Depends(api_user),
+    session: Session = Depends(db),
+    file: UploadFile = File(description="The image to check"),
+) -> CheckResult:
     ctx = get_ctx(request)
     data = await read_upload(request, file)
     name = file.filename or "upload"
@@ -230,8 +318,17 @@ async def check(request: Request, account: Account = Depends(api_user), session:
         work = session.get(Work, cand.work_id)
         if work is None:
             continue
-        out.append(CheckMatch(work_id=work.id, title=work.title, score=float(cand.score), match=bool(cand.match),
-                              signals=dict(cand.signals), region=cand.region))
+        out.append(
+            CheckMatch(
+                work_id=work.id,
+                title=work.title,
+                score=float(cand.score),
+                match=bool(cand.match),
+                signals=dict(cand.signals),
+                region=cand.region,
+            )
+        )
     out.sort(key=lambda c: c.score, reverse=True)
-    return CheckResult(copies=any(c.match for c in out), threshold=ctx.settings.matching.threshold,
-                       candidates=out)
+    return CheckResult(
+        copies=any(c.match for c in out), threshold=ctx.settings.matching.threshold, candidates=out
+    )

@@ -36,31 +36,47 @@ def home(request: Request, session: Session = Depends(db)) -> Response:
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "") -> Response:
     return get_ctx(request).templates.TemplateResponse(
-        request, "login.html", {"next": _safe_next(next), "error": "", "email": ""})
+        request, "login.html", {"next": _safe_next(next), "error": "", "email": ""}
+    )
 
 
 @router.post("/login", dependencies=[Depends(csrf_protect)])
-def login(request: Request, email: str = Form(""), password: str = Form(""), next: str = Form(""),
-          session: Session = Depends(db)) -> Response:
+def login(
+    request: Request,
+    email: str = Form(""),
+    password: str = Form(""),
+    next: str = Form(""),
+    session: Session = Depends(db),
+) -> Response:
     ctx = get_ctx(request)
     email = email.strip().lower()
     ip = request.client.host if request.client else "unknown"
     wait = ctx.throttle.retry_after(session, email, ip)
     if wait:
-        raise TooManyRequests(f"too many failed logins; try again in {wait // 60 + 1} minutes", wait)
+        raise TooManyRequests(
+            f"too many failed logins; try again in {wait // 60 + 1} minutes", wait
+        )
     account = session.scalar(select(Account).where(func.lower(Account.email) == email))
     if account is None or not verify_password(account.password_hash, password):
         ctx.throttle.record_failure(session, email, ip)
         session.commit()
         return ctx.templates.TemplateResponse(
-            request, "login.html",
+            request,
+            "login.html",
             {"next": _safe_next(next), "error": "Wrong email or password.", "email": email},
-            status_code=400)
+            status_code=400,
+        )
     ctx.throttle.clear(session, email)
     key = new_session(session, account)
     response = RedirectResponse(_safe_next(next) or HOME[account.role], status_code=303)
-    response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="lax", secure=ctx.secure_cookies,
-                        max_age=14 * 86400)
+    response.set_cookie(
+        SESSION_COOKIE,
+        key,
+        httponly=True,
+        samesite="lax",
+        secure=ctx.secure_cookies,
+        max_age=14 * 86400,
+    )
     return response
 
 
@@ -86,7 +102,8 @@ def _unsubscribe_account(request: Request, session: Session, token: str) -> Acco
 def unsubscribe_page(request: Request, token: str, session: Session = Depends(db)) -> Response:
     account = _unsubscribe_account(request, session, token)
     return get_ctx(request).templates.TemplateResponse(
-        request, "unsubscribe.html", {"token": token, "email": account.email, "done": False})
+        request, "unsubscribe.html", {"token": token, "email": account.email, "done": False}
+    )
 
 
 @router.post("/unsubscribe/{token}", response_class=HTMLResponse)
@@ -95,4 +112,5 @@ def unsubscribe(request: Request, token: str, session: Session = Depends(db)) ->
     account = _unsubscribe_account(request, session, token)
     account.alert_mode = "off"
     return get_ctx(request).templates.TemplateResponse(
-        request, "unsubscribe.html", {"token": token, "email": account.email, "done": True})
+        request, "unsubscribe.html", {"token": token, "email": account.email, "done": True}
+    )

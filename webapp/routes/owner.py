@@ -32,11 +32,15 @@ def blob_response(ctx: Any, sha: str | None) -> Response:
         data = ctx.blobs.get(sha)
     except BlobNotFound:
         raise NotFound("the image is no longer stored") from None
-    return Response(data, media_type=media_type(data), headers={
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
-        "Cache-Control": "private, max-age=3600",
-        "Content-Disposition": "inline",
-    })
+    return Response(
+        data,
+        media_type=media_type(data),
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            "Cache-Control": "private, max-age=3600",
+            "Content-Disposition": "inline",
+        },
+    )
 
 
 def evidence_view(ctx: Any, match: Match) -> dict[str, Any]:
@@ -48,37 +52,64 @@ def evidence_view(ctx: Any, match: Match) -> dict[str, Any]:
             size = image_size(ctx.blobs.get(upload.blob_sha256))
         except BlobNotFound:
             size = None
-    return {"match": match, "upload": upload, "work": match.work, "size": size,
-            "region": match.region if size and match.region else None}
+    return {
+        "match": match,
+        "upload": upload,
+        "work": match.work,
+        "size": size,
+        "region": match.region if size and match.region else None,
+    }
 
 
 @router.get("/works", response_class=HTMLResponse)
-def works_page(request: Request, account: Account = Depends(page_user),
-               session: Session = Depends(db)) -> Response:
+def works_page(
+    request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
+) -> Response:
     return get_ctx(request).templates.TemplateResponse(
-        request, "works.html", {"rows": work_rows(session, account.id)})
+        request, "works.html", {"rows": work_rows(session, account.id)}
+    )
 
 
 @router.get("/works/new", response_class=HTMLResponse)
 def new_work_page(request: Request, account: Account = OWNER) -> Response:
-    return get_ctx(request).templates.TemplateResponse(request, "work_new.html", {"error": "", "form": {}})
+    return get_ctx(request).templates.TemplateResponse(
+        request, "work_new.html", {"error": "", "form": {}}
+    )
 
 
 @router.post("/works")
-async def create_work(request: Request, account: Account = OWNER, session: Session = Depends(db),
-                      file: UploadFile | None = File(None), title: str = Form(""), kind: str = Form("logo"),
-                      registration_number: str = Form(""), licensed_sites: str = Form("")) -> Response:
+async def create_work(
+    request: Request,
+    account: Account = OWNER,
+    session: Session = Depends(db),
+    file: UploadFile | None = File(None),
+    title: str = Form(""),
+    kind: str = Form("logo"),
+    registration_number: str = Form(""),
+    licensed_sites: str = Form(""),
+) -> Response:
     ctx = get_ctx(request)
-    form = {"title": title, "kind": kind, "registration_number": registration_number,
-            "licensed_sites": licensed_sites}
+    form = {
+        "title": title,
+        "kind": kind,
+        "registration_number": registration_number,
+        "licensed_sites": licensed_sites,
+    }
     try:
         data = await read_upload(request, file)
-        work = register(ctx, session, account.id, data, (file.filename or "") if file else "",
-                        WorkForm(title, kind, registration_number, parse_licensed(licensed_sites)))
+        work = register(
+            ctx,
+            session,
+            account.id,
+            data,
+            (file.filename or "") if file else "",
+            WorkForm(title, kind, registration_number, parse_licensed(licensed_sites)),
+        )
     except WebError as exc:
         session.rollback()
         return ctx.templates.TemplateResponse(
-            request, "work_new.html", {"error": exc.detail, "form": form}, status_code=exc.status)
+            request, "work_new.html", {"error": exc.detail, "form": form}, status_code=exc.status
+        )
     return RedirectResponse(f"/works/{work.id}?created=1", status_code=303)
 
 
@@ -88,51 +119,82 @@ def import_page(request: Request, account: Account = OWNER) -> Response:
 
 
 @router.post("/works/import")
-async def import_works(request: Request, account: Account = OWNER, session: Session = Depends(db),
-                       files: list[UploadFile] = File(default_factory=list), kind: str = Form("artwork"),
-                       licensed_sites: str = Form("")) -> Response:
+async def import_works(
+    request: Request,
+    account: Account = OWNER,
+    session: Session = Depends(db),
+    files: list[UploadFile] = File(default_factory=list),
+    kind: str = Form("artwork"),
+    licensed_sites: str = Form(""),
+) -> Response:
     ctx = get_ctx(request)
     try:
-        items = [(f.filename or f"file {i}", await read_upload(request, f)) for i, f in enumerate(files, 1)]
+        items = [
+            (f.filename or f"file {i}", await read_upload(request, f))
+            for i, f in enumerate(files, 1)
+        ]
         job = start_import(ctx, session, account.id, items, kind, parse_licensed(licensed_sites))
     except WebError as exc:
         return ctx.templates.TemplateResponse(
-            request, "work_import.html", {"error": exc.detail}, status_code=exc.status)
+            request, "work_import.html", {"error": exc.detail}, status_code=exc.status
+        )
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: int, account: Account = Depends(page_user),
-             session: Session = Depends(db)) -> Response:
+def job_page(
+    request: Request,
+    job_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     job = visible_job(session, account, job_id)
     return get_ctx(request).templates.TemplateResponse(request, "job.html", {"job": job})
 
 
 @router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
-def job_progress(request: Request, job_id: int, account: Account = Depends(page_user),
-                 session: Session = Depends(db)) -> Response:
+def job_progress(
+    request: Request,
+    job_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     job = visible_job(session, account, job_id)
     return get_ctx(request).templates.TemplateResponse(request, "_job_progress.html", {"job": job})
 
 
 @router.get("/works/{work_id}", response_class=HTMLResponse)
-def work_page(request: Request, work_id: int, created: int = 0, account: Account = Depends(page_user),
-              session: Session = Depends(db)) -> Response:
+def work_page(
+    request: Request,
+    work_id: int,
+    created: int = 0,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     work = visible_work(session, account, work_id)
     matches = session.scalars(match_query(account, work_id=work.id, include_suppressed=True)).all()
     return get_ctx(request).templates.TemplateResponse(
-        request, "work.html", {"work": work, "matches": matches, "created": bool(created)})
+        request, "work.html", {"work": work, "matches": matches, "created": bool(created)}
+    )
 
 
 @router.get("/works/{work_id}/image")
-def work_image(request: Request, work_id: int, account: Account = Depends(page_user),
-               session: Session = Depends(db)) -> Response:
+def work_image(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     return blob_response(get_ctx(request), visible_work(session, account, work_id).blob_sha256)
 
 
 @router.post("/works/{work_id}/delete")
-def delete_work(request: Request, work_id: int, account: Account = Depends(page_user),
-                session: Session = Depends(db)) -> Response:
+def delete_work(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     work = visible_work(session, account, work_id)
     if work.owner_id != account.id:
         raise NotFound(f"no work with id {work_id}")
@@ -141,40 +203,68 @@ def delete_work(request: Request, work_id: int, account: Account = Depends(page_
 
 
 @router.get("/matches", response_class=HTMLResponse)
-def matches_page(request: Request, account: Account = Depends(page_user),
-                 session: Session = Depends(db)) -> Response:
+def matches_page(
+    request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
+) -> Response:
     matches = session.scalars(match_query(account).limit(500)).all()
-    return get_ctx(request).templates.TemplateResponse(request, "matches.html", {"matches": matches})
+    return get_ctx(request).templates.TemplateResponse(
+        request, "matches.html", {"matches": matches}
+    )
 
 
 @router.get("/matches/{match_id}", response_class=HTMLResponse)
-def match_page(request: Request, match_id: int, account: Account = Depends(page_user),
-               session: Session = Depends(db)) -> Response:
+def match_page(
+    request: Request,
+    match_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     ctx = get_ctx(request)
     match = visible_match(session, account, match_id)
     from storage.models import NoticeItem
 
-    notice_ids = session.scalars(select(NoticeItem.notice_id).where(NoticeItem.match_id == match.id)).all()
+    notice_ids = session.scalars(
+        select(NoticeItem.notice_id).where(NoticeItem.match_id == match.id)
+    ).all()
     return ctx.templates.TemplateResponse(
-        request, "match.html", {"ev": evidence_view(ctx, match), "notice_ids": sorted(set(notice_ids))})
+        request,
+        "match.html",
+        {"ev": evidence_view(ctx, match), "notice_ids": sorted(set(notice_ids))},
+    )
 
 
 @router.get("/matches/{match_id}/image")
-def match_image(request: Request, match_id: int, account: Account = Depends(page_user),
-                session: Session = Depends(db)) -> Response:
-    return blob_response(get_ctx(request), visible_match(session, account, match_id).upload.blob_sha256)
+def match_image(
+    request: Request,
+    match_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
+    return blob_response(
+        get_ctx(request), visible_match(session, account, match_id).upload.blob_sha256
+    )
 
 
 @router.get("/profile", response_class=HTMLResponse)
 def profile_page(request: Request, account: Account = Depends(page_user)) -> Response:
     return get_ctx(request).templates.TemplateResponse(
-        request, "profile.html", {"account": account, "saved": False, "new_token": "", "modes": ALERT_MODES})
+        request,
+        "profile.html",
+        {"account": account, "saved": False, "new_token": "", "modes": ALERT_MODES},
+    )
 
 
 @router.post("/profile", response_class=HTMLResponse)
-def save_profile(request: Request, account: Account = Depends(page_user), session: Session = Depends(db),
-                 display_name: str = Form(""), legal_name: str = Form(""), postal_address: str = Form(""),
-                 phone: str = Form(""), alert_mode: str = Form("instant")) -> Response:
+def save_profile(
+    request: Request,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+    display_name: str = Form(""),
+    legal_name: str = Form(""),
+    postal_address: str = Form(""),
+    phone: str = Form(""),
+    alert_mode: str = Form("instant"),
+) -> Response:
     if alert_mode not in ALERT_MODES:
         raise InvalidInput(f"alert mode must be one of {', '.join(ALERT_MODES)}")
     account.display_name = display_name.strip()[:200]
@@ -183,11 +273,17 @@ def save_profile(request: Request, account: Account = Depends(page_user), sessio
     account.phone = phone.strip()[:64]
     account.alert_mode = alert_mode
     return get_ctx(request).templates.TemplateResponse(
-        request, "profile.html", {"account": account, "saved": True, "new_token": "", "modes": ALERT_MODES})
+        request,
+        "profile.html",
+        {"account": account, "saved": True, "new_token": "", "modes": ALERT_MODES},
+    )
 
 
 @router.post("/profile/token", response_class=HTMLResponse)
 def new_token(request: Request, account: Account = Depends(page_user)) -> Response:
     token = issue_api_token(account)
     return get_ctx(request).templates.TemplateResponse(
-        request, "profile.html", {"account": account, "saved": False, "new_token": token, "modes": ALERT_MODES})
+        request,
+        "profile.html",
+        {"account": account, "saved": False, "new_token": token, "modes": ALERT_MODES},
+    )

@@ -55,35 +55,60 @@ def queue(request: Request, account: Account = STAFF, session: Session = Depends
 
 
 @router.get("/notices", response_class=HTMLResponse)
-def notices_page(request: Request, account: Account = Depends(page_user),
-                 session: Session = Depends(db)) -> Response:
+def notices_page(
+    request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
+) -> Response:
     rows = session.execute(notice_query(account).limit(500)).all()
     return get_ctx(request).templates.TemplateResponse(request, "notices.html", {"rows": rows})
 
 
 @router.get("/notices/{notice_id}", response_class=HTMLResponse)
-def notice_page(request: Request, notice_id: int, error: str = "", account: Account = Depends(page_user),
-                session: Session = Depends(db)) -> Response:
-    ctx = get_ctx(request)
+def notice_page(
+    request: Request,
+    notice_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     notice = visible_notice(session, account, notice_id)
-    return _render_notice(request, session, account, notice, error=error)
+    return _render_notice(request, session, account, notice)
 
 
-def _render_notice(request: Request, session: Session, account: Account, notice: Notice, *,
-                   error: str = "", status: int = 200, gaps: list[str] | None = None) -> Response:
+def _render_notice(
+    request: Request,
+    session: Session,
+    account: Account,
+    notice: Notice,
+    *,
+    error: str = "",
+    status: int = 200,
+    gaps: list[str] | None = None,
+) -> Response:
     ctx = get_ctx(request)
     evidence = [evidence_view(ctx, item.match) for item in notice.items]
     audit = session.scalars(
-        select(AuditEvent).where(AuditEvent.entity == "notice", AuditEvent.entity_id == notice.id)
+        select(AuditEvent)
+        .where(AuditEvent.entity == "notice", AuditEvent.entity_id == notice.id)
         .order_by(AuditEvent.at, AuditEvent.id)
     ).all()
-    return ctx.templates.TemplateResponse(request, "notice.html", {
-        "notice": notice, "evidence": evidence, "audit": audit, "error": error, "gaps": gaps or [],
-        "can_act": is_staff(account), "questions": fair_use_questions(),
-    }, status_code=status)
+    return ctx.templates.TemplateResponse(
+        request,
+        "notice.html",
+        {
+            "notice": notice,
+            "evidence": evidence,
+            "audit": audit,
+            "error": error,
+            "gaps": gaps or [],
+            "can_act": is_staff(account),
+            "questions": fair_use_questions(),
+        },
+        status_code=status,
+    )
 
 
-def _act(request: Request, session: Session, account: Account, notice: Notice, action: Any) -> Response:
+def _act(
+    request: Request, session: Session, account: Account, notice: Notice, action: Any
+) -> Response:
     """Run a workflow step; on refusal re-render the notice with every reason."""
     try:
         action()
@@ -92,41 +117,75 @@ def _act(request: Request, session: Session, account: Account, notice: Notice, a
         session.rollback()
         notice = visible_notice(session, account, notice.id)
         missing = getattr(exc, "missing", None)
-        return _render_notice(request, session, account, notice, error=str(exc), status=409,
-                              gaps=list(missing) if missing else [])
+        return _render_notice(
+            request,
+            session,
+            account,
+            notice,
+            error=str(exc),
+            status=409,
+            gaps=list(missing) if missing else [],
+        )
     return RedirectResponse(f"/notices/{notice.id}", status_code=303)
 
 
 @router.post("/notices/{notice_id}/approve")
-async def approve(request: Request, notice_id: int, account: Account = Depends(page_user),
-                  session: Session = Depends(db)) -> Response:
+async def approve(
+    request: Request,
+    notice_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     from notices import workflow
 
     notice = _staff_notice(session, account, notice_id)
     form = await request.form()
     # Each question is answered yes or no; an unanswered one stays out, and
     # the workflow refuses approval naming it.
-    fair_use = {key: str(form[key]) for key, _ in fair_use_questions() if form.get(key) in ("yes", "no")}
-    return _act(request, session, account, notice,
-                lambda: workflow.approve(session, notice.id, account.email, fair_use=fair_use))
+    fair_use = {
+        key: str(form[key]) for key, _ in fair_use_questions() if form.get(key) in ("yes", "no")
+    }
+    return _act(
+        request,
+        session,
+        account,
+        notice,
+        lambda: workflow.approve(session, notice.id, account.email, fair_use=fair_use),
+    )
 
 
 @router.post("/notices/{notice_id}/reject")
-def reject(request: Request, notice_id: int, reason: str = Form(""), account: Account = Depends(page_user),
-           session: Session = Depends(db)) -> Response:
+def reject(
+    request: Request,
+    notice_id: int,
+    reason: str = Form(""),
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     from notices import workflow
 
     notice = _staff_notice(session, account, notice_id)
     if not reason.strip():
         raise InvalidInput("give a reason for rejecting the notice")
-    return _act(request, session, account, notice,
-                lambda: workflow.reject(session, notice.id, account.email, reason=reason.strip()))
+    return _act(
+        request,
+        session,
+        account,
+        notice,
+        lambda: workflow.reject(session, notice.id, account.email, reason=reason.strip()),
+    )
 
 
 @router.post("/notices/{notice_id}/edit")
-def edit(request: Request, notice_id: int, subject: str = Form(""), body_text: str = Form(""),
-         recipient: str = Form(""), account: Account = Depends(page_user),
-         session: Session = Depends(db)) -> Response:
+def edit(
+    request: Request,
+    notice_id: int,
+    subject: str = Form(""),
+    body_text: str = Form(""),
+    recipient: str = Form(""),
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     from notices import workflow
 
     notice = _staff_notice(session, account, notice_id)
@@ -139,13 +198,22 @@ def edit(request: Request, notice_id: int, subject: str = Form(""), body_text: s
         changes["recipient"] = recipient.strip()
     if not changes:
         return RedirectResponse(f"/notices/{notice.id}", status_code=303)
-    return _act(request, session, account, notice,
-                lambda: workflow.edit(session, notice.id, account.email, **changes))
+    return _act(
+        request,
+        session,
+        account,
+        notice,
+        lambda: workflow.edit(session, notice.id, account.email, **changes),
+    )
 
 
 @router.get("/notices/{notice_id}/evidence.zip")
-def evidence_zip(request: Request, notice_id: int, account: Account = Depends(page_user),
-                 session: Session = Depends(db)) -> Response:
+def evidence_zip(
+    request: Request,
+    notice_id: int,
+    account: Account = Depends(page_user),
+    session: Session = Depends(db),
+) -> Response:
     from notices.evidence import build_bundle
 
     notice = visible_notice(session, account, notice_id)
@@ -153,5 +221,8 @@ def evidence_zip(request: Request, notice_id: int, account: Account = Depends(pa
         data = build_bundle(session, get_ctx(request).blobs, notice.id)
     except _workflow_errors() as exc:
         raise Conflict(f"the evidence bundle cannot be built: {exc}") from None
-    return Response(bytes(data), media_type="application/zip", headers={
-        "Content-Disposition": f'attachment; filename="notice-{notice.id}-evidence.zip"'})
+    return Response(
+        bytes(data),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="notice-{notice.id}-evidence.zip"'},
+    )
