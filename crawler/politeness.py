@@ -14,8 +14,9 @@ client makes (pages, feeds, images, each redirect hop) goes through it:
 - 429 and 503 are retried after ``Retry-After`` (seconds or an HTTP date) or
   an exponential backoff, with full jitter, up to ``max_retries`` times; the
   wait also holds back every other request to that host. A wait longer than
-  ``max_backoff`` is not slept: the response is returned and the caller
-  reports RateLimited, retrying on its next poll.
+  ``max_backoff`` is not slept: the response is returned (the caller reports
+  RateLimited and retries on its next poll) and, until that time, requests to
+  the host fail fast with RateLimited without contacting it.
 
 Conditional GET is per resource and lives with the source's cursor (see
 :func:`conditional_headers` / :func:`validators`), so a crash between fetch and
@@ -36,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from config.settings import CrawlerSettings
-from crawler.errors import RobotsDisallowed
+from crawler.errors import RateLimited, RobotsDisallowed
 from crawler.fetch import user_agent
 
 __all__ = [
@@ -195,6 +196,7 @@ class _Host:
     lock: threading.Lock
     slots: threading.BoundedSemaphore
     next_start: float = 0.0
+    blocked_until: float = 0.0  # a Retry-After too long to sleep through
 
 
 class PolitenessState:
@@ -395,6 +397,17 @@ class PoliteTransport(httpx.BaseTransport):
                     f"robots.txt of {request.url.host} disallows {request.url}", str(request.url)
                 )
             crawl_delay = rules.crawl_delay
+        host = self._host(request.url.host)
+        remaining = host.blocked_until - self._clock()
+        if remaining > 0:
+            # The host asked us to stay away longer than we sleep: do not
+            # contact it again before that time, from any client.
+            raise RateLimited(
+                f"{request.url.host} asked us to wait (Retry-After); {remaining:.0f}s left",
+                str(request.url),
+                429,
+                remaining,
+            )
         attempt = 0
         while True:
             response = self._send_paced(request, crawl_delay)
@@ -402,6 +415,8 @@ class PoliteTransport(httpx.BaseTransport):
                 return response
             wait = self._retry_after(response, attempt)
             if wait > self.max_backoff:
+                with host.lock:
+                    host.blocked_until = max(host.blocked_until, self._clock() + wait)
                 return response
             response.close()
             self._hold_off(self._host(request.url.host), wait)

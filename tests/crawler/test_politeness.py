@@ -220,10 +220,17 @@ def test_retry_after_too_long_gives_rate_limited_error(http: PayloadServer) -> N
     http.routes["/p"] = lambda p, q, h: Reply(429, {"Retry-After": "3600"})
     sleep = _Recorder()
     with _polite_client(_settings(obey_robots=False), sleep, max_backoff=60) as client:
-        with pytest.raises(RateLimited) as info:
+        with pytest.raises(RateLimited) as info:  # a private state: this client only
             fetch_page(client, http.url + "/p")
     assert info.value.retry_after == 3600 and sleep.sleeps == []
     assert isinstance(info.value, ConnectionError)  # Celery's autoretry treats it as transient
+    with build_client(_settings(obey_robots=False)) as client:
+        with pytest.raises(RateLimited):
+            fetch_page(client, http.url + "/p")  # first contact through the shared state
+        with pytest.raises(RateLimited, match="asked us to wait") as again:
+            fetch_page(client, http.url + "/p")
+    assert len(http.hits("/p")) == 2  # the last request never reached the host
+    assert again.value.retry_after is not None and again.value.retry_after > 3500
 
 
 def test_retries_give_up_after_max(http: PayloadServer) -> None:
@@ -279,3 +286,18 @@ def test_clients_of_one_process_share_robots_and_pacing(http: PayloadServer) -> 
     assert len(http.hits("/robots.txt")) == 1
     gaps = _gaps(http, "/p")
     assert len(gaps) == 2 and sum(gaps) >= 0.45
+
+
+def test_reddit_source_refused_by_reddits_real_robots(http: PayloadServer) -> None:
+    """Reddit's robots.txt disallows /*.json for generic crawlers, so the
+    listing is never requested while robots are obeyed."""
+    from crawler.sources.reddit import RedditSource
+
+    http.static("/robots.txt", (ROBOTS / "www.reddit.com.robots.txt").read_bytes(), "text/plain")
+    http.static(
+        "/r/art/new.json", b'{"kind": "Listing", "data": {"children": []}}', "application/json"
+    )
+    with build_client(_settings()) as client:
+        with pytest.raises(RobotsDisallowed, match="new.json"):
+            RedditSource(http.url + "/r/art", {}, client).poll(None)
+    assert http.hits("/r/art/new.json") == []
