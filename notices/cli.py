@@ -215,11 +215,13 @@ def reject_cmd(ctx: click.Context, notice_id: int, reason: str, actor: str | Non
 @click.option("--body-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="New text body from this file (otherwise $EDITOR opens when nothing else is given).")
 @click.option("--subject", help="New subject line.")
-@click.option("--recipient", help="Where to send: the agent's email or the host's web form URL.")
+@click.option("--recipient", help="Where to send: the agent's email or the host's web form URL "
+                                   "(giving the drafted one confirms it).")
+@click.option("--law", type=click.Choice(["dmca", "dsa"]), help="Which law the notice invokes (unknown hosts).")
 @_actor_option
 @click.pass_context
 def edit_cmd(ctx: click.Context, notice_id: int, body_file: Path | None, subject: str | None,
-             recipient: str | None, actor: str | None) -> None:
+             recipient: str | None, law: str | None, actor: str | None) -> None:
     """Edit the wording, subject or recipient (a diff is kept in the audit log)."""
     from notices.workflow import approval_gaps, edit, get_notice
 
@@ -227,7 +229,7 @@ def edit_cmd(ctx: click.Context, notice_id: int, body_file: Path | None, subject
     body: str | None = None
     if body_file is not None:
         body = body_file.read_text(encoding="utf-8")
-    elif subject is None and recipient is None:
+    elif subject is None and recipient is None and law is None:
         with session_scope(obj.sessions) as s:
             current = get_notice(s, notice_id).body_text
         body = click.edit(current, extension=".txt", require_save=True)
@@ -235,7 +237,8 @@ def edit_cmd(ctx: click.Context, notice_id: int, body_file: Path | None, subject
             click.echo("no changes")
             return
     with session_scope(obj.sessions) as s:
-        edit(s, notice_id, actor or _default_actor(), body_text=body, subject=subject, recipient=recipient)
+        edit(s, notice_id, actor or _default_actor(), body_text=body, subject=subject, recipient=recipient,
+             law=law)
         missing = approval_gaps(s, get_notice(s, notice_id))
     click.echo(f"notice {notice_id} updated")
     for gap in missing:

@@ -68,9 +68,13 @@ def overlay_png(image_bytes: bytes, region: list[Any] | None) -> bytes:
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise EvidenceError(f"the captured image cannot be decoded for the overlay: {exc}") from None
     w, h = base.size
+    points: list[tuple[float, float]] = []
     if region and len(region) >= 3:
-        points = [(float(x), float(y)) for x, y in region]
-    else:
+        try:
+            points = [(float(x), float(y)) for x, y in region]
+        except (TypeError, ValueError):
+            points = []
+    if not points:
         points = [(0.0, 0.0), (w - 1.0, 0.0), (w - 1.0, h - 1.0), (0.0, h - 1.0)]
     tint = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(tint)

@@ -27,11 +27,18 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from notices.business_days import add_business_days
 from notices.content import clean_inline
-from notices.drafting import OPEN_STATES, content_for_notice, missing_profile_fields, record
+from notices.drafting import (
+    OPEN_STATES,
+    content_for_notice,
+    missing_profile_fields,
+    record,
+    rerender,
+)
 from notices.errors import ApprovalRefused, IllegalTransition, NoticeNotFound
 from notices.validate import missing_elements
 from storage.models import Account, Notice, NoticeState, utcnow
@@ -187,17 +194,26 @@ def _html_from_text(text: str) -> str:
 
 
 def edit(session: Session, notice_id: int, actor: str, *, body_text: str | None = None,
-         subject: str | None = None, recipient: str | None = None) -> Notice:
-    """Change the wording, subject or recipient of an open notice; keeps a diff.
+         subject: str | None = None, recipient: str | None = None, law: str | None = None) -> Notice:
+    """Change the wording, subject, recipient or law of an open notice; keeps a diff.
 
     An edited text body replaces the HTML body with an escaped rendering of
-    the same text, so both variants always say the same thing. Choosing a
-    recipient clears the ``unknown_host`` flag."""
+    the same text, so both variants always say the same thing. Giving a
+    recipient (even the drafted one, to confirm it) clears the
+    ``unknown_host`` and ``verify_recipient`` flags. Changing the law (for a
+    host the directory does not know) re-renders the notice from its template
+    unless its text was edited; a logo complaint stays a trademark complaint."""
     notice = get_notice(session, notice_id, lock=True)
     if notice.state not in OPEN_STATES:
         raise IllegalTransition(f"notice {notice.id} is {notice.state.value}; only a draft or a notice in review "
                                 "can be edited")
     diffs: dict[str, str] = {}
+    if law is not None and law != notice.law:
+        _change_law(session, notice, law)
+        diffs["law"] = _diff("law", notice.law, law)
+        notice.law = law
+        if not notice.edited and body_text is None:
+            rerender(session, notice)
     if body_text is not None and body_text != notice.body_text:
         diffs["body_text"] = _diff("body", notice.body_text, body_text)
         notice.body_text = body_text
@@ -217,11 +233,28 @@ def edit(session: Session, notice_id: int, actor: str, *, body_text: str | None 
         if recipient != notice.recipient:
             diffs["recipient"] = _diff("recipient", notice.recipient, recipient)
             notice.recipient = recipient
-            notice.flags = [f for f in notice.flags if f not in ("unknown_host", "verify_recipient")]
+        cleared = [f for f in notice.flags if f in ("unknown_host", "verify_recipient")]
+        if cleared:
+            notice.flags = [f for f in notice.flags if f not in cleared]
+            record(session, notice, actor, "recipient_confirmed", recipient=recipient, cleared=cleared)
     if diffs:
         record(session, notice, actor, "edited", state=notice.state.value, diff=diffs)
-        session.flush()
+    session.flush()
     return notice
+
+
+def _change_law(session: Session, notice: Notice, law: str) -> None:
+    if law not in ("dmca", "dsa"):
+        raise IllegalTransition(f"law must be dmca or dsa, not {law!r}")
+    if notice.law == "trademark":
+        raise IllegalTransition(f"notice {notice.id} is a trademark complaint for a logo; its law cannot change")
+    key = f"{notice.owner_id}:{notice.host}:{law}"
+    if notice.open_key is not None:
+        other = session.scalar(select(Notice.id).where(Notice.open_key == key, Notice.id != notice.id))
+        if other is not None:
+            raise IllegalTransition(f"notice {other} is already the open {law} notice for {notice.host}; "
+                                    "reject one of the two or finish the other first")
+        notice.open_key = key
 
 
 def mark_sent(session: Session, notice_id: int, actor: str, *, via: str, followup_days: int,

@@ -289,3 +289,14 @@ def test_followup_retries_when_the_check_fails(sessions: Any, blobs: FolderBlobS
         assert r.outcome == "check_failed" and "HTTP 502" in r.error
     with session_scope(sessions) as s:
         assert workflow.get_notice(s, nid).state == NoticeState.SENT
+
+
+def test_overlay_without_a_usable_region_outlines_the_whole_image() -> None:
+    from notices.evidence import overlay_png
+
+    for region in (None, [[1, 2]], [["a", "b"], [1, 2], [3, 4]]):
+        im = Image.open(io.BytesIO(overlay_png(f.png((0, 0, 255), (50, 40)), region))).convert("RGB")
+        r, _, b = im.getpixel((0, 20))
+        assert r > 200 and b < 100  # red border on the left edge
+        r, _, b = im.getpixel((25, 20))
+        assert b > 150              # the inside is only tinted

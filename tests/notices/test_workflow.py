@@ -174,3 +174,26 @@ def test_business_days() -> None:
     assert add_business_days(date(2026, 12, 21), 10) == date(2027, 1, 6)        # skips 25 Dec and 1 Jan
     span = [add_business_days(date(2026, 3, 2), n) for n in (10, 14)]
     assert span == [date(2026, 3, 16), date(2026, 3, 20)]
+
+
+def test_reviewer_chooses_the_law_for_an_unknown_host_and_confirms_recipients(sessions: Any) -> None:
+    with session_scope(sessions) as s:
+        acc = f.owner(s)
+        w = f.work(s, acc)
+        unknown = f.match(s, f.upload(s, "https://art.example.eu/i/1.png"), w).id
+        known = f.match(s, f.upload(s, "https://i.imgur.com/k.png"), w).id
+    with session_scope(sessions) as s:
+        n = draft_for_match(s, unknown, NoticeSettings())
+        assert n is not None and n.law == "dmca" and n.flags == ["unknown_host"]
+        workflow.edit(s, n.id, REVIEWER, law="dsa", recipient="legal@art.example.eu")
+        assert n.law == "dsa" and n.open_key == f"{acc.id}:art.example.eu:dsa" and n.flags == []
+        assert "Article 16 of Regulation (EU) 2022/2065" in n.body_text
+        with pytest.raises(IllegalTransition, match="law must be dmca or dsa"):
+            workflow.edit(s, n.id, REVIEWER, law="trademark")
+        workflow.approve(s, n.id, REVIEWER, OK)
+        k = draft_for_match(s, known, NoticeSettings())
+        assert k is not None and k.flags == ["verify_recipient"]
+        workflow.edit(s, k.id, REVIEWER, recipient=k.recipient)  # confirm as drafted
+        assert k.flags == []
+        actions = [e.action for e in _events(s, k.id)]
+        assert actions[-1] == "recipient_confirmed" and "edited" not in actions
