@@ -67,3 +67,18 @@ def test_constructed_from_posts() -> None:
     with LocalSite([{"image": png(1), "text": "a"}, {"image": png(2), "author": "zed"}]) as s:
         data = httpx.get(s.url + "/api/v1/timelines/public").json()
         assert [d["account"]["acct"] for d in data] == ["zed", "artist"]
+
+
+def test_mastodon_tag_and_account_timelines(site: LocalSite, client: httpx.Client) -> None:
+    art = site.add_post(png("t1"), author="alice", tags=["Art"])
+    site.add_post(png("t2"), author="bob")
+    mine = site.add_post(png("t3"), author="alice")
+    tag = MastodonSource(site.url, {"tag": "#art"}, client)
+    assert [r.post_id for r in tag.poll(None)[0]] == [art]
+    by_handle = MastodonSource(site.url, {"acct": "alice"}, client)
+    records, _ = by_handle.poll(None)
+    assert sorted(r.post_id for r in records) == sorted([art, mine])
+    account_id = by_handle.params["account"]
+    by_id = MastodonSource(site.url, {"account": account_id}, client)
+    assert sorted(r.post_id for r in by_id.poll(None)[0]) == sorted([art, mine])
+    assert any("/api/v1/accounts/lookup" in q.path for q in site.requests)
