@@ -314,3 +314,21 @@ def test_sse_line_without_end_is_capped(http: PayloadServer) -> None:
         src = WikimediaSource(http.url + "/stream", {}, client, max_page_bytes=10_000)
         with pytest.raises(MalformedPage, match="exceeds 10000 bytes"):
             list(src.stream(None, idle_timeout=2))
+
+
+def test_websocket_source_applies_the_same_address_policy() -> None:
+    from crawler.sources.bluesky import BlueskySource
+
+    from .servers import JetstreamServer
+
+    ws = JetstreamServer().start()
+    try:
+        with build_client(_settings(allow_internal=[])) as client:
+            with pytest.raises(BlockedAddress, match="127.0.0.1"):
+                list(BlueskySource(ws.url, {}, client).stream(None, idle_timeout=0.2))
+        assert ws.connections == []
+        with build_client(_settings()) as client:
+            assert list(BlueskySource(ws.url, {}, client).stream(None, idle_timeout=0.2)) == []
+        assert len(ws.connections) == 1
+    finally:
+        ws.stop()
