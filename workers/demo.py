@@ -108,6 +108,21 @@ def logo(seed: int, text: str, size: int = 512) -> Image.Image:
     return img
 
 
+def badge(seed: int, text: str, size: int = 512) -> Image.Image:
+    """A logo of another design family: a striped roundel over a wordmark."""
+    rng = random.Random(seed)
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    colour = tuple(rng.randrange(0, 180) for _ in range(3)) + (255,)
+    box = [size * 0.2, size * 0.08, size * 0.8, size * 0.68]
+    draw.rounded_rectangle(box, radius=size // 10, fill=colour)
+    for i in range(5):
+        y = box[1] + (i + 1) * (box[3] - box[1]) / 6
+        draw.line([(box[0] + 20, y), (box[2] - 20, y)], fill=(255, 255, 255, 255), width=size // 40)
+    draw.text((size // 2, int(size * 0.84)), text, fill=colour, font=_font(size // 10), anchor="mm")
+    return img
+
+
 def photo(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
     """An unrelated 'photo': soft landscape bands and blurred blobs."""
     rng = random.Random(seed)
@@ -158,5 +173,5 @@ def demo_uploads() -> list[DemoUpload]:
         DemoUpload(_jpeg(_product_shot(logo1, 5), 85), "image/jpeg", "Shirts for sale, DM me", "teeshop", "demo-logo-1"),
         DemoUpload(_jpeg(photo(101)), "image/jpeg", "sunset over the hills", "hiker", None),
         DemoUpload(_jpeg(painting(999)), "image/jpeg", "my own doodle", "doodler", None),
-        DemoUpload(_png(logo(777, "OTHERCO")), "image/png", "our new brand", "otherco", None),
+        DemoUpload(_png(badge(777, "OTHERCO")), "image/png", "our new brand", "otherco", None),
     ]
