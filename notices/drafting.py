@@ -33,7 +33,13 @@ from sqlalchemy.orm import Session
 from config.settings import NoticeSettings, Settings
 from notices.content import ItemRef, NoticeContent, Notifier, WorkRef, clean_block, clean_inline
 from notices.errors import DraftingBlocked, ProfileIncomplete, TemplateRejected
-from notices.hosts import DEFAULT_HOSTS_FILE, HostDirectory, load_host_directory
+from notices.hosts import (
+    DEFAULT_HOSTS_FILE,
+    OVERRIDE_FILE_NAME,
+    HostDirectory,
+    load_host_directory,
+    merge_directories,
+)
 from notices.render import check_template, render_notice
 from storage.models import (
     Account,
@@ -81,19 +87,30 @@ def notice_settings(settings: Settings | NoticeSettings) -> NoticeSettings:
 
 
 @lru_cache(maxsize=8)
-def _cached_directory(path: str, mtime_ns: int) -> HostDirectory:
-    return load_host_directory(path=Path(path))
+def _cached_directory(path: str, mtime_ns: int, override: str, override_mtime_ns: int) -> HostDirectory:
+    directory = load_host_directory(path=Path(path))
+    if override:
+        directory = merge_directories(directory, load_host_directory(path=Path(override)))
+    return directory
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1  # missing: the loader reports it (or there is no override)
 
 
 def host_directory(settings: Settings | NoticeSettings) -> HostDirectory:
-    """The configured host directory, reloaded when the file changes."""
+    """The configured host directory, plus ``DATA_DIR/hosts.override.toml`` when
+    full Settings are given and the file exists; reloaded when either changes."""
     ns = notice_settings(settings)
     path = Path(ns.hosts_file) if ns.hosts_file else DEFAULT_HOSTS_FILE
-    try:
-        mtime = os.stat(path).st_mtime_ns
-    except OSError:
-        mtime = -1  # let the loader report the missing file
-    return _cached_directory(str(path), mtime)
+    override = Path(settings.data_dir) / OVERRIDE_FILE_NAME if isinstance(settings, Settings) else None
+    if override is not None and not override.exists():
+        override = None
+    return _cached_directory(str(path), _mtime(path), str(override or ""),
+                             _mtime(override) if override else -1)
 
 
 def missing_profile_fields(owner: Account, law: str) -> list[str]:

@@ -18,9 +18,13 @@ from urllib.parse import urlsplit
 from config.settings import NoticeSettings
 from notices.errors import HostDirectoryError
 
-__all__ = ["DEFAULT_HOSTS_FILE", "HostDirectory", "HostEntry", "load_host_directory"]
+__all__ = ["DEFAULT_HOSTS_FILE", "OVERRIDE_FILE_NAME", "HostDirectory", "HostEntry", "load_host_directory",
+           "merge_directories"]
 
 DEFAULT_HOSTS_FILE = Path(__file__).resolve().parents[1] / "config" / "hosts.toml"
+# An administrator's additions and corrections, kept in DATA_DIR and edited
+# from the web app's admin page; its entries replace bundled ones by key.
+OVERRIDE_FILE_NAME = "hosts.override.toml"
 
 _KEYS = {"name", "domains", "law", "email", "web_form", "verify", "notes"}
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
@@ -68,6 +72,13 @@ class HostDirectory:
             if entry is not None:
                 return entry
         return None
+
+
+def merge_directories(base: HostDirectory, override: HostDirectory) -> HostDirectory:
+    """``base`` with ``override``'s entries replacing or adding entries by key."""
+    entries = dict(base.entries)
+    entries.update(override.entries)
+    return HostDirectory(list(entries.values()))
 
 
 def load_host_directory(settings: NoticeSettings | None = None, path: Path | None = None) -> HostDirectory:

@@ -223,3 +223,21 @@ def test_concurrent_drafting_on_postgres_makes_one_notice(postgres_url: str) -> 
         assert s.scalar(select(func.count(Notice.id))) == 1
         assert s.scalar(select(func.count(NoticeItem.id))) == 2
     engine.dispose()
+
+
+def test_admin_override_file_in_the_data_dir_is_honoured(sqlite_sessions: Any, tmp_path: Any) -> None:
+    from config.settings import Settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hosts.override.toml").write_text(
+        '[hosts."forum.test"]\nname = "Forum"\ndomains = ["forum.test"]\nlaw = "dsa"\n'
+        'email = "legal@forum.test"\nverify = false\n')
+    settings = Settings(data_dir=data)
+    with session_scope(sqlite_sessions) as s:
+        acc = f.owner(s)
+        m = f.match(s, f.upload(s, "https://cdn.forum.test/1.png", "https://forum.test/t/1"), f.work(s, acc)).id
+    with session_scope(sqlite_sessions) as s:
+        n = draft_for_match(s, m, settings)
+        assert n is not None
+        assert (n.host, n.law, n.recipient, n.flags) == ("forum.test", "dsa", "legal@forum.test", [])
