@@ -7,6 +7,8 @@ Mounted by ``workers/cli.py``. Commands read ``ctx.obj.settings`` and
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import click
@@ -147,6 +149,70 @@ def list_sources(ctx: click.Context, as_json: bool) -> None:
         )
         if r["last_error"]:
             click.echo(f"\tlast error: {r['last_error']}")
+
+
+@sources_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--prune", is_flag=True, help="Also remove sources the file does not list.")
+@click.pass_context
+def import_sources(ctx: click.Context, path: Path, prune: bool) -> None:
+    """Add or update sources from a TOML file (by name), e.g.
+
+    \b
+    [[source]]
+    name = "pixelfed-art"
+    kind = "mastodon"
+    url = "https://pixelfed.social"
+    params = { tag = "art" }
+    every = 600
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.UsageError(f"{path}: {exc}") from None
+    entries = data.get("source", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise click.UsageError(f"{path}: expected [[source]] tables")
+    problems: list[str] = []
+    for i, e in enumerate(entries):
+        unknown = set(e) - {"name", "kind", "url", "params", "every", "enabled"}
+        where = f"source #{i + 1} ({e.get('name', '?')})"
+        if unknown:
+            problems.append(f"{where}: unknown keys {sorted(unknown)}")
+            continue
+        if not all(isinstance(e.get(k), str) and e.get(k) for k in ("name", "kind", "url")):
+            problems.append(f"{where}: name, kind and url are required strings")
+            continue
+        try:
+            validate_source(e["kind"], e["url"], dict(e.get("params", {})))
+        except CrawlError as exc:
+            problems.append(f"{where}: {exc}")
+    names = [e.get("name") for e in entries]
+    if len(set(names)) != len(names):
+        problems.append("duplicate names in the file")
+    if problems:
+        raise click.UsageError(f"{path}:\n  " + "\n  ".join(problems))
+    added = updated = removed = 0
+    with session_scope(ctx.obj.sessions) as s:
+        for e in entries:
+            row = s.scalar(select(Source).where(Source.name == e["name"]))
+            if row is None:
+                row = Source(name=e["name"])
+                s.add(row)
+                added += 1
+            else:
+                updated += 1
+                if (row.kind, row.url) != (e["kind"], e["url"]):
+                    row.cursor = None  # another site: start afresh
+            row.kind, row.url = e["kind"], e["url"]
+            row.params = {k: str(v) for k, v in dict(e.get("params", {})).items()}
+            row.poll_seconds = int(e.get("every", 300))
+            row.enabled = bool(e.get("enabled", True))
+        if prune:
+            for row in s.scalars(select(Source).where(Source.name.not_in(names))):
+                s.delete(row)
+                removed += 1
+    click.echo(f"{path}: {added} added, {updated} updated, {removed} removed")
 
 
 @sources_group.command("remove")

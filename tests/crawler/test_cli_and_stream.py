@@ -217,3 +217,24 @@ def test_run_stream_bluesky_records_error_then_recovers(
         assert len(ws.connections) >= 2 and "cursor=" not in ws.connections[0]
     finally:
         ws.stop()
+
+
+def test_import_from_toml(run: Any, sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    conf = tmp_path / "sources.toml"
+    conf.write_text(
+        '[[source]]\nname = "pix"\nkind = "mastodon"\nurl = "https://pixelfed.social"\n'
+        'params = { tag = "art" }\nevery = 600\n\n'
+        '[[source]]\nname = "feed"\nkind = "rss"\nurl = "https://example.com/feed.xml"\n'
+    )
+    assert run("add", "old", "rss", "https://example.com/old.xml").exit_code == 0
+    r = run("import", str(conf))
+    assert r.exit_code == 0 and "2 added, 0 updated, 0 removed" in r.output
+    r = run("import", str(conf), "--prune")
+    assert "0 added, 2 updated, 1 removed" in r.output
+    with sessions() as s:
+        rows = {x.name: x for x in s.scalars(select(Source))}
+        assert set(rows) == {"pix", "feed"}
+        assert rows["pix"].params == {"tag": "art"} and rows["pix"].poll_seconds == 600
+    conf.write_text('[[source]]\nname = "bad"\nkind = "myspace"\nurl = "https://x"\n')
+    r = run("import", str(conf))
+    assert r.exit_code == 2 and "unknown source kind" in r.output
