@@ -465,7 +465,8 @@ def _run_stream(obj: CliContext, name: str) -> None:
 @click.pass_obj
 def status(obj: CliContext, as_json: bool) -> None:
     """Show counts, sources (last success, last error, backlog), queues and workers."""
-    from workers.broker import queue_depths, worker_liveness
+    from storage.models import DeadLetter
+    from workers.broker import in_flight, queue_depths, worker_liveness
 
     report: dict[str, Any] = {}
     with session_scope(obj.sessions) as s:
@@ -486,7 +487,10 @@ def status(obj: CliContext, as_json: bool) -> None:
         ]
     app = _configured_app(obj.settings)
     report["queues"] = queue_depths(app, obj.settings)
+    report["in_flight"] = in_flight(app, obj.settings)
     report["workers"] = worker_liveness(app, obj.settings)
+    with session_scope(obj.sessions) as s:
+        report["dead_letters"] = s.scalar(select(func.count(DeadLetter.id)).where(DeadLetter.replayed_at.is_(None)))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
@@ -501,7 +505,10 @@ def status(obj: CliContext, as_json: bool) -> None:
     for src in report["sources"]:
         click.echo(f"  {src['name']:<20} {src['kind']:<10} last success {src['last_success'] or 'never'}; "
                    f"backlog {src['backlog']}" + (f"; last error: {src['last_error']}" if src["last_error"] else ""))
-    click.echo("queues: " + ", ".join(f"{q} {n if n is not None else '?'}" for q, n in report["queues"].items()))
+    click.echo("queues: " + ", ".join(f"{q} {n if n is not None else '?'}" for q, n in report["queues"].items())
+               + (f"; in flight {report['in_flight']}" if report["in_flight"] is not None else "")
+               + (f"; dead letters {report['dead_letters']} (`artwatch deadletters list`)"
+                  if report["dead_letters"] else ""))
     click.echo("workers: " + (", ".join(report["workers"]) if report["workers"] else "none answering"))
 
 
@@ -559,10 +566,7 @@ def _deadletters() -> list[click.Command]:
 
 
 for _loader in (_sources, _notices, _matching, _web, _deadletters):
-    try:
-        _mount(cli, _loader)
-    except ImportError as _exc:  # TODO(lead): remove once every package has landed
-        logging.getLogger(__name__).debug("not mounted: %s", _exc)
+    _mount(cli, _loader)
 
 
 def main() -> None:
