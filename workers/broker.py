@@ -18,7 +18,9 @@ from typing import Any
 from config.settings import Settings
 from workers.app import QUEUES
 
-__all__ = ["BrokerUnavailable", "check_broker", "queue_depths", "start_heartbeat", "worker_liveness"]
+__all__ = [
+    "BrokerUnavailable", "check_broker", "in_flight", "queue_depths", "start_heartbeat", "worker_liveness",
+]
 
 HEARTBEAT_EVERY_S = 5.0
 
@@ -63,6 +65,19 @@ def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
     except Exception:
         return {q: None for q in QUEUES}
     return out
+
+
+def in_flight(app: Any, settings: Settings) -> int | None:
+    """Messages delivered to workers and not yet acknowledged (Redis only:
+    kombu keeps them in the ``unacked`` hash until the task finishes, and
+    re-delivers them after the visibility timeout if their worker died)."""
+    if settings.embedded_broker:
+        return None
+    try:
+        with app.connection_for_read() as conn:
+            return int(conn.channel().client.hlen("unacked"))
+    except Exception:
+        return None
 
 
 def _heartbeat_dir(settings: Settings) -> Path:

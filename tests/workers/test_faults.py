@@ -119,7 +119,8 @@ def test_poison_image_queue_keeps_flowing(make_pipeline: MakePipeline, redis_url
     workers.max_deliveries tries. Metrics are scraped from the worker."""
     garbage = b"\xff\xd8\xff\xe0" + os.urandom(4000)
     truncated = jpeg(photo(99), 90)[:1500]
-    p = make_pipeline(redis_url, copies=1, others=2, env={"ARTWATCH_WORKERS__MAX_DELIVERIES": "2"},
+    p = make_pipeline(redis_url, copies=1, others=2,
+                      env={"ARTWATCH_WORKERS__MAX_DELIVERIES": "2", "ARTWATCH_LOG_FORMAT": "json"},
                       extra_posts=[(garbage, "image/jpeg"), (truncated, "image/jpeg")])
     port = free_port()
     cpu = p.start_worker("--role", "cpu", "-c", "1", "--metrics-port", str(port), name="cpu")
@@ -192,6 +193,19 @@ def test_poison_image_queue_keeps_flowing(make_pipeline: MakePipeline, redis_url
     out = subprocess.run([sys.executable, "-m", "workers", "deadletters", "list"], env=p.env,
                          capture_output=True, text=True, timeout=60)
     assert "poison message" in out.stdout, out.stdout + out.stderr
+
+    # `artwatch status` reads queue depths and worker liveness from Redis.
+    out = subprocess.run([sys.executable, "-m", "workers", "status"], env=p.env,
+                         capture_output=True, text=True, timeout=60)
+    assert "queues: crawl 0, fetch 0, analyse 0, embed 0, notify 0" in out.stdout, out.stdout + out.stderr
+    assert f"workers: cpu@{socket.gethostname()}" in out.stdout, out.stdout
+    assert "dead letters" in out.stdout
+
+    # Structured logs: JSON lines carrying the upload id.
+    records = [json.loads(ln) for ln in p.log("cpu").splitlines() if ln.startswith("{")]
+    analysed = {u.id for u in p.uploads() if u.status == UploadStatus.ANALYSED}
+    logged = {r["upload_id"] for r in records if "upload_id" in r and r["message"].startswith("analysed")}
+    assert analysed and analysed <= logged, (analysed, logged)
 
 
 class _HangingServer:
