@@ -14,9 +14,10 @@ backlog is worked off over several polls, oldest first, without gaps). The
 first poll (no cursor) takes the newest page and follows ``rel="next"``
 (``max_id``) for ``backfill_pages`` pages (default 5).
 
-IDs are compared as integers, never as strings. Edited statuses (non-null
-``edited_at``) are flagged ``edited``. Polling cannot see deletions;
-``fetch_upload`` marks an upload deleted when its media answers 404/410.
+IDs are compared by length and then lexically (numeric ids and ULIDs alike).
+Edited statuses (non-null ``edited_at``) are flagged ``edited``. Polling
+cannot see deletions; ``fetch_upload`` marks an upload deleted when its media
+answers 404/410.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def parse_link_header(value: str) -> dict[str, str]:
     return links
 
 
-def _id_key(value: str) -> int:
-    return int(value)
+def _id_key(value: str) -> tuple[int, str]:
+    """Sort key for status ids: numeric strings (Mastodon, Pixelfed) and ULIDs
+    (GoToSocial) both order by length, then lexically; never as plain strings."""
+    return len(value), value
 
 
 def status_records(status: Any, kind: str = "mastodon") -> list[UploadRecord]:
@@ -156,13 +159,13 @@ class MastodonSource(Source):
             return link
         return None
 
-    def _records(self, statuses: list[Any]) -> tuple[list[UploadRecord], list[int]]:
+    def _records(self, statuses: list[Any]) -> tuple[list[UploadRecord], list[str]]:
         records: list[UploadRecord] = []
-        ids: list[int] = []
+        ids: list[str] = []
         for i, st in enumerate(statuses):
             sid = st.get("id") if isinstance(st, dict) else None
-            if isinstance(sid, str) and sid.isdigit():
-                ids.append(_id_key(sid))
+            if isinstance(sid, str) and sid:
+                ids.append(sid)
             try:
                 records.extend(status_records(st, self.kind))
             except MalformedItem as exc:
@@ -175,10 +178,10 @@ class MastodonSource(Source):
         newest = str((cursor or {}).get("newest_id") or "")
         out: list[UploadRecord] = []
         if not newest:
-            seen: set[int] = set()
+            seen: set[str] = set()
             url: str | None = endpoint
             query: dict[str, Any] | None = self._query()
-            top = 0
+            top: str | None = None
             for _ in range(max(1, int(self.params.get("backfill_pages", 5)))):
                 if url is None:
                     break
@@ -186,27 +189,25 @@ class MastodonSource(Source):
                 if not statuses:
                     break
                 recs, ids = self._records(statuses)
-                out.extend(r for r in recs if _id_key(r.post_id) not in seen)
+                out.extend(r for r in recs if r.post_id not in seen)
                 seen.update(ids)
-                top = max([top, *ids])
+                top = max([*([top] if top else []), *ids], key=_id_key, default=None)
                 url, query = self._same_origin(links.get("next")), None
-            return out, ({"newest_id": str(top)} if top else dict(cursor or {}))
-        top = _id_key(newest)
+            return out, ({"newest_id": top} if top else dict(cursor or {}))
+        top = newest
         url = endpoint
         query = {**self._query(), "min_id": newest}
         for _ in range(max_pages):
             statuses, links = self._page(url, query)
             recs, ids = self._records(statuses)
-            fresh = [i for i in ids if i > top]
-            out.extend(r for r in recs if _id_key(r.post_id) > top)
+            fresh = [i for i in ids if _id_key(i) > _id_key(top)]
+            out.extend(r for r in recs if _id_key(r.post_id) > _id_key(top))
             if not fresh:
                 break
-            top = max(fresh)
+            top = max(fresh, key=_id_key)
             prev = self._same_origin(links.get("prev"))
-            if prev is not None and parse_qs(urlsplit(prev).query).get("min_id", [""])[0] == str(
-                top
-            ):
+            if prev is not None and parse_qs(urlsplit(prev).query).get("min_id", [""])[0] == top:
                 url, query = prev, None
             else:
-                url, query = endpoint, {**self._query(), "min_id": str(top)}
-        return out, {"newest_id": str(top)}
+                url, query = endpoint, {**self._query(), "min_id": top}
+        return out, {"newest_id": top}

@@ -82,3 +82,30 @@ def test_mastodon_tag_and_account_timelines(site: LocalSite, client: httpx.Clien
     by_id = MastodonSource(site.url, {"account": account_id}, client)
     assert sorted(r.post_id for r in by_id.poll(None)[0]) == sorted([art, mine])
     assert any("/api/v1/accounts/lookup" in q.path for q in site.requests)
+
+
+def test_status_ids_compared_by_length_then_lexically(
+    site: LocalSite, client: httpx.Client
+) -> None:
+    from crawler.sources.mastodon import _id_key
+
+    assert _id_key("999") < _id_key("1000")  # "999" > "1000" as plain strings
+    assert _id_key("01F8MH1H7YV1Z7D2C8K2730QBF") < _id_key("01F8MH5NBDF2MV7CTC4Q5128HF")  # ULIDs
+
+    def status(sid: str) -> dict[str, object]:
+        return {
+            "id": sid,
+            "url": f"{site.url}/@a/{sid}",
+            "content": "",
+            "account": {"acct": "a"},
+            "media_attachments": [{"type": "image", "url": f"{site.url}/m/{sid}.png"}],
+        }
+
+    site.add_status_json(status("998"))
+    site.add_status_json(status("999"))
+    src = MastodonSource(site.url, {}, client)
+    records, cursor = src.poll(None)
+    assert cursor == {"newest_id": "999"} and len(records) == 2
+    site.add_status_json(status("1000"))
+    records, cursor = src.poll(cursor)
+    assert [r.post_id for r in records] == ["1000"] and cursor == {"newest_id": "1000"}
