@@ -333,7 +333,8 @@ _HEADER_KEEP = 40
 def fetch_upload(session: Session, blobs: BlobStore, upload_id: int, fetcher: SafeFetcher) -> bool:
     """Download one upload's image as evidence; True when it is ready for analysis.
 
-    Idempotent: an upload that already has its blob is ready without a fetch.
+    Idempotent: an upload that already has its blob is not fetched again (and
+    is ready only while still pending, so a redelivered task queues nothing new).
     Bytes go to the blob store under their SHA-256, so one image at two URLs
     is two Upload rows sharing one blob. A 404/410 marks the upload deleted;
     a permanent refusal (not an image, too large, blocked address, robots)
@@ -343,7 +344,7 @@ def fetch_upload(session: Session, blobs: BlobStore, upload_id: int, fetcher: Sa
     if up is None or up.deleted_at is not None:
         return False
     if up.blob_sha256 is not None and blobs.exists(up.blob_sha256):
-        return up.status == UploadStatus.PENDING or up.status == UploadStatus.ANALYSED
+        return up.status == UploadStatus.PENDING  # analysed already: nothing to queue
     if up.status == UploadStatus.FAILED:
         return False
     try:
