@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import email.policy
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +97,46 @@ def test_unreachable_server_is_a_clear_error() -> None:
     settings = NoticeSettings(smtp_host="127.0.0.1", smtp_port=_free_port())
     with pytest.raises(MailError, match=r"cannot reach the SMTP server at 127\.0\.0\.1:\d+"):
         send_email(settings, build_message(settings, "a@b.test", "s", "t"))
+
+
+DATA = Path(__file__).with_name("data")
+# A self-signed certificate for 127.0.0.1 valid until 2126, made for these tests with:
+# openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout smtp-test-key.pem
+#   -out smtp-test-cert.pem -days 36500 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1
+#   -addext basicConstraints=critical,CA:TRUE
+CERT, KEY = str(DATA / "smtp-test-cert.pem"), str(DATA / "smtp-test-key.pem")
+
+
+def test_starttls_then_login(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that requires STARTTLS before AUTH; the client trusts its certificate
+    through SSL_CERT_FILE, as an operator would for a private CA."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from .conftest import Mailbox, _authenticator
+
+    cert, key = CERT, KEY
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    box = Mailbox()
+    port = _free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port, tls_context=server_ctx, require_starttls=True,
+                            authenticator=_authenticator(box), auth_exclude_mechanism=["LOGIN"])
+    controller.start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
+        plain = NoticeSettings(smtp_host="127.0.0.1", smtp_port=port, from_address="n@artwatch.test")
+        with pytest.raises(MailError, match="did not accept the message"):
+            send_email(plain, build_message(plain, "a@b.test", "s", "t"))
+        tls = NoticeSettings(smtp_host="127.0.0.1", smtp_port=port, from_address="n@artwatch.test",
+                             smtp_starttls=True, smtp_user="sender", smtp_password="s3cret")
+        send_email(tls, build_message(tls, "a@b.test", "over tls", "t"))
+        assert box.logins == [("sender", "s3cret")]
+        assert _parse(box.envelopes[0].content)["Subject"] == "over tls"  # type: ignore[arg-type]
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
+        with pytest.raises(MailError, match="TLS with the SMTP server at 127.0.0.1:.* failed"):
+            send_email(tls, build_message(tls, "a@b.test", "s", "t"))
+    finally:
+        controller.stop()
