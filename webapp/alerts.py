@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
@@ -32,7 +32,13 @@ from storage.models import Account, Match, MatchStatus
 from webapp.images import thumbnail_png
 from webapp.security import Signer, resolve_secret_key
 
-__all__ = ["ALERT_MODES", "send_digests", "send_instant_alert", "unsubscribe_url"]
+__all__ = [
+    "ALERT_MODES",
+    "digest_due_since",
+    "send_digests",
+    "send_instant_alert",
+    "unsubscribe_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -216,17 +222,29 @@ def send_instant_alert(
     )
 
 
-def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: datetime) -> int:
-    """Send one digest to each digest-mode owner with unalerted new matches found up to ``now``.
+def digest_due_since(settings: Settings, now: datetime) -> datetime:
+    """The latest daily digest time at or before ``now`` (UTC)."""
+    now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+    at = now.replace(hour=settings.alerts.digest_hour_utc, minute=0, second=0, microsecond=0)
+    return at if at <= now else at - timedelta(days=1)
 
-    Returns the number of emails sent. Running it twice sends nothing new the
-    second time. One owner's failure does not stop the others; the first
-    error is raised at the end so the task can retry (the sent ones stay sent).
-    Commits the session.
+
+def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: datetime) -> int:
+    """Send the daily digest to each digest-mode owner who is due one and has news.
+
+    An owner is due once per day, from ``settings.alerts.digest_hour_utc``
+    on: beat may call this every hour, and each owner still gets at most one
+    digest a day, holding every unalerted new match found up to ``now``.
+    Returns the number of emails sent; running it again sends nothing new.
+    One owner's failure does not stop the others; the first error is raised
+    at the end so the task can retry (the sent ones stay sent). Commits the
+    session.
     """
+    due = digest_due_since(settings, now)
     owners = session.scalars(
         select(Account)
         .where(Account.alert_mode == "digest")
+        .where(or_(Account.last_digest_at.is_(None), Account.last_digest_at < due))
         .where(
             Account.id.in_(
                 select(Match.owner_id).where(
@@ -255,6 +273,8 @@ def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: da
         )
         try:
             if _deliver(session, settings, blobs, account, ids, digest=True, now=now):
+                account.last_digest_at = now
+                session.commit()
                 sent += 1
         except Exception as exc:  # noqa: BLE001 - reported after the other owners are served
             log.warning("digest for account %s failed: %s", account.id, exc)

@@ -17,7 +17,7 @@ from webapp_testkit import World, logo_png, make_settings, product_shot
 
 from storage.models import Account, Match, MatchStatus
 from webapp import create_app
-from webapp.alerts import send_digests, send_instant_alert
+from webapp.alerts import digest_due_since, send_digests, send_instant_alert
 
 
 class Inbox:
@@ -197,17 +197,25 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(
         assert send_digests(s, world.blobs, world.settings, now) == 0
         assert all(m.alerted_at is not None for m in s.scalars(select(Match)))
     assert len(inbox.envelopes) == 2
-    # A later match appears in the next digest only.
+    # A later match waits for the next day's digest (beat calls this hourly), then goes alone.
     later = world.match(w2, shot, url="https://e.example/5")
     with world.sessions() as s:
-        assert (
-            send_digests(
-                s, world.blobs, world.settings, datetime.now(timezone.utc) + timedelta(seconds=1)
-            )
-            == 1
-        )
+        assert send_digests(s, world.blobs, world.settings, now + timedelta(seconds=5)) == 0
+        tomorrow = digest_due_since(world.settings, now) + timedelta(days=1, minutes=1)
+        assert send_digests(s, world.blobs, world.settings, tomorrow) == 1
+        assert send_digests(s, world.blobs, world.settings, tomorrow + timedelta(hours=1)) == 0
+    assert len(inbox.envelopes) == 3
     assert f"/matches/{later}" in _html(inbox.envelopes[-1][1])
     assert "1 new match of 1 work" in inbox.envelopes[-1][1]["Subject"]
+
+
+def test_digest_goes_out_from_the_configured_hour(world: World) -> None:
+    settings = make_settings(world.settings.data_dir, alerts={"digest_hour_utc": 8})
+    at = datetime(2026, 3, 4, 7, 59, tzinfo=timezone.utc)
+    assert digest_due_since(settings, at) == datetime(2026, 3, 3, 8, 0, tzinfo=timezone.utc)
+    assert digest_due_since(settings, at + timedelta(minutes=1)) == datetime(
+        2026, 3, 4, 8, 0, tzinfo=timezone.utc
+    )
 
 
 def test_a_failed_send_releases_the_claim_so_a_retry_sends(world: World) -> None:
