@@ -379,3 +379,21 @@ def test_other_roles_cannot_use_admin_or_review_pages(world: World) -> None:
     for path in ("/admin/sources", "/admin/users", "/admin/hosts", "/review"):
         assert owner.get(path).status_code == 403, path
     assert world.client("rita@example.com").get("/admin/users").status_code == 403
+
+
+def test_login_throttle_counts_failures_per_client_address_too(world: World) -> None:
+    from datetime import datetime, timezone
+
+    from webapp.security import LoginThrottle
+
+    throttle = LoginThrottle(per_email=5, per_ip=3, window=timedelta(minutes=15))
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    with world.sessions() as s:
+        for i in range(3):  # a different account each time: the address is what repeats
+            assert throttle.retry_after(s, f"user{i}@example.com", "10.0.0.9", now) == 0
+            throttle.record_failure(s, f"user{i}@example.com", "10.0.0.9", now + timedelta(minutes=i))
+        wait = throttle.retry_after(s, "other@example.com", "10.0.0.9", now + timedelta(minutes=3))
+        assert 0 < wait <= 15 * 60
+        assert throttle.retry_after(s, "other@example.com", "10.0.0.10", now + timedelta(minutes=3)) == 0
+        # The window slides: once the failures are old enough, the address may try again.
+        assert throttle.retry_after(s, "x@example.com", "10.0.0.9", now + timedelta(minutes=16)) == 0
