@@ -352,6 +352,27 @@ def counter_cmd(ctx: click.Context, notice_id: int, received: Any, actor: str | 
                f"{start:%Y-%m-%d} and must by {end:%Y-%m-%d} unless the owner files an action")
 
 
+@notices_group.command("redraft")
+@click.option("--owner", "owner_email", default=None, help="Only this owner's matches.")
+@click.pass_context
+def redraft_cmd(ctx: click.Context, owner_email: str | None) -> None:
+    """Draft new matches that no notice lists yet (e.g. after an owner filled in their profile)."""
+    from notices.drafting import draft_pending
+
+    obj = _obj(ctx)
+    with session_scope(obj.sessions) as s:
+        owner_id = None
+        if owner_email:
+            owner = s.scalar(select(Account).where(Account.email == owner_email))
+            if owner is None:
+                raise click.ClickException(f"no account with email {owner_email}")
+            owner_id = owner.id
+        touched, blocked = draft_pending(s, obj.settings, owner_id)
+    click.echo(f"{len(touched)} notice(s) drafted or extended" + (f": {', '.join(map(str, touched))}" if touched else ""))
+    for why in blocked.values():
+        click.echo(f"still blocked: {why}")
+
+
 @notices_group.command("template")
 @click.argument("owner_email")
 @click.argument("law", type=click.Choice(["dmca", "dsa", "trademark"]))

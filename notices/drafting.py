@@ -62,6 +62,7 @@ __all__ = [
     "ProfileIncomplete",
     "content_for_notice",
     "draft_for_match",
+    "draft_pending",
     "host_directory",
     "missing_profile_fields",
     "notice_settings",
@@ -307,3 +308,33 @@ def _open_notice(session: Session, owner: Account, host: str, law: str, recipien
     record(session, notice, "artwatch", "drafted", host=host, law=law, recipient=recipient, flags=list(flags),
            first_match_id=match_id)
     return notice
+
+
+def draft_pending(session: Session, settings: Settings | NoticeSettings,
+                  owner_id: int | None = None) -> tuple[list[int], dict[str, str]]:
+    """Draft every new match that no notice lists yet (after an owner completed
+    their profile, or after the host directory changed).
+
+    Returns (ids of notices touched, {owner email: why drafting is still blocked}).
+    Each match is drafted in its own savepoint, so one blocked owner does not
+    stop the others."""
+    listed = select(NoticeItem.id).where(NoticeItem.match_id == Match.id).exists()
+    q = select(Match.id).where(Match.status == MatchStatus.NEW, ~listed).order_by(Match.id)
+    if owner_id is not None:
+        q = q.where(Match.owner_id == owner_id)
+    touched: list[int] = []
+    blocked: dict[str, str] = {}
+    for match_id in list(session.scalars(q)):
+        owner = session.scalar(select(Account).join(Match, Match.owner_id == Account.id)
+                               .where(Match.id == match_id))
+        if owner is not None and owner.email in blocked:
+            continue
+        try:
+            with session.begin_nested():
+                notice = draft_for_match(session, match_id, settings)
+        except DraftingBlocked as exc:
+            blocked[owner.email if owner is not None else f"match {match_id}"] = str(exc)
+            continue
+        if notice is not None and notice.id not in touched:
+            touched.append(notice.id)
+    return touched, blocked

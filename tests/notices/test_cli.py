@@ -136,3 +136,24 @@ def test_export_followup_and_counter(env: SimpleNamespace) -> None:
     assert "may restore the material from 2099-12-04 and must by 2099-12-10" in out.output
     with session_scope(env.obj.sessions) as s:
         assert get_notice(s, env.nid).state == NoticeState.RESOLVED
+
+
+def test_redraft_after_the_owner_completes_the_profile(env: SimpleNamespace) -> None:
+    from storage.models import Account
+
+    with session_scope(env.obj.sessions) as s:
+        late = f.owner(s, "late@artist.test", complete=False)
+        w = f.work(s, late, "Late Work")
+        f.match(s, f.upload(s, "https://i.imgur.com/late.png"), w)
+        f.match(s, f.upload(s, "https://i.imgur.com/late2.png"), w)
+    out = run(env, "redraft")
+    assert out.exit_code == 0
+    assert "0 notice(s) drafted" in out.output
+    assert "still blocked: cannot draft notices for late@artist.test: fill in legal name" in out.output
+    with session_scope(env.obj.sessions) as s:
+        acc = s.query(Account).filter_by(email="late@artist.test").one()
+        acc.legal_name, acc.postal_address, acc.phone = "Late Artist", "1 Road\nTown", "+1 555 0199"
+    out = run(env, "redraft", "--owner", "late@artist.test")
+    assert out.exit_code == 0 and "1 notice(s) drafted or extended" in out.output
+    assert "still blocked" not in out.output
+    assert "0 notice(s)" in run(env, "redraft").output  # nothing left: idempotent
