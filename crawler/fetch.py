@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +46,7 @@ __all__ = [
     "AddressPolicy",
     "FetchedImage",
     "Page",
+    "Params",
     "SafeFetcher",
     "SafeTransport",
     "fetch_page",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Query parameters: a mapping, or pairs when a key repeats (``id[]=1&id[]=2``).
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Ranges that are public by the `is_*` flags' logic but must never be contacted.
@@ -330,13 +333,14 @@ def _exchange(
     client: httpx.Client,
     url: str,
     *,
-    params: Mapping[str, Any] | None,
+    params: Params,
     headers: Mapping[str, str] | None,
     max_bytes: int,
 ) -> tuple[httpx.Response, bytes]:
+    query: Any = params  # httpx accepts a mapping or a list of pairs
     try:
         with client.stream(
-            "GET", url, params=params, headers=dict(headers or {}), follow_redirects=True
+            "GET", url, params=query, headers=dict(headers or {}), follow_redirects=True
         ) as resp:
             final = str(resp.url)
             raise_for_status(resp)
@@ -360,7 +364,7 @@ def fetch_page(
     client: httpx.Client,
     url: str,
     *,
-    params: Mapping[str, Any] | None = None,
+    params: Params = None,
     headers: Mapping[str, str] | None = None,
     max_bytes: int = 5_000_000,
 ) -> Page:

@@ -182,10 +182,19 @@ class LocalSite:
                 self._deleted_media.add(m.path)
 
     def edit_post(self, status_id: str, text: str) -> None:
+        """Change a status's text and set its ``edited_at`` (recorded statuses too)."""
         with self._lock:
+            now = datetime.now(UTC)
+            raw = self._raw.get(status_id)
+            if raw is not None:
+                from html import escape
+
+                raw["content"] = f"<p>{escape(text)}</p>"
+                raw["edited_at"] = now.isoformat().replace("+00:00", "Z")
+                return
             post = self._posts[status_id]
             post.text = text
-            post.edited_at = datetime.now(UTC)
+            post.edited_at = now
 
     def media_url(self, status_id: str, index: int = 0) -> str:
         with self._lock:
@@ -381,8 +390,19 @@ class LocalSite:
                                 json_hdr,
                             )
                     return 404, b'{"error":"Record not found"}', json_hdr
+                if path == "/api/v1/statuses":  # Mastodon 4.3+: several statuses by id[]
+                    found: list[dict[str, Any]] = []
+                    for sid in query.get("id[]", []):
+                        if sid in self._raw:
+                            found.append(self._raw[sid])
+                        elif sid in self._posts:
+                            found.append(self._status_json(self._posts[sid]))
+                    return 200, json.dumps(found).encode(), json_hdr
                 if path.startswith("/api/v1/statuses/"):
-                    post = self._posts.get(path.rsplit("/", 1)[1])
+                    sid = path.rsplit("/", 1)[1]
+                    if sid in self._raw:
+                        return 200, json.dumps(self._raw[sid]).encode(), json_hdr
+                    post = self._posts.get(sid)
                     if post is None:
                         return 404, b'{"error":"Record not found"}', json_hdr
                     return 200, json.dumps(self._status_json(post)).encode(), json_hdr

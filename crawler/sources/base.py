@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from crawler.errors import InvalidSourceConfig, MalformedItem, MalformedPage
-from crawler.fetch import Page, fetch_page
+from crawler.fetch import Page, Params, fetch_page
 
 __all__ = ["Cursor", "Source", "StreamingSource", "UploadRecord", "html_to_text", "parse_time"]
 
@@ -131,14 +131,14 @@ class Source(ABC):
         self,
         url: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Params = None,
         headers: Mapping[str, str] | None = None,
     ) -> Page:
         return fetch_page(
             self.client, url, params=params, headers=headers, max_bytes=self.max_page_bytes
         )
 
-    def get_json(self, url: str, *, params: Mapping[str, Any] | None = None) -> tuple[Any, Page]:
+    def get_json(self, url: str, *, params: Params = None) -> tuple[Any, Page]:
         page = self.get_page(url, params=params, headers={"Accept": "application/json"})
         try:
             return json.loads(page.body), page

@@ -15,22 +15,29 @@ first poll (no cursor) takes the newest page and follows ``rel="next"``
 (``max_id``) for ``backfill_pages`` pages (default 5).
 
 IDs are compared by length and then lexically (numeric ids and ULIDs alike).
-Edited statuses (non-null ``edited_at``) are flagged ``edited``. Polling
-cannot see deletions; ``fetch_upload`` marks an upload deleted when its media
-answers 404/410.
+
+Edits and deletions: the cursor also keeps the ``recheck`` (40) most recent
+status ids with their ``edited_at``. Each poll asks for them in one
+``GET /api/v1/statuses?id[]=...`` (Mastodon 4.3+): a changed ``edited_at``
+yields ``edited`` records, a status no longer returned yields a ``deleted``
+record. Servers without that endpoint skip the recheck; there
+``fetch_upload`` still marks an upload deleted when its media answers 404/410.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from crawler.errors import InvalidSourceConfig, MalformedItem, MalformedPage
+from crawler.errors import HTTPStatusError, InvalidSourceConfig, MalformedItem, MalformedPage
 from crawler.sources.base import Cursor, Source, UploadRecord, html_to_text, parse_time
 
 __all__ = ["MastodonSource", "parse_link_header", "status_records"]
+
+log = logging.getLogger("crawler.sources")
 
 _LINK_RE = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
@@ -166,6 +173,7 @@ class MastodonSource(Source):
             sid = st.get("id") if isinstance(st, dict) else None
             if isinstance(sid, str) and sid:
                 ids.append(sid)
+                self._edited_at[sid] = str(st.get("edited_at") or "")
             try:
                 records.extend(status_records(st, self.kind))
             except MalformedItem as exc:
@@ -173,6 +181,60 @@ class MastodonSource(Source):
         return records, ids
 
     def poll(self, cursor: Cursor | None) -> tuple[list[UploadRecord], Cursor]:
+        self._edited_at: dict[str, str] = {}
+        records, next_cursor = self._poll_new(cursor)
+        known: dict[str, str] = {
+            str(k): str(v) for k, v in dict((cursor or {}).get("recent", {})).items()
+        }
+        limit = int(self.params.get("recheck", 40))
+        if limit <= 0:
+            return records, next_cursor
+        if known:
+            records += self._recheck(known)
+        for rec in records:
+            if not rec.deleted and rec.post_id not in known:
+                known[rec.post_id] = self._edited_at.get(rec.post_id, "")
+        newest = sorted(known, key=_id_key, reverse=True)[:limit]
+        return records, {**next_cursor, "recent": {k: known[k] for k in newest}}
+
+    def _recheck(self, known: dict[str, str]) -> list[UploadRecord]:
+        """Edits and deletions among the recent statuses we recorded.
+
+        One ``GET /api/v1/statuses?id[]=...`` (Mastodon 4.3+); a status no
+        longer returned is gone (deleted or no longer public). Servers without
+        that endpoint answer 4xx, and then edits/deletions are left to
+        ``fetch_upload`` noticing 404s. Updates ``known`` in place."""
+        base = self._base()
+        ids = sorted(known, key=_id_key)
+        try:
+            data, page = self.get_json(f"{base}/api/v1/statuses", params=[("id[]", i) for i in ids])
+        except (HTTPStatusError, MalformedPage) as exc:
+            log.debug("mastodon: %s: no multi-status recheck (%s)", base, exc)
+            return []
+        if not isinstance(data, list):
+            return []
+        found: dict[str, Any] = {
+            str(st["id"]): st
+            for st in data
+            if isinstance(st, dict) and isinstance(st.get("id"), str)
+        }
+        out: list[UploadRecord] = []
+        for sid in ids:
+            st = found.get(sid)
+            if st is None:
+                out.append(UploadRecord(self.kind, sid, "", "", deleted=True))
+                del known[sid]
+                continue
+            edited_at = str(st.get("edited_at") or "")
+            if edited_at and edited_at != known[sid]:
+                try:
+                    out.extend(status_records(st, self.kind))
+                except MalformedItem as exc:
+                    self.skip_item(f"recheck of {sid}", exc)
+                known[sid] = edited_at
+        return out
+
+    def _poll_new(self, cursor: Cursor | None) -> tuple[list[UploadRecord], Cursor]:
         endpoint = self._endpoint()
         max_pages = int(self.params.get("max_pages", 10))
         newest = str((cursor or {}).get("newest_id") or "")
@@ -193,7 +255,7 @@ class MastodonSource(Source):
                 seen.update(ids)
                 top = max([*([top] if top else []), *ids], key=_id_key, default=None)
                 url, query = self._same_origin(links.get("next")), None
-            return out, ({"newest_id": top} if top else dict(cursor or {}))
+            return out, ({"newest_id": top} if top else {})
         top = newest
         url = endpoint
         query = {**self._query(), "min_id": newest}

@@ -51,7 +51,7 @@ def test_mastodon_source_polls_localsite(site: LocalSite, client: httpx.Client) 
     later = [site.add_post(png(f"n{i}")) for i in range(5)]
     records, cursor = src.poll(cursor)
     assert sorted(r.post_id for r in records) == later  # all of them, over several pages
-    assert cursor == {"newest_id": later[-1]}
+    assert cursor["newest_id"] == later[-1]
     assert src.poll(cursor) == ([], cursor)
 
 
@@ -105,7 +105,25 @@ def test_status_ids_compared_by_length_then_lexically(
     site.add_status_json(status("999"))
     src = MastodonSource(site.url, {}, client)
     records, cursor = src.poll(None)
-    assert cursor == {"newest_id": "999"} and len(records) == 2
+    assert cursor["newest_id"] == "999" and len(records) == 2
     site.add_status_json(status("1000"))
     records, cursor = src.poll(cursor)
-    assert [r.post_id for r in records] == ["1000"] and cursor == {"newest_id": "1000"}
+    assert [r.post_id for r in records] == ["1000"] and cursor["newest_id"] == "1000"
+
+
+def test_mastodon_recheck_finds_edits_and_deletions(site: LocalSite, client: httpx.Client) -> None:
+    keep, gone, edit = (site.add_post(png(f"r{i}"), text=f"t{i}") for i in range(3))
+    src = MastodonSource(site.url, {}, client)
+    _, cursor = src.poll(None)
+    assert set(cursor["recent"]) == {keep, gone, edit}
+    site.delete_post(gone)
+    site.edit_post(edit, "new words")
+    records, cursor = src.poll(cursor)
+    assert [(r.post_id, r.deleted) for r in records if r.deleted] == [(gone, True)]
+    [edited] = [r for r in records if r.edited]
+    assert edited.post_id == edit and edited.text == "new words"
+    assert set(cursor["recent"]) == {keep, edit}
+    assert src.poll(cursor)[0] == []  # each change reported once
+    site.fail_next("/api/v1/statuses", 404)  # a server without the multi-status endpoint
+    site.delete_post(keep)
+    assert src.poll(cursor)[0] == []

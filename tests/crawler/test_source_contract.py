@@ -73,6 +73,8 @@ class Harness:
 class MastodonHarness(Harness):
     kind = "mastodon"
     page_size = 2
+    deletion_event = True  # via the multi-status recheck of recent statuses
+    edit_event = True
 
     def configure(self) -> tuple[str, dict[str, Any]]:
         for name in ("status_get_with_image.json", "status_post_with_two_images.json"):
@@ -112,9 +114,13 @@ class MastodonHarness(Harness):
         return "117020570233811316"
 
     def edit(self) -> str:
-        sid = self.site.add_post(png("to-edit"), text="before")
-        self.site.edit_post(sid, "after")
-        return sid
+        self.site.edit_post(self._two_images(), "edited text")
+        return self._two_images()
+
+    def _two_images(self) -> str:
+        return str(
+            json.loads((SITES / "mastodon" / "status_post_with_two_images.json").read_text())["id"]
+        )
 
 
 class RedditHarness(Harness):
