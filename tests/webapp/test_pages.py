@@ -391,9 +391,16 @@ def test_login_throttle_counts_failures_per_client_address_too(world: World) -> 
     with world.sessions() as s:
         for i in range(3):  # a different account each time: the address is what repeats
             assert throttle.retry_after(s, f"user{i}@example.com", "10.0.0.9", now) == 0
-            throttle.record_failure(s, f"user{i}@example.com", "10.0.0.9", now + timedelta(minutes=i))
+            throttle.record_failure(
+                s, f"user{i}@example.com", "10.0.0.9", now + timedelta(minutes=i)
+            )
         wait = throttle.retry_after(s, "other@example.com", "10.0.0.9", now + timedelta(minutes=3))
         assert 0 < wait <= 15 * 60
-        assert throttle.retry_after(s, "other@example.com", "10.0.0.10", now + timedelta(minutes=3)) == 0
+        assert (
+            throttle.retry_after(s, "other@example.com", "10.0.0.10", now + timedelta(minutes=3))
+            == 0
+        )
         # The window slides: once the failures are old enough, the address may try again.
-        assert throttle.retry_after(s, "x@example.com", "10.0.0.9", now + timedelta(minutes=16)) == 0
+        assert (
+            throttle.retry_after(s, "x@example.com", "10.0.0.9", now + timedelta(minutes=16)) == 0
+        )

@@ -143,6 +143,12 @@ def product_shot(logo_bytes: bytes, seed: int = 5) -> tuple[bytes, list[list[flo
     return jpeg(base), [[320, 160], [576, 160], [576, 416], [320, 416]]
 
 
+@lru_cache(maxsize=1)
+def _password_hash() -> str:
+    # One argon2 hash shared by every test account (hashing costs ~0.1 s each).
+    return hash_password(PASSWORD)
+
+
 @dataclass
 class World:
     """The app under test plus helpers that create rows the way the system would."""
@@ -159,7 +165,7 @@ class World:
             acct = Account(
                 email=email,
                 role=role,
-                password_hash=hash_password(PASSWORD),
+                password_hash=_password_hash(),
                 display_name=email.split("@")[0],
                 legal_name=f"{email} Ltd",
                 postal_address="1 Test Street, Testville",
