@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import click
 
@@ -51,6 +51,39 @@ def _without_embedder(settings: Settings) -> Settings:
 
 
 # ------------------------------------------------------------------ scan
+
+
+class _Progress:
+    """A progress bar on a terminal; otherwise a line on stderr every 10%."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.t0 = time.monotonic()
+        self._tty = sys.stderr.isatty()
+        self._bar: Any = None
+        self._next = 0.1
+
+    def __enter__(self) -> Self:
+        if self._tty:
+            self._bar = click.progressbar(length=self.total, label=self.label, file=sys.stderr,
+                                          show_pos=True, show_eta=True).__enter__()
+        return self
+
+    def step(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self.total and self.done / self.total >= self._next:
+            rate = self.done / max(time.monotonic() - self.t0, 1e-9)
+            click.echo(f"{self.label}: {self.done}/{self.total} ({100 * self.done // self.total}%), "
+                       f"{rate:.1f}/s", err=True)
+            while self._next <= self.done / self.total:
+                self._next += 0.1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
 
 _engine: Any = None
 
@@ -145,13 +178,11 @@ def scan(ctx: click.Context, manifest: Path, out_path: Path, no_embedder: bool, 
     errors = candidates = matched = 0
     t0 = time.monotonic()
     tmp = out_path.with_name(out_path.name + ".part")
-    with tmp.open("w", encoding="utf-8") as out, click.progressbar(
-        length=len(items), label="scanning", file=sys.stderr, show_pos=True, show_eta=True
-    ) as bar:
+    with tmp.open("w", encoding="utf-8") as out, _Progress(len(items), "scanning") as progress:
         for upload_id, cands, error in _results(items, settings, workers):
             if error is not None:
                 errors += 1
-                log.warning("%s", error)
+                click.echo(f"skipped: {error}", err=True)
             for work_id, score, match in cands:
                 name = names.get(work_id)
                 if name is None:  # removed from the database since it was indexed
@@ -160,7 +191,7 @@ def scan(ctx: click.Context, manifest: Path, out_path: Path, no_embedder: bool, 
                                       "match": match}) + "\n")
                 candidates += 1
                 matched += int(match)
-            bar.update(1)
+            progress.step()
     tmp.replace(out_path)
     took = time.monotonic() - t0
     click.echo(

@@ -1,4 +1,4 @@
-"""`artwatch scan` and `artwatch index rebuild`, end to end through the real CLI."""
+"""`artwatch scan` and `artwatch index rebuild` (the click commands), end to end."""
 
 from __future__ import annotations
 
@@ -54,10 +54,36 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-def _run(runner: CliRunner, *args: str) -> str:
-    from workers.cli import cli
+def _register(dataset: Path) -> None:
+    """Create the schema and register the dataset's works the way `works import` does."""
+    from config.settings import load_settings
+    from matching import build_engine
+    from storage.blobs import FolderBlobStore
+    from storage.db import make_sessionmaker, session_scope
+    from storage.models import Base
+    from workers.pipeline import ensure_owner, register_work
 
-    res = runner.invoke(cli, list(args), catch_exceptions=False)
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.resolved_database_url())
+    Base.metadata.create_all(db)
+    engine = build_engine(settings)
+    blobs = FolderBlobStore(settings.blob_dir())
+    with session_scope(make_sessionmaker(db)) as s:
+        for line in (dataset / "works.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            owner = ensure_owner(s, external_id=rec["owner"])
+            register_work(s, blobs, engine, owner_id=owner.id, data=(dataset / rec["file"]).read_bytes(),
+                          filename=Path(rec["file"]).name, title=rec["title"], kind=rec["kind"],
+                          external_id=rec["id"])
+    db.dispose()
+
+
+def _run(runner: CliRunner, *args: str) -> str:
+    from matching.cli import index_group, scan
+
+    cmd = {"scan": scan, "index": index_group}[args[0]]
+    res = runner.invoke(cmd, list(args[1:]), catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return res.output
 
@@ -68,13 +94,12 @@ def _predictions(path: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_scan_writes_predictions(cli: CliRunner, dataset: Path, tmp_path: Path, workers: str) -> None:
-    _run(cli, "init")
-    _run(cli, "works", "import", str(dataset / "works.jsonl"))
+    _register(dataset)
     out = tmp_path / "pred.jsonl"
-    from workers.cli import cli as main
+    from matching.cli import scan
 
-    res = cli.invoke(main,
-                     ["scan", "--no-embedder", "--workers", workers, "--manifest", str(dataset / "uploads.jsonl"),
+    res = cli.invoke(scan,
+                     ["--no-embedder", "--workers", workers, "--manifest", str(dataset / "uploads.jsonl"),
                       "--out", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     preds = _predictions(out)
@@ -86,16 +111,16 @@ def test_scan_writes_predictions(cli: CliRunner, dataset: Path, tmp_path: Path, 
     assert not any(p["upload"] in ("u9", "ubad") and p["match"] for p in preds)
     assert "1 unreadable" in res.output and "bad.jpg" in res.output
     assert "scanned 5 uploads" in res.output
+    assert "scanning: 5/5 (100%)" in res.output  # progress on stderr (not a terminal here)
     assert not (tmp_path / "pred.jsonl.part").exists()
 
 
 def test_scan_rejects_a_bad_manifest(cli: CliRunner, tmp_path: Path) -> None:
-    from workers.cli import cli as main
+    from matching.cli import scan
 
-    _run(cli, "init")
     m = tmp_path / "m.jsonl"
     m.write_text('{"id": "u1"}\n')
-    res = cli.invoke(main, ["scan", "--manifest", str(m), "--out", str(tmp_path / "o.jsonl")])
+    res = cli.invoke(scan, ["--manifest", str(m), "--out", str(tmp_path / "o.jsonl")])
     assert res.exit_code != 0
     assert "m.jsonl:1: expected" in res.output
 
@@ -104,8 +129,7 @@ def test_index_rebuild_from_database(cli: CliRunner, dataset: Path, tmp_path: Pa
     from config.settings import load_settings
     from matching import build_engine
 
-    _run(cli, "init")
-    _run(cli, "works", "import", str(dataset / "works.jsonl"))
+    _register(dataset)
     settings = load_settings()
     db = make_engine(settings.resolved_database_url())
     with db.begin() as conn:
@@ -124,10 +148,9 @@ def test_index_rebuild_from_database(cli: CliRunner, dataset: Path, tmp_path: Pa
 
 def test_index_rebuild_reports_a_missing_blob(cli: CliRunner, dataset: Path) -> None:
     from config.settings import load_settings
-    from workers.cli import cli as main
+    from matching.cli import index_group
 
-    _run(cli, "init")
-    _run(cli, "works", "import", str(dataset / "works.jsonl"))
+    _register(dataset)
     settings = load_settings()
     db = make_engine(settings.resolved_database_url())
     with db.begin() as conn:
@@ -136,7 +159,7 @@ def test_index_rebuild_reports_a_missing_blob(cli: CliRunner, dataset: Path) -> 
     from storage.blobs import FolderBlobStore
 
     FolderBlobStore(settings.blob_dir()).path(sha).unlink()
-    res = cli.invoke(main, ["index", "rebuild"])
+    res = cli.invoke(index_group, ["rebuild"])
     assert res.exit_code == 1
     assert "2 works indexed, 0 stale removed, 1 failed" in res.output
     assert "w1.png" in res.output
