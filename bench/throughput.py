@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _jpeg(img: Any, q: int = 85) -> bytes:
@@ -310,9 +310,9 @@ def e2e_bench(n: int, concurrency: int) -> dict[str, Any]:
     import socket
 
     import redis
+    from alembic import command
     from sqlalchemy import func, select
 
-    from alembic import command
     from config.settings import load_settings
     from crawler.localsite import LocalSite
     from matching import build_engine
@@ -360,7 +360,7 @@ def e2e_bench(n: int, concurrency: int) -> dict[str, Any]:
             break
         except redis.exceptions.ConnectionError:
             time.sleep(0.1)
-    log = open(tmp / "worker.log", "wb")
+    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 (closed in the finally below)
     worker = subprocess.Popen([sys.executable, "-m", "workers", "worker", "--role", "cpu", "-c", str(concurrency)],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

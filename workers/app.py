@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from config.settings import ConfigError, Settings
 
@@ -81,11 +81,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Celery stops consuming while Redis is away; cancel the tasks it can
         # no longer ack so they are re-delivered, not half-acked.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_queues": [Queue(name) for name in QUEUES],
+        "task_queues": [Queue(name) for name in QUEUES],  # type: ignore[no-untyped-call]
         "task_default_queue": "analyse",
         "task_routes": dict(w.routes),
-        # Events feed Flower; the worker sends them only when asked (-E).
-        "worker_send_task_events": True,
+        # Task events feed Flower (Redis only: the folder broker has no
+        # fanout for them to go to).
+        "worker_send_task_events": not settings.embedded_broker,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
@@ -125,9 +126,13 @@ def configure(settings: Settings) -> Celery:
     if app.conf.get("broker_url") != conf["broker_url"] and app._pool is not None:
         # Reconfigured for another broker in the same process (tests, the
         # embedded run): drop connections and producers bound to the old one.
+        # kombu also caches producer pools per connection, process-wide.
+        from kombu import pools
+
         app._pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
+        pools.reset()
     app.conf.update(conf)
     app.conf.artwatch_settings = settings
     return app

@@ -149,10 +149,9 @@ def pil_decode(data: bytes, target: int) -> npt.NDArray[np.uint8]:
 
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (target, target))
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
+    with Image.open(io.BytesIO(data)) as src:
+        src.draft("RGB", (target, target))
+        return np.asarray(ImageOps.exif_transpose(src).convert("RGB"))
 
 
 def project_decode(data: bytes, target: int) -> npt.NDArray[np.uint8]:

@@ -377,8 +377,10 @@ def worker(obj: CliContext, role: str, queues: str | None, concurrency: int | No
 
         start_exporter(app, settings, port)
         click.echo(f"metrics: http://0.0.0.0:{port}/metrics", err=True)
-    argv = ["worker", "-Q", ",".join(queue_list), "-c", str(concurrency), "-P", pool, "-E",
+    argv = ["worker", "-Q", ",".join(queue_list), "-c", str(concurrency), "-P", pool,
             "--without-gossip", "--without-mingle", "-l", settings.log_level]
+    if not settings.embedded_broker:
+        argv.append("-E")  # task events for Flower
     if hostname:
         argv += ["-n", hostname]
     app.worker_main(argv)

@@ -85,9 +85,7 @@ class _QueueDepthCollector:
 
 def start_exporter(app: Any, settings: Any, port: int, host: str = "0.0.0.0") -> Any:
     """Serve /metrics on ``port`` from this (the worker's main) process."""
-    from prometheus_client import start_http_server
-
-    from prometheus_client import values
+    from prometheus_client import start_http_server, values
 
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -95,11 +93,11 @@ def start_exporter(app: Any, settings: Any, port: int, host: str = "0.0.0.0") ->
             raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         from prometheus_client import REGISTRY
 
         registry = REGISTRY
-    registry.register(_QueueDepthCollector(app, settings))  # type: ignore[arg-type]
+    registry.register(_QueueDepthCollector(app, settings))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

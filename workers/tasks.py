@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,10 @@ log = logging.getLogger(__name__)
 # rerun finds the winner's row and upserts). Anything else (a bug, a full
 # disk) is dead-lettered at once; a bad image is not an error at all (the
 # upload is marked failed with the reason).
-import httpx  # noqa: E402
-import kombu.exceptions  # noqa: E402
-import redis.exceptions  # noqa: E402
-from sqlalchemy.exc import IntegrityError, OperationalError  # noqa: E402
+import httpx
+import kombu.exceptions
+import redis.exceptions
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     httpx.TransportError, OperationalError, IntegrityError, ConnectionError, TimeoutError,
@@ -81,7 +81,7 @@ def _dead_letter(task: Task, args: Any, kwargs: Any, error: str, tries: int) -> 
                 if up is not None and up.status == UploadStatus.PENDING:
                     up.status = UploadStatus.FAILED
                     up.error = f"dead-lettered after {tries} tries: {error}"
-                    up.analysed_at = datetime.now(timezone.utc)
+                    up.analysed_at = datetime.now(UTC)
     except Exception:  # the database itself may be what failed
         log.exception("could not record dead letter for %s%r", task.name, args)
     metrics.TASKS.labels(task.name, "dead_letter").inc()
@@ -124,7 +124,7 @@ class ArtwatchTask(Task):  # type: ignore[misc]
         try:
             counter = _counter(settings)
             n = counter.incr(key)
-        except Exception as exc:  # counting must not stop the work
+        except Exception as exc:  # noqa: BLE001 - counting must not stop the work
             log.warning("cannot count deliveries of %s: %s", self.name, exc)
             counter, n = None, 1
         if n > settings.workers.max_deliveries:
@@ -142,7 +142,7 @@ class ArtwatchTask(Task):  # type: ignore[misc]
         if counter is not None:
             try:
                 counter.forget(key)
-            except Exception:  # expires on its own
+            except Exception:  # noqa: BLE001, S110 - the count expires on its own
                 pass
         return result
 
@@ -161,7 +161,7 @@ class ArtwatchTask(Task):  # type: ignore[misc]
     def _forget(self, task_id: str) -> None:
         try:
             _counter(get_runtime().settings).forget(f"{task_id}:{self.request.retries}")
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - the count expires on its own
             pass
 
 
@@ -174,14 +174,14 @@ def _counter(settings: Any) -> Any:
 # Retries declared on every task: exponential backoff (2, 4, 8, ... s, capped)
 # with full jitter so that a fleet of workers does not hammer a recovering
 # Redis or database in lockstep; five retries span about a minute on average.
-_RETRY = dict(
-    base=ArtwatchTask,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=5,
-)
+_RETRY: dict[str, Any] = {
+    "base": ArtwatchTask,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 2,
+    "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
 
 
 # ------------------------------------------------------------ embeddings
@@ -196,7 +196,8 @@ def _model_key(settings: Any) -> str:
 def embedding_path(settings: Any, blob_sha256: str) -> Path:
     """Where the CLIP embedding of one image blob lives (keyed by content and
     model, so uploads sharing an image share it and a rerun overwrites it)."""
-    return settings.blob_dir() / "embeddings" / _model_key(settings) / blob_sha256[:2] / f"{blob_sha256}.f32"
+    root = Path(settings.blob_dir())
+    return root / "embeddings" / _model_key(settings) / blob_sha256[:2] / f"{blob_sha256}.f32"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -240,12 +241,11 @@ def crawl_source(source_id: int) -> int:
     from crawler.service import build_client, poll_source
 
     rt = get_runtime()
-    with build_client(rt.settings.crawler) as client:
-        with session_scope(rt.sessions) as s:
-            source = s.get(Source, source_id)
-            if source is None or not source.enabled:
-                return 0
-            new_ids = poll_source(s, source, client, rt.settings.crawler)
+    with build_client(rt.settings.crawler) as client, session_scope(rt.sessions) as s:
+        source = s.get(Source, source_id)
+        if source is None or not source.enabled:
+            return 0
+        new_ids = poll_source(s, source, client, rt.settings.crawler)
     for upload_id in new_ids:
         fetch_upload.delay(upload_id)
     return len(new_ids)
@@ -255,13 +255,13 @@ def crawl_source(source_id: int) -> int:
 def crawl_due_sources() -> int:
     """Beat entry: queue a crawl for every enabled polling source that is due."""
     rt = get_runtime()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     due: list[int] = []
     with session_scope(rt.sessions) as s:
         for src in s.scalars(select(Source).where(Source.enabled.is_(True))):
             last = src.last_success_at
             if last is not None and last.tzinfo is None:
-                last = last.replace(tzinfo=timezone.utc)
+                last = last.replace(tzinfo=UTC)
             if last is None or now - last >= timedelta(seconds=src.poll_seconds):
                 due.append(src.id)
     for sid in due:
@@ -272,8 +272,9 @@ def crawl_due_sources() -> int:
 @app.task(name="artwatch.fetch_upload", **_RETRY)
 def fetch_upload(upload_id: int) -> bool:
     """Download an upload's image as evidence, then queue its analysis."""
-    from crawler.service import build_client, fetch_upload as fetch
     from crawler.fetch import SafeFetcher
+    from crawler.service import build_client
+    from crawler.service import fetch_upload as fetch
 
     rt = get_runtime()
     with build_client(rt.settings.crawler) as client:
@@ -341,7 +342,7 @@ def analyse_upload(upload_id: int) -> int:
     t0 = time.perf_counter()
     matcher = _Matcher(rt.matcher, embedding)
     with session_scope(rt.sessions) as s:
-        result = analyse(s, rt.blobs, matcher, upload_id)
+        result = analyse(s, rt.blobs, matcher, upload_id)  # type: ignore[arg-type]  # duck-typed Engine
     # Everything but the matcher: loading the upload, upserting matches, commit.
     metrics.STAGE_SECONDS.labels("database").observe(max(0.0, time.perf_counter() - t0 - matcher.elapsed))
     if result is None:
@@ -386,4 +387,4 @@ def send_digests() -> int:
 
     rt = get_runtime()
     with session_scope(rt.sessions) as s:
-        return int(send(s, rt.blobs, rt.settings, datetime.now(timezone.utc)) or 0)
+        return int(send(s, rt.blobs, rt.settings, datetime.now(UTC)) or 0)

@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from config.settings import Settings, load_settings
 from crawler.localsite import LocalSite
 from storage.db import make_engine, make_sessionmaker, session_scope
-from storage.models import Base, DeadLetter, Match, NoticeItem, Source, Upload, UploadStatus, Work
+from storage.models import Base, DeadLetter, Match, NoticeItem, Source, Upload, UploadStatus
 from workers.demo import painting, photo
 
 REDIS_DB = 14  # the e2e test uses 15
@@ -111,13 +111,12 @@ class Pipeline:
     # -- processes -----------------------------------------------------
 
     def start_worker(self, *args: str, name: str, extra_env: dict[str, str] | None = None,
-                     log: bool = True, preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
-        out: Any = open(self.tmp / f"{name}.log", "ab") if log else subprocess.DEVNULL
+                     log: bool = True) -> subprocess.Popen[bytes]:
+        out: Any = open(self.tmp / f"{name}.log", "ab") if log else subprocess.DEVNULL  # noqa: SIM115 (closed in stop_all)
         if log:
             self._logs.append(out)
         proc = subprocess.Popen([sys.executable, "-m", "workers", "worker", "-n", f"{name}@%h", *args],
-                                env={**self.env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=preexec)
+                                env={**self.env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc
 

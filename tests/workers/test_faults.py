@@ -18,12 +18,14 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import pytest
 
 from storage.models import DeadLetter, UploadStatus
-from .conftest import Pipeline, RedisServer, free_port, jpeg, wait_for
 from workers.demo import photo
+
+from .conftest import Pipeline, RedisServer, free_port, jpeg, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -191,12 +193,12 @@ def test_poison_image_queue_keeps_flowing(make_pipeline: MakePipeline, redis_url
 
     # `artwatch deadletters list` shows it; replay sends it again, once.
     out = subprocess.run([sys.executable, "-m", "workers", "deadletters", "list"], env=p.env,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert "poison message" in out.stdout, out.stdout + out.stderr
 
     # `artwatch status` reads queue depths and worker liveness from Redis.
     out = subprocess.run([sys.executable, "-m", "workers", "status"], env=p.env,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert "queues: crawl 0, fetch 0, analyse 0, embed 0, notify 0" in out.stdout, out.stdout + out.stderr
     assert f"workers: cpu@{socket.gethostname()}" in out.stdout, out.stdout
     assert "dead letters" in out.stdout
@@ -211,14 +213,14 @@ def test_poison_image_queue_keeps_flowing(make_pipeline: MakePipeline, redis_url
 class _HangingServer:
     """An HTTP server on 127.0.0.1 that never answers in time."""
 
-    def __enter__(self) -> _HangingServer:
+    def __enter__(self) -> Self:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         stop = self._stop = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 stop.wait(60)
 
             def log_message(self, *args: object) -> None:
@@ -249,7 +251,8 @@ def tiny_disk(tmp_path: Path) -> Path:
     """A 256 KiB tmpfs: a real file system that really runs out of space."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
+                         check=False)
     if res.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the disk-full test (needs root): {res.stderr.decode().strip()}")
     yield mnt
@@ -286,7 +289,7 @@ def test_blob_store_disk_full(make_pipeline: MakePipeline, redis_url: str, tiny_
     filler.unlink()
     ids = [str(d.id) for d in dls]
     out = subprocess.run([sys.executable, "-m", "workers", "deadletters", "replay", *ids], env=p.env,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert "replayed 3" in out.stdout, out.stdout + out.stderr
     p.wait_settled(3, timeout=60)
     p.assert_end_state()
