@@ -25,6 +25,7 @@ commit can never turn a 304 into a missed update.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -37,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from config.settings import CrawlerSettings
-from crawler.errors import RateLimited, RobotsDisallowed
+from crawler.errors import RateLimited, RobotsDisallowed, TransientFetchError
 from crawler.fetch import user_agent
 
 __all__ = [
@@ -229,9 +230,21 @@ def shared_state(settings: CrawlerSettings) -> PolitenessState:
 
 
 def reset_shared_state() -> None:
-    """Forget all shared politeness state (tests)."""
+    """Forget all shared politeness state (tests, and every forked child)."""
     with _SHARED_LOCK:
         _SHARED.clear()
+
+
+def _after_fork_in_child() -> None:
+    # A lock or semaphore copied mid-use from the parent could never be
+    # released in the child: start the child with fresh state.
+    global _SHARED_LOCK
+    _SHARED_LOCK = threading.Lock()
+    _SHARED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _ReleasingStream(httpx.SyncByteStream):
@@ -270,6 +283,7 @@ class PoliteTransport(httpx.BaseTransport):
     ) -> None:
         self.inner = inner
         self.settings = settings
+        self.slot_timeout = max(30.0, 4 * settings.read_timeout)
         self.agent = user_agent(settings)
         self.max_retries = max_retries
         self.base_backoff = base_backoff
@@ -369,7 +383,14 @@ class PoliteTransport(httpx.BaseTransport):
     ) -> httpx.Response:
         host = self._host(request.url.host)
         self._wait_turn(host, self._interval(crawl_delay))
-        host.slots.acquire()
+        # Bounded wait: a slot leaked by a response nobody closed must not
+        # stall this host for the rest of the process.
+        if not host.slots.acquire(timeout=self.slot_timeout):
+            raise TransientFetchError(
+                f"{request.url.host}: no free connection slot after {self.slot_timeout:.0f}s "
+                f"(max_concurrency_per_host={self.settings.max_concurrency_per_host})",
+                str(request.url),
+            )
         try:
             response = self.inner.handle_request(request)
         except BaseException:

@@ -301,3 +301,22 @@ def test_reddit_source_refused_by_reddits_real_robots(http: PayloadServer) -> No
         with pytest.raises(RobotsDisallowed, match="new.json"):
             RedditSource(http.url + "/r/art", {}, client).poll(None)
     assert http.hits("/r/art/new.json") == []
+
+
+def test_leaked_slot_does_not_stall_a_host_forever(http: PayloadServer) -> None:
+    from crawler.errors import TransientFetchError
+
+    http.static("/p", b"ok", "text/plain")
+    settings = _settings(obey_robots=False, max_concurrency_per_host=1)
+    transport = PoliteTransport(SafeTransport(AddressPolicy.from_list(["127.0.0.1"])), settings)
+    transport.slot_timeout = 0.3
+    with httpx.Client(transport=transport) as client:
+        leaked = client.send(
+            client.build_request("GET", http.url + "/p"), stream=True
+        )  # never closed
+        t0 = time.monotonic()
+        with pytest.raises(TransientFetchError, match="no free connection slot"):
+            fetch_page(client, http.url + "/p")
+        assert 0.25 <= time.monotonic() - t0 < 2
+        leaked.close()
+        assert fetch_page(client, http.url + "/p").body == b"ok"  # closing frees the slot
