@@ -223,6 +223,13 @@ def record_uploads(
     for rec in deletions:
         _apply_deletion(session, source_row, rec, now)
     session.flush()
+    for up in touched.values():
+        if up.deleted_at is not None and session.scalar(
+            select(func.count())
+            .select_from(Sighting)
+            .where(Sighting.upload_id == up.id, Sighting.deleted_at.is_(None))
+        ):
+            up.deleted_at = None  # posted again: online again
     need = [
         u.id
         for u in touched.values()

@@ -267,6 +267,10 @@ def _check_sightings(sessions: sessionmaker[Session]) -> None:
         s.commit()
         s.refresh(up)
         assert up.deleted_at is not None
+        record_uploads(s, row, [_rec("3", img)])  # the same image posted again
+        s.commit()
+        s.refresh(up)
+        assert up.deleted_at is None
 
 
 def test_one_url_in_two_posts_is_one_upload_with_two_sightings(
