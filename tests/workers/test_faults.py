@@ -27,7 +27,7 @@ from workers.demo import photo
 
 from .conftest import Pipeline, RedisServer, free_port, jpeg, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
+pytestmark = [pytest.mark.slow]
 
 MakePipeline = Callable[..., Pipeline]
 
@@ -53,6 +53,7 @@ def _unacked(url: str) -> list[dict[str, object]]:
     return out
 
 
+@pytest.mark.redis
 def test_sigkill_gpu_worker_mid_batch(make_pipeline: MakePipeline, redis_url: str) -> None:
     """The embed worker is SIGKILLed while it holds a batch; a standby GPU
     worker takes the embed queue over, gets the killed worker's messages back
@@ -115,6 +116,7 @@ def test_redis_restart_during_run(make_pipeline: MakePipeline, tmp_path: Path) -
         server.kill()
 
 
+@pytest.mark.redis
 def test_poison_image_queue_keeps_flowing(make_pipeline: MakePipeline, redis_url: str) -> None:
     """Undecodable images fail with a clear reason and the rest is analysed;
     a message that kills its worker every time is dead-lettered after
@@ -259,6 +261,7 @@ def tiny_disk(tmp_path: Path) -> Path:
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.redis
 def test_blob_store_disk_full(make_pipeline: MakePipeline, redis_url: str, tiny_disk: Path) -> None:
     """With the blob store's disk full, fetches fail with a clear error into
     the dead-letter table and leave no row or file half-written; after space
@@ -293,3 +296,16 @@ def test_blob_store_disk_full(make_pipeline: MakePipeline, redis_url: str, tiny_
     assert "replayed 3" in out.stdout, out.stdout + out.stderr
     p.wait_settled(3, timeout=60)
     p.assert_end_state()
+
+
+def test_embedded_folder_broker_runs_the_same_pipeline(make_pipeline: MakePipeline) -> None:
+    """The embedded default (folder broker, no server): the same tasks, the
+    delivery counter in DATA_DIR/broker, the same end state."""
+    p = make_pipeline("", copies=1, others=2)
+    assert p.settings.embedded_broker
+    p.start_worker("-c", "2", name="embedded")
+    p.crawl()
+    p.wait_settled(3, timeout=60)
+    p.assert_end_state()
+    counts = p.settings.broker_dir() / "deliveries"
+    assert counts.is_dir() and not any(counts.iterdir()), "finished tasks must forget their delivery counts"
