@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -23,7 +23,7 @@ def replay(sessions: Any, app: Any, ids: list[int] | None = None) -> int:
             q = q.where(DeadLetter.id.in_(ids))
         for dl in s.scalars(q):
             app.send_task(dl.task, args=dl.args, kwargs=dl.kwargs)
-            dl.replayed_at = datetime.now(timezone.utc)
+            dl.replayed_at = datetime.now(UTC)
             sent += 1
     return sent
 
