@@ -64,6 +64,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # because every task is idempotent (upserts keyed by natural ids).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # The bound the visibility timeout relies on: a prefork child still
+        # running after LONGEST_TASK_S is killed and the task dead-lettered
+        # (TimeLimitExceeded). The threads pool (GPU) cannot enforce it; its
+        # one blocking step, the wait for a batch, has its own 300 s timeout.
+        "task_time_limit": LONGEST_TASK_S,
         # A message whose task raised for good is acked, not re-queued: the
         # task's on_failure has written it to the dead-letter table already.
         "task_acks_on_failure_or_timeout": True,
