@@ -215,6 +215,12 @@ class BatchedClip:
 
         self.model = model.eval()
         self.device = device
+        try:  # parallelism comes from the task threads: one OpenCV thread each
+            import cv2
+
+            cv2.setNumThreads(1)
+        except ImportError:
+            pass
         self.image_size = image_size
         self._decode = decode
         self.autocast: Any = None
