@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--skip-register", action="store_true")
+    ap.add_argument("--calibrate", type=float, default=None, metavar="PRECISION",
+                    help="run matching.calibrate for this target precision before analysing")
     args = ap.parse_args()
 
     works = [json.loads(ln) for ln in (args.dataset / "works.jsonl").read_text().splitlines() if ln]
@@ -89,6 +91,17 @@ def main() -> None:
                     print(f"registered {n}/{len(jobs)} ({time.time() - t:.0f}s)", file=sys.stderr)
         _engine.retrain()
         print(f"registered {len(jobs)} works in {time.time() - t:.0f}s", file=sys.stderr)
+
+    if args.calibrate is not None:
+        from matching.calibrate import calibrate
+
+        _init(*init)
+        assert _engine is not None
+        t = time.time()
+        refs = [(WorkRef(wid_of[w["id"]], oid_of[w["owner"]], w["kind"]),
+                 (args.dataset / w["file"]).read_bytes()) for w in works]
+        cal = calibrate(_engine, refs, args.calibrate)
+        print(f"calibrated in {time.time() - t:.0f}s: {json.dumps(cal.to_json())}", file=sys.stderr)
 
     ups = [json.loads(ln) for ln in (args.dataset / "uploads.jsonl").read_text().splitlines() if ln]
     ups = ups[:: args.every]

@@ -178,7 +178,7 @@ class Engine:
                                             init=False)
     _pdq_owner: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64),
                                               init=False)
-    _pdq_key: tuple[int, ...] = field(default=(), init=False)
+    _pdq_key: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -305,17 +305,22 @@ class Engine:
                     region = [[x * k, y * k] for x, y in v.polygon]
             if d is not None:
                 signals["pdq_distance"] = float(d)
+                if region is None and p_pdq > p_local:
+                    # A PDQ match is a copy of the whole frame.
+                    k = 1.0 / a.scale if a.scale > 0 else 1.0
+                    fw, fh = a.width * k, a.height * k
+                    region = [[0.0, 0.0], [fw, 0.0], [fw, fh], [0.0, fh]]
             out.append(Candidate(wid, sw.owner_id, s, s >= model.threshold, signals, region))
         out.sort(key=lambda c: -c.score)
         return out[:limit]
 
     def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None) -> dict[int, int]:
-        key = tuple(self.index.work_ids)
+        key = self.index.generation
         if key != self._pdq_key:
             ids: list[int] = []
             mats: list[npt.NDArray[np.uint8]] = []
             owners: list[int] = []
-            for wid in key:
+            for wid in self.index.work_ids:
                 sw = self.index.work(wid)
                 if sw is None or not sw.pdq.shape[0]:
                     continue

@@ -67,6 +67,10 @@ HE_BITS = 64
 #: Postings farther than this (of 64 bits) from the query signature are ignored.
 HE_RADIUS = 22
 _ROOT_SCALE = 512.0
+#: Postings of one work closer than this (work pixels) are the same place
+#: (the work is described at several scales and on two backgrounds).
+SAME_PLACE_PX = 6.0
+AMBIGUITY_MARGIN = 3
 
 
 @dataclass(frozen=True)
@@ -134,15 +138,19 @@ def _gray(rgb: npt.NDArray[np.uint8]) -> U8:
 
 _SIFT_CACHE: dict[tuple[int, float], cv2.SIFT] = {}
 #: SIFT's edge-response limit. The default (10) drops most corners of flat
-#: logo shapes; 30 keeps them (RANSAC copes with their weaker localisation).
-EDGE_THRESHOLD = 30.0
+#: logo shapes; 60 keeps them (RANSAC copes with their weaker localisation).
+EDGE_THRESHOLD = 60.0
+#: Base blur. Below SIFT's 1.6, corners of flat shapes survive at small scale;
+#: measured on synthetic pastes of flat logos: +24% verified pairs, and faster.
+SIGMA = 1.0
 
 
 def _sift(n: int, contrast: float) -> cv2.SIFT:
     key = (n, contrast)
     det = _SIFT_CACHE.get(key)
     if det is None:
-        det = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast, edgeThreshold=EDGE_THRESHOLD)
+        det = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast, edgeThreshold=EDGE_THRESHOLD,
+                              sigma=SIGMA)
         _SIFT_CACHE[key] = det
     return det
 
@@ -490,6 +498,8 @@ class LocalIndex:
     _delta: _Segment | None = None
     _delta_parts: list[_Quantised] = field(default_factory=list)
     _trained_on: int = 0
+    #: Bumped whenever the set of searchable works changes.
+    generation: int = 0
 
     # ---- registration (writer side)
 
@@ -578,6 +588,7 @@ class LocalIndex:
     def _reload_all(self) -> None:
         self.vocab = Vocabulary.load(self.store.vocab_path) if self.store.vocab_path.exists() else None
         self._works.clear()
+        self.generation += 1
         self._images.clear()
         self._image_of.clear()
         self._alive = np.zeros(0, bool)
@@ -593,6 +604,7 @@ class LocalIndex:
     def _drop(self, work_id: int) -> None:
         if self._works.pop(work_id, None) is None:
             return
+        self.generation += 1
         for m in (False, True):
             img = self._image_of.pop((work_id, m), None)
             if img is not None:
@@ -600,6 +612,7 @@ class LocalIndex:
 
     def _insert(self, w: StoredWork) -> None:
         self._works[w.work_id] = w
+        self.generation += 1
         if self.vocab is None:
             return
         for mirrored, f in ((False, w.direct), (True, w.mirrored)):
@@ -697,13 +710,28 @@ class LocalIndex:
         qi, pi, hh, image, seg_of, local = qi[alive], pi[alive], hh[alive], image[alive], seg_of[alive], local[alive]
         if qi.shape[0] == 0:
             return []
-        # One correspondence per (image, query keypoint): the closest signature.
+        # One correspondence per (image, query keypoint): the closest signature,
+        # kept only when it is distinctive. A query keypoint that matches
+        # several places of the same work about equally well (arcs of circles,
+        # repeated strokes) is ambiguous: its second-best posting at another
+        # location must be at least AMBIGUITY_MARGIN bits farther.
+        hit_xy = np.empty((qi.shape[0], 2), np.float32)
+        for si, seg in enumerate(segs):
+            m = seg_of == si
+            hit_xy[m] = seg.xy[local[m]]
         key = image.astype(np.int64) * (1 << 20) + qi
         order = np.lexsort((hh, key))
         key_s = key[order]
         first = np.ones(order.shape[0], bool)
         first[1:] = key_s[1:] != key_s[:-1]
-        sel = order[first]
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        xy_s = hit_xy[order]
+        far = np.abs(xy_s - xy_s[starts][group]).max(axis=1) > SAME_PLACE_PX
+        h_s = hh[order].astype(np.int16)
+        second = np.minimum.reduceat(np.where(far, h_s, np.int16(255)), starts)
+        distinct = (second - h_s[starts]) >= AMBIGUITY_MARGIN
+        sel = order[starts[distinct]]
         qi, hh, image, seg_of, local = qi[sel], hh[sel], image[sel], seg_of[sel], local[sel]
         # Gaussian-weighted votes, normalised by the image's keypoint count.
         weight = np.exp(-((hh.astype(np.float32) / 16.0) ** 2))
