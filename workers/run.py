@@ -154,6 +154,8 @@ def _setup_demo(settings: Settings, sessions: Any, site_url: str, echo: Callable
         owner.legal_name = owner.legal_name or "Bluefinch Studio Ltd"
         owner.postal_address = owner.postal_address or "1 Example Street, Springfield, EX1 2MP"
         owner.phone = owner.phone or "+1 555 0100"
+        # No mail server is configured for the demo; `artwatch owners set --alerts` turns alerts on.
+        owner.alert_mode = "off"
         _set_password(s, owner, DEMO_PASSWORD, "owner")
         reviewer = ensure_owner(s, email=DEMO_REVIEWER, display_name="Demo reviewer")
         _set_password(s, reviewer, DEMO_PASSWORD, "reviewer")

@@ -2,8 +2,9 @@
 (Redis, and the embedded folder broker), a real HTTP site on 127.0.0.1.
 
 Register one work, crawl a site holding one transformed copy of it and one
-unrelated image: exactly one match and one draft notice. Crawling again
-creates no duplicate upload, match or notice.
+unrelated image: exactly one match, one draft notice and one alert email (to a
+real SMTP server). Crawling again creates no duplicate upload, match, notice
+or email, and nothing ends in the dead-letter table.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import func, select
 from config.settings import Settings, load_settings
 from crawler.localsite import LocalSite
 from storage.db import make_engine, make_sessionmaker, session_scope
-from storage.models import Account, Match, Notice, NoticeItem, Upload, UploadStatus
+from storage.models import Account, DeadLetter, Match, Notice, NoticeItem, Upload, UploadStatus
 from workers.demo import painting, photo
 from workers.run import wait_until_settled, worker_process
 
@@ -54,8 +55,37 @@ def site() -> Iterator[LocalSite]:
         yield s
 
 
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+        self.messages.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
+        return "250 OK"
+
+
 @pytest.fixture
-def registered(test_settings: Settings, tmp_path: Path, site: LocalSite) -> Settings:
+def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Inbox]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 for the owner's alert email."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    handler = _Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv("ARTWATCH_NOTICES__SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("ARTWATCH_NOTICES__SMTP_PORT", str(port))
+    monkeypatch.setenv("ARTWATCH_WEB__SECRET_KEY", "e2e-test-secret-key")
+    yield handler
+    controller.stop()
+
+
+@pytest.fixture
+def registered(test_settings: Settings, tmp_path: Path, site: LocalSite, inbox: _Inbox) -> Settings:
     work_file = tmp_path / "dusk.png"
     painting(314).save(work_file)
     cli("init")
@@ -85,11 +115,14 @@ def _counts(settings: Settings) -> dict[str, int]:
         engine.dispose()
 
 
-def _assert_one_match_one_notice(settings: Settings, site: LocalSite) -> None:
+def _assert_one_match_one_notice(settings: Settings, site: LocalSite, inbox: _Inbox) -> None:
     c = _counts(settings)
     assert c == {"uploads": 2, "analysed": 2, "matches": 1, "notices": 1, "items": 1}, c
+    assert [rcpt for rcpt, _ in inbox.messages] == [["artist@example.com"]]
     engine = make_engine(settings.resolved_database_url())
     with session_scope(make_sessionmaker(engine)) as s:
+        dead = [(d.task, d.error) for d in s.scalars(select(DeadLetter))]
+        assert dead == []
         m = s.scalar(select(Match))
         assert m is not None and m.upload.author.startswith("copier")
         item = s.scalar(select(NoticeItem))
@@ -98,7 +131,7 @@ def _assert_one_match_one_notice(settings: Settings, site: LocalSite) -> None:
 
 
 def test_redis_broker_and_real_worker(registered: Settings, site: LocalSite, redis_server_url: str,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                      inbox: _Inbox, monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
     redis.Redis.from_url(redis_server_url).flushdb()
@@ -111,12 +144,12 @@ def test_redis_broker_and_real_worker(registered: Settings, site: LocalSite, red
             since = datetime.now(timezone.utc)
             cli("crawl")
             assert wait_until_settled(settings, sessions, since, timeout=180, proc=proc)
-            _assert_one_match_one_notice(settings, site)
+            _assert_one_match_one_notice(settings, site, inbox)
     engine.dispose()
 
 
-def test_embedded_mode_run_command(registered: Settings, site: LocalSite) -> None:
+def test_embedded_mode_run_command(registered: Settings, site: LocalSite, inbox: _Inbox) -> None:
     for _ in range(2):
         out = cli("run", "--no-web", "--timeout", "180")
         assert "matches:                1" in out.stdout, out.stdout + out.stderr
-        _assert_one_match_one_notice(registered, site)
+        _assert_one_match_one_notice(registered, site, inbox)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 01:26:17.823679
+Create Date: 2026-11-28 01:57:42.090346
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def upgrade() -> None:
     sa.Column('phone', sa.String(length=64), nullable=False),
     sa.Column('alert_mode', sa.String(length=16), nullable=False),
     sa.Column('unsubscribe_token', sa.String(length=64), nullable=True),
+    sa.Column('last_digest_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('api_token_hash'),
