@@ -2,6 +2,8 @@
 
 - :class:`EmbeddedIndex`: one machine, several processes (SQLite log + a
   Qdrant Edge replica per process); ``settings.index.backend = "embedded"``.
+- :class:`PdqIndex`: exact in-memory Hamming lookup of PDQ hashes (PDQ is
+  not a Qdrant vector by default; see that module).
 - :class:`QdrantIndex`: a Qdrant server through qdrant-client
   (``backend = "server"``, ``settings.index.url``); also runs on the client's
   local mode, which the contract tests use.
@@ -19,6 +21,7 @@ import numpy as np
 
 from matching.index.base import Distance, Hit, IndexPoint, VectorIndex, VectorSpec, point_id
 from matching.index.embedded import EmbeddedIndex
+from matching.index.pdq import PdqIndex
 from matching.index.qdrant import QdrantIndex
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ __all__ = [
     "EmbeddedIndex",
     "Hit",
     "IndexPoint",
+    "PdqIndex",
     "QdrantIndex",
     "VectorIndex",
     "VectorSpec",
