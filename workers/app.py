@@ -97,6 +97,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "crawl-due-sources": {"task": "artwatch.crawl_due_sources", "schedule": timedelta(seconds=60)},
             "send-digests": {"task": "artwatch.send_digests", "schedule": timedelta(hours=1)},
+            "notice-followups": {"task": "artwatch.run_followups", "schedule": timedelta(hours=6)},
         },
         "timezone": "UTC",
     }

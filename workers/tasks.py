@@ -37,6 +37,7 @@ __all__ = [
     "embedding_path",
     "fetch_upload",
     "notify_owner",
+    "run_followups",
     "send_digests",
 ]
 
@@ -253,12 +254,22 @@ def crawl_source(source_id: int) -> int:
 
 @app.task(name="artwatch.crawl_due_sources", **_RETRY)
 def crawl_due_sources() -> int:
-    """Beat entry: queue a crawl for every enabled polling source that is due."""
+    """Beat entry: queue a crawl for every enabled polling source that is due.
+
+    Streaming sources (Wikimedia, Bluesky) are left to their long-lived
+    consumer (`artwatch crawl --stream NAME`): polling them too would race it
+    on the same cursor.
+    """
+    from crawler.service import SOURCE_KINDS
+
     rt = get_runtime()
     now = datetime.now(UTC)
     due: list[int] = []
     with session_scope(rt.sessions) as s:
         for src in s.scalars(select(Source).where(Source.enabled.is_(True))):
+            kind = SOURCE_KINDS.get(src.kind)
+            if kind is not None and kind.streaming:
+                continue
             last = src.last_success_at
             if last is not None and last.tzinfo is None:
                 last = last.replace(tzinfo=UTC)
@@ -388,3 +399,14 @@ def send_digests() -> int:
     rt = get_runtime()
     with session_scope(rt.sessions) as s:
         return int(send(s, rt.blobs, rt.settings, datetime.now(UTC)) or 0)
+
+
+@app.task(name="artwatch.run_followups", **_RETRY)
+def run_followups() -> int:
+    """Beat entry: re-check sent notices whose follow-up is due (removed or still online)."""
+    from crawler.service import build_client
+    from notices.sending import run_followups as followups
+
+    rt = get_runtime()
+    with build_client(rt.settings.crawler) as client, session_scope(rt.sessions) as s:
+        return len(followups(s, client, rt.settings))
