@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from matching.decode import decode_image  # noqa: E402
-from matching.engine import UPLOAD_MAX_SIDE, Engine, WorkRef  # noqa: E402
-from matching.local import StoredWork, limit_native_threads  # noqa: E402
+from matching.decode import decode_image
+from matching.engine import UPLOAD_MAX_SIDE, Engine, WorkRef
+from matching.local import StoredWork, limit_native_threads
 
 _engine: Engine | None = None
 
@@ -110,9 +110,8 @@ def main() -> None:
     all_t: dict[str, list[float]] = {}
     with ctx.Pool(args.procs, _init, init) as pool, open(args.preds, "w") as out:
         for n, (uid, cands, tm) in enumerate(pool.imap_unordered(_analyse, jobs2, chunksize=4), 1):
-            for c in cands:
-                out.write(json.dumps({"upload": uid, "work": ext_of[c["work"]], "score": c["score"],
-                                      "match": c["match"], "signals": c["signals"]}) + "\n")
+            out.writelines(json.dumps({"upload": uid, "work": ext_of[c["work"]], "score": c["score"],
+                                      "match": c["match"], "signals": c["signals"]}) + "\n" for c in cands)
             for k, v in tm.items():
                 all_t.setdefault(k, []).append(v * 1000)
             if n % 250 == 0:

@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -36,11 +37,15 @@ from PIL import Image
 from matching.decode import DecodedImage, decode_image
 from matching.engine import Engine, ScoreModel, WorkRef
 
-__all__ = ["Calibration", "calibrate", "fit_logistic", "make_copies", "make_negatives"]
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = ["Calibration", "calibrate", "fit_logistic", "make_copies", "make_negatives",
+           "run_calibration"]
 
 log = logging.getLogger(__name__)
 
-U8 = npt.NDArray[np.uint8]
+U8 = npt.NDArray[Any]  # image arrays (OpenCV returns loosely typed arrays)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class Calibration:
     negatives: int  # wrong pairs offered as candidates
     recall: float  # of true pairs at the chosen threshold
     precision: float  # at the chosen threshold
+
+    def __str__(self) -> str:
+        return (f"calibrated on {self.positives} true and {self.negatives} wrong pairs: threshold 0.5 "
+                f"= precision {self.precision:.4f} at recall {self.recall:.3f} on the calibration set "
+                f"(target {self.model.target_precision})")
 
     def to_json(self) -> dict[str, object]:
         d = self.model.to_json()
@@ -80,7 +90,7 @@ def _scene(rng: np.random.Generator, w: int, h: int) -> U8:
         else:
             cv2.line(img, (x, y), (int(rng.integers(0, w)), int(rng.integers(0, h))), col,
                      int(rng.integers(1, 6)))
-    img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 4.0)))
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.5, 4.0))), np.uint8)
     noise = rng.normal(0, rng.uniform(0, 8), img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
@@ -107,7 +117,10 @@ def _shape_logo(rng: np.random.Generator, side: int) -> U8:
 
 def _jpeg(img: U8, q: int) -> U8:
     ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(q)])
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]) if ok else img
+    if not ok:
+        return img
+    dec: U8 = np.asarray(cv2.imdecode(buf, cv2.IMREAD_COLOR))
+    return np.ascontiguousarray(dec[:, :, ::-1])
 
 
 def _fit_long(img: U8, side: int) -> U8:
@@ -183,7 +196,7 @@ def _paste(img: DecodedImage, rng: np.random.Generator) -> U8:
     s = min(s, 0.92 * W / w, 0.92 * H / h)
     nw, nh = max(8, round(w * s)), max(8, round(h * s))
     obj = cv2.resize(src, (nw, nh), interpolation=cv2.INTER_AREA)
-    a = (cv2.resize(alpha, (nw, nh), interpolation=cv2.INTER_AREA) if alpha is not None
+    a: npt.NDArray[Any] = (cv2.resize(alpha, (nw, nh), interpolation=cv2.INTER_AREA) if alpha is not None
          else np.ones((nh, nw), np.float32))
     deg = float(rng.uniform(-10, 10)) if rng.random() < 0.5 else 0.0
     if deg:
@@ -191,7 +204,7 @@ def _paste(img: DecodedImage, rng: np.random.Generator) -> U8:
         obj = cv2.warpAffine(obj, m, (nw, nh))
         a = cv2.warpAffine(a, m, (nw, nh))
     x, y = int(rng.integers(0, W - nw + 1)), int(rng.integers(0, H - nh + 1))
-    roi = scene[y:y + nh, x:x + nw].astype(np.float32)
+    roi: npt.NDArray[Any] = scene[y:y + nh, x:x + nw].astype(np.float32)
     if alpha is not None:
         blended = obj.astype(np.float32)  # premultiplied on black
         roi = blended + roi * (1.0 - a[:, :, None])
@@ -358,3 +371,26 @@ def _threshold_for(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64
         return float(min(0.999, s[0] + 1e-6)), 1.0, 0.0
     thr = float(s[best])
     return thr, float(prec[best]), float(tp[best] / max(1, n_true))
+
+
+def run_calibration(settings: Settings, *, target_precision: float = 0.99) -> Calibration:
+    """``artwatch calibrate``: calibrate on the registry in the database and blob store."""
+    from sqlalchemy import select
+
+    from matching.engine import build_engine
+    from storage.blobs import FolderBlobStore
+    from storage.db import make_engine, make_sessionmaker
+    from storage.models import Work
+
+    db = make_engine(settings.resolved_database_url())
+    try:
+        with make_sessionmaker(db)() as s:
+            rows = [(w.id, w.owner_id, w.kind.value, w.blob_sha256)
+                    for w in s.scalars(select(Work).order_by(Work.id))]
+    finally:
+        db.dispose()
+    blobs = FolderBlobStore(settings.blob_dir())
+    works = [(WorkRef(wid, owner, kind), blobs.get(sha)) for wid, owner, kind, sha in rows]
+    if not works:
+        raise ValueError("no registered works to calibrate on")
+    return calibrate(build_engine(settings), works, target_precision)

@@ -135,8 +135,8 @@ def _pdq_bits(rgb: npt.NDArray[np.uint8], dihedral: bool) -> tuple[npt.NDArray[n
     img = rgb
     if max(img.shape[:2]) > 512:
         s = 512 / max(img.shape[:2])
-        img = cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
-                         interpolation=cv2.INTER_AREA)
+        img = np.asarray(cv2.resize(img, (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
+                                    interpolation=cv2.INTER_AREA), np.uint8)
     img = np.ascontiguousarray(img)
     if dihedral:
         hashes, quality = pdqhash.compute_dihedral(img)
@@ -311,8 +311,38 @@ class Engine:
                     fw, fh = a.width * k, a.height * k
                     region = [[0.0, 0.0], [fw, 0.0], [fw, fh], [0.0, fh]]
             out.append(Candidate(wid, sw.owner_id, s, s >= model.threshold, signals, region))
+        out = self._explain_away(out, model.threshold)
         out.sort(key=lambda c: -c.score)
         return out[:limit]
+
+    @staticmethod
+    def _explain_away(cands: list[Candidate], threshold: float) -> list[Candidate]:
+        """Demote a work whose region another, far better verified work explains.
+
+        Registries hold near-duplicates (recoloured variants of one drawing);
+        a copy of one verifies against the other too, with far fewer inliers
+        on the same region. When a candidate's region lies mostly inside a
+        stronger candidate's region and it has less than half its inliers, its
+        score is scaled by the inlier ratio (and decided again).
+        """
+        strong = sorted((c for c in cands if c.region is not None and "inliers" in c.signals),
+                        key=lambda c: -c.signals["inliers"])
+        out: list[Candidate] = []
+        for c in cands:
+            factor = 1.0
+            if c.region is not None and "inliers" in c.signals:
+                for s in strong:
+                    if s is c or s.signals["inliers"] <= 2.0 * c.signals["inliers"]:
+                        continue
+                    if _overlap(c.region, s.region) >= 0.5:
+                        factor = c.signals["inliers"] / s.signals["inliers"]
+                        break
+            if factor < 1.0:
+                sc = c.score * factor
+                sig = dict(c.signals, explained_by=float(s.work_id))
+                c = Candidate(c.work_id, c.owner_id, sc, sc >= threshold, sig, c.region)
+            out.append(c)
+        return out
 
     def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None) -> dict[int, int]:
         key = self.index.generation
@@ -345,6 +375,19 @@ class Engine:
             if d < out.get(wid, 1 << 30):
                 out[wid] = int(d)
         return out
+
+
+def _overlap(a: list[list[float]], b: list[list[float]] | None) -> float:
+    """Area of the intersection over the smaller polygon's area (convex polygons)."""
+    if b is None:
+        return 0.0
+    pa = np.asarray(a, np.float32).reshape(-1, 1, 2)
+    pb = np.asarray(b, np.float32).reshape(-1, 1, 2)
+    area_a, area_b = abs(cv2.contourArea(pa)), abs(cv2.contourArea(pb))
+    if min(area_a, area_b) <= 0:
+        return 0.0
+    inter, _ = cv2.intersectConvexConvex(pa, pb)
+    return float(inter) / float(min(area_a, area_b))
 
 
 def _rank(v: Verification) -> tuple[bool, int, float]:

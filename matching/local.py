@@ -30,7 +30,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -149,7 +149,8 @@ def _sift(n: int, contrast: float) -> cv2.SIFT:
     key = (n, contrast)
     det = _SIFT_CACHE.get(key)
     if det is None:
-        det = cv2.SIFT_create(nfeatures=n, contrastThreshold=contrast, edgeThreshold=EDGE_THRESHOLD,
+        det = cv2.SIFT_create(  # type: ignore[attr-defined]
+            nfeatures=n, contrastThreshold=contrast, edgeThreshold=EDGE_THRESHOLD,
                               sigma=SIGMA)
         _SIFT_CACHE[key] = det
     return det
@@ -168,7 +169,8 @@ def extract_features(
     gray = _gray(rgb)
     s = min(1.0, float(np.sqrt(area / float(w * h))))
     if s < 1.0:
-        gray = cv2.resize(gray, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+        gray = np.asarray(cv2.resize(gray, (max(8, round(w * s)), max(8, round(h * s))),
+                                     interpolation=cv2.INTER_AREA), np.uint8)
     kps, desc = _sift(max_kp, contrast).detectAndCompute(gray, None)
     if desc is None or not kps:
         return LocalFeatures.empty(w, h)
@@ -241,7 +243,7 @@ class Vocabulary:
         k2 = k1
         cv2.setRNGSeed(seed)
         crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 12, 0.5)
-        _, lab, coarse = cv2.kmeans(x, k1, None, crit, 1, cv2.KMEANS_PP_CENTERS)
+        _, lab, coarse = cv2.kmeans(x, k1, None, crit, 1, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
         lab = lab.ravel()
         fine = np.full((k1, k2, 128), 1e4, np.float32)
         for c in range(k1):
@@ -252,7 +254,7 @@ class Vocabulary:
             if k == 1:
                 fine[c, 0] = members.mean(axis=0)
                 continue
-            _, _, cent = cv2.kmeans(members, k, None, crit, 1, cv2.KMEANS_PP_CENTERS)
+            _, _, cent = cv2.kmeans(members, k, None, crit, 1, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
             fine[c, :k] = cent
         q, _ = np.linalg.qr(rng.standard_normal((128, 128)).astype(np.float64))
         proj = q[:HE_BITS].astype(np.float32)
@@ -385,10 +387,10 @@ class FeatureStore:
 
     def append(self, lines: Iterable[str]) -> None:
         text = "".join(f"{line}\n" for line in lines)
-        with portalocker.Lock(str(self.lock_path), timeout=60):
-            with open(self.journal, "a", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
+        with portalocker.Lock(str(self.lock_path), timeout=60), \
+                open(self.journal, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
 
     def lock(self) -> portalocker.Lock:
         return portalocker.Lock(str(self.lock_path), timeout=600)
@@ -611,7 +613,10 @@ class LocalIndex:
                 self._alive[img] = False
 
     def _insert(self, w: StoredWork) -> None:
-        self._works[w.work_id] = w
+        # Descriptors stay on disk (for retraining); memory keeps postings only.
+        self._works[w.work_id] = replace(
+            w, direct=LocalFeatures.empty(w.width, w.height),
+            mirrored=LocalFeatures.empty(w.width, w.height))
         self.generation += 1
         if self.vocab is None:
             return

@@ -13,6 +13,7 @@ is the work's outline mapped into the upload.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -90,7 +91,7 @@ def _on_one_curve(pts: F32, tol: float, rng: np.random.Generator) -> int:
     return best
 
 
-def _polygon_ok(poly: F32) -> bool:
+def _polygon_ok(poly: npt.NDArray[Any]) -> bool:
     if not np.all(np.isfinite(poly)):
         return False
     return bool(cv2.isContourConvex(poly.reshape(-1, 1, 2).astype(np.float32)))

@@ -197,3 +197,16 @@ def test_calibration_file_sets_model_and_threshold(tmp_path: Path) -> None:
     assert e.model.threshold == 0.2
     cal.unlink()
     assert e.model.threshold == 0.5 and e.analyse(data)[0].match
+
+
+def test_near_duplicate_work_is_explained_away(tmp_path: Path) -> None:
+    e = Engine(tmp_path)
+    base = textured(11)
+    variant = np.ascontiguousarray(base[:, :, ::-1])  # recoloured variant of the same drawing
+    variant[:, 240:] = textured(12)[:, 240:]  # ... half of it redrawn
+    e.register(WorkRef(1, 1, "artwork"), encode(base, "PNG"))
+    e.register(WorkRef(2, 1, "artwork"), encode(variant, "PNG"))
+    cands = e.analyse(encode(base, quality=85))
+    assert [c.work_id for c in cands if c.match] == [1]
+    other = [c for c in cands if c.work_id == 2]
+    assert not other or other[0].signals.get("explained_by") == 1.0 or other[0].score < 0.5
