@@ -85,7 +85,8 @@ def _login(page: Any, email: str) -> None:
     page.goto("/login")
     page.fill("input[name=email]", email)
     page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    with page.expect_navigation():
+        page.click("button[type=submit]")
     page.wait_for_load_state("networkidle")
 
 
@@ -107,7 +108,8 @@ def test_owner_logs_in_registers_a_logo_and_sees_it_listed(
     page.fill("input[name=registration_number]", "USPTO 1234567")
     page.fill("textarea[name=licensed_sites]", "shop.acme.example")
     page.screenshot(path=str(artifacts / "1-register-form.png"), full_page=True)
-    page.click("button:has-text('Register')")
+    with page.expect_navigation():
+        page.click("button:has-text('Register')")
     page.wait_for_load_state("networkidle")
     assert "Registered." in page.inner_text("main")
     assert page.locator("img.large").evaluate("img => img.naturalWidth") > 0
@@ -138,7 +140,8 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(
     _login(page, "rita@example.com")
     assert page.url.endswith("/review")
     page.screenshot(path=str(artifacts / "2-review-queue.png"), full_page=True)
-    page.click(f"a[href='/notices/{nid}']")
+    with page.expect_navigation():
+        page.click(f"a[href='/notices/{nid}']")
     page.wait_for_load_state("networkidle")
     # Evidence: both images loaded, the region outlined over the upload.
     assert page.locator(f"img[src='/works/{wid}/image']").evaluate("img => img.naturalWidth") > 0
@@ -148,7 +151,8 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(
         "main"
     )
     page.screenshot(path=str(artifacts / "2-notice-evidence.png"), full_page=True)
-    page.click(f"a[href='/matches/{mid}']")
+    with page.expect_navigation():
+        page.click(f"a[href='/matches/{mid}']")
     page.wait_for_load_state("networkidle")
     assert page.locator("svg.overlay polygon.region").count() == 1
     page.screenshot(path=str(artifacts / "2-match-evidence.png"), full_page=True)
@@ -158,7 +162,8 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(
         page.check(f"input[name={key}][value=no]")
     page.check("input[name=none_applies][value=yes]")
     page.locator("#approve-form").screenshot(path=str(artifacts / "2-fair-use-checklist.png"))
-    page.click("#approve-form button[type=submit]")
+    with page.expect_navigation():
+        page.click("#approve-form button[type=submit]")
     page.wait_for_load_state("networkidle")
     assert page.locator(".head-row .state").inner_text().strip() == "approved"
     page.screenshot(path=str(artifacts / "2-notice-approved.png"), full_page=True)
