@@ -217,36 +217,18 @@ def calibrate(ctx: click.Context, target_precision: float) -> None:
     """
     settings = _settings(ctx)
     try:
-        from matching.calibrate import calibrate as run_calibration
+        from matching.calibrate import run_calibration
     except ImportError:
         raise click.ClickException("calibration is not available in this build (matching.calibrate missing)") from None
-    from sqlalchemy import select
+    from storage.blobs import BlobStoreError
 
-    from matching import WorkRef, build_engine
-    from storage.blobs import BlobStoreError, FolderBlobStore
-    from storage.db import make_engine
-    from storage.models import Work
-
-    blobs = FolderBlobStore(settings.blob_dir())
-    db = make_engine(settings.resolved_database_url())
-    refs = []
+    click.echo(f"calibrating on the registered works for precision {target_precision}...", err=True)
     try:
-        with db.connect() as conn:
-            rows = conn.execute(select(Work.id, Work.owner_id, Work.kind, Work.blob_sha256, Work.filename)).all()
-    finally:
-        db.dispose()
-    for wid, owner_id, kind, sha, filename in rows:
-        try:
-            refs.append((WorkRef(work_id=wid, owner_id=owner_id, kind=getattr(kind, "value", str(kind))),
-                         blobs.get(sha)))
-        except BlobStoreError as exc:
-            click.echo(f"skipped work {wid} ({filename}): {exc}", err=True)
-    if not refs:
-        raise click.ClickException("no registered works to calibrate on: register works first")
-    click.echo(f"calibrating on {len(refs)} works for precision {target_precision}...", err=True)
-    model = run_calibration(build_engine(settings), refs, target_precision)
-    to_json = getattr(model, "to_json", None)
-    click.echo(json.dumps(to_json()) if callable(to_json) else str(model))
+        result = run_calibration(settings, target_precision=target_precision)
+    except (ValueError, BlobStoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    to_json = getattr(result, "to_json", None)
+    click.echo(json.dumps(to_json()) if callable(to_json) else str(result))
 
 
 # ------------------------------------------------------------------ index

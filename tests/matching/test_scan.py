@@ -163,3 +163,18 @@ def test_index_rebuild_reports_a_missing_blob(cli: CliRunner, dataset: Path) -> 
     assert res.exit_code == 1
     assert "2 works indexed, 0 stale removed, 1 failed" in res.output
     assert "w1.png" in res.output
+
+
+def test_calibrate_needs_registered_works(cli: CliRunner) -> None:
+    from config.settings import load_settings
+    from matching.cli import calibrate
+    from storage.models import Base
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.resolved_database_url())
+    Base.metadata.create_all(db)
+    db.dispose()
+    res = cli.invoke(calibrate, ["--target-precision", "0.99"])
+    assert res.exit_code == 1
+    assert "no registered works" in res.output
