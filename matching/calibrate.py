@@ -305,6 +305,7 @@ def calibrate(
 
     local_rows: list[tuple[list[float], int]] = []
     pdq_rows: list[tuple[float, int]] = []
+    clip_rows: list[tuple[float, int]] = []
     n_true = 0
     for x, truth in samples:
         buf = io.BytesIO()
@@ -320,6 +321,8 @@ def calibrate(
                 local_rows.append((_local_x(sig), int(wid == truth)))
         for wid, d in a.pdq.items():
             pdq_rows.append((float(d), int(wid == truth)))
+        for wid, cos in engine.clip_candidates(up).items():
+            clip_rows.append((float(cos), int(wid == truth)))
 
     base = engine.model
     local = base.local
@@ -341,7 +344,8 @@ def calibrate(
     # Shift the local bias so the chosen threshold reads 0.5.
     shift = math.log(threshold / (1.0 - threshold)) if 0.0 < threshold < 1.0 else 0.0
     local = (local[0] - shift, local[1], local[2], local[3])
-    model = ScoreModel(local=local, pdq=pdq, threshold=0.5, target_precision=target_precision)
+    clip = _fit_clip(clip_rows, target_precision, n_true)
+    model = ScoreModel(local=local, pdq=pdq, clip=clip, threshold=0.5, target_precision=target_precision)
     cal = Calibration(model, int(labels.sum()), int((labels == 0).sum()), recall, precision)
     if write:
         tmp = engine.calibration_path.with_suffix(".json.tmp")
@@ -350,6 +354,28 @@ def calibrate(
     log.info("calibration: %d true / %d wrong pairs; threshold keeps precision %.4f, recall %.3f",
              cal.positives, cal.negatives, precision, recall)
     return cal
+
+
+def _fit_clip(rows: list[tuple[float, int]], target: float, n_true: int) -> tuple[float, float] | None:
+    """A logistic model of CLIP cosine that alone reaches ``target`` precision at 0.5.
+
+    None (CLIP never decides) when the embedding does not separate copies
+    from other works: no embedder, random weights, or a model that finds no
+    copy at that precision.
+    """
+    if not rows or len({y for _, y in rows}) < 2:
+        return None
+    x = np.array([[c] for c, _ in rows], np.float64)
+    y = np.array([lbl for _, lbl in rows], np.float64)
+    w = fit_logistic(x, y)
+    if w[1] <= 0:
+        return None
+    scores = 1.0 / (1.0 + np.exp(-(w[0] + w[1] * x[:, 0])))
+    threshold, _precision, recall = _threshold_for(scores, y.astype(np.int64), target, n_true)
+    if recall <= 0.0:
+        return None
+    shift = math.log(threshold / (1.0 - threshold)) if 0.0 < threshold < 1.0 else 0.0
+    return (float(w[0] - shift), float(w[1]))
 
 
 def _threshold_for(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], target: float,

@@ -8,7 +8,12 @@ copies whose keypoints were destroyed (heavy blur, pixelisation).
 
 Every (upload, work) pair gets one score in [0, 1]: a logistic model over
 the verification evidence (distinct inliers, inlier ratio, coverage) combined
-with a logistic model of the PDQ distance by noisy-OR. The models and the
+with a logistic model of the PDQ distance by noisy-OR. When the open_clip
+embedder is on, works' embeddings live as the ``clip`` named vector in the
+VectorIndex (Qdrant); an upload's nearest works join the candidates, their
+cosine similarity is kept for the reviewer, and it enters the score only
+through a logistic model that ``artwatch calibrate`` fitted for the deployed
+model (none until then, so uncalibrated or random weights never decide). The models and the
 decision threshold come from ``DATA_DIR/calibration.json`` written by
 :func:`matching.calibrate.calibrate`; without that file the built-in
 coefficients (fitted the same way on synthetic copies, see docs) and
@@ -45,6 +50,7 @@ from matching.verify import Verification, verify
 
 if TYPE_CHECKING:
     from config.settings import Settings
+    from matching.index.vectors import WorkVectors
 
 __all__ = ["Candidate", "Engine", "ScoreModel", "WorkRef", "build_engine"]
 
@@ -87,6 +93,8 @@ class ScoreModel:
 
     local: tuple[float, float, float, float] = (-4.5, 2.6, 2.0, 1.2)
     pdq: tuple[float, float] = (7.0, -0.25)
+    #: ``[bias, cosine]``; None until calibration found CLIP informative.
+    clip: tuple[float, float] | None = None
     threshold: float = 0.5
     target_precision: float | None = None
 
@@ -103,21 +111,30 @@ class ScoreModel:
         b, a = self.pdq
         return _sigmoid(b + a * distance)
 
-    def combine(self, p_local: float, p_pdq: float) -> float:
-        return 1.0 - (1.0 - p_local) * (1.0 - p_pdq)
+    def clip_prob(self, cosine: float | None) -> float:
+        if cosine is None or self.clip is None:
+            return 0.0
+        b, a = self.clip
+        return _sigmoid(b + a * cosine)
+
+    def combine(self, p_local: float, p_pdq: float, p_clip: float = 0.0) -> float:
+        return 1.0 - (1.0 - p_local) * (1.0 - p_pdq) * (1.0 - p_clip)
 
     def to_json(self) -> dict[str, Any]:
-        return {"local": list(self.local), "pdq": list(self.pdq), "threshold": self.threshold,
-                "target_precision": self.target_precision}
+        return {"local": list(self.local), "pdq": list(self.pdq),
+                "clip": list(self.clip) if self.clip is not None else None,
+                "threshold": self.threshold, "target_precision": self.target_precision}
 
     @staticmethod
     def from_json(d: dict[str, Any], default_threshold: float) -> ScoreModel:
         base = ScoreModel(threshold=default_threshold)
         loc = d.get("local", base.local)
         pdq = d.get("pdq", base.pdq)
+        clip = d.get("clip")
         return ScoreModel(
             local=(float(loc[0]), float(loc[1]), float(loc[2]), float(loc[3])),
             pdq=(float(pdq[0]), float(pdq[1])),
+            clip=(float(clip[0]), float(clip[1])) if clip else None,
             threshold=float(d.get("threshold", default_threshold)),
             target_precision=d.get("target_precision"),
         )
@@ -156,6 +173,8 @@ class _Analysis:
     width: int
     height: int
     scale: float
+    #: work id -> best cosine similarity of the upload's CLIP embedding.
+    clip: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,6 +189,9 @@ class Engine:
     default_threshold: float = 0.5
     verify_top: int = 12
     search_top: int = 48
+    #: CLIP named vectors in the VectorIndex; None when the embedder is off.
+    vectors: WorkVectors | None = None
+    clip_top: int = 10
     index: LocalIndex = field(init=False)
     _model: ScoreModel = field(init=False)
     _model_mtime: float | None = field(default=None, init=False)
@@ -194,11 +216,20 @@ class Engine:
 
     def register(self, work: WorkRef, data: bytes) -> None:
         """Compute and persist every signal of ``work``; registering again replaces it."""
-        self.add_prepared(self.prepare(work, data))
+        img = decode_image(data, name=f"work {work.work_id}", max_side=WORK_MAX_SIDE)
+        self.add_prepared(self._prepare_decoded(work, img))
+        if self.vectors is not None:
+            self.vectors.register(work, img)
 
     def prepare(self, work: WorkRef, data: bytes) -> StoredWork:
-        """Compute a work's signals without touching the registry (parallelisable)."""
+        """Compute a work's local and PDQ signals without touching the registry (parallelisable).
+
+        CLIP vectors are written by :meth:`register` only.
+        """
         img = decode_image(data, name=f"work {work.work_id}", max_side=WORK_MAX_SIDE)
+        return self._prepare_decoded(work, img)
+
+    def _prepare_decoded(self, work: WorkRef, img: DecodedImage) -> StoredWork:
         renderings = [np.asarray(r) for r in img.variants()]
         direct, mirrored = extract_work_features(renderings)
         pdq = np.concatenate([_pdq_bits(r, dihedral=True)[0] for r in renderings])
@@ -212,6 +243,8 @@ class Engine:
     def unregister(self, work_id: int) -> None:
         """Forget a work everywhere; unknown ids are ignored."""
         self.index.remove(work_id)
+        if self.vectors is not None:
+            self.vectors.unregister(work_id)
 
     def retrain(self) -> None:
         """Retrain the local-feature vocabulary on the current registry (index rebuild)."""
@@ -235,14 +268,45 @@ class Engine:
                 self._model = ScoreModel.from_json(d, self.default_threshold)
         return self._model
 
-    def analyse(self, data: bytes, *, name: str = "", owner_ids: list[int] | None = None) -> list[Candidate]:
-        """Candidates for one upload, best first; ``match`` is the decision."""
+    def analyse(self, data: bytes, *, name: str = "", owner_ids: list[int] | None = None,
+                embedding: npt.NDArray[np.float32] | None = None) -> list[Candidate]:
+        """Candidates for one upload, best first; ``match`` is the decision.
+
+        ``embedding`` is the upload's CLIP vector when a GPU worker already
+        computed it; otherwise it is computed here when the embedder is on.
+        """
         img = decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE)
-        return self.score(self.analyse_decoded(img, owner_ids=owner_ids), img)
+        a = self.analyse_decoded(img, owner_ids=owner_ids)
+        a.clip = self.clip_candidates(img, owner_ids=owner_ids, embedding=embedding)
+        return self.score(a, img)
 
     def analyse_batch(self, items: list[tuple[bytes, str]]) -> list[list[Candidate]]:
-        """Analyse several uploads (one decode each); results in input order."""
-        return [self.analyse(data, name=name) for data, name in items]
+        """Analyse several uploads (one decode each, one CLIP batch); results in input order."""
+        embedder = self.vectors.embedder if self.vectors is not None else None
+        if embedder is None:
+            return [self.analyse(data, name=name) for data, name in items]
+        imgs = [decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE) for data, name in items]
+        vecs = np.asarray(embedder.embed(imgs))  # type: ignore[attr-defined]
+        out = []
+        for img, vec in zip(imgs, vecs, strict=True):
+            a = self.analyse_decoded(img)
+            a.clip = self.clip_candidates(img, embedding=vec)
+            out.append(self.score(a, img))
+        return out
+
+    def clip_candidates(self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
+                        embedding: npt.NDArray[np.float32] | None = None) -> dict[int, float]:
+        """Nearest works by CLIP cosine from the VectorIndex (empty when the embedder is off)."""
+        if self.vectors is None or self.vectors.embedder is None:
+            return {}
+        if embedding is None:
+            found = self.vectors.candidates(img, owner_ids=owner_ids, limit=self.clip_top)
+            return {wid: d["clip"] for wid, d in found.items() if "clip" in d}
+        best: dict[int, float] = {}
+        for hit in self.vectors.index.search("clip", np.asarray(embedding, np.float32), self.clip_top * 2,
+                                             owner_ids=owner_ids):
+            best[hit.work_id] = max(best.get(hit.work_id, -1.0), float(hit.score))
+        return best
 
     def analyse_decoded(
         self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
@@ -284,18 +348,22 @@ class Engine:
     def score(self, a: _Analysis, img: DecodedImage | None = None, limit: int = 10) -> list[Candidate]:
         model = self.model
         out: list[Candidate] = []
-        for wid in set(a.verifications) | set(a.pdq):
+        for wid in set(a.verifications) | set(a.pdq) | set(a.clip):
             sw = self.index.work(wid)
             if sw is None:
                 continue
             v = a.verifications.get(wid)
             d = a.pdq.get(wid)
+            cos = a.clip.get(wid)
             p_local = model.local_prob(v)
             p_pdq = model.pdq_prob(d)
-            s = model.combine(p_local, p_pdq)
+            p_clip = model.clip_prob(cos)
+            s = model.combine(p_local, p_pdq, p_clip)
             if s < 1e-4:
                 continue
             signals: dict[str, float] = {"local": p_local, "pdq": p_pdq}
+            if cos is not None:
+                signals["clip"] = cos
             region = None
             if v is not None:
                 signals.update(inliers=float(v.inliers), tentative=float(v.tentative),
@@ -397,4 +465,12 @@ def _rank(v: Verification) -> tuple[bool, int, float]:
 def build_engine(settings: Settings) -> Engine:
     """The engine for these settings (features under ``settings.data_dir``)."""
     limit_native_threads()
-    return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold)
+    vectors = None
+    if settings.matching.use_embedder:
+        from matching.index import build_index
+        from matching.index.vectors import WorkVectors, vector_specs
+        from matching.signals.clip import build_embedder
+
+        embedder = build_embedder(settings.matching)
+        vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
+    return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors)

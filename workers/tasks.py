@@ -9,7 +9,6 @@ fails after its retries is written to the dead-letter table, from where
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import tempfile
@@ -215,7 +214,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 class _Matcher:
     """Times the matcher's analysis and hands it the GPU stage's embedding
-    when the engine accepts one (``Engine.analyse(..., embedding=...)``)."""
+    (``Engine.analyse(..., embedding=...)``)."""
 
     def __init__(self, matcher: Any, embedding: np.ndarray | None) -> None:
         self._m = matcher
@@ -223,7 +222,7 @@ class _Matcher:
         self.elapsed = 0.0
 
     def analyse(self, data: bytes, **kwargs: Any) -> Any:
-        if self._embedding is not None and "embedding" in inspect.signature(self._m.analyse).parameters:
+        if self._embedding is not None:
             kwargs["embedding"] = self._embedding
         t0 = time.perf_counter()
         try:
