@@ -76,12 +76,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from workers.broker import BrokerUnavailable
 
     errors.append(BrokerUnavailable)
-    try:
-        from matching.errors import ImageError
+    from matching.errors import MatchingError
 
-        errors.append(ImageError)
-    except ImportError:  # pragma: no cover - matching is part of the package
-        pass
+    errors.append(MatchingError)
     return tuple(errors)
 
 

@@ -99,9 +99,13 @@ def _load(model_name: str, pretrained: str, device: str) -> tuple[Any, Any]:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=weights, device=device
             )
-        except (RuntimeError, ValueError, OSError) as exc:
+        except Exception as exc:  # open_clip and the hub raise many kinds; all mean "no model"
+            hint = ("; open_clip downloads tagged weights on first use: without network access set "
+                    "matching.clip_pretrained to a local checkpoint path, or matching.use_embedder = false")
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EmbedderError(
-                f"cannot load CLIP model {model_name!r} (pretrained {weights!r}) on {device}: {exc}"
+                f"cannot load CLIP model {model_name!r} (pretrained {weights!r}) on {device}: {reason}"
+                + (hint if weights and not looks_like_path else "")
             ) from exc
         model.eval()
         log.info("loaded CLIP %s (pretrained=%s) on %s", model_name, weights, device)

@@ -51,6 +51,8 @@ def dataset(tmp_path: Path) -> Path:
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("ARTWATCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("ARTWATCH_CONFIG", raising=False)
+    # Tests run the production embedder with random weights (pretrained=None).
+    monkeypatch.setenv("ARTWATCH_MATCHING__CLIP_PRETRAINED", "")
     return CliRunner()
 
 
