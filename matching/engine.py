@@ -46,6 +46,7 @@ from matching.local import (
     extract_work_features,
     limit_native_threads,
 )
+from matching.signals.pdq import DIHEDRAL
 from matching.verify import Verification, verify
 
 if TYPE_CHECKING:
@@ -156,7 +157,10 @@ def _pdq_bits(rgb: npt.NDArray[np.uint8], dihedral: bool) -> tuple[npt.NDArray[n
                                     interpolation=cv2.INTER_AREA), np.uint8)
     img = np.ascontiguousarray(img)
     if dihedral:
-        hashes, quality = pdqhash.compute_dihedral(img)
+        # Hash the transformed pixels: pdqhash 0.2.8's compute_dihedral lands
+        # 64-92 bits away from the rotated image's own hash (see matching.signals.pdq).
+        results = [pdqhash.compute(np.ascontiguousarray(t(img))) for t in DIHEDRAL.values()]
+        hashes, quality = [h for h, _ in results], results[0][1]
     else:
         h, quality = pdqhash.compute(img)
         hashes = [h]
