@@ -9,6 +9,7 @@ from typing import Any
 
 import jinja2
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
@@ -120,6 +121,19 @@ def create_app(
         response.headers.setdefault("Content-Security-Policy", _PAGE_CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
         return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        """Liveness for compose and load balancers: the database answers a query."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with ctx.sessions() as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     for module in (auth, owner, review, admin, api):

@@ -37,6 +37,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/unsubscribe/{token}"): "public",
     ("MOUNT", "/static"): "public",
     ("GET", "/api/v1/openapi.json"): "public",
+    ("GET", "/healthz"): "public",
     ("GET", "/works"): "listing",
     ("GET", "/works/new"): "listing",
     ("POST", "/works"): "listing",
@@ -305,6 +306,7 @@ def test_public_routes_reveal_nothing(world: World, scene: Scene) -> None:
     anon = TestClient(world.app, follow_redirects=False)
     assert anon.get("/").status_code == 303
     assert anon.get("/static/app.css").status_code == 200
+    assert anon.get("/healthz").json() == {"status": "ok"}
     spec = anon.get("/api/v1/openapi.json")
     assert spec.status_code == 200 and A_TITLE not in spec.text
     # A guessed or forged unsubscribe token is a 404 and changes nothing.
