@@ -212,6 +212,11 @@ def works_import(obj: CliContext, manifest: Path) -> None:
             except (json.JSONDecodeError, PipelineError, ImageError, BlobStoreError) as exc:
                 failed += 1
                 click.echo(f"\n{manifest}:{lineno}: {exc}", err=True)
+    if ok:
+        # Works registered one by one leave the local-feature vocabulary trained on
+        # an early part of the registry; train it once on the whole registry now.
+        click.echo(f"training the matching index on the registry ({ok} new works)", err=True)
+        obj.matcher.retrain()
     click.echo(f"imported {ok} works, {failed} failed")
     if failed:
         sys.exit(1)

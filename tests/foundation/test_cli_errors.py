@@ -98,3 +98,31 @@ def test_unreachable_redis(test_settings: Settings) -> None:
     port = _free_port()
     proc = artwatch("crawl", env={"ARTWATCH_BROKER_URL": f"redis://127.0.0.1:{port}/0"})
     assert_clear_error(proc, "cannot reach the broker", f"127.0.0.1:{port}")
+
+
+def test_works_import_reports_bad_lines_and_keeps_the_rest(test_settings: Settings, tmp_path: Path) -> None:
+    from workers.demo import painting
+
+    artwatch("init")
+    (tmp_path / "works").mkdir()
+    painting(1).save(tmp_path / "works" / "a.png")
+    painting(2).save(tmp_path / "works" / "b.png")
+    manifest = tmp_path / "works.jsonl"
+    manifest.write_text(
+        '{"id": "w1", "file": "works/a.png", "kind": "artwork", "owner": "o01", "title": "A"}\n'
+        "not json\n"
+        '{"id": "w2", "file": "works/b.png", "kind": "logo", "owner": "o02", "title": "B"}\n'
+        '{"id": "w3", "file": "works/missing.png", "owner": "o01"}\n'
+    )
+    proc = artwatch("works", "import", str(manifest))
+    assert proc.returncode == 1, proc.stderr
+    assert "imported 2 works, 2 failed" in proc.stdout
+    assert "works.jsonl:2:" in proc.stderr and "works.jsonl:4:" in proc.stderr and "missing.png" in proc.stderr
+    listed = artwatch("works", "list", "--json").stdout.splitlines()
+    import json
+
+    rows = sorted((r["external_id"], r["kind"], r["owner"]) for r in map(json.loads, listed))
+    assert rows == [("w1", "artwork", "o01@owners.invalid"), ("w2", "logo", "o02@owners.invalid")]
+    # Importing again updates the same works instead of adding new ones.
+    artwatch("works", "import", str(manifest))
+    assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
