@@ -218,9 +218,13 @@ class Engine:
     def calibration_path(self) -> Path:
         return self.data_dir / "calibration.json"
 
-    def register(self, work: WorkRef, data: bytes) -> None:
-        """Compute and persist every signal of ``work``; registering again replaces it."""
-        img = decode_image(data, name=f"work {work.work_id}", max_side=WORK_MAX_SIDE)
+    def register(self, work: WorkRef, data: bytes, *, name: str = "") -> None:
+        """Compute and persist every signal of ``work``; registering again replaces it.
+
+        An unreadable image raises before anything is stored; ``name`` (the
+        file name) is what the error names.
+        """
+        img = decode_image(data, name=name or f"work {work.work_id}", max_side=WORK_MAX_SIDE)
         self.add_prepared(self._prepare_decoded(work, img))
         if self.vectors is not None:
             self.vectors.register(work, img)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, sha256_hex
 from storage.models import Account, Match, MatchStatus, Upload, UploadStatus, Work, WorkKind
 
 if TYPE_CHECKING:
@@ -73,16 +73,15 @@ def register_work(
     licensed_sites: Sequence[str] = (),
     external_id: str | None = None,
 ) -> Work:
-    """Store the image, create the work row and index it, in that order.
+    """Create the work row, index the work, then keep its image.
 
-    The image is decoded by the matcher before anything is written, so an
-    unreadable file leaves no row behind. Re-registering the same external id
-    updates the existing work instead of adding a second one.
+    The matcher decodes the image once; an unreadable file raises before the
+    blob is stored, and the caller's rollback removes the row. Re-registering
+    the same external id updates the existing work instead of adding a second
+    one.
     """
-    from matching import WorkRef, decode_image
+    from matching import WorkRef
 
-    # Refuse an unreadable image before anything is written; the error names the file.
-    decode_image(data, name=filename, max_side=256)
     try:
         work_kind = WorkKind(kind)
     except ValueError:
@@ -90,7 +89,7 @@ def register_work(
     work = None
     if external_id:
         work = session.scalar(select(Work).where(Work.external_id == external_id))
-    sha = blobs.put(data)
+    sha = sha256_hex(data)
     if work is None:
         work = Work(owner_id=owner_id, external_id=external_id)
         session.add(work)
@@ -102,7 +101,11 @@ def register_work(
     work.registration_number = registration_number
     work.licensed_sites = list(licensed_sites)
     session.flush()
-    matcher.register(WorkRef(work_id=work.id, owner_id=owner_id, kind=work_kind.value), data)
+    # The matcher decodes the image once; an unreadable file raises here, naming
+    # it, and the caller's rollback leaves no row. Only then are the bytes kept.
+    ref = WorkRef(work_id=work.id, owner_id=owner_id, kind=work_kind.value)
+    matcher.register(ref, data, name=filename)
+    blobs.put(data)
     return work
 
 
