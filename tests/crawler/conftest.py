@@ -9,6 +9,8 @@ import pytest
 from crawler.localsite import LocalSite
 from crawler.politeness import reset_shared_state
 
+from .servers import PayloadServer
+
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SITES = SHARED / "conformance" / "sites"
 
@@ -41,3 +43,11 @@ def site() -> Iterator[LocalSite]:
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=5) as c:
         yield c
+
+
+@pytest.fixture
+def http() -> Iterator[PayloadServer]:
+    """A payload server on 127.0.0.1 for one test."""
+    server = PayloadServer().start()
+    yield server
+    server.stop()

@@ -29,13 +29,6 @@ from .servers import PayloadServer, Reply
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32
 
 
-@pytest.fixture
-def http() -> Iterator[PayloadServer]:
-    server = PayloadServer().start()
-    yield server
-    server.stop()
-
-
 def _settings(**kw: Any) -> CrawlerSettings:
     base: dict[str, Any] = dict(
         allow_internal=["127.0.0.1"],

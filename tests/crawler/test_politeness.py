@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -66,13 +65,6 @@ def test_deviantart_and_tumblr_query_wildcards() -> None:
     tumblr = _robots("www.tumblr.com")
     assert not tumblr.allowed("https://www.tumblr.com/dashboard")
     assert tumblr.allowed("https://www.tumblr.com/someblog")
-
-
-@pytest.fixture
-def http() -> Iterator[PayloadServer]:
-    server = PayloadServer().start()
-    yield server
-    server.stop()
 
 
 def _settings(**kw: Any) -> CrawlerSettings:
@@ -238,9 +230,8 @@ def test_retries_give_up_after_max(http: PayloadServer) -> None:
     sleep = _Recorder()
     with _polite_client(
         _settings(obey_robots=False), sleep, max_retries=2, rng=lambda: 0.0
-    ) as client:
-        with pytest.raises(RateLimited):
-            fetch_page(client, http.url + "/p")
+    ) as client, pytest.raises(RateLimited):
+        fetch_page(client, http.url + "/p")
     assert len(http.hits("/p")) == 3
 
 
@@ -297,9 +288,8 @@ def test_reddit_source_refused_by_reddits_real_robots(http: PayloadServer) -> No
     http.static(
         "/r/art/new.json", b'{"kind": "Listing", "data": {"children": []}}', "application/json"
     )
-    with build_client(_settings()) as client:
-        with pytest.raises(RobotsDisallowed, match="new.json"):
-            RedditSource(http.url + "/r/art", {}, client).poll(None)
+    with build_client(_settings()) as client, pytest.raises(RobotsDisallowed, match="new.json"):
+        RedditSource(http.url + "/r/art", {}, client).poll(None)
     assert http.hits("/r/art/new.json") == []
 
 

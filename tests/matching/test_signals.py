@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,27 +27,7 @@ from matching.signals import (
 )
 from matching.signals.pdq import DIHEDRAL
 
-
-def smooth_image(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
-    """A photo-like RGB image: smooth random colour fields plus a few shapes.
-
-    PDQ needs low-frequency structure to give a high-quality hash; white
-    noise would not do.
-    """
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    im = Image.fromarray(small, "RGB").resize((w, h), Image.Resampling.BICUBIC)
-    a = np.asarray(im).copy()
-    for _ in range(4):
-        x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
-        a[y0 : y0 + int(rng.integers(15, 40)), x0 : x0 + int(rng.integers(15, 40))] = rng.integers(0, 256, 3)
-    return a
-
-
-def encode(a: np.ndarray, fmt: str = "PNG", **kw: object) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format=fmt, **kw)
-    return buf.getvalue()
+from .conftest import encode, smooth_image
 
 # A small architecture keeps the suite fast; the default one is loaded once below.
 TEST_CLIP = MatchingSettings(clip_model="ViT-S-32", clip_pretrained="", device="cpu", batch_size=2)
