@@ -76,6 +76,8 @@ def notices_group() -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context, state: str | None) -> None:
     """One line per notice, newest first."""
+    from notices.drafting import notice_laws
+
     obj = _obj(ctx)
     with session_scope(obj.sessions) as s:
         counts: dict[int, int] = {nid: int(c) for nid, c in s.execute(
@@ -87,12 +89,14 @@ def list_cmd(ctx: click.Context, state: str | None) -> None:
         if not rows:
             click.echo("no notices" + (f" in state {state}" if state else ""))
             return
-        click.echo(f"{'ID':>5}  {'STATE':<10} {'LAW':<9} {'ITEMS':>5}  {'HOST':<24} RECIPIENT / FLAGS")
+        laws = notice_laws(s, rows)
+        click.echo(f"{'ID':>5}  {'STATE':<10} {'LAW':<14} {'ITEMS':>5}  {'HOST':<24} RECIPIENT / FLAGS")
         for n in rows:
             extra = n.recipient or "(none)"
             if n.flags:
                 extra += "  [" + ", ".join(n.flags) + "]"
-            click.echo(f"{n.id:>5}  {n.state.value:<10} {n.law:<9} {counts.get(n.id, 0):>5}  {n.host[:24]:<24} {extra}")
+            law = "+".join(laws[n.id])
+            click.echo(f"{n.id:>5}  {n.state.value:<10} {law:<14} {counts.get(n.id, 0):>5}  {n.host[:24]:<24} {extra}")
 
 
 @notices_group.command("show")
@@ -101,6 +105,7 @@ def list_cmd(ctx: click.Context, state: str | None) -> None:
 @click.pass_context
 def show_cmd(ctx: click.Context, notice_id: int, show_html: bool) -> None:
     """The notice, its items, what approval still needs, and its audit trail."""
+    from notices.drafting import notice_laws
     from notices.workflow import approval_gaps, get_notice
 
     obj = _obj(ctx)
@@ -109,7 +114,7 @@ def show_cmd(ctx: click.Context, notice_id: int, show_html: bool) -> None:
         owner = s.get(Account, n.owner_id)
         click.echo(f"notice {n.id}: {n.state.value}{' (' + n.resolution + ')' if n.resolution else ''}")
         click.echo(f"  owner:     {owner.email if owner else n.owner_id}")
-        click.echo(f"  host:      {n.host}   law: {n.law}")
+        click.echo(f"  host:      {n.host}   law: {' + '.join(notice_laws(s, [n])[n.id])}")
         click.echo(f"  recipient: {n.recipient or '(none: choose one with `notices edit --recipient`)'}")
         if n.flags:
             click.echo(f"  flags:     {', '.join(n.flags)}")
@@ -217,7 +222,8 @@ def reject_cmd(ctx: click.Context, notice_id: int, reason: str, actor: str | Non
 @click.option("--subject", help="New subject line.")
 @click.option("--recipient", help="Where to send: the agent's email or the host's web form URL "
                                    "(giving the drafted one confirms it).")
-@click.option("--law", type=click.Choice(["dmca", "dsa"]), help="Which law the notice invokes (unknown hosts).")
+@click.option("--law", type=click.Choice(["dmca", "dsa"]), help="The copyright law the notice invokes (unknown hosts); "
+                                                              "logos keep their trademark part.")
 @_actor_option
 @click.pass_context
 def edit_cmd(ctx: click.Context, notice_id: int, body_file: Path | None, subject: str | None,

@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, overload
 
-__all__ = ["LAWS", "ItemRef", "NoticeContent", "Notifier", "WorkRef", "clean_inline", "sample_content"]
+__all__ = ["INSTRUMENTS", "LAWS", "ItemRef", "NoticeContent", "Notifier", "WorkRef", "clean_inline",
+           "part_marker", "sample_content"]
 
 LAWS = ("dmca", "dsa", "trademark")
+
+# The legal instrument each law's notice is, as subjects and part markers name it.
+INSTRUMENTS = {
+    "dmca": "DMCA notice of copyright infringement",
+    "dsa": "Notice of illegal content (DSA Article 16)",
+    "trademark": "Trademark infringement complaint",
+}
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
 
@@ -97,6 +105,14 @@ class NoticeContent:
             "several_works": len(self.works) > 1,
             "date": self.date,
         }
+
+
+def part_marker(number: int, total: int, law: str) -> str:
+    """The line that opens part ``number`` of a notice made of ``total`` parts.
+
+    Validation splits a rendered notice at these lines, so each part is
+    checked against its own facts."""
+    return f"=== Part {number} of {total}: {INSTRUMENTS.get(law, law)} ==="
 
 
 def sample_content(law: str) -> NoticeContent:

@@ -8,19 +8,25 @@ task after a match is stored):
 - a notice lists each (work, infringing URL) at most once, ever: the
   ``notice_items (work_id, url)`` unique constraint makes a re-run of the task
   return the notice that already lists it;
-- matches for the same owner, host and law join the one open notice (draft or
-  in review) until it is approved; the ``notices.open_key`` unique constraint
-  keeps that true when two workers draft at once. Logos go into a separate
-  trademark complaint, because that is a different legal instrument;
+- matches for the same owner and host join the one open notice (draft or in
+  review) until it is approved; the ``notices.open_key`` unique constraint
+  (:func:`open_key_for`) keeps that true when two workers draft at once;
+- ``Notice.law`` is the copyright law for the host (``dmca`` or ``dsa``, from
+  the host directory; ``dmca`` for a host it does not know). Logos are a
+  different legal instrument: a notice's logo items form a trademark part,
+  its artwork items the copyright part, and each part is rendered and
+  validated as a complete notice of its own law (:func:`content_for_notice`);
 - a host missing from the host directory gets the ``unknown_host`` flag and no
   recipient: the reviewer chooses one;
-- an owner whose profile lacks the contact details the law requires gets
-  :class:`~notices.errors.ProfileIncomplete`, naming the fields to fill in.
+- an owner whose profile lacks the contact details the new item's law
+  requires (trademark for a logo) gets :class:`~notices.errors.ProfileIncomplete`,
+  naming the fields to fill in.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +64,7 @@ from storage.models import (
 
 __all__ = [
     "OPEN_STATES",
+    "TRADEMARK",
     "DraftingBlocked",
     "ProfileIncomplete",
     "content_for_notice",
@@ -65,14 +72,19 @@ __all__ = [
     "draft_pending",
     "host_directory",
     "missing_profile_fields",
+    "notice_laws",
     "notice_settings",
+    "open_key_for",
+    "owner_template_sets",
     "owner_templates",
+    "part_laws",
     "record",
     "rerender",
     "save_owner_template",
 ]
 
 OPEN_STATES = (NoticeState.DRAFT, NoticeState.IN_REVIEW)
+TRADEMARK = "trademark"
 
 _PROFILE_FIELDS = {
     "dmca": (("legal_name", "legal name"), ("postal_address", "postal address"), ("phone", "phone number"),
@@ -114,8 +126,41 @@ def host_directory(settings: Settings | NoticeSettings) -> HostDirectory:
                              _mtime(override) if override else -1)
 
 
-def missing_profile_fields(owner: Account, law: str) -> list[str]:
-    return [label for attr, label in _PROFILE_FIELDS[law] if not str(getattr(owner, attr) or "").strip()]
+def missing_profile_fields(owner: Account, *laws: str) -> list[str]:
+    """The profile fields ``owner`` still lacks for a notice under every one of ``laws``."""
+    fields = dict.fromkeys(pair for law in laws for pair in _PROFILE_FIELDS[law])
+    return [label for attr, label in fields if not str(getattr(owner, attr) or "").strip()]
+
+
+def open_key_for(owner_id: int, host: str) -> str:
+    """``Notice.open_key`` of the owner's open notice for ``host``: one per (owner, host)."""
+    return f"{owner_id}:{host}"
+
+
+def _law_for(copyright_law: str, kind: object) -> str:
+    return TRADEMARK if kind in (WorkKind.LOGO, WorkKind.LOGO.value) else copyright_law
+
+
+def part_laws(copyright_law: str, kinds: Iterable[object]) -> list[str]:
+    """The laws of a notice's parts, given ``Notice.law`` and its works' kinds:
+    the copyright part first, then the trademark part; ``[copyright_law]`` when
+    there are no items."""
+    present = {_law_for(copyright_law, kind) for kind in kinds}
+    return [law for law in dict.fromkeys((copyright_law, TRADEMARK)) if law in present] or [copyright_law]
+
+
+def notice_laws(session: Session, notices: Sequence[Notice]) -> dict[int, list[str]]:
+    """:func:`part_laws` of each notice (by id) in one query, for listings.
+
+    Items found removed are left out, as they are from the notice's text."""
+    kinds: dict[int, list[object]] = {n.id: [] for n in notices}
+    if kinds:
+        rows = session.execute(
+            select(NoticeItem.notice_id, Work.kind).join(Work, NoticeItem.work_id == Work.id)
+            .where(NoticeItem.notice_id.in_(list(kinds)), NoticeItem.online != "removed").distinct())
+        for notice_id, kind in rows:
+            kinds[notice_id].append(kind)
+    return {n.id: part_laws(n.law, kinds[n.id]) for n in notices}
 
 
 def record(session: Session, notice: Notice, actor: str, action: str, now: datetime | None = None,
@@ -148,16 +193,18 @@ def _when(value: datetime | None) -> str:
 
 
 def content_for_notice(session: Session, notice: Notice, directory: HostDirectory | None = None,
-                       today: datetime | None = None) -> NoticeContent:
-    """The facts the notice must state, built from the database.
+                       today: datetime | None = None) -> list[NoticeContent]:
+    """The facts the notice must state, built from the database: one
+    NoticeContent per part (:func:`part_laws`), each with only its own items
+    and works. A notice without items has one part, of ``notice.law``.
 
     Items whose content was found removed before sending are left out."""
     owner = session.get(Account, notice.owner_id)
     if owner is None:
         raise DraftingBlocked(f"notice {notice.id}: its owner no longer exists")
     entry = directory.lookup(notice.host) if directory is not None else None
-    works: dict[int, WorkRef] = {}
-    items: list[ItemRef] = []
+    works: dict[str, dict[int, WorkRef]] = {}
+    items: dict[str, list[ItemRef]] = {}
     session.flush()
     rows = session.execute(
         select(NoticeItem, Upload, Work)
@@ -169,10 +216,11 @@ def content_for_notice(session: Session, notice: Notice, directory: HostDirector
     ).all()
     for item, upload, work in rows:
         title = clean_inline(work.title or work.filename or f"work #{work.id}", 300)
-        if work.id not in works:
-            works[work.id] = WorkRef(title, clean_inline(work.registration_number, 100),
-                                     work.kind.value if isinstance(work.kind, WorkKind) else str(work.kind))
-        items.append(ItemRef(
+        law = _law_for(notice.law, work.kind)
+        if work.id not in works.setdefault(law, {}):
+            works[law][work.id] = WorkRef(title, clean_inline(work.registration_number, 100),
+                                          work.kind.value if isinstance(work.kind, WorkKind) else str(work.kind))
+        items.setdefault(law, []).append(ItemRef(
             url=clean_inline(item.url),
             page_url=clean_inline(_web_url(upload.page_url)),
             work_title=title,
@@ -181,21 +229,30 @@ def content_for_notice(session: Session, notice: Notice, directory: HostDirector
         ))
     notifier = Notifier(clean_inline(owner.legal_name, 200), clean_block(owner.postal_address),
                         clean_inline(owner.phone, 64), clean_inline(owner.email, 320))
-    return NoticeContent(
-        law=notice.law,
+    date = (today or utcnow()).strftime("%Y-%m-%d")
+    return [NoticeContent(
+        law=law,
         host_name=clean_inline(entry.name if entry else notice.host, 200),
         host_domain=clean_inline(notice.host, 255),
         notifier=notifier,
-        works=tuple(works.values()),
-        items=tuple(items),
-        date=(today or utcnow()).strftime("%Y-%m-%d"),
-    )
+        works=tuple(works.get(law, {}).values()),
+        items=tuple(items.get(law, ())),
+        date=date,
+    ) for law in part_laws(notice.law, [work.kind for _, _, work in rows])]
 
 
 def owner_templates(session: Session, owner_id: int, law: str) -> dict[str, str]:
     rows = session.scalars(select(NoticeTemplate).where(NoticeTemplate.owner_id == owner_id,
                                                         NoticeTemplate.law == law))
     return {row.variant: row.source for row in rows}
+
+
+def owner_template_sets(session: Session, owner_id: int) -> dict[str, dict[str, str]]:
+    """All the owner's saved templates: {law: {variant: source}}."""
+    sets: dict[str, dict[str, str]] = {}
+    for row in session.scalars(select(NoticeTemplate).where(NoticeTemplate.owner_id == owner_id)):
+        sets.setdefault(row.law, {})[row.variant] = row.source
+    return sets
 
 
 def save_owner_template(session: Session, owner_id: int, law: str, variant: str, source: str,
@@ -219,8 +276,8 @@ def save_owner_template(session: Session, owner_id: int, law: str, variant: str,
 
 def rerender(session: Session, notice: Notice, directory: HostDirectory | None = None) -> None:
     """Re-render subject and bodies from the current items (not for edited notices)."""
-    content = content_for_notice(session, notice, directory)
-    rendered = render_notice(content, owner_templates(session, notice.owner_id, notice.law))
+    parts = content_for_notice(session, notice, directory)
+    rendered = render_notice(parts, owner_template_sets(session, notice.owner_id))
     notice.subject = rendered.subject
     notice.body_text = rendered.text
     notice.body_html = rendered.html
@@ -248,7 +305,8 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     entry = directory.lookup(upload.page_url or "") or directory.lookup(upload.image_url or "") \
         or directory.lookup(url)
     host = entry.key if entry is not None else _host_of(upload)
-    law = "trademark" if work.kind == WorkKind.LOGO else (entry.law if entry is not None else "dmca")
+    copyright_law = entry.law if entry is not None else "dmca"
+    law = _law_for(copyright_law, work.kind)
 
     owner = session.get(Account, match.owner_id)
     if owner is None:
@@ -257,7 +315,7 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     if missing:
         raise ProfileIncomplete(owner.email, missing)
 
-    notice = _open_notice(session, owner, host, law, entry.recipient if entry else "",
+    notice = _open_notice(session, owner, host, copyright_law, entry.recipient if entry else "",
                           _flags(entry), match_id)
     try:
         with session.begin_nested():
@@ -291,7 +349,7 @@ def _flags(entry: object) -> list[str]:
 
 def _open_notice(session: Session, owner: Account, host: str, law: str, recipient: str, flags: list[str],
                  match_id: int) -> Notice:
-    key = f"{owner.id}:{host}:{law}"
+    key = open_key_for(owner.id, host)
     notice = session.scalar(select(Notice).where(Notice.open_key == key))
     if notice is not None:
         return notice

@@ -2,7 +2,9 @@
 
 Layout::
 
-    manifest.json                 what follows, with the SHA-256 of every file
+    manifest.json                 what follows, with the SHA-256 of every file; "laws"
+                                  names the notice's parts (copyright law, then
+                                  "trademark" when it lists logos)
     notice.txt, notice.html       the notice as it stands
     works/<work id>.<ext>         each registered work, as registered
     items/<item id>/upload.<ext>  each infringing image, as captured
@@ -25,6 +27,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from sqlalchemy.orm import Session
 
+from notices.drafting import part_laws
 from notices.errors import EvidenceError
 from notices.workflow import get_notice
 from storage.blobs import BlobNotFound, BlobStore
@@ -105,12 +108,15 @@ def build_bundle(session: Session, blobs: BlobStore, notice_id: int, now: dateti
     files: dict[str, bytes] = {}
     items: list[dict[str, Any]] = []
     works: dict[int, str] = {}
+    kinds: list[object] = []
     for item in notice.items:
         match = item.match
         upload: Upload | None = match.upload if match is not None else None
         work: Work | None = session.get(Work, item.work_id)
         if match is None or upload is None or work is None:
             raise EvidenceError(f"notice {notice.id}: the match behind {item.url} no longer exists")
+        if item.online != "removed":
+            kinds.append(work.kind)
         if work.id not in works:
             data = _blob(blobs, work.blob_sha256, f"registered work {work.id}")
             works[work.id] = f"works/{work.id}.{_ext(data)}"
@@ -145,7 +151,8 @@ def build_bundle(session: Session, blobs: BlobStore, notice_id: int, now: dateti
     manifest = {
         "format": "artwatch-evidence/1",
         "generated_at": _iso(generated),
-        "notice": {"id": notice.id, "host": notice.host, "law": notice.law, "state": notice.state.value,
+        "notice": {"id": notice.id, "host": notice.host, "law": notice.law,
+                   "laws": part_laws(notice.law, kinds), "state": notice.state.value,
                    "recipient": notice.recipient, "subject": notice.subject, "created_at": _iso(notice.created_at),
                    "sent_at": _iso(notice.sent_at)},
         "items": items,

@@ -16,15 +16,26 @@ given and nothing else.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from types import TracebackType
+from typing import cast, overload
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from notices.content import LAWS, NoticeContent, clean_inline, sample_content
+from notices.content import (
+    INSTRUMENTS,
+    LAWS,
+    NoticeContent,
+    clean_inline,
+    part_marker,
+    sample_content,
+)
 from notices.errors import TemplateRejected
 
 __all__ = ["VARIANTS", "Rendered", "check_template", "render_notice", "subject_for"]
@@ -62,22 +73,77 @@ class Rendered:
     html: str
 
 
-def subject_for(content: NoticeContent) -> str:
-    """A one-line subject (safe for an email header)."""
-    n = len(content.items)
-    what = f"{n} item{'s' if n != 1 else ''} on {content.host_domain}"
-    label = {
-        "dmca": "DMCA notice of copyright infringement",
-        "dsa": "Notice of illegal content (DSA Article 16)",
-        "trademark": "Trademark infringement complaint",
-    }[content.law]
-    return clean_inline(f"{label}: {what}", 300)
+def subject_for(content: NoticeContent | Sequence[NoticeContent]) -> str:
+    """A one-line subject (safe for an email header) naming every part's
+    instrument and the total number of items."""
+    parts = [content] if isinstance(content, NoticeContent) else list(content)
+    n = sum(len(p.items) for p in parts)
+    names = [INSTRUMENTS[p.law] for p in parts]
+    # "... and trademark infringement complaint", but never lower-case "DMCA".
+    label = " and ".join([names[0], *(x[0].lower() + x[1:] if x[1:2].islower() else x for x in names[1:])])
+    return clean_inline(f"{label}: {n} item{'s' if n != 1 else ''} on {parts[0].host_domain}", 300)
 
 
-def render_notice(content: NoticeContent, custom: dict[str, str] | None = None) -> Rendered:
-    """Render both variants, using ``custom[variant]`` source where given.
+@overload
+def render_notice(content: NoticeContent, custom: Mapping[str, str] | None = None) -> Rendered: ...
+@overload
+def render_notice(content: Sequence[NoticeContent],
+                  custom: Mapping[str, Mapping[str, str]] | None = None) -> Rendered: ...
+def render_notice(content: NoticeContent | Sequence[NoticeContent],
+                  custom: Mapping[str, str] | Mapping[str, Mapping[str, str]] | None = None) -> Rendered:
+    """Render both variants of one notice.
+
+    ``content`` is one NoticeContent, with ``custom`` mapping a variant to the
+    owner's source for it; or the notice's parts (one per law, see
+    :func:`notices.drafting.content_for_notice`), with ``custom`` mapping a law
+    to such a dict. Several parts are each rendered with their own law's
+    template, one after the other, each opened by its
+    :func:`~notices.content.part_marker` line (a heading in the HTML), so every
+    part stays a complete notice by itself.
 
     Raises TemplateRejected if a custom template fails to render."""
+    if isinstance(content, NoticeContent):
+        return _render_one(content, cast("Mapping[str, str] | None", custom))
+    parts = list(content)
+    if not parts:
+        raise TemplateRejected("a notice needs at least one part to render")
+    sets = cast("Mapping[str, Mapping[str, str]]", custom or {})
+    if len(parts) == 1:
+        return _render_one(parts[0], sets.get(parts[0].law))
+    total = len(parts)
+    texts: list[str] = []
+    bodies: list[str] = []
+    styles: list[str] = []
+    for number, part in enumerate(parts, 1):
+        one = _render_one(part, sets.get(part.law))
+        marker = part_marker(number, total, part.law)
+        texts.append(f"{marker}\n\n{one.text.strip()}\n")
+        head = _HEAD.search(one.html)
+        styles += _STYLE.findall(head.group(0)) if head else []
+        bodies.append(f'<section class="notice-part">\n<h1>{escape(marker)}</h1>\n{_body_of(one.html).strip()}\n'
+                      "</section>")
+    subject = subject_for(parts)
+    html = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{escape(subject)}</title>{''.join(styles)}</head>\n<body>\n"
+            + "\n<hr>\n".join(bodies) + "\n</body></html>\n")
+    return Rendered(subject, "\n".join(texts), html)
+
+
+_HEAD = re.compile(r"<head\b.*?</head\s*>", re.IGNORECASE | re.DOTALL)
+_STYLE = re.compile(r"<style\b.*?</style\s*>", re.IGNORECASE | re.DOTALL)
+_BODY = re.compile(r"<body\b[^>]*>(.*?)</body\s*>", re.IGNORECASE | re.DOTALL)
+_DOCUMENT_TAGS = re.compile(r"<!DOCTYPE[^>]*>|</?html\b[^>]*>|</?body\b[^>]*>", re.IGNORECASE)
+
+
+def _body_of(html: str) -> str:
+    """What a rendered HTML document shows: its body, or the fragment without head."""
+    found = _BODY.search(html)
+    if found:
+        return found.group(1)
+    return _DOCUMENT_TAGS.sub("", _HEAD.sub("", html))
+
+
+def _render_one(content: NoticeContent, custom: Mapping[str, str] | None) -> Rendered:
     if content.law not in LAWS:
         raise TemplateRejected(f"no template for law {content.law!r}")
     variables = content.template_vars()

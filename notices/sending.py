@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import NoticeSettings, Settings
 from notices.content import as_utc
-from notices.drafting import notice_settings, record, rerender
+from notices.drafting import notice_settings, open_key_for, record, rerender
 from notices.errors import IllegalTransition, ManualSubmission, RateLimited, RefetchFailed
 from notices.evidence import build_bundle
 from notices.mail import build_message, safe_header, send_email
@@ -199,7 +199,7 @@ def send_notice(session: Session, blobs: BlobStore, notice_id: int, actor: str,
 
 
 def _return_to_review(session: Session, notice: Notice, actor: str, removed: list[str], now: datetime) -> None:
-    key = f"{notice.owner_id}:{notice.host}:{notice.law}"
+    key = open_key_for(notice.owner_id, notice.host)
     taken = session.scalar(select(Notice.id).where(Notice.open_key == key, Notice.id != notice.id))
     notice.state = NoticeState.IN_REVIEW
     notice.open_key = None if taken is not None else key

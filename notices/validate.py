@@ -19,16 +19,21 @@ Required elements by law:
 - ``trademark``: the mark(s); the infringing URLs; why it infringes (likely
   confusion); contact details; good-faith statement; accuracy and authority;
   signature.
+
+A notice for one host may join a copyright part and a trademark part (see
+:func:`notices.drafting.content_for_notice`); :func:`missing_in_parts` holds
+each part to its own law.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from html.parser import HTMLParser
 
-from notices.content import NoticeContent
+from notices.content import INSTRUMENTS, NoticeContent
 
-__all__ = ["REQUIRED_ELEMENTS", "html_visible_text", "missing_elements"]
+__all__ = ["REQUIRED_ELEMENTS", "html_visible_text", "missing_elements", "missing_in_parts", "split_parts"]
 
 REQUIRED_ELEMENTS: dict[str, tuple[str, ...]] = {
     "dmca": ("signature", "identification of the copyrighted work", "identification of the infringing material",
@@ -163,14 +168,10 @@ def _check(content: NoticeContent, raw: str) -> list[str]:
     return missing
 
 
-def missing_elements(content: NoticeContent, text: str | None = None, html: str | None = None) -> list[str]:
-    """Every required element absent from the rendered ``text`` and/or ``html``.
-
-    An element missing from only one variant is reported with "(in the text
-    version)" or "(in the HTML version)". An empty list means complete."""
+def _missing(content: NoticeContent, variants: list[tuple[str, str | None]]) -> list[str]:
     found: dict[str, set[str]] = {}
     checked = 0
-    for label, raw in (("text", text), ("HTML", None if html is None else html_visible_text(html))):
+    for label, raw in variants:
         if raw is None:
             continue
         checked += 1
@@ -179,4 +180,50 @@ def missing_elements(content: NoticeContent, text: str | None = None, html: str 
     out = []
     for item, where in found.items():
         out.append(item if len(where) == checked else f"{item} (in the {next(iter(where))} version)")
+    return out
+
+
+def missing_elements(content: NoticeContent, text: str | None = None, html: str | None = None) -> list[str]:
+    """Every required element absent from the rendered ``text`` and/or ``html``.
+
+    An element missing from only one variant is reported with "(in the text
+    version)" or "(in the HTML version)". An empty list means complete."""
+    return _missing(content, [("text", text), ("HTML", None if html is None else html_visible_text(html))])
+
+
+_MARKER = re.compile(r"===\s*Part\s+(\d+)\s+of\s+(\d+)\b[^=\n]*===", re.IGNORECASE)
+
+
+def split_parts(raw: str, total: int) -> list[str] | None:
+    """The ``total`` segments of ``raw`` that follow its part markers (see
+    :func:`notices.content.part_marker`), or None unless parts 1 to ``total``
+    are all marked, in order, and nothing else is."""
+    found = list(_MARKER.finditer(raw))
+    if [(int(m[1]), int(m[2])) for m in found] != [(k, total) for k in range(1, total + 1)]:
+        return None
+    ends = [m.start() for m in found[1:]] + [len(raw)]
+    return [raw[m.end():end] for m, end in zip(found, ends, strict=True)]
+
+
+def missing_in_parts(parts: Sequence[NoticeContent], text: str | None = None,
+                     html: str | None = None) -> list[str]:
+    """:func:`missing_elements` for a notice made of ``parts`` (one per law).
+
+    One part is checked exactly as :func:`missing_elements` does. With
+    several, each variant is split at its part markers and each segment is
+    checked against its own part; where the markers were edited away, each
+    part is checked against the whole variant instead. Every gap is prefixed
+    with its part's label, e.g. "part 2 of 2 (Trademark infringement
+    complaint): accuracy statement"."""
+    if len(parts) == 1:
+        return missing_elements(parts[0], text, html)
+    total = len(parts)
+    variants: list[tuple[str, list[str | None]]] = []
+    for label, raw in (("text", text), ("HTML", None if html is None else html_visible_text(html))):
+        segments = split_parts(raw, total) if raw is not None else None
+        variants.append((label, list(segments) if segments is not None else [raw] * total))
+    out: list[str] = []
+    for k, part in enumerate(parts):
+        prefix = f"part {k + 1} of {total} ({INSTRUMENTS.get(part.law, part.law)}): "
+        out += [prefix + gap for gap in _missing(part, [(label, segs[k]) for label, segs in variants])]
     return out

@@ -16,7 +16,9 @@ not allow raises :class:`~notices.errors.IllegalTransition`.
 Approval is refused (:class:`~notices.errors.ApprovalRefused`, listing every
 gap) unless the reviewer answered each question of the fair-use checklist,
 found no fair-use factor applying, a recipient is chosen, the owner's profile
-is complete, and the rendered notice carries every element its law requires.
+is complete for every part's law, and each part of the rendered notice (the
+copyright part, and the trademark part when the notice lists logos) carries
+every element its law requires.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from notices.business_days import add_business_days
@@ -40,7 +41,7 @@ from notices.drafting import (
     rerender,
 )
 from notices.errors import ApprovalRefused, IllegalTransition, NoticeNotFound
-from notices.validate import missing_elements
+from notices.validate import missing_in_parts
 from storage.models import Account, Notice, NoticeState, utcnow
 
 __all__ = [
@@ -131,15 +132,15 @@ def approval_gaps(session: Session, notice: Notice, fair_use: Mapping[str, objec
     if not notice.recipient.strip():
         reason = " (unknown host: choose the recipient)" if "unknown_host" in notice.flags else ""
         gaps.append(f"recipient{reason}")
+    parts = content_for_notice(session, notice)
     owner = session.get(Account, notice.owner_id)
     if owner is not None:
-        lacking = missing_profile_fields(owner, notice.law)
+        lacking = missing_profile_fields(owner, *(part.law for part in parts))
         if lacking:
             gaps.append("owner profile: " + ", ".join(lacking))
-    content = content_for_notice(session, notice)
-    if not content.items:
+    if not any(part.items for part in parts):
         gaps.append("infringing material: the notice lists no item that is still online")
-    gaps += missing_elements(content, text=notice.body_text, html=notice.body_html)
+    gaps += missing_in_parts(parts, text=notice.body_text, html=notice.body_html)
     for item in notice.items:
         if item.online == "removed" and item.url in notice.body_text:
             gaps.append(f"remove {item.url}: it is no longer online")
@@ -200,16 +201,18 @@ def edit(session: Session, notice_id: int, actor: str, *, body_text: str | None 
     An edited text body replaces the HTML body with an escaped rendering of
     the same text, so both variants always say the same thing. Giving a
     recipient (even the drafted one, to confirm it) clears the
-    ``unknown_host`` and ``verify_recipient`` flags. Changing the law (for a
-    host the directory does not know) re-renders the notice from its template
-    unless its text was edited; a logo complaint stays a trademark complaint."""
+    ``unknown_host`` and ``verify_recipient`` flags. The law is the copyright
+    law (dmca or dsa, e.g. for a host the directory does not know); changing
+    it re-renders the notice unless its text was edited. A trademark part for
+    logos is unaffected: it follows from the items, not from the law."""
     notice = get_notice(session, notice_id, lock=True)
     if notice.state not in OPEN_STATES:
         raise IllegalTransition(f"notice {notice.id} is {notice.state.value}; only a draft or a notice in review "
                                 "can be edited")
     diffs: dict[str, str] = {}
     if law is not None and law != notice.law:
-        _change_law(session, notice, law)
+        if law not in ("dmca", "dsa"):
+            raise IllegalTransition(f"law must be dmca or dsa, not {clean_inline(law, 40)!r}")
         diffs["law"] = _diff("law", notice.law, law)
         notice.law = law
         if not notice.edited and body_text is None:
@@ -241,20 +244,6 @@ def edit(session: Session, notice_id: int, actor: str, *, body_text: str | None 
         record(session, notice, actor, "edited", state=notice.state.value, diff=diffs)
     session.flush()
     return notice
-
-
-def _change_law(session: Session, notice: Notice, law: str) -> None:
-    if law not in ("dmca", "dsa"):
-        raise IllegalTransition(f"law must be dmca or dsa, not {law!r}")
-    if notice.law == "trademark":
-        raise IllegalTransition(f"notice {notice.id} is a trademark complaint for a logo; its law cannot change")
-    key = f"{notice.owner_id}:{notice.host}:{law}"
-    if notice.open_key is not None:
-        other = session.scalar(select(Notice.id).where(Notice.open_key == key, Notice.id != notice.id))
-        if other is not None:
-            raise IllegalTransition(f"notice {other} is already the open {law} notice for {notice.host}; "
-                                    "reject one of the two or finish the other first")
-        notice.open_key = key
 
 
 def mark_sent(session: Session, notice_id: int, actor: str, *, via: str, followup_days: int,

@@ -264,9 +264,9 @@ class Notice(Base):
     restore_not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # "smtp", "export" or "web_form": how the notice left.
     sent_via: Mapped[str] = mapped_column(String(16), default="")
-    # "<owner_id>:<host>:<law>" while the notice is open (draft or in review),
-    # NULL afterwards: the unique constraint keeps one open batch per key even
-    # when two workers draft at once.
+    # "<owner_id>:<host>" (notices.drafting.open_key_for) while the notice is
+    # open (draft or in review), NULL afterwards: the unique constraint keeps
+    # one open batch per key even when two workers draft at once.
     open_key: Mapped[str | None] = mapped_column(String(400), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from config.settings import NoticeSettings
 from notices.drafting import content_for_notice, draft_for_match
 from notices.render import render_notice
-from notices.validate import missing_elements
+from notices.validate import missing_in_parts
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Base, Notice
 from tests.notices import factory as f
@@ -48,11 +48,11 @@ def main(n: int) -> None:
     with session_scope(sessions) as s:
         notice = s.scalar(select(Notice))
         assert notice is not None
-        content = content_for_notice(s, notice)
+        parts = content_for_notice(s, notice)
     t0 = time.perf_counter()
     for _ in range(20):
-        r = render_notice(content)
-        assert missing_elements(content, r.text, r.html) == []
+        r = render_notice(parts)
+        assert missing_in_parts(parts, r.text, r.html) == []
     t_render = (time.perf_counter() - t0) / 20
     t_rerun = each_match()
     print(f"items={n} render+validate full notice: {t_render * 1000:.1f} ms (baseline 1.00x)")

@@ -11,12 +11,20 @@ from sqlalchemy.exc import IntegrityError
 
 from config.settings import NoticeSettings
 from notices import workflow
-from notices.drafting import content_for_notice, draft_for_match, save_owner_template
+from notices.drafting import content_for_notice, draft_for_match, open_key_for, save_owner_template
 from notices.errors import ProfileIncomplete, TemplateRejected
 from notices.render import TEMPLATE_DIR
-from notices.validate import html_visible_text, missing_elements
+from notices.validate import html_visible_text, missing_in_parts
 from storage.db import session_scope
-from storage.models import AuditEvent, MatchStatus, Notice, NoticeItem, NoticeState, WorkKind
+from storage.models import (
+    Account,
+    AuditEvent,
+    MatchStatus,
+    Notice,
+    NoticeItem,
+    NoticeState,
+    WorkKind,
+)
 
 from . import factory as f
 
@@ -55,7 +63,7 @@ def test_matches_on_one_host_share_one_draft_and_each_url_is_listed_once(session
         text = n.body_text
         assert text.count("https://i.redd.it/abc.jpg") == 1
         assert "A representative list of the works" in text and '"Red Fox"' in text
-        assert missing_elements(content_for_notice(s, n), n.body_text, n.body_html) == []
+        assert missing_in_parts(content_for_notice(s, n), n.body_text, n.body_html) == []
         actions = list(s.scalars(select(AuditEvent.action).where(AuditEvent.entity_id == n.id)))
         assert actions == ["drafted", "item_added", "item_added", "item_added"]
 
@@ -113,18 +121,67 @@ def test_unknown_host_is_flagged_and_has_no_recipient(sessions: Any) -> None:
         assert n2.flags == [] and n2.recipient == "abuse@some-forum.test"
 
 
-def test_logos_get_a_trademark_complaint_and_eu_hosts_a_dsa_notice(sessions: Any) -> None:
+def test_artwork_and_logo_on_one_host_share_one_notice_with_two_parts(sessions: Any) -> None:
     with session_scope(sessions) as s:
         acc = f.owner(s)
         art, logo = f.work(s, acc, "Heron"), f.work(s, acc, "Acme Bird Logo", WorkKind.LOGO)
-        up = f.upload(s, "https://files.mastodon.social/media/1.png", "https://mastodon.social/@x/1")
-        m_art, m_logo = f.match(s, up, art).id, f.match(s, up, logo).id
+        m_art = f.match(s, f.upload(s, "https://files.mastodon.social/media/1.png",
+                                    "https://mastodon.social/@x/1"), art).id
+        m_logo = f.match(s, f.upload(s, "https://files.mastodon.social/media/2.png",
+                                     "https://mastodon.social/@x/2"), logo).id
+        m_later = f.match(s, f.upload(s, "https://files.mastodon.social/media/3.png",
+                                      "https://mastodon.social/@x/3"), logo).id
+        acc_id = acc.id
     with session_scope(sessions) as s:
-        dsa, tm = draft_for_match(s, m_art, SETTINGS), draft_for_match(s, m_logo, SETTINGS)
-        assert dsa is not None and tm is not None and dsa.id != tm.id
-        assert (dsa.law, tm.law) == ("dsa", "trademark")
-        assert "Article 16 of Regulation (EU) 2022/2065" in dsa.body_text
-        assert "likely to cause confusion" in tm.body_text and '"Acme Bird Logo" (logo)' in tm.body_text
+        first, second = draft_for_match(s, m_logo, SETTINGS), draft_for_match(s, m_art, SETTINGS)
+        assert first is not None and second is not None and first.id == second.id
+        n = first
+        assert (n.law, n.open_key) == ("dsa", f"{acc_id}:mastodon.social")
+        parts = content_for_notice(s, n)
+        assert [p.law for p in parts] == ["dsa", "trademark"]
+        assert [w.title for w in parts[0].works] == ["Heron"]
+        assert [i.url for i in parts[1].items] == ["https://files.mastodon.social/media/2.png"]
+        assert n.subject == ("Notice of illegal content (DSA Article 16) and trademark infringement complaint: "
+                             "2 items on mastodon.social")
+        dsa_text, tm_text = n.body_text.split("=== Part 2 of 2: Trademark infringement complaint ===")
+        assert dsa_text.startswith("=== Part 1 of 2: Notice of illegal content (DSA Article 16) ===")
+        assert "Article 16 of Regulation (EU) 2022/2065" in dsa_text and "Acme Bird Logo" not in dsa_text
+        assert "likely to cause confusion" in tm_text and '"Acme Bird Logo" (logo)' in tm_text
+        assert missing_in_parts(parts, n.body_text, n.body_html) == []
+        assert workflow.approval_gaps(s, n, YES_NO) == []
+        workflow.approve(s, n.id, "rev@artwatch.test", YES_NO)
+    with session_scope(sessions) as s:
+        later = draft_for_match(s, m_later, SETTINGS)
+        assert later is not None and later.id != n.id and later.state == NoticeState.DRAFT
+        assert later.law == "dsa" and later.open_key == f"{acc_id}:mastodon.social"
+        assert [p.law for p in content_for_notice(s, later)] == ["trademark"]
+        assert later.subject == "Trademark infringement complaint: 1 item on mastodon.social"
+        assert "=== Part" not in later.body_text and "likely to cause confusion" in later.body_text
+        assert _items(s, n.id) == ["https://files.mastodon.social/media/2.png",
+                                   "https://files.mastodon.social/media/1.png"]
+
+
+def test_approval_needs_the_profile_fields_of_every_part(sessions: Any) -> None:
+    with session_scope(sessions) as s:
+        acc = f.owner(s)
+        art, logo = f.work(s, acc, "Heron"), f.work(s, acc, "Acme Bird Logo", WorkKind.LOGO)
+        ms = [f.match(s, f.upload(s, f"https://files.mastodon.social/media/{k}.png"), w).id
+              for k, w in enumerate((art, logo))]
+        acc_id = acc.id
+    with session_scope(sessions) as s:
+        dsa_only = draft_for_match(s, ms[0], SETTINGS)
+        assert dsa_only is not None
+        acc = s.get(Account, acc_id)
+        assert acc is not None
+        acc.phone = ""  # a DSA notice does not need it, a trademark complaint does
+        assert workflow.approval_gaps(s, dsa_only, YES_NO) == []
+        with pytest.raises(ProfileIncomplete, match="phone number"):
+            draft_for_match(s, ms[1], SETTINGS)
+        acc.phone = "+31 20 555 0101"
+        both = draft_for_match(s, ms[1], SETTINGS)
+        assert both is not None and both.id == dsa_only.id
+        acc.phone = ""
+        assert workflow.approval_gaps(s, both, YES_NO)[0] == "owner profile: phone number"
 
 
 def test_incomplete_profile_blocks_drafting_and_says_what_to_fill_in(sessions: Any) -> None:
@@ -175,12 +232,13 @@ def test_owner_template_is_validated_and_used(sessions: Any) -> None:
         assert "To the designated" in n.body_html  # html variant not customised
 
 
-def test_open_notice_is_unique_per_owner_host_and_law(sessions: Any) -> None:
+def test_open_notice_is_unique_per_owner_and_host(sessions: Any) -> None:
     with session_scope(sessions) as s:
         acc = f.owner(s)
-        s.add(Notice(owner_id=acc.id, host="imgur.com", open_key=f"{acc.id}:imgur.com:dmca"))
+        assert open_key_for(acc.id, "imgur.com") == f"{acc.id}:imgur.com"
+        s.add(Notice(owner_id=acc.id, host="imgur.com", law="dmca", open_key=open_key_for(acc.id, "imgur.com")))
     with pytest.raises(IntegrityError), session_scope(sessions) as s:
-        s.add(Notice(owner_id=1, host="imgur.com", open_key="1:imgur.com:dmca"))
+        s.add(Notice(owner_id=1, host="imgur.com", law="dsa", open_key=open_key_for(1, "imgur.com")))
 
 
 @pytest.mark.postgres

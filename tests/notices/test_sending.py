@@ -23,7 +23,7 @@ from sqlalchemy import select
 from config.settings import NoticeSettings
 from notices import workflow
 from notices.content import as_utc
-from notices.drafting import draft_for_match
+from notices.drafting import draft_for_match, open_key_for
 from notices.errors import (
     EvidenceError,
     IllegalTransition,
@@ -35,7 +35,7 @@ from notices.evidence import build_bundle
 from notices.sending import check_online, export_eml, export_pdf, run_followups, send_notice
 from storage.blobs import FolderBlobStore
 from storage.db import session_scope
-from storage.models import AuditEvent, NoticeItem, NoticeState
+from storage.models import AuditEvent, NoticeItem, NoticeState, WorkKind
 
 from . import factory as f
 from .conftest import SmtpServer, WebServer
@@ -69,13 +69,19 @@ def _settings(smtp: SmtpServer, **kw: Any) -> NoticeSettings:
 
 
 def _approved_notice(sessions: Any, blobs: FolderBlobStore, web: WebServer, paths: list[str],
-                     email_: str = "ada@artist.test", recipient: str = "agent@host.test") -> int:
-    for p in paths:
+                     email_: str = "ada@artist.test", recipient: str = "agent@host.test",
+                     logo_paths: tuple[str, ...] = ()) -> int:
+    """An approved notice for the artwork at ``paths`` (and a logo at ``logo_paths``)."""
+    for p in (*paths, *logo_paths):
         web.routes[p] = (200, f.png((1, 2, 3)))
     with session_scope(sessions) as s:
         acc = f.owner(s, email_)
         w = f.work(s, acc, "Blue Heron", blobs=blobs)
         mids = [f.match(s, f.upload(s, web.url(p), web.url("/post" + p), blobs=blobs), w).id for p in paths]
+        if logo_paths:
+            logo = f.work(s, acc, "Acme Bird Logo", WorkKind.LOGO, blobs=blobs)
+            mids += [f.match(s, f.upload(s, web.url(p), web.url("/post" + p), blobs=blobs), logo).id
+                     for p in logo_paths]
     with session_scope(sessions) as s:
         for mid in mids:
             n = draft_for_match(s, mid, NoticeSettings())
@@ -116,6 +122,33 @@ def test_evidence_bundle_has_every_file_with_its_hash(sessions: Any, blobs: Fold
     r, g, _ = overlay.getpixel((70, 50))
     assert r > 200 and g < 60                                         # red tint inside the region
     assert overlay.getpixel((150, 110)) == (200, 40, 10)              # untouched outside
+
+
+def test_evidence_manifest_lists_the_law_of_every_part(sessions: Any, blobs: FolderBlobStore,
+                                                       web_server: WebServer) -> None:
+    nid = _approved_notice(sessions, blobs, web_server, ["/img/1.png"], logo_paths=("/img/logo.png",))
+    with session_scope(sessions) as s:
+        data = build_bundle(s, blobs, nid, now=T0)
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["notice"]["law"] == "dmca" and manifest["notice"]["laws"] == ["dmca", "trademark"]
+    assert [i["work"]["kind"] for i in manifest["items"]] == ["artwork", "logo"]
+    assert "=== Part 2 of 2: Trademark infringement complaint ===" in zf.read("notice.txt").decode()
+
+
+def test_removed_logo_copy_leaves_a_one_part_notice_for_review(
+        sessions: Any, blobs: FolderBlobStore, web_server: WebServer, smtp_server: SmtpServer,
+        client: httpx.Client) -> None:
+    nid = _approved_notice(sessions, blobs, web_server, ["/img/1.png"], logo_paths=("/img/logo.png",))
+    del web_server.routes["/img/logo.png"]
+    with session_scope(sessions) as s:
+        result = send_notice(s, blobs, nid, REVIEWER, _settings(smtp_server), client)
+        assert result.outcome == "returned_to_review"
+        n = workflow.get_notice(s, nid)
+        assert n.state == NoticeState.IN_REVIEW and n.open_key == open_key_for(n.owner_id, "127.0.0.1")
+        assert "=== Part" not in n.body_text and "Trademark" not in n.subject
+        assert json.loads(zipfile.ZipFile(io.BytesIO(build_bundle(s, blobs, nid))).read("manifest.json"))[
+            "notice"]["laws"] == ["dmca"]
 
 
 def test_missing_blob_is_a_clear_error(sessions: Any, blobs: FolderBlobStore, web_server: WebServer) -> None:

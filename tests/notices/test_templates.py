@@ -11,7 +11,7 @@ import pytest
 from notices.content import ItemRef, NoticeContent, Notifier, WorkRef, sample_content
 from notices.errors import TemplateRejected
 from notices.render import TEMPLATE_DIR, check_template, render_notice
-from notices.validate import html_visible_text, missing_elements
+from notices.validate import html_visible_text, missing_elements, missing_in_parts, split_parts
 
 
 def _content(law: str, works: int = 1) -> NoticeContent:
@@ -144,3 +144,51 @@ def test_bad_templates_are_rejected_with_the_line(source: str, line: int, why: s
 def test_sample_content_is_distinct_per_law() -> None:
     assert sample_content("trademark").works[0].kind == "logo"
     assert Path(TEMPLATE_DIR).is_dir()
+
+
+def _logo_part() -> NoticeContent:
+    c = _content("trademark")
+    logo = WorkRef("Acme Bird Logo", "", "logo")
+    item = ItemRef("https://i.host.test/logo.jpg", "https://host.test/post/logo", logo.title, "2026-11-01 10:00 UTC")
+    return dataclasses.replace(c, works=(logo,), items=(item,))
+
+
+def test_two_parts_render_each_with_its_own_template_behind_a_marker() -> None:
+    art, logo = _content("dsa"), _logo_part()
+    custom = (TEMPLATE_DIR / "trademark.txt.j2").read_text().replace("To the trademark", "Dear trademark")
+    r = render_notice([art, logo], {"trademark": {"text": custom}, "dmca": {"text": "never used"}})
+    assert r.subject == ("Notice of illegal content (DSA Article 16) and trademark infringement complaint: "
+                         "4 items on host.test")
+    assert "\n" not in r.subject
+    assert r.text.startswith("=== Part 1 of 2: Notice of illegal content (DSA Article 16) ===\n")
+    first, second = split_parts(r.text, 2) or ["", ""]
+    assert "Article 16 of Regulation (EU) 2022/2065" in first and "likely to cause confusion" not in first
+    assert "Dear trademark" in second and "https://i.host.test/logo.jpg" in second
+    assert "https://i.host.test/logo.jpg" not in first and "https://i.host.test/0.jpg" not in second
+    visible = html_visible_text(r.html)
+    assert "=== Part 2 of 2: Trademark infringement complaint ===" in visible
+    assert r.html.count("<!DOCTYPE") == 1 and r.html.count("<body") == 1
+    assert missing_in_parts([art, logo], r.text, r.html) == []
+    # each part is held to its own law: the DSA part alone is not a trademark complaint
+    assert missing_in_parts([logo, art], r.text, r.html) != []
+
+
+def test_one_part_renders_and_validates_as_before() -> None:
+    c = _content("dmca")
+    assert render_notice([c], {"dmca": {}}) == render_notice(c)
+    r = render_notice(c)
+    assert "=== Part" not in r.text and missing_in_parts([c], r.text, r.html) == []
+
+
+def test_a_parts_gaps_carry_its_label_and_lost_markers_check_the_whole_text() -> None:
+    art, logo = _content("dmca"), _logo_part()
+    r = render_notice([art, logo])
+    cut = r.text.replace("I declare that the information in this complaint is accurate", "I declare")
+    assert missing_in_parts([art, logo], cut) == [
+        "part 2 of 2 (Trademark infringement complaint): accuracy statement"]
+    unmarked = re.sub(r"=== Part .* ===\n", "", r.text)
+    assert split_parts(unmarked, 2) is None and missing_in_parts([art, logo], unmarked) == []
+    no_logo_url = unmarked.replace("https://i.host.test/logo.jpg", "")
+    assert missing_in_parts([art, logo], no_logo_url) == [
+        ("part 2 of 2 (Trademark infringement complaint): identification of the infringing material: "
+         "https://i.host.test/logo.jpg")]

@@ -15,7 +15,7 @@ from notices.content import as_utc
 from notices.drafting import draft_for_match
 from notices.errors import ApprovalRefused, IllegalTransition, NoticeNotFound
 from storage.db import session_scope
-from storage.models import AuditEvent, NoticeState
+from storage.models import AuditEvent, NoticeState, WorkKind
 
 from . import factory as f
 
@@ -102,6 +102,58 @@ def test_edits_keep_a_diff_and_approval_lists_missing_elements(sessions: Any, no
         assert "missing: contact details: telephone number; accuracy statement" in str(info.value)
 
 
+def _art_and_logo_notice(sessions: Any, host: str = "art.example.eu") -> int:
+    """One notice for an artwork and a logo copied on an unknown host (so dmca, two parts)."""
+    with session_scope(sessions) as s:
+        acc = f.owner(s)
+        art, logo = f.work(s, acc, "Heron"), f.work(s, acc, "Acme Bird Logo", WorkKind.LOGO)
+        ms = [f.match(s, f.upload(s, f"https://{host}/i/art.png"), art).id,
+              f.match(s, f.upload(s, f"https://{host}/i/logo.png"), logo).id]
+    with session_scope(sessions) as s:
+        ids = {n.id for n in (draft_for_match(s, m, NoticeSettings()) for m in ms) if n is not None}
+        assert len(ids) == 1
+        nid = ids.pop()
+        workflow.edit(s, nid, REVIEWER, recipient=f"legal@{host}")
+        return nid
+
+
+def test_an_edited_away_trademark_statement_is_reported_with_its_part(sessions: Any) -> None:
+    nid = _art_and_logo_notice(sessions)
+    with session_scope(sessions) as s:
+        n = workflow.get_notice(s, nid)
+        assert workflow.approval_gaps(s, n, OK) == []
+        cut = n.body_text.replace("I declare that the information in this complaint is accurate and that",
+                                  "I declare that")
+        assert cut != n.body_text
+        workflow.edit(s, nid, REVIEWER, body_text=cut)
+        with pytest.raises(ApprovalRefused) as info:
+            workflow.approve(s, nid, REVIEWER, OK)
+        assert info.value.missing == ["part 2 of 2 (Trademark infringement complaint): accuracy statement"]
+        # markers edited away: each part is checked against the whole text
+        unmarked = n.body_text.replace("=== Part 2 of 2: Trademark infringement complaint ===", "")
+        workflow.edit(s, nid, REVIEWER, body_text=unmarked.replace("https://art.example.eu/i/logo.png", ""))
+        with pytest.raises(ApprovalRefused) as info:
+            workflow.approve(s, nid, REVIEWER, OK)
+        assert info.value.missing == [
+            ("part 2 of 2 (Trademark infringement complaint): identification of the infringing material: "
+             "https://art.example.eu/i/logo.png")]
+
+
+def test_changing_the_law_keeps_the_trademark_part_and_the_open_key(sessions: Any) -> None:
+    nid = _art_and_logo_notice(sessions)
+    with session_scope(sessions) as s:
+        n = workflow.get_notice(s, nid)
+        key = n.open_key
+        assert n.law == "dmca" and n.subject.startswith("DMCA notice of copyright infringement and trademark")
+        workflow.edit(s, nid, REVIEWER, law="dsa")
+        assert n.law == "dsa" and n.open_key == key
+        assert n.body_text.startswith("=== Part 1 of 2: Notice of illegal content (DSA Article 16) ===")
+        assert "=== Part 2 of 2: Trademark infringement complaint ===" in n.body_text
+        with pytest.raises(IllegalTransition, match="law must be dmca or dsa"):
+            workflow.edit(s, nid, REVIEWER, law="trademark")
+        workflow.approve(s, nid, REVIEWER, OK)
+
+
 def test_new_item_after_edit_must_be_added_by_the_reviewer(sessions: Any, notice_id: int) -> None:
     with session_scope(sessions) as s:
         n = workflow.get_notice(s, notice_id)
@@ -186,7 +238,7 @@ def test_reviewer_chooses_the_law_for_an_unknown_host_and_confirms_recipients(se
         n = draft_for_match(s, unknown, NoticeSettings())
         assert n is not None and n.law == "dmca" and n.flags == ["unknown_host"]
         workflow.edit(s, n.id, REVIEWER, law="dsa", recipient="legal@art.example.eu")
-        assert n.law == "dsa" and n.open_key == f"{acc.id}:art.example.eu:dsa" and n.flags == []
+        assert n.law == "dsa" and n.open_key == f"{acc.id}:art.example.eu" and n.flags == []
         assert "Article 16 of Regulation (EU) 2022/2065" in n.body_text
         with pytest.raises(IllegalTransition, match="law must be dmca or dsa"):
             workflow.edit(s, n.id, REVIEWER, law="trademark")

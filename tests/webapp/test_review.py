@@ -144,3 +144,20 @@ def test_evidence_bundle_downloads_as_zip(world: World) -> None:
         assert any(n.endswith("overlay.png") for n in names)
         manifest = [n for n in names if n.endswith(".json")]
         assert manifest and json.loads(z.read(manifest[0]))
+
+
+def test_a_notice_with_a_logo_shows_its_trademark_part(world: World) -> None:
+    owner = world.account("ann@example.com")
+    world.account("rita@example.com", Role.REVIEWER)
+    art = world.work(owner, logo_png(1), "Heron", kind="artwork")
+    logo = world.work(owner, logo_png(2), "Acme", kind="logo")
+    nid = world.draft(world.match(art, logo_png(1), url="https://pics.example/p/1"))
+    assert world.draft(world.match(logo, logo_png(2), url="https://pics.example/p/2")) == nid
+    other = world.draft(world.match(art, logo_png(1), url="https://other.example/p/3"))
+    client = world.client("rita@example.com")
+    page = client.get(f"/notices/{nid}").text
+    assert "<th>Law</th><td>dmca + trademark</td>" in page
+    assert "=== Part 2 of 2: Trademark infringement complaint ===" in page
+    queue = client.get("/review").text
+    assert f'href="/notices/{nid}"' in queue and f'href="/notices/{other}"' in queue
+    assert queue.count("<td>dmca + trademark</td>") == 1 and "<td>dmca</td>" in queue

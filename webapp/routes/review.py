@@ -41,6 +41,13 @@ def _workflow_errors() -> tuple[type[BaseException], ...]:
         return ()
 
 
+def _laws(session: Session, notices: list[Notice]) -> dict[int, list[str]]:
+    """The laws of each notice's parts, e.g. ["dmca", "trademark"] (one query)."""
+    from notices.drafting import notice_laws
+
+    return notice_laws(session, notices)
+
+
 def _staff_notice(session: Session, account: Account, notice_id: int) -> Notice:
     notice = visible_notice(session, account, notice_id)
     if not is_staff(account):
@@ -51,7 +58,9 @@ def _staff_notice(session: Session, account: Account, notice_id: int) -> Notice:
 @router.get("/review", response_class=HTMLResponse)
 def queue(request: Request, account: Account = STAFF, session: Session = Depends(db)) -> Response:
     rows = session.execute(notice_query(account, states=OPEN_STATES).limit(500)).all()
-    return get_ctx(request).templates.TemplateResponse(request, "review.html", {"rows": rows})
+    return get_ctx(request).templates.TemplateResponse(
+        request, "review.html", {"rows": rows, "laws": _laws(session, [n for n, _ in rows])}
+    )
 
 
 @router.get("/notices", response_class=HTMLResponse)
@@ -59,7 +68,9 @@ def notices_page(
     request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
 ) -> Response:
     rows = session.execute(notice_query(account).limit(500)).all()
-    return get_ctx(request).templates.TemplateResponse(request, "notices.html", {"rows": rows})
+    return get_ctx(request).templates.TemplateResponse(
+        request, "notices.html", {"rows": rows, "laws": _laws(session, [n for n, _ in rows])}
+    )
 
 
 @router.get("/notices/{notice_id}", response_class=HTMLResponse)
@@ -95,6 +106,7 @@ def _render_notice(
         "notice.html",
         {
             "notice": notice,
+            "laws": _laws(session, [notice])[notice.id],
             "evidence": evidence,
             "audit": audit,
             "error": error,
