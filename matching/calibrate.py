@@ -7,7 +7,7 @@ unrelated images (scenes and flat "logo-like" shapes), analyses them with the
 engine exactly as uploads are analysed, and fits:
 
 - a logistic model of P(copy | local evidence) on ``log1p(inliers)``,
-  ``inlier ratio`` and ``log(coverage + 0.01)``;
+  ``inlier ratio``, ``log(coverage + 0.01)`` and the dense edge agreement;
 - a logistic model of P(copy | PDQ distance).
 
 Every (image, work) candidate pair is one example: a copy's pair with its
@@ -35,7 +35,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from matching.decode import DecodedImage, decode_image
-from matching.engine import Engine, ScoreModel, WorkRef
+from matching.engine import DENSE_UNKNOWN, Engine, ScoreModel, WorkRef
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -268,7 +268,7 @@ def fit_logistic(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], *, l2: 
 
 def _local_x(sig: dict[str, float]) -> list[float]:
     return [math.log1p(sig["inliers"]), sig["inliers"] / max(1.0, sig["tentative"]),
-            math.log(sig["coverage"] + 0.01)]
+            math.log(sig["coverage"] + 0.01), sig.get("dense", DENSE_UNKNOWN)]
 
 
 def calibrate(
@@ -329,7 +329,7 @@ def calibrate(
     if local_rows and len({y for _, y in local_rows}) == 2:
         w = fit_logistic(np.array([r for r, _ in local_rows], np.float64),
                          np.array([y for _, y in local_rows], np.float64))
-        local = (float(w[0]), float(w[1]), float(w[2]), float(w[3]))
+        local = (float(w[0]), float(w[1]), float(w[2]), float(w[3]), float(w[4]))
     pdq = base.pdq
     if pdq_rows and len({y for _, y in pdq_rows}) == 2:
         w = fit_logistic(np.array([[d] for d, _ in pdq_rows], np.float64),
@@ -337,13 +337,13 @@ def calibrate(
         pdq = (float(w[0]), float(w[1]))
 
     # Scores of every verified pair under the fitted local model.
-    xs = np.array([r for r, _ in local_rows], np.float64).reshape(-1, 3)
+    xs = np.array([r for r, _ in local_rows], np.float64).reshape(-1, 4)
     labels = np.array([y for _, y in local_rows], np.int64)
     scores = 1.0 / (1.0 + np.exp(-(local[0] + xs @ np.array(local[1:], np.float64))))
     threshold, precision, recall = _threshold_for(scores, labels, target_precision, n_true)
     # Shift the local bias so the chosen threshold reads 0.5.
     shift = math.log(threshold / (1.0 - threshold)) if 0.0 < threshold < 1.0 else 0.0
-    local = (local[0] - shift, local[1], local[2], local[3])
+    local = (local[0] - shift, local[1], local[2], local[3], local[4])
     clip = _fit_clip(clip_rows, target_precision, n_true)
     model = ScoreModel(local=local, pdq=pdq, clip=clip, threshold=0.5, target_precision=target_precision)
     cal = Calibration(model, int(labels.sum()), int((labels == 0).sum()), recall, precision)

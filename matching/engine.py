@@ -38,6 +38,7 @@ import numpy.typing as npt
 import pdqhash
 
 from matching.decode import DecodedImage, decode_image
+from matching.dense import dense_agreement, work_thumbnails
 from matching.local import (
     FeatureStore,
     LocalIndex,
@@ -63,6 +64,8 @@ UPLOAD_MAX_SIDE = 768
 WORK_MAX_SIDE = 1024
 #: PDQ distance above which PDQ says nothing (random pairs sit near 128).
 PDQ_RELEVANT = 64
+#: The dense term's value when it could not be measured.
+DENSE_UNKNOWN = 0.5
 
 
 @dataclass(frozen=True)
@@ -88,22 +91,29 @@ class Candidate:
 class ScoreModel:
     """Calibrated score: logistic models of the local and PDQ evidence.
 
-    ``local`` weights ``[bias, log1p(inliers), inlier_ratio, log(coverage + 0.01)]``;
-    ``pdq`` weights ``[bias, distance]``.
+    ``local`` weights ``[bias, log1p(inliers), inlier_ratio, log(coverage + 0.01),
+    dense]`` where ``dense`` is the edge agreement of the fitted alignment
+    (:mod:`matching.dense`; :data:`DENSE_UNKNOWN` when the upload shows too
+    little of the work to tell); ``pdq`` weights ``[bias, distance]``.
+
+    The built-in weights were fitted on the verified pairs of the dev
+    benchmark (docs/benchmarks.md, two-fold check); ``artwatch calibrate``
+    refits them on the registry's own synthetic copies.
     """
 
-    local: tuple[float, float, float, float] = (-4.5, 2.6, 2.0, 1.2)
+    local: tuple[float, float, float, float, float] = (-4.52, 1.13, 2.66, 0.89, 6.01)
     pdq: tuple[float, float] = (7.0, -0.25)
     #: ``[bias, cosine]``; None until calibration found CLIP informative.
     clip: tuple[float, float] | None = None
     threshold: float = 0.5
     target_precision: float | None = None
 
-    def local_prob(self, v: Verification | None) -> float:
+    def local_prob(self, v: Verification | None, dense: float | None = None) -> float:
         if v is None or not v.plausible or v.inliers < 4:
             return 0.0
-        b, a1, a2, a3 = self.local
-        z = b + a1 * math.log1p(v.inliers) + a2 * v.inlier_ratio + a3 * math.log(v.coverage + 0.01)
+        b, a1, a2, a3, a4 = self.local
+        z = (b + a1 * math.log1p(v.inliers) + a2 * v.inlier_ratio + a3 * math.log(v.coverage + 0.01)
+             + a4 * (DENSE_UNKNOWN if dense is None else dense))
         return _sigmoid(z)
 
     def pdq_prob(self, distance: int | None) -> float:
@@ -132,8 +142,9 @@ class ScoreModel:
         loc = d.get("local", base.local)
         pdq = d.get("pdq", base.pdq)
         clip = d.get("clip")
+        loc = [*loc, 0.0] if len(loc) == 4 else loc  # written before the dense term existed
         return ScoreModel(
-            local=(float(loc[0]), float(loc[1]), float(loc[2]), float(loc[3])),
+            local=(float(loc[0]), float(loc[1]), float(loc[2]), float(loc[3]), float(loc[4])),
             pdq=(float(pdq[0]), float(pdq[1])),
             clip=(float(clip[0]), float(clip[1])) if clip else None,
             threshold=float(d.get("threshold", default_threshold)),
@@ -179,6 +190,8 @@ class _Analysis:
     scale: float
     #: work id -> best cosine similarity of the upload's CLIP embedding.
     clip: dict[int, float] = field(default_factory=dict)
+    #: work id -> edge agreement of the verified alignment (matching.dense).
+    dense: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -242,7 +255,8 @@ class Engine:
         direct, mirrored = extract_work_features(renderings)
         pdq = np.concatenate([_pdq_bits(r, dihedral=True)[0] for r in renderings])
         h, w = renderings[0].shape[:2]
-        return StoredWork(work.work_id, work.owner_id, work.kind, w, h, direct, mirrored, pdq)
+        return StoredWork(work.work_id, work.owner_id, work.kind, w, h, direct, mirrored, pdq,
+                          work_thumbnails(renderings))
 
     def add_prepared(self, stored: StoredWork) -> None:
         """Persist and index what :meth:`prepare` computed."""
@@ -330,6 +344,7 @@ class Engine:
         found = self.index.search(q, top=self.search_top, owner_ids=owner_ids)
         t2 = clock()
         verifications: dict[int, Verification] = {}
+        mirrored: dict[int, bool] = {}
         ranked = []
         for corr in found:
             peak, mask = corr.consistent()
@@ -347,11 +362,24 @@ class Engine:
             best = verifications.get(corr.work_id)
             if best is None or _rank(v) > _rank(best):
                 verifications[corr.work_id] = v
+                mirrored[corr.work_id] = corr.mirrored
+        dense: dict[int, float] = {}
+        gray: npt.NDArray[np.uint8] | None = None
+        for wid, v in verifications.items():
+            sw = self.index.work(wid)
+            if sw is None or not v.plausible or v.inliers < 4 or v.homography is None:
+                continue
+            if gray is None:
+                gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), np.uint8)
+            agreement = dense_agreement(self.index.thumbs(wid), (sw.width, sw.height), mirrored[wid],
+                                        v.homography, gray)
+            if agreement is not None:
+                dense[wid] = agreement
         t3 = clock()
         pdq = self._pdq_search(rgb, owner_ids)
         if timings is not None:
             timings.update(features=t1 - t0, search=t2 - t1, verify=t3 - t2, pdq=clock() - t3)
-        return _Analysis(verifications, pdq, w, h, img.scale)
+        return _Analysis(verifications, pdq, w, h, img.scale, dense=dense)
 
     def score(self, a: _Analysis, img: DecodedImage | None = None, limit: int = 10) -> list[Candidate]:
         model = self.model
@@ -363,7 +391,7 @@ class Engine:
             v = a.verifications.get(wid)
             d = a.pdq.get(wid)
             cos = a.clip.get(wid)
-            p_local = model.local_prob(v)
+            p_local = model.local_prob(v, a.dense.get(wid))
             p_pdq = model.pdq_prob(d)
             p_clip = model.clip_prob(cos)
             s = model.combine(p_local, p_pdq, p_clip)
@@ -376,6 +404,8 @@ class Engine:
             if v is not None:
                 signals.update(inliers=float(v.inliers), tentative=float(v.tentative),
                                coverage=v.coverage)
+                if wid in a.dense:
+                    signals["dense"] = a.dense[wid]
                 if v.plausible and p_local >= p_pdq:
                     k = 1.0 / a.scale if a.scale > 0 else 1.0
                     region = [[x * k, y * k] for x, y in v.polygon]

@@ -59,7 +59,8 @@ U64 = npt.NDArray[np.uint64]
 #: Pixel area at which an upload is described. SIFT doubles the image
 #: internally, so this keeps the finest octave near 2x the analysis size.
 UPLOAD_AREA = 400 * 300
-UPLOAD_MAX_KP = 900
+UPLOAD_MAX_KP = 1400
+UPLOAD_CONTRAST = 0.02
 #: Renderings of a work: areas for the two scales.
 WORK_AREAS = (512 * 384, 256 * 192, 128 * 96)
 WORK_MAX_KP = (1500, 600, 250)
@@ -71,6 +72,8 @@ _ROOT_SCALE = 512.0
 #: (the work is described at several scales and on two backgrounds).
 SAME_PLACE_PX = 6.0
 AMBIGUITY_MARGIN = 3
+#: Work thumbnails kept in memory per process (about 16-32 KiB each).
+THUMB_CACHE = 2048
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ EDGE_THRESHOLD = 60.0
 #: Base blur. Below SIFT's 1.6, corners of flat shapes survive at small scale;
 #: measured on synthetic pastes of flat logos: +24% verified pairs, and faster.
 SIGMA = 1.0
+#: Lowest contrast threshold :func:`extract_features` falls back to.
+MIN_CONTRAST = 0.003
 
 
 def _sift(n: int, contrast: float) -> cv2.SIFT:
@@ -157,21 +162,32 @@ def _sift(n: int, contrast: float) -> cv2.SIFT:
 
 
 def extract_features(
-    rgb: npt.NDArray[np.uint8], *, area: int = UPLOAD_AREA, max_kp: int = UPLOAD_MAX_KP,
-    contrast: float = 0.03,
+    rgb: npt.NDArray[np.uint8], *, area: int | None = None, max_kp: int | None = None,
+    contrast: float | None = None, min_kp: int | None = None,
 ) -> LocalFeatures:
     """RootSIFT keypoints of an RGB image, coordinates in its own pixel frame.
 
     The image is first resized (down only) to about ``area`` pixels; SIFT's
-    own 2x upsampling then recovers detail for small images.
+    own 2x upsampling then recovers detail for small images. An image that
+    yields fewer than ``min_kp`` keypoints (default: a sixth of ``max_kp``) is
+    described again with the contrast threshold lowered (down to
+    :data:`MIN_CONTRAST`): smooth wallpapers and faded copies otherwise give
+    SIFT nothing to work with.
     """
+    area = UPLOAD_AREA if area is None else area
+    max_kp = UPLOAD_MAX_KP if max_kp is None else max_kp
+    contrast = UPLOAD_CONTRAST if contrast is None else contrast
     h, w = rgb.shape[:2]
     gray = _gray(rgb)
     s = min(1.0, float(np.sqrt(area / float(w * h))))
     if s < 1.0:
         gray = np.asarray(cv2.resize(gray, (max(8, round(w * s)), max(8, round(h * s))),
                                      interpolation=cv2.INTER_AREA), np.uint8)
+    want = max_kp // 6 if min_kp is None else min_kp
     kps, desc = _sift(max_kp, contrast).detectAndCompute(gray, None)
+    while len(kps) < want and contrast > MIN_CONTRAST:
+        contrast = max(MIN_CONTRAST, contrast / 3.3)
+        kps, desc = _sift(max_kp, contrast).detectAndCompute(gray, None)
     if desc is None or not kps:
         return LocalFeatures.empty(w, h)
     sx = w / gray.shape[1]
@@ -335,6 +351,8 @@ class StoredWork:
     mirrored: LocalFeatures
     #: PDQ hashes of the work's dihedral variants (and renderings), (k, 32) uint8.
     pdq: U8 = field(default_factory=lambda: np.zeros((0, 32), np.uint8))
+    #: Grey thumbnails of the renderings, (k, h, w) uint8 (see :mod:`matching.dense`).
+    thumbs: U8 = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint8))
 
 
 class FeatureStore:
@@ -357,6 +375,7 @@ class FeatureStore:
             "meta": np.array([w.work_id, w.owner_id, w.width, w.height], np.int64),
             "kind": np.array(w.kind),
             "pdq": w.pdq,
+            "thumbs": w.thumbs,
         }
         for tag, f in (("d", w.direct), ("m", w.mirrored)):
             arrays[f"{tag}_xy"] = f.xy
@@ -377,7 +396,17 @@ class FeatureStore:
             for tag in ("d", "m"):
                 feats.append(LocalFeatures(z[f"{tag}_xy"], z[f"{tag}_scale"], z[f"{tag}_angle"],
                                            z[f"{tag}_desc"], width, height))
-            return StoredWork(wid, owner, str(z["kind"]), width, height, feats[0], feats[1], z["pdq"])
+            thumbs = z["thumbs"] if "thumbs" in z.files else np.zeros((0, 0, 0), np.uint8)
+            return StoredWork(wid, owner, str(z["kind"]), width, height, feats[0], feats[1], z["pdq"], thumbs)
+
+    def read_thumbs(self, work_id: int) -> U8:
+        """Only the thumbnails of a stored work (empty when absent)."""
+        try:
+            z = np.load(self.path(work_id))
+        except FileNotFoundError:
+            return np.zeros((0, 0, 0), np.uint8)
+        with z:
+            return z["thumbs"] if "thumbs" in z.files else np.zeros((0, 0, 0), np.uint8)
 
     def remove(self, work_id: int) -> None:
         self.path(work_id).unlink(missing_ok=True)
@@ -500,6 +529,7 @@ class LocalIndex:
     _delta: _Segment | None = None
     _delta_parts: list[_Quantised] = field(default_factory=list)
     _trained_on: int = 0
+    _thumbs: dict[int, U8] = field(default_factory=dict)
     #: Bumped whenever the set of searchable works changes.
     generation: int = 0
 
@@ -590,6 +620,7 @@ class LocalIndex:
     def _reload_all(self) -> None:
         self.vocab = Vocabulary.load(self.store.vocab_path) if self.store.vocab_path.exists() else None
         self._works.clear()
+        self._thumbs.clear()
         self.generation += 1
         self._images.clear()
         self._image_of.clear()
@@ -603,7 +634,18 @@ class LocalIndex:
             if w is not None:
                 self._insert(w)
 
+    def thumbs(self, work_id: int) -> U8:
+        """A searchable work's thumbnails, read from disk on first use (bounded cache)."""
+        found = self._thumbs.pop(work_id, None)
+        if found is None:
+            found = self.store.read_thumbs(work_id)
+            if len(self._thumbs) >= THUMB_CACHE:
+                self._thumbs.pop(next(iter(self._thumbs)))
+        self._thumbs[work_id] = found  # most recently used last
+        return found
+
     def _drop(self, work_id: int) -> None:
+        self._thumbs.pop(work_id, None)
         if self._works.pop(work_id, None) is None:
             return
         self.generation += 1
@@ -616,7 +658,7 @@ class LocalIndex:
         # Descriptors stay on disk (for retraining); memory keeps postings only.
         self._works[w.work_id] = replace(
             w, direct=LocalFeatures.empty(w.width, w.height),
-            mirrored=LocalFeatures.empty(w.width, w.height))
+            mirrored=LocalFeatures.empty(w.width, w.height), thumbs=np.zeros((0, 0, 0), np.uint8))
         self.generation += 1
         if self.vocab is None:
             return

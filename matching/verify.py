@@ -36,6 +36,8 @@ class Verification:
     distortion: float  # singular-value ratio of the local linear map (1 = similarity)
     polygon: list[list[float]]  # work outline in upload pixels
     plausible: bool
+    #: The fitted work -> upload transform (3x3).
+    homography: npt.NDArray[np.float64] | None = None
 
     @property
     def inlier_ratio(self) -> float:
@@ -159,7 +161,7 @@ def verify(
         and scale > 0.0
     )
     return Verification(distinct, offered or n, coverage, upload_share, scale, distortion,
-                        [[float(x), float(y)] for x, y in poly], plausible)
+                        [[float(x), float(y)] for x, y in poly], plausible, np.asarray(H, np.float64))
 
 
 def _homography_sane(H: npt.NDArray[np.float64], w: int, h: int) -> bool:
