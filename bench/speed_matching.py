@@ -104,7 +104,8 @@ def _grow(engine: Any, target: int, seed: int) -> int:
     from matching.local import LocalFeatures, StoredWork
 
     idx = engine.index
-    real = [idx.work(w) for w in idx.work_ids]
+    # The index keeps postings in memory; descriptors are read from the store.
+    real = [idx.store.read(w) for w in idx.work_ids]
     real = [w for w in real if w is not None]
     pool = np.concatenate([f.desc for w in real for f in (w.direct, w.mirrored) if len(f)])
     rng = np.random.default_rng(seed)

@@ -64,6 +64,8 @@ UPLOAD_MAX_SIDE = 768
 WORK_MAX_SIDE = 1024
 #: PDQ distance above which PDQ says nothing (random pairs sit near 128).
 PDQ_RELEVANT = 64
+RANK_BY_SIGNIFICANCE = True
+CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
 
@@ -204,7 +206,7 @@ class Engine:
 
     data_dir: Path
     default_threshold: float = 0.5
-    verify_top: int = 12
+    verify_top: int = 16
     search_top: int = 48
     #: CLIP named vectors in the VectorIndex; None when the embedder is off.
     vectors: WorkVectors | None = None
@@ -349,7 +351,8 @@ class Engine:
         for corr in found:
             peak, mask = corr.consistent()
             if peak >= 4:
-                ranked.append((peak, corr, mask))
+                ranked.append((_significance(peak, corr.q_xy.shape[0]) if RANK_BY_SIGNIFICANCE else peak,
+                               corr, mask))
         ranked.sort(key=lambda r: -r[0])
         for peak, corr, mask in ranked[: self.verify_top]:
             sw = self.index.work(corr.work_id)
@@ -494,6 +497,18 @@ def _overlap(a: list[list[float]], b: list[list[float]] | None) -> float:
         return 0.0
     inter, _ = cv2.intersectConvexConvex(pa, pb)
     return float(inter) / float(min(area_a, area_b))
+
+
+def _significance(peak: int, tentative: int) -> float:
+    """How far a weak-consistency peak stands above what chance would pile up.
+
+    Chance correspondences spread over the (rotation, scale) histogram; about
+    one in :data:`CHANCE_CELLS` falls in any 3x3 window. A work offering many
+    tentative matches (big, busy, common words) collects a higher peak by
+    chance than a small logo does, so raw peaks rank true small logos late.
+    """
+    expected = tentative / CHANCE_CELLS
+    return (peak - expected) / math.sqrt(expected + 1.0)
 
 
 def _rank(v: Verification) -> tuple[bool, int, float]:
