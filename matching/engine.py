@@ -40,6 +40,7 @@ import pdqhash
 from matching.decode import DecodedImage, decode_image
 from matching.dense import dense_agreement, work_thumbnails
 from matching.local import (
+    Correspondences,
     FeatureStore,
     LocalIndex,
     StoredWork,
@@ -64,7 +65,8 @@ UPLOAD_MAX_SIDE = 768
 WORK_MAX_SIDE = 1024
 #: PDQ distance above which PDQ says nothing (random pairs sit near 128).
 PDQ_RELEVANT = 64
-RANK_BY_SIGNIFICANCE = True
+#: About one chance correspondence in this many lands in a given 3x3 window of
+#: the (rotation, scale) histogram (18 rotation bins, ~6 populated scale bins).
 CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
@@ -347,14 +349,13 @@ class Engine:
         t2 = clock()
         verifications: dict[int, Verification] = {}
         mirrored: dict[int, bool] = {}
-        ranked = []
+        ranked: list[tuple[float, Correspondences, npt.NDArray[np.bool_]]] = []
         for corr in found:
             peak, mask = corr.consistent()
             if peak >= 4:
-                ranked.append((_significance(peak, corr.q_xy.shape[0]) if RANK_BY_SIGNIFICANCE else peak,
-                               corr, mask))
+                ranked.append((_significance(peak, corr.q_xy.shape[0]), corr, mask))
         ranked.sort(key=lambda r: -r[0])
-        for peak, corr, mask in ranked[: self.verify_top]:
+        for _, corr, mask in ranked[: self.verify_top]:
             sw = self.index.work(corr.work_id)
             if sw is None:
                 continue
