@@ -343,7 +343,7 @@ class Engine:
         t0 = clock()
         rgb = np.asarray(img.rgb)
         h, w = rgb.shape[:2]
-        q = extract_features(rgb)
+        q = extract_features(rgb, balanced=True)
         t1 = clock()
         found = self.index.search(q, top=self.search_top, owner_ids=owner_ids)
         t2 = clock()

@@ -113,3 +113,23 @@ def test_calibration_written_before_the_dense_term_still_loads() -> None:
     model = ScoreModel.from_json({"local": [-4.5, 2.6, 2.0, 1.2], "pdq": [7.0, -0.25], "threshold": 0.6}, 0.5)
     assert model.local == (-4.5, 2.6, 2.0, 1.2, 0.0)
     assert model.threshold == 0.6
+
+
+def test_balanced_upload_keypoints_keep_a_quiet_corner() -> None:
+    """A busy photo must not take the whole keypoint budget from a faint logo in its corner."""
+    rng = np.random.default_rng(12)
+    busy = cv2.resize(rng.integers(0, 256, (60, 80), dtype=np.uint8), (400, 300),
+                      interpolation=cv2.INTER_NEAREST)
+    rgb = np.repeat(busy[:, :, None], 3, axis=2)
+    quiet = smooth_image(13, 100, 75)
+    rgb[225:, 300:] = (128 + (quiet.astype(np.int16) - 128) // 3).astype(np.uint8)
+
+    def in_corner(f: object) -> int:
+        xy = f.xy  # type: ignore[attr-defined]
+        return int(((xy[:, 0] > 304) & (xy[:, 1] > 229)).sum())
+
+    plain = extract_features(rgb, max_kp=400)
+    balanced = extract_features(rgb, max_kp=400, balanced=True)
+    assert len(balanced) <= 400
+    assert in_corner(balanced) >= 5
+    assert in_corner(balanced) > 2 * in_corner(plain)
