@@ -108,7 +108,10 @@ def test_matches_and_notices_are_listed_best_first(world: World) -> None:
     notices = api.get("/api/v1/notices").json()
     assert notices[0]["id"] == nid and notices[0]["urls"] == ["https://b.example/1"]
     assert notices[0]["match_ids"] == [high] and notices[0]["state"] == "draft"
-    assert api.get(f"/api/v1/notices/{nid}").json()["host"] == "b.example"
+    # The work is a logo: the notice's one part is a trademark complaint.
+    assert notices[0]["law"] == "dmca" and notices[0]["laws"] == ["trademark"]
+    one = api.get(f"/api/v1/notices/{nid}").json()
+    assert one["host"] == "b.example" and one["laws"] == ["trademark"]
     assert api.get(f"/api/v1/works/{wid}").json()["match_count"] is None
     assert api.get("/api/v1/works").json()[0]["match_count"] == 2
 

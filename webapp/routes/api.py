@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from notices.drafting import notice_laws
 from storage.models import Account, Match, Notice, Role, Work
 from webapp.access import (
     is_staff,
@@ -121,6 +122,8 @@ class NoticeOut(BaseModel):
     id: int
     host: str
     law: str
+    #: The instruments the notice contains: its copyright law, then "trademark" when it lists logos.
+    laws: list[str]
     state: str
     recipient: str
     flags: list[str]
@@ -131,11 +134,12 @@ class NoticeOut(BaseModel):
     sent_at: datetime | None
 
     @classmethod
-    def of(cls, n: Notice) -> NoticeOut:
+    def of(cls, n: Notice, laws: list[str]) -> NoticeOut:
         return cls(
             id=n.id,
             host=n.host,
             law=n.law,
+            laws=laws,
             state=n.state.value,
             recipient=n.recipient,
             flags=[str(f) for f in n.flags or []],
@@ -274,15 +278,17 @@ def list_notices(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> list[NoticeOut]:
-    rows = session.execute(notice_query(account).limit(limit).offset(offset)).all()
-    return [NoticeOut.of(n) for n, _best in rows]
+    notices = [n for n, _best in session.execute(notice_query(account).limit(limit).offset(offset)).all()]
+    laws = notice_laws(session, notices)
+    return [NoticeOut.of(n, laws[n.id]) for n in notices]
 
 
 @router.get("/notices/{notice_id}", response_model=NoticeOut, summary="One notice")
 def get_notice(
     notice_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
 ) -> NoticeOut:
-    return NoticeOut.of(visible_notice(session, account, notice_id))
+    notice = visible_notice(session, account, notice_id)
+    return NoticeOut.of(notice, notice_laws(session, [notice])[notice.id])
 
 
 @router.post(
