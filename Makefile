@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make run    set everything up, then crawl the bundled demo site, match, draft notices, serve the UI
-#   make test   run the whole test suite (needs Redis and PostgreSQL; .ci/run starts them when missing)
+#   make test   run the whole test suite (.ci/services first installs and starts what it needs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.artwatch-installed
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml requirements.lock
 run: setup
 	$(VENV)/bin/artwatch run --demo
 
+# Installs (apt) and starts what the tests need when missing: Redis, PostgreSQL,
+# chromium, docker-compose. `make test SERVICES=` skips it (services of your own).
+SERVICES ?= .ci/services
+
 test: setup
+	$(SERVICES)
 	$(PY) -m pytest
 
 lint: setup

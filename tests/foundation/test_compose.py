@@ -22,7 +22,7 @@ def _compose_cmd() -> list[str]:
         return ["docker-compose"]
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed (.ci/run installs docker-compose)")
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed (.ci/services, which `make test` runs first, installs docker-compose)")
 
 
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
