@@ -4,15 +4,22 @@ Keypoint verification counts a handful of corresponding points; a chance fit
 of 6 or 7 points is not rare among thousands of (upload, work) pairs, while a
 true copy of a flat logo may offer no more than that. Once a transform is
 fitted, the whole work can be compared instead: the upload is warped back
-into the frame of a small thumbnail of the work, and the gradient magnitudes
-of the two are correlated over the part of the work the upload shows.
+into the frame of a small thumbnail of the work, and the two gradient fields
+are correlated over the part of the work the upload shows.
 
-Gradient magnitude ignores what copies change most: brightness, contrast,
-colour, grey conversion, and for logos the background they were pasted on
-(the thumbnail's edges are taken on both a white and a black background, so
-the outline of a transparent logo counts whatever lies behind it). A true
-copy correlates strongly (text, emoji or blur lower it, never to chance); a
-chance fit leaves the edges in unrelated places and correlates near zero.
+Each gradient is taken as a doubled-angle vector (``m cos 2t, m sin 2t``):
+it keeps where an edge is and which way it runs, and drops its polarity. So
+brightness, contrast, colour, grey conversion, inversion and, for logos, the
+background they were pasted on do not matter (the thumbnail's edges are
+taken on both a white and a black background, so a transparent logo's
+outline counts whatever lies behind it). A true copy correlates at 0.85-0.95
+(text, emoji or blur lower it, never to chance); a chance fit leaves the
+edges in unrelated places and correlates near zero.
+
+Many logos share an outline (a circle badge, a rounded square), and a fit of
+the outline alone correlates well. For a transparent logo the edges inside
+its silhouette are therefore correlated on their own as well, and the lower
+of the two values is the answer.
 """
 
 from __future__ import annotations
