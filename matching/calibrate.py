@@ -318,6 +318,8 @@ def calibrate(
             if v.plausible and v.inliers >= 4:
                 sig = {"inliers": float(v.inliers), "tentative": float(v.tentative),
                        "coverage": v.coverage}
+                if wid in a.dense:
+                    sig["dense"] = a.dense[wid]
                 local_rows.append((_local_x(sig), int(wid == truth)))
         for wid, d in a.pdq.items():
             pdq_rows.append((float(d), int(wid == truth)))

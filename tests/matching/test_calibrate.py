@@ -45,5 +45,7 @@ def test_calibrate_writes_file_the_engine_reads(tmp_path: Path) -> None:
     assert saved["threshold"] == 0.5 and saved["target_precision"] == 0.99
     assert cal.positives > 0 and 0.0 <= cal.recall <= 1.0
     assert e.model.local == tuple(saved["local"])
+    # The dense edge agreement is one of the fitted terms (not a constant column).
+    assert len(saved["local"]) == 5 and saved["local"][4] > 0.1
     # Copies of registered works still match under the calibrated model.
     assert e.analyse(encode(textured(2), quality=85))[0].work_id == 2
