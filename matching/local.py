@@ -38,6 +38,8 @@ import numpy as np
 import numpy.typing as npt
 import portalocker
 
+from matching._scan import hamming_hits
+
 __all__ = [
     "Correspondences",
     "FeatureStore",
@@ -768,18 +770,12 @@ class LocalIndex:
         hits_h: list[npt.NDArray[np.uint8]] = []
         segs = [s for s in (self._main, self._delta) if s is not None]
         for si, seg in enumerate(segs):
-            start = seg.offsets[words]
-            cnt = seg.offsets[words + 1] - start
-            total = int(cnt.sum())
-            if total == 0:
+            at, pos, ham = hamming_hits(seg.offsets, seg.sig, words, qsig, HE_RADIUS)
+            if not at.shape[0]:
                 continue
-            rep = np.repeat(np.arange(rows.shape[0]), cnt)
-            pos = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(start, cnt)
-            ham = np.bitwise_count(seg.sig[pos] ^ qsig[rep])
-            ok = ham <= HE_RADIUS
-            hits_q.append(rows[rep[ok]])
-            hits_p.append(pos[ok] + (si << 40))
-            hits_h.append(ham[ok])
+            hits_q.append(rows[at])
+            hits_p.append(pos + (si << 40))
+            hits_h.append(ham)
         if not hits_q:
             return []
         qi = np.concatenate(hits_q)

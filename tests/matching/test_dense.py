@@ -133,3 +133,29 @@ def test_balanced_upload_keypoints_keep_a_quiet_corner() -> None:
     assert len(balanced) <= 400
     assert in_corner(balanced) >= 5
     assert in_corner(balanced) > 2 * in_corner(plain)
+
+
+def test_compiled_posting_scan_equals_the_numpy_reference() -> None:
+    from matching._scan import hamming_hits
+
+    rng = np.random.default_rng(14)
+    n_words, n_postings = 300, 20_000
+    word_of = np.sort(rng.integers(0, n_words, n_postings))
+    offsets = np.searchsorted(word_of, np.arange(n_words + 1)).astype(np.int64)
+    sig = rng.integers(0, 2**63, n_postings, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    near = rng.integers(0, n_postings, 250)  # queries 3 bits from a posting of their own word
+    words = np.concatenate([word_of[near], rng.integers(0, n_words, 250)]).astype(np.int32)
+    qsig = np.concatenate([sig[near] ^ np.uint64(0b1011),
+                           rng.integers(0, 2**63, 250, dtype=np.int64).astype(np.uint64)])
+    got = hamming_hits(offsets, sig, words, qsig, 22)
+    start = offsets[words]
+    cnt = offsets[words + 1] - start
+    rep = np.repeat(np.arange(words.shape[0]), cnt)
+    pos = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(start, cnt)
+    ham = np.bitwise_count(sig[pos] ^ qsig[rep])
+    ok = ham <= 22
+    want = set(zip(rep[ok].tolist(), pos[ok].tolist(), ham[ok].tolist(), strict=True))
+    assert want and set(zip(*(a.tolist() for a in got), strict=True)) == want
+    assert int((got[2] == 3).sum()) >= 250
+    empty = hamming_hits(offsets, sig, words[:0], qsig[:0], 22)
+    assert all(a.shape == (0,) for a in empty)
