@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-__all__ = ["hamming_hits"]
+__all__ = ["distinct_best", "hamming_hits"]
 
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
@@ -63,3 +63,53 @@ def hamming_hits(
     (index into ``sig``) at Hamming distance ``h <= radius``."""
     i, p, h = _hits(offsets, sig, words.astype(np.int64), qsig, np.uint64(radius))
     return i, p, h
+
+
+@njit(cache=True, nogil=True)
+def _distinct_best(qrow, image, ham, pos, xy, same_place, margin):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    n = ham.shape[0]
+    out = np.empty(n, np.int64)
+    k = 0
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and qrow[end] == qrow[start]:
+            end += 1
+        m = end - start
+        keys = np.empty(m, np.int64)
+        for t in range(m):
+            keys[t] = np.int64(image[start + t]) * 256 + np.int64(ham[start + t])
+        order = np.argsort(keys, kind="mergesort")
+        j = 0
+        while j < m:
+            a = start + order[j]
+            img = image[a]
+            g = j + 1
+            while g < m and image[start + order[g]] == img:
+                g += 1
+            second = 255
+            ax = xy[pos[a], 0]
+            ay = xy[pos[a], 1]
+            for t in range(j + 1, g):
+                b = start + order[t]
+                if abs(xy[pos[b], 0] - ax) > same_place or abs(xy[pos[b], 1] - ay) > same_place:
+                    second = int(ham[b])
+                    break
+            if second - np.int64(ham[a]) >= margin:
+                out[k] = a
+                k += 1
+            j = g
+        start = end
+    return out[:k]
+
+
+def distinct_best(
+    qrow: npt.NDArray[np.int32], image: npt.NDArray[np.int32], ham: npt.NDArray[np.uint8],
+    pos: npt.NDArray[np.int64], xy: npt.NDArray[np.float32], same_place: float, margin: int,
+) -> npt.NDArray[np.int64]:
+    """Indices of the hits that are each (query keypoint, image)'s closest posting and
+    distinctive: the closest posting of that image at another place (farther than
+    ``same_place`` pixels in x or y) is at least ``margin`` bits farther (255 when
+    there is none). Hits must be grouped by ``qrow`` (contiguous); within a group
+    the first of equally close postings wins."""
+    return np.asarray(_distinct_best(qrow, image, ham, pos, xy, np.float32(same_place), np.int64(margin)))

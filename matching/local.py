@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import portalocker
 
-from matching._scan import hamming_hits
+from matching._scan import distinct_best, hamming_hits
 
 __all__ = [
     "Correspondences",
@@ -566,6 +566,7 @@ class LocalIndex:
     _image_of: dict[tuple[int, bool], int] = field(default_factory=dict)
     _alive: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     _owner: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
+    _nkp: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     _pending: list[_Quantised] = field(default_factory=list)
     _main: _Segment | None = None
     _delta: _Segment | None = None
@@ -668,6 +669,7 @@ class LocalIndex:
         self._image_of.clear()
         self._alive = np.zeros(0, bool)
         self._owner = np.zeros(0, np.int32)
+        self._nkp = np.zeros(0, np.int64)
         self._main = self._delta = None
         self._delta_parts.clear()
         self._pending.clear()
@@ -710,6 +712,7 @@ class LocalIndex:
             self._image_of[(w.work_id, mirrored)] = img
             self._alive = np.append(self._alive, True)
             self._owner = np.append(self._owner, np.int32(w.owner_id))
+            self._nkp = np.append(self._nkp, np.int64(len(f)))
             if not len(f):
                 continue
             rows, sig, words = self.vocab.assign(f.desc)
@@ -765,62 +768,47 @@ class LocalIndex:
             return []
         self._compact()
         rows, qsig, words = self.vocab.assign(q.desc, n_coarse=self.n_coarse, n_fine=self.n_fine)
-        hits_q: list[I32] = []
-        hits_p: list[npt.NDArray[np.int64]] = []
-        hits_h: list[npt.NDArray[np.uint8]] = []
+        # Each query keypoint's entries (one per assigned word) side by side, so
+        # its hits come out contiguous.
+        by_row = np.argsort(rows, kind="stable")
+        rows, qsig, words = rows[by_row], qsig[by_row], words[by_row]
+        alive = self._alive
+        if owner_ids is not None:
+            alive = alive & np.isin(self._owner, np.asarray(list(owner_ids), np.int32))
+        parts_q: list[I32] = []
+        parts_h: list[npt.NDArray[np.uint8]] = []
+        parts_i: list[I32] = []
+        parts_s: list[npt.NDArray[np.int64]] = []
+        parts_l: list[npt.NDArray[np.int64]] = []
         segs = [s for s in (self._main, self._delta) if s is not None]
         for si, seg in enumerate(segs):
             at, pos, ham = hamming_hits(seg.offsets, seg.sig, words, qsig, HE_RADIUS)
-            if not at.shape[0]:
-                continue
-            hits_q.append(rows[at])
-            hits_p.append(pos + (si << 40))
-            hits_h.append(ham)
-        if not hits_q:
+            image = seg.image[pos]
+            keep = alive[image]
+            at, pos, ham, image = at[keep], pos[keep], ham[keep], image[keep]
+            # One correspondence per (image, query keypoint): the closest
+            # signature, kept only when it is distinctive. A query keypoint that
+            # matches several places of the same work about equally well (arcs
+            # of circles, repeated strokes) is ambiguous: its second-best
+            # posting at another location must be AMBIGUITY_MARGIN bits farther.
+            # (A work's postings all live in one segment.)
+            sel = distinct_best(rows[at], image, ham, pos, seg.xy, SAME_PLACE_PX, AMBIGUITY_MARGIN)
+            parts_q.append(rows[at[sel]])
+            parts_h.append(ham[sel])
+            parts_i.append(image[sel])
+            parts_s.append(np.full(sel.shape[0], si, np.int64))
+            parts_l.append(pos[sel])
+        if not parts_q:
             return []
-        qi = np.concatenate(hits_q)
-        pi = np.concatenate(hits_p)
-        hh = np.concatenate(hits_h)
-        seg_of = (pi >> 40).astype(np.int64)
-        local = pi & ((1 << 40) - 1)
-        image = np.empty(pi.shape[0], np.int32)
-        for si, seg in enumerate(segs):
-            m = seg_of == si
-            image[m] = seg.image[local[m]]
-        alive = self._alive[image]
-        if owner_ids is not None:
-            alive &= np.isin(self._owner[image], np.asarray(list(owner_ids), np.int32))
-        qi, pi, hh, image, seg_of, local = qi[alive], pi[alive], hh[alive], image[alive], seg_of[alive], local[alive]
+        qi, hh, image = np.concatenate(parts_q), np.concatenate(parts_h), np.concatenate(parts_i)
+        seg_of, local = np.concatenate(parts_s), np.concatenate(parts_l)
         if qi.shape[0] == 0:
             return []
-        # One correspondence per (image, query keypoint): the closest signature,
-        # kept only when it is distinctive. A query keypoint that matches
-        # several places of the same work about equally well (arcs of circles,
-        # repeated strokes) is ambiguous: its second-best posting at another
-        # location must be at least AMBIGUITY_MARGIN bits farther.
-        hit_xy = np.empty((qi.shape[0], 2), np.float32)
-        for si, seg in enumerate(segs):
-            m = seg_of == si
-            hit_xy[m] = seg.xy[local[m]]
-        key = image.astype(np.int64) * (1 << 20) + qi
-        order = np.lexsort((hh, key))
-        key_s = key[order]
-        first = np.ones(order.shape[0], bool)
-        first[1:] = key_s[1:] != key_s[:-1]
-        starts = np.flatnonzero(first)
-        group = np.cumsum(first) - 1
-        xy_s = hit_xy[order]
-        far = np.abs(xy_s - xy_s[starts][group]).max(axis=1) > SAME_PLACE_PX
-        h_s = hh[order].astype(np.int16)
-        second = np.minimum.reduceat(np.where(far, h_s, np.int16(255)), starts)
-        distinct = (second - h_s[starts]) >= AMBIGUITY_MARGIN
-        sel = order[starts[distinct]]
-        qi, hh, image, seg_of, local = qi[sel], hh[sel], image[sel], seg_of[sel], local[sel]
         # Gaussian-weighted votes, normalised by the image's keypoint count.
         weight = np.exp(-((hh.astype(np.float32) / 16.0) ** 2))
         n_img = len(self._images)
         votes = np.bincount(image, weights=weight, minlength=n_img)
-        nkp = np.array([max(1, im.n_kp) for im in self._images], np.float64)
+        nkp = np.maximum(self._nkp, 1).astype(np.float64)
         rank = votes / np.sqrt(nkp / 1000.0 + 1.0)
         cand = np.argsort(-rank)[:top]
         cand = cand[votes[cand] > 0]

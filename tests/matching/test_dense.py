@@ -159,3 +159,18 @@ def test_compiled_posting_scan_equals_the_numpy_reference() -> None:
     assert int((got[2] == 3).sum()) >= 250
     empty = hamming_hits(offsets, sig, words[:0], qsig[:0], 22)
     assert all(a.shape == (0,) for a in empty)
+
+
+def test_distinct_best_keeps_the_closest_unambiguous_posting() -> None:
+    from matching._scan import distinct_best
+
+    xy = np.array([[0, 0], [2, 1], [50, 50], [10, 10], [0, 0], [80, 0]], np.float32)
+    # query 0: image 7 has postings 0 (h 5) and 1 (h 6, same place) -> distinct (no far one);
+    #          image 8 has postings 2 (h 4) and 3 (h 5, far) -> ambiguous (margin 1 < 3).
+    # query 1: image 7 has postings 4 (h 9) and 5 (h 20, far) -> distinct.
+    qrow = np.array([0, 0, 0, 0, 1, 1], np.int32)
+    image = np.array([7, 7, 8, 8, 7, 7], np.int32)
+    ham = np.array([5, 6, 4, 5, 9, 20], np.uint8)
+    pos = np.arange(6, dtype=np.int64)
+    sel = distinct_best(qrow, image, ham, pos, xy, 6.0, 3)
+    assert sorted(sel.tolist()) == [0, 4]
