@@ -30,39 +30,43 @@ def _popcount(x):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _hits(offsets, sig, words, qsig, radius):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _hits(offsets, sig, words, qsig, radius, image, alive):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     # Two passes (count, then fill): growing the output inside the loop costs
     # far more than streaming the postings twice.
     k = 0
     for i in range(words.shape[0]):
         s = qsig[i]
         for p in range(offsets[words[i]], offsets[words[i] + 1]):
-            if _popcount(sig[p] ^ s) <= radius:
+            if _popcount(sig[p] ^ s) <= radius and alive[image[p]]:
                 k += 1
     out_i = np.empty(k, np.int64)
     out_p = np.empty(k, np.int64)
     out_h = np.empty(k, np.uint8)
+    out_m = np.empty(k, np.int32)
     k = 0
     for i in range(words.shape[0]):
         s = qsig[i]
         for p in range(offsets[words[i]], offsets[words[i] + 1]):
             h = _popcount(sig[p] ^ s)
-            if h <= radius:
+            if h <= radius and alive[image[p]]:
                 out_i[k] = i
                 out_p[k] = p
                 out_h[k] = h
+                out_m[k] = image[p]
                 k += 1
-    return out_i, out_p, out_h
+    return out_i, out_p, out_h, out_m
 
 
 def hamming_hits(
     offsets: npt.NDArray[np.int64], sig: npt.NDArray[np.uint64], words: npt.NDArray[np.int32],
-    qsig: npt.NDArray[np.uint64], radius: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
-    """``(i, p, h)``: query ``i`` (index into ``words``/``qsig``) meets posting ``p``
-    (index into ``sig``) at Hamming distance ``h <= radius``."""
-    i, p, h = _hits(offsets, sig, words.astype(np.int64), qsig, np.uint64(radius))
-    return i, p, h
+    qsig: npt.NDArray[np.uint64], radius: int, image: npt.NDArray[np.int32],
+    alive: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
+    """``(i, p, h, m)``: query ``i`` (index into ``words``/``qsig``) meets posting ``p``
+    (index into ``sig``) of image ``m = image[p]`` at Hamming distance ``h <= radius``;
+    postings of images with ``alive[m]`` false are skipped."""
+    i, p, h, m = _hits(offsets, sig, words.astype(np.int64), qsig, np.uint64(radius), image, alive)
+    return i, p, h, m
 
 
 @njit(cache=True, nogil=True)

@@ -476,7 +476,9 @@ class Engine:
         h, quality = _pdq_bits(rgb, dihedral=False)
         if quality < 50:
             return {}
-        dist = np.bitwise_count(self._pdq_mat ^ h[0]).sum(axis=1)
+        # 256-bit hashes as four 64-bit words: four XOR/popcounts per variant, not 32.
+        mat = np.ascontiguousarray(self._pdq_mat).view(np.uint64)
+        dist = np.bitwise_count(mat ^ np.ascontiguousarray(h[0]).view(np.uint64)).sum(axis=1)
         ok = dist <= PDQ_RELEVANT
         if owner_ids is not None:
             ok &= np.isin(self._pdq_owner, np.asarray(list(owner_ids), np.int64))

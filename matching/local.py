@@ -782,10 +782,7 @@ class LocalIndex:
         parts_l: list[npt.NDArray[np.int64]] = []
         segs = [s for s in (self._main, self._delta) if s is not None]
         for si, seg in enumerate(segs):
-            at, pos, ham = hamming_hits(seg.offsets, seg.sig, words, qsig, HE_RADIUS)
-            image = seg.image[pos]
-            keep = alive[image]
-            at, pos, ham, image = at[keep], pos[keep], ham[keep], image[keep]
+            at, pos, ham, image = hamming_hits(seg.offsets, seg.sig, words, qsig, HE_RADIUS, seg.image, alive)
             # One correspondence per (image, query keypoint): the closest
             # signature, kept only when it is distinctive. A query keypoint that
             # matches several places of the same work about equally well (arcs
