@@ -159,6 +159,9 @@ def test_compiled_posting_scan_equals_the_numpy_reference() -> None:
     want = set(zip(rep[ok].tolist(), pos[ok].tolist(), ham[ok].tolist(), image[pos[ok]].tolist(), strict=True))
     assert want and set(zip(*(a.tolist() for a in got), strict=True)) == want
     assert int((got[2] == 3).sum()) >= 200 and not (got[3] == 6).any()
+    # Every posting a hit: more than the first output space holds, so it retries.
+    everything = hamming_hits(offsets, sig, words, qsig, 64, image, alive)
+    assert everything[0].shape[0] == int(alive[image[pos]].sum()) > 8 * 1024
     empty = hamming_hits(offsets, sig, words[:0], qsig[:0], 22, image, alive)
     assert all(a.shape == (0,) for a in empty)
 
