@@ -137,6 +137,17 @@ def _load_model(device: str) -> tuple[Any, Any, str]:
         return _vit_b32().to(device).eval(), preprocess, "built-in ViT-B/32 (open_clip not installed)"
 
 
+def _prepare_one(data: bytes, size: int) -> np.ndarray:
+    from workers.batching import preprocess_rgb, project_decode
+
+    try:
+        return preprocess_rgb(project_decode(data, size), size)
+    except ImportError:  # bare machine
+        from workers.batching import pil_decode
+
+        return preprocess_rgb(pil_decode(data, size), size)
+
+
 def clip_bench(device: str, n: int, batch: int, threads: int, naive_n: int, dtype: str = "float16") -> dict[str, Any]:
     import torch
     from PIL import Image
@@ -196,6 +207,27 @@ def clip_bench(device: str, n: int, batch: int, threads: int, naive_n: int, dtyp
         naive(d)
     sync()
     t_naive = time.perf_counter() - t0
+    # Where the batched time goes: the same images through each half alone.
+    # Decode + crop on the same threads, no GPU ...
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        crops = list(pool.map(clip.prepare, datas[:n]))
+    t_prepare = time.perf_counter() - t0
+    # ... the same decode + crop spread over processes instead (no GIL) ...
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(threads) as procs:
+        list(procs.map(_prepare_one, datas[:threads], [clip.image_size] * threads))  # start-up
+        t0 = time.perf_counter()
+        list(procs.map(_prepare_one, datas[:n], [clip.image_size] * n, chunksize=16))
+        t_prepare_procs = time.perf_counter() - t0
+    # ... and the forward pass alone (upload, normalise, encode, download) on
+    # ready crops in full batches, on one thread as the batcher runs it.
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        clip.forward(crops[i:i + batch])
+    sync()
+    t_forward = time.perf_counter() - t0
     clip.close()
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     return {
@@ -203,6 +235,7 @@ def clip_bench(device: str, n: int, batch: int, threads: int, naive_n: int, dtyp
         "batched_images": n, "batched_s": t_batched, "batched_ips": n / t_batched,
         "naive_images": naive_n, "naive_s": t_naive, "naive_ips": naive_n / t_naive,
         "speedup": (n / t_batched) / (naive_n / t_naive), "batch": batch, "threads": threads,
+        "prepare_ips": n / t_prepare, "prepare_procs_ips": n / t_prepare_procs, "forward_ips": n / t_forward,
         "mean_batch": float(np.mean(sizes)) if sizes else 0.0, "torch": torch.__version__,
     }
 
@@ -217,6 +250,10 @@ def print_clip(r: dict[str, Any]) -> None:
     print(f"{label:<44}{r['batched_images']:>8}{r['batched_s']:>10.2f}{r['batched_ips']:>10.1f}"
           f"{r['speedup']:>8.2f}")
     print(f"mean batch size {r['mean_batch']:.1f}")
+    if "prepare_ips" in r:
+        print(f"the halves alone: decode + crop on {r['threads']} threads {r['prepare_ips']:.1f} images/s, "
+              f"on {r['threads']} processes {r['prepare_procs_ips']:.1f} images/s; "
+              f"forward pass on ready crops {r['forward_ips']:.1f} images/s")
 
 
 # ------------------------------------------------------------------ stages
