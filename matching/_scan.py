@@ -1,4 +1,7 @@
-"""The inverted file's inner loop, compiled: postings within a Hamming radius.
+"""The matching engine's inner loops, compiled: nearest words, postings within
+a Hamming radius, the distinctive posting per image, the weak-consistency
+histogram and the one-curve test of verification. Each replaces a NumPy
+version whose per-call overhead dominated on the small arrays involved.
 
 For each (query descriptor, word) pair, every posting of the word is compared
 with the descriptor's 64-bit signature. In NumPy that loop materialises
@@ -13,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-__all__ = ["distinct_best", "hamming_hits"]
+__all__ = ["curve_support", "distinct_best", "hamming_hits", "nearest", "rotation_scale_peak"]
 
 #: Output space is first sized for one hit in this many postings visited (about
 #: one in 18 lie within the Hamming radius on the dev set).
@@ -122,3 +125,140 @@ def distinct_best(
     there is none). Hits must be grouped by ``qrow`` (contiguous); within a group
     the first of equally close postings wins."""
     return np.asarray(_distinct_best(qrow, image, ham, pos, xy, np.float32(same_place), np.int64(margin)))
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _nearest(x, x_row, cell, cent, cnorm, k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    n = x_row.shape[0]
+    kc = cent.shape[1]
+    dim = x.shape[1]
+    out = np.empty((n, k), np.int64)
+    best_d = np.empty(k, np.float32)
+    for i in range(n):
+        r = x_row[i]
+        c = cell[i]
+        for t in range(k):
+            best_d[t] = np.inf
+            out[i, t] = 0
+        for j in range(kc):
+            dot = np.float32(0.0)
+            for d in range(dim):
+                dot += x[r, d] * cent[c, j, d]
+            dist = cnorm[c, j] - np.float32(2.0) * dot
+            if dist < best_d[k - 1]:
+                t = k - 1
+                while t > 0 and best_d[t - 1] > dist:
+                    best_d[t] = best_d[t - 1]
+                    out[i, t] = out[i, t - 1]
+                    t -= 1
+                best_d[t] = dist
+                out[i, t] = j
+    return out
+
+
+def nearest(
+    x: npt.NDArray[np.float32], x_row: npt.NDArray[np.int64], cell: npt.NDArray[np.int64],
+    cent: npt.NDArray[np.float32], cnorm: npt.NDArray[np.float32], k: int,
+) -> npt.NDArray[np.int64]:
+    """``(len(x_row), k)``: for each pair ``i``, the ``k`` centroids of
+    ``cent[cell[i]]`` (``(cells, per cell, dim)``; ``cnorm`` their squared
+    norms) nearest to ``x[x_row[i]]`` in squared L2, nearest first (ties: the
+    lower index). Pairs sorted by cell reuse each cell's centroids in cache.
+    ``k`` must not exceed the centroids per cell."""
+    return np.asarray(_nearest(x, x_row, cell, cent, cnorm, np.int64(k)))
+
+
+@njit(cache=True, nogil=True)
+def _rotation_scale_peak(d_angle, d_log, angle_bins, scale_bin):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    n = d_angle.shape[0]
+    width = np.float32(360.0 / angle_bins)
+    a = np.empty(n, np.int64)
+    s = np.empty(n, np.int64)
+    hist = np.zeros((angle_bins, 24), np.int64)
+    for i in range(n):
+        a[i] = np.int64(d_angle[i] / width) % angle_bins
+        s[i] = min(23, max(0, np.int64(np.floor(d_log[i] / scale_bin)) + 12))
+        hist[a[i], s[i]] += 1
+    best = -1
+    pa = 0
+    ps = 0
+    for i in range(angle_bins):
+        for j in range(24):
+            tot = 0
+            for di in range(-1, 2):
+                r = (i + di) % angle_bins
+                for dj in range(max(0, j - 1), min(24, j + 2)):
+                    tot += hist[r, dj]
+            if tot > best:
+                best = tot
+                pa = i
+                ps = j
+    mask = np.zeros(n, np.bool_)
+    k = 0
+    half = angle_bins // 2
+    for i in range(n):
+        da = abs(((a[i] - pa + half) % angle_bins) - half)
+        if da <= 1 and abs(s[i] - ps) <= 1:
+            mask[i] = True
+            k += 1
+    return k, mask
+
+
+def rotation_scale_peak(
+    d_angle: npt.NDArray[np.float32], d_log: npt.NDArray[np.float32], angle_bins: int, scale_bin: float,
+) -> tuple[int, npt.NDArray[np.bool_]]:
+    """Weak geometric consistency: correspondences in the densest 3x3 window of
+    the (rotation, log-scale) histogram (rotation wraps around; 24 scale bins
+    centred on no change; the first of equal windows wins), and their mask.
+    ``d_angle`` in degrees [0, 360), ``d_log`` in log2 units."""
+    k, mask = _rotation_scale_peak(np.ascontiguousarray(d_angle, np.float32), np.ascontiguousarray(d_log, np.float32),
+                                   np.int64(angle_bins), np.float32(scale_bin))
+    return int(k), mask
+
+
+@njit(cache=True, nogil=True)
+def _curve_support(p, tol, tries):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    np.random.seed(0)  # numba's own generator: the same samples on every call
+    n = p.shape[0]
+    best = 0
+    for _ in range(tries):
+        i = np.random.randint(0, n)
+        j = np.random.randint(0, n - 1)
+        if j >= i:
+            j += 1
+        k = np.random.randint(0, n - 2)
+        lo, hi = min(i, j), max(i, j)
+        if k >= lo:
+            k += 1
+        if k >= hi:
+            k += 1
+        ax, ay, bx, by, cx, cy = p[i, 0], p[i, 1], p[j, 0], p[j, 1], p[k, 0], p[k, 1]
+        dx, dy = bx - ax, by - ay
+        nd = np.hypot(dx, dy)
+        if nd > 1e-6:
+            cnt = 0
+            for t in range(n):
+                if abs(dx * (p[t, 1] - ay) - dy * (p[t, 0] - ax)) / nd < tol:
+                    cnt += 1
+            best = max(best, cnt)
+        den = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
+        if abs(den) < 1e-9:
+            continue
+        sa, sb, sc = ax * ax + ay * ay, bx * bx + by * by, cx * cx + cy * cy
+        ux = (sa * (by - cy) + sb * (cy - ay) + sc * (ay - by)) / den
+        uy = (sa * (cx - bx) + sb * (ax - cx) + sc * (bx - ax)) / den
+        r = np.hypot(ax - ux, ay - uy)
+        cnt = 0
+        for t in range(n):
+            if abs(np.hypot(p[t, 0] - ux, p[t, 1] - uy) - r) < tol:
+                cnt += 1
+        best = max(best, cnt)
+    return best
+
+
+def curve_support(pts: npt.NDArray[np.float32], tol: float, tries: int = 40) -> int:
+    """Most of ``pts`` lying within ``tol`` of one line or one circle, over
+    ``tries`` lines and circles through random triples of them (the same
+    triples for the same number of points: the sampling is seeded). Needs at
+    least three points."""
+    return int(_curve_support(np.ascontiguousarray(pts, np.float64), np.float64(tol), np.int64(tries)))

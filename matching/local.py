@@ -31,6 +31,7 @@ import os
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -38,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import portalocker
 
-from matching._scan import distinct_best, hamming_hits
+from matching._scan import distinct_best, hamming_hits, nearest, rotation_scale_peak
 
 __all__ = [
     "Correspondences",
@@ -318,46 +319,38 @@ class Vocabulary:
         proj = q[:HE_BITS].astype(np.float32)
         return Vocabulary(coarse.astype(np.float32), fine, proj, uuid.uuid4().hex)
 
+    @cached_property
+    def _norms(self) -> tuple[F32, F32]:
+        """Squared norms of the coarse and fine centroids (computed once)."""
+        return ((self.coarse * self.coarse).sum(1)[None, :].astype(np.float32),
+                (self.fine * self.fine).sum(2).astype(np.float32))
+
     def assign(self, desc: U8, *, n_coarse: int = 1, n_fine: int = 1) -> tuple[I32, U64, I32]:
         """Words and signatures of descriptors, with multiple assignment.
 
         Returns ``(rows, sigs, words)``: ``rows[i]`` is the descriptor index of
-        the i-th (descriptor, word) pair.
+        the i-th (descriptor, word) pair. Pairs come grouped by coarse cell
+        (ascending), then by descriptor, then nearest word first.
         """
         x = desc.astype(np.float32)
         n = x.shape[0]
         if n == 0:
             return np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32)
         k1 = self.coarse.shape[0]
-        d1 = (self.coarse * self.coarse).sum(1)[None, :] - 2.0 * (x @ self.coarse.T)
+        cnorm, fnorm = self._norms
         nc = min(n_coarse, k1)
-        c_idx = np.argsort(d1, axis=1)[:, :nc] if nc > 1 else np.argmin(d1, axis=1)[:, None]
-        rows_c = np.repeat(np.arange(n), nc)
+        c_idx = nearest(x, np.arange(n, dtype=np.int64), np.zeros(n, np.int64), self.coarse[None], cnorm, nc)
         cells = c_idx.ravel()
         order = np.argsort(cells, kind="stable")
-        rows_c, cells = rows_c[order], cells[order]
-        bounds = np.searchsorted(cells, np.arange(k1 + 1))
+        rows_c, cells = order // nc, cells[order]
         nf = min(n_fine, self.k2)
-        out_rows: list[npt.NDArray[np.intp]] = []
-        out_words: list[npt.NDArray[np.int64]] = []
-        out_res: list[F32] = []
-        for c in np.unique(cells):
-            r = rows_c[bounds[c]:bounds[c + 1]]
-            xc = x[r]
-            fc = self.fine[c]
-            d2 = (fc * fc).sum(1)[None, :] - 2.0 * (xc @ fc.T)
-            f_idx = np.argsort(d2, axis=1)[:, :nf] if nf > 1 else np.argmin(d2, axis=1)[:, None]
-            rr = np.repeat(r, nf)
-            ff = f_idx.ravel()
-            out_rows.append(rr)
-            out_words.append(c * self.k2 + ff)
-            out_res.append(x[rr] - fc[ff])
-        rows = np.concatenate(out_rows).astype(np.int32)
-        words = np.concatenate(out_words).astype(np.int32)
-        res = np.concatenate(out_res)
+        f_idx = nearest(x, rows_c, cells, self.fine, fnorm, nf).ravel()
+        rows = np.repeat(rows_c, nf)
+        cell_of = np.repeat(cells, nf)
+        res = x[rows] - self.fine[cell_of, f_idx]
         bits = (res @ self.proj.T) > 0
         sigs = np.packbits(bits, axis=1, bitorder="little").view("<u8").ravel().astype(np.uint64)
-        return rows, sigs, words
+        return rows.astype(np.int32), sigs, (cell_of * self.k2 + f_idx).astype(np.int32)
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
@@ -490,22 +483,9 @@ class Correspondences:
         rotation and scale change (3x3 neighbourhood of histogram cells), and
         their mask. A true copy concentrates there; chance matches spread out.
         """
-        n = self.q_xy.shape[0]
-        if n == 0:
+        if self.q_xy.shape[0] == 0:
             return 0, np.zeros(0, bool)
-        a = (self.d_angle / (360.0 / angle_bins)).astype(np.int64) % angle_bins
-        s = np.clip(np.floor(self.d_logscale / scale_bin).astype(np.int64) + 12, 0, 23)
-        hist = np.bincount(a * 24 + s, minlength=angle_bins * 24).reshape(angle_bins, 24)
-        pad = np.zeros((angle_bins + 2, 26), np.int64)
-        pad[1:-1, 1:-1] = hist
-        pad[0, 1:-1] = hist[-1]
-        pad[-1, 1:-1] = hist[0]
-        rows = pad[:-2] + pad[1:-1] + pad[2:]
-        sm = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
-        pa, ps = np.unravel_index(int(np.argmax(sm)), sm.shape)
-        da_ = np.abs(((a - pa + angle_bins // 2) % angle_bins) - angle_bins // 2)
-        mask = (da_ <= 1) & (np.abs(s - ps) <= 1)
-        return int(mask.sum()), mask
+        return rotation_scale_peak(self.d_angle, self.d_logscale, angle_bins, scale_bin)
 
 
 @dataclass
@@ -809,22 +789,27 @@ class LocalIndex:
         rank = votes / np.sqrt(nkp / 1000.0 + 1.0)
         cand = np.argsort(-rank)[:top]
         cand = cand[votes[cand] > 0]
+        # The hits of the candidate images, grouped by image (original order
+        # within), with their work-side geometry, in one pass.
+        keep = np.flatnonzero(np.isin(image, cand))
+        keep = keep[np.argsort(image[keep], kind="stable")]
+        k_img, k_seg, k_loc = image[keep], seg_of[keep], local[keep]
+        w_xy = np.empty((keep.shape[0], 2), np.float32)
+        w_sa = np.empty((keep.shape[0], 2), np.float32)
+        for si, seg in enumerate(segs):
+            m = k_seg == si
+            w_xy[m] = seg.xy[k_loc[m]]
+            w_sa[m] = seg.scale_angle[k_loc[m]]
+        qk = qi[keep]
+        q_xy = q.xy[qk]
+        ham = hh[keep].astype(np.int32)
+        d_angle = np.mod(q.angle[qk] - w_sa[:, 1], 360.0).astype(np.float32)
+        d_log = np.log2(np.maximum(q.scale[qk], 1e-3) / np.maximum(w_sa[:, 0], 1e-3)).astype(np.float32)
+        lows = np.searchsorted(k_img, cand, side="left")
+        highs = np.searchsorted(k_img, cand, side="right")
         out: list[Correspondences] = []
-        by_image_order = np.argsort(image, kind="stable")
-        img_sorted = image[by_image_order]
-        for c in cand:
-            lo, hi = np.searchsorted(img_sorted, [c, c + 1])
-            idx = by_image_order[lo:hi]
-            w_xy = np.empty((idx.shape[0], 2), np.float32)
-            w_sa = np.empty((idx.shape[0], 2), np.float32)
-            for si, seg in enumerate(segs):
-                m = seg_of[idx] == si
-                w_xy[m] = seg.xy[local[idx][m]]
-                w_sa[m] = seg.scale_angle[local[idx][m]]
-            info = self._images[int(c)]
-            qk = qi[idx]
-            d_angle = np.mod(q.angle[qk] - w_sa[:, 1], 360.0).astype(np.float32)
-            d_log = np.log2(np.maximum(q.scale[qk], 1e-3) / np.maximum(w_sa[:, 0], 1e-3)).astype(np.float32)
-            out.append(Correspondences(info.work_id, info.mirrored, float(votes[c]),
-                                       q.xy[qk], w_xy, hh[idx].astype(np.int32), d_angle, d_log))
+        for c, lo, hi in zip(cand.tolist(), lows.tolist(), highs.tolist(), strict=True):
+            info = self._images[c]
+            out.append(Correspondences(info.work_id, info.mirrored, float(votes[c]), q_xy[lo:hi], w_xy[lo:hi],
+                                       ham[lo:hi], d_angle[lo:hi], d_log[lo:hi]))
         return out

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from matching._scan import curve_support
+
 __all__ = ["Verification", "verify"]
 
 F32 = npt.NDArray[np.float32]
@@ -58,7 +60,7 @@ def _hull_area(pts: F32) -> float:
     return float(cv2.contourArea(hull))
 
 
-def _on_one_curve(pts: F32, tol: float, rng: np.random.Generator) -> int:
+def _on_one_curve(pts: F32, tol: float) -> int:
     """Most points lying on one circle or one line (within ``tol``).
 
     Points on a single circle or line do not fix the transform: any circle
@@ -66,31 +68,9 @@ def _on_one_curve(pts: F32, tol: float, rng: np.random.Generator) -> int:
     arcs of round logos "verify" against each other. Such inliers count as
     a few, not as many.
     """
-    n = pts.shape[0]
-    if n < 5:
+    if pts.shape[0] < 5:
         return 0
-    p = pts.astype(np.float64)
-    best = 0
-    for _ in range(40):
-        i, j, k = rng.choice(n, 3, replace=False)
-        a, b, c = p[i], p[j], p[k]
-        # line through a, b
-        d = b - a
-        nd = float(np.hypot(*d))
-        if nd > 1e-6:
-            dist = np.abs(d[0] * (p[:, 1] - a[1]) - d[1] * (p[:, 0] - a[0])) / nd
-            best = max(best, int((dist < tol).sum()))
-        # circle through a, b, c
-        den = 2.0 * (a[0] * (b[1] - c[1]) + b[0] * (c[1] - a[1]) + c[0] * (a[1] - b[1]))
-        if abs(den) < 1e-9:
-            continue
-        sa, sb, sc = a @ a, b @ b, c @ c
-        ux = (sa * (b[1] - c[1]) + sb * (c[1] - a[1]) + sc * (a[1] - b[1])) / den
-        uy = (sa * (c[0] - b[0]) + sb * (a[0] - c[0]) + sc * (b[0] - a[0])) / den
-        r = float(np.hypot(a[0] - ux, a[1] - uy))
-        dist = np.abs(np.hypot(p[:, 0] - ux, p[:, 1] - uy) - r)
-        best = max(best, int((dist < tol).sum()))
-    return best
+    return curve_support(pts, tol, tries=40)
 
 
 def _polygon_ok(poly: npt.NDArray[Any]) -> bool:
@@ -141,7 +121,7 @@ def verify(
     grid = max(2.0, thr * 0.5)
     distinct = min(_distinct(q_in, grid), _distinct(w_in, grid * max(1.0, ww / max(uw, 1))))
     tol = max(2.0, 0.012 * float(np.hypot(ww, wh)))
-    curve = _on_one_curve(w_in, tol, np.random.default_rng(0))
+    curve = _on_one_curve(w_in, tol)
     if curve > 4:
         distinct = max(0, distinct - (curve - 4))
     corners = np.array([[0, 0], [ww, 0], [ww, wh], [0, wh]], np.float32).reshape(-1, 1, 2)
