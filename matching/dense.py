@@ -19,7 +19,10 @@ edges in unrelated places and correlates near zero.
 Many logos share an outline (a circle badge, a rounded square), and a fit of
 the outline alone correlates well. For a transparent logo the edges inside
 its silhouette are therefore correlated on their own as well, and the lower
-of the two values is the answer.
+of the two values is the answer. A logo whose inside is flat (a plain disc,
+a bar) has nothing there to correlate; instead the upload must be flat there
+too: edges inside the outline beyond what the logo itself has there mean
+something else fills that outline, and the excess is taken off.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ THUMB_SIDE = 128
 MIN_VISIBLE = 0.15
 #: Share of a transparent logo's edge strength that must lie inside its outline
 #: for the interior to be checked on its own.
-INTERIOR_SHARE = 0.2
+INTERIOR_SHARE = 0.1
+#: For a flat-inside logo: share of the upload's edge strength inside the
+#: outline, beyond the logo's own share, tolerated before it counts against
+#: the agreement (text, emoji and fabric texture over a true copy stay below).
+CLUTTER_TOLERANCE = 0.15
 
 
 def work_thumbnails(renderings: list[npt.NDArray[np.uint8]]) -> U8:
@@ -114,7 +121,7 @@ def dense_agreement(
             assert wc is not None and ws is not None
             wc, ws, wm = np.where(take, c, wc), np.where(take, s_, ws), np.maximum(m, wm)
     assert wc is not None and ws is not None and wm is not None
-    uc, us, _ = _orientation_field(warped, 1.0)
+    uc, us, um = _orientation_field(warped, 1.0)
     agreement = _correlation((wc, ws), (uc, us), inside)
     if thumbs.shape[0] > 1:
         # A transparent logo: its outline (a circle, a rounded square) is shared
@@ -123,8 +130,12 @@ def dense_agreement(
         shape = _silhouette((255 - cv2.absdiff(t0, t1)) > 128)
         band = cv2.morphologyEx(shape, cv2.MORPH_GRADIENT, np.ones((7, 7), np.uint8)) > 0
         interior: Arr = inside & (shape > 0) & ~band
-        if float(wm[interior].sum()) >= INTERIOR_SHARE * float(wm[inside].sum()):
+        work_share = float(wm[interior].sum()) / max(float(wm[inside].sum()), 1e-9)
+        if work_share >= INTERIOR_SHARE:
             agreement = min(agreement, _correlation((wc, ws), (uc, us), interior))
+        else:
+            upload_share = float(um[interior].sum()) / max(float(um[inside].sum()), 1e-9)
+            agreement -= max(0.0, upload_share - work_share - CLUTTER_TOLERANCE)
     return agreement
 
 

@@ -91,6 +91,33 @@ def test_a_shared_outline_is_not_enough_for_a_transparent_logo() -> None:
     assert lookalike < 0.5
 
 
+def _plain_disc() -> tuple[np.ndarray, np.ndarray]:
+    """A transparent logo that is a flat disc and a bar (nothing inside the outline), on white and on black."""
+    rgba = np.zeros((200, 200, 4), np.uint8)
+    cv2.circle(rgba, (110, 100), 85, (220, 60, 60, 255), -1)
+    cv2.rectangle(rgba, (5, 15), (30, 185), (220, 60, 60, 255), -1)
+    a = rgba[:, :, 3:4].astype(np.float32) / 255.0
+    fg = rgba[:, :, :3].astype(np.float32)
+    return (fg * a + 255.0 * (1 - a)).astype(np.uint8), (fg * a).astype(np.uint8)
+
+
+def test_a_flat_inside_logo_needs_a_flat_inside_in_the_upload() -> None:
+    """A plain disc logo: another round logo with a mark inside fills the same outline."""
+    mine = _plain_disc()
+    H = np.array([[1.0, 0.0, 100.0], [0.0, 1.0, 80.0], [0.0, 0.0, 1.0]])
+    scene = np.full((400, 400, 3), 230, np.uint8)
+    other = mine[0].copy()  # same outline, a white mark inside the disc
+    cv2.rectangle(other, (80, 50), (100, 150), (255, 255, 255), -1)
+    cv2.rectangle(other, (100, 130), (150, 150), (255, 255, 255), -1)
+    cv2.circle(other, (125, 80), 18, (255, 255, 255), 6)
+    thumbs = work_thumbnails(list(mine))
+    copy = dense_agreement(thumbs, (200, 200), False, H, _gray(_paste(mine[0], scene, H)))
+    lookalike = dense_agreement(thumbs, (200, 200), False, H, _gray(_paste(other, scene, H)))
+    assert copy is not None and lookalike is not None
+    assert copy > 0.8
+    assert lookalike < copy - 0.25
+
+
 def test_too_little_of_the_work_visible_says_nothing() -> None:
     work = smooth_image(9, 320, 240)
     H = np.array([[1.0, 0.0, -300.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # almost all off-frame
@@ -179,3 +206,95 @@ def test_distinct_best_keeps_the_closest_unambiguous_posting() -> None:
     pos = np.arange(6, dtype=np.int64)
     sel = distinct_best(qrow, image, ham, pos, xy, 6.0, 3)
     assert sorted(sel.tolist()) == [0, 4]
+
+
+def test_compiled_nearest_centroids_equal_the_numpy_reference() -> None:
+    from matching._scan import nearest
+
+    rng = np.random.default_rng(3)
+    cent = rng.integers(0, 200, (5, 40, 128)).astype(np.float32)
+    cnorm = (cent * cent).sum(2).astype(np.float32)
+    x = rng.integers(0, 200, (60, 128)).astype(np.float32)
+    x_row = rng.integers(0, 60, 90).astype(np.int64)
+    cell = np.sort(rng.integers(0, 5, 90)).astype(np.int64)
+    got = nearest(x, x_row, cell, cent, cnorm, 3)
+    d = ((x[x_row][:, None, :] - cent[cell]) ** 2).sum(2)
+    assert np.array_equal(got, np.argsort(d, axis=1, kind="stable")[:, :3])
+    # ties go to the lower index
+    twin = np.repeat(cent[:, :1], 2, axis=1)
+    tie = nearest(cent[0, :1].copy(), np.zeros(1, np.int64), np.zeros(1, np.int64), twin,
+                  (twin * twin).sum(2).astype(np.float32), 2)
+    assert tie.tolist() == [[0, 1]]
+
+
+def test_vocabulary_assignment_matches_brute_force() -> None:
+    from matching.local import HE_BITS, Vocabulary
+
+    rng = np.random.default_rng(5)
+    desc = rng.integers(0, 120, (3000, 128)).astype(np.uint8)
+    voc = Vocabulary.train(desc, seed=1)
+    q = desc[:200]
+    rows, sigs, words = voc.assign(q, n_coarse=2, n_fine=2)
+    assert rows.shape == sigs.shape == words.shape == (800,)
+    x = q.astype(np.float32)
+    dc = ((x[:, None, :] - voc.coarse[None]) ** 2).sum(2)
+    for r in range(0, 200, 37):
+        cells = np.argsort(dc[r])[:2]
+        want = []
+        for c in sorted(cells):
+            df = ((x[r][None] - voc.fine[c]) ** 2).sum(1)
+            want += [int(c) * voc.k2 + int(f) for f in np.argsort(df)[:2]]
+        assert sorted(words[rows == r].tolist()) == sorted(want)
+        # the signature is the sign of the projected residual
+        for w, s in zip(words[rows == r], sigs[rows == r], strict=True):
+            res = x[r] - voc.fine[w // voc.k2, w % voc.k2]
+            bits = (voc.proj @ res > 0).astype(np.uint64)
+            assert int(s) == int((bits << np.arange(HE_BITS, dtype=np.uint64)).sum())
+
+
+def _wgc_reference(d_angle: np.ndarray, d_log: np.ndarray, bins: int = 18, sb: float = 0.5) -> tuple[int, np.ndarray]:
+    a = (d_angle / np.float32(360.0 / bins)).astype(np.int64) % bins
+    s = np.clip(np.floor(d_log / sb).astype(np.int64) + 12, 0, 23)
+    hist = np.bincount(a * 24 + s, minlength=bins * 24).reshape(bins, 24)
+    pad = np.zeros((bins + 2, 26), np.int64)
+    pad[1:-1, 1:-1] = hist
+    pad[0, 1:-1], pad[-1, 1:-1] = hist[-1], hist[0]
+    rows = pad[:-2] + pad[1:-1] + pad[2:]
+    sm = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    pa, ps = np.unravel_index(int(np.argmax(sm)), sm.shape)
+    da = np.abs(((a - pa + bins // 2) % bins) - bins // 2)
+    mask = (da <= 1) & (np.abs(s - ps) <= 1)
+    return int(mask.sum()), mask
+
+
+def test_compiled_rotation_scale_peak_equals_the_numpy_reference() -> None:
+    from matching._scan import rotation_scale_peak
+
+    rng = np.random.default_rng(8)
+    for n in (1, 5, 60, 400):
+        d_angle = rng.uniform(0, 360, n).astype(np.float32)
+        d_log = rng.normal(0, 2, n).astype(np.float32)
+        if n > 5:  # a true copy: a cluster across the 0/360 wrap
+            d_angle[: n // 3] = np.mod(rng.normal(0, 8, n // 3), 360).astype(np.float32)
+            d_log[: n // 3] = rng.normal(-1.2, 0.2, n // 3).astype(np.float32)
+        k, mask = rotation_scale_peak(d_angle, d_log, 18, 0.5)
+        k0, mask0 = _wgc_reference(d_angle, d_log)
+        assert k == k0 and np.array_equal(mask, mask0)
+        if n > 5:
+            assert mask[: n // 3].mean() > 0.8
+
+
+def test_curve_support_counts_points_on_a_circle_or_a_line() -> None:
+    from matching._scan import curve_support
+
+    rng = np.random.default_rng(2)
+    t = rng.uniform(0, 2 * np.pi, 30)
+    circle = np.c_[100 + 50 * np.cos(t), 80 + 50 * np.sin(t)].astype(np.float32)
+    scatter = rng.uniform(0, 300, (10, 2)).astype(np.float32)
+    line = np.c_[np.linspace(0, 200, 12), np.linspace(10, 110, 12)].astype(np.float32)
+    assert curve_support(np.vstack([circle, scatter]), 2.0) >= 28
+    assert curve_support(np.vstack([line, scatter]), 2.0) >= 12
+    spread = rng.uniform(0, 300, (40, 2)).astype(np.float32)
+    assert curve_support(spread, 2.0) <= 8
+    # seeded: the same answer every call
+    assert len({curve_support(spread, 2.0) for _ in range(3)}) == 1
