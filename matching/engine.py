@@ -39,6 +39,7 @@ import pdqhash
 
 from matching.decode import DecodedImage, decode_image
 from matching.dense import dense_agreement, work_thumbnails
+from matching.index.pdq import PdqIndex
 from matching.local import (
     Correspondences,
     FeatureStore,
@@ -216,11 +217,9 @@ class Engine:
     index: LocalIndex = field(init=False)
     _model: ScoreModel = field(init=False)
     _model_mtime: float | None = field(default=None, init=False)
-    _pdq_ids: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64), init=False)
-    _pdq_mat: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 32), np.uint8),
-                                            init=False)
-    _pdq_owner: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64),
-                                              init=False)
+    #: PDQ hashes of the registered works (all dihedral variants), rebuilt
+    #: when the local index's generation changes.
+    _pdq: PdqIndex = field(default_factory=PdqIndex, init=False)
     _pdq_key: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
@@ -457,36 +456,18 @@ class Engine:
     def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None) -> dict[int, int]:
         key = self.index.generation
         if key != self._pdq_key:
-            ids: list[int] = []
-            mats: list[npt.NDArray[np.uint8]] = []
-            owners: list[int] = []
+            pdq = PdqIndex()
             for wid in self.index.work_ids:
                 sw = self.index.work(wid)
-                if sw is None or not sw.pdq.shape[0]:
-                    continue
-                ids.extend([wid] * sw.pdq.shape[0])
-                owners.extend([sw.owner_id] * sw.pdq.shape[0])
-                mats.append(sw.pdq)
-            self._pdq_ids = np.asarray(ids, np.int64)
-            self._pdq_owner = np.asarray(owners, np.int64)
-            self._pdq_mat = np.concatenate(mats) if mats else np.zeros((0, 32), np.uint8)
-            self._pdq_key = key
-        if not self._pdq_ids.shape[0]:
+                if sw is not None and sw.pdq.shape[0]:
+                    pdq.add(wid, sw.owner_id, sw.pdq)
+            self._pdq, self._pdq_key = pdq, key
+        if not len(self._pdq):
             return {}
         h, quality = _pdq_bits(rgb, dihedral=False)
         if quality < 50:
             return {}
-        # 256-bit hashes as four 64-bit words: four XOR/popcounts per variant, not 32.
-        mat = np.ascontiguousarray(self._pdq_mat).view(np.uint64)
-        dist = np.bitwise_count(mat ^ np.ascontiguousarray(h[0]).view(np.uint64)).sum(axis=1)
-        ok = dist <= PDQ_RELEVANT
-        if owner_ids is not None:
-            ok &= np.isin(self._pdq_owner, np.asarray(list(owner_ids), np.int64))
-        out: dict[int, int] = {}
-        for wid, d in zip(self._pdq_ids[ok].tolist(), dist[ok].tolist(), strict=True):
-            if d < out.get(wid, 1 << 30):
-                out[wid] = int(d)
-        return out
+        return self._pdq.search(h[0], PDQ_RELEVANT, owner_ids)
 
 
 def _overlap(a: list[list[float]], b: list[list[float]] | None) -> float:

@@ -802,7 +802,7 @@ class LocalIndex:
             w_sa[m] = seg.scale_angle[k_loc[m]]
         qk = qi[keep]
         q_xy = q.xy[qk]
-        ham = hh[keep].astype(np.int32)
+        k_ham = hh[keep].astype(np.int32)
         d_angle = np.mod(q.angle[qk] - w_sa[:, 1], 360.0).astype(np.float32)
         d_log = np.log2(np.maximum(q.scale[qk], 1e-3) / np.maximum(w_sa[:, 0], 1e-3)).astype(np.float32)
         lows = np.searchsorted(k_img, cand, side="left")
@@ -811,5 +811,5 @@ class LocalIndex:
         for c, lo, hi in zip(cand.tolist(), lows.tolist(), highs.tolist(), strict=True):
             info = self._images[c]
             out.append(Correspondences(info.work_id, info.mirrored, float(votes[c]), q_xy[lo:hi], w_xy[lo:hi],
-                                       ham[lo:hi], d_angle[lo:hi], d_log[lo:hi]))
+                                       k_ham[lo:hi], d_angle[lo:hi], d_log[lo:hi]))
         return out
