@@ -123,6 +123,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # (kombu's default throttle would make it every 10 intervals).
             "unacked_restore_interval": w.restore_interval_s,
             "unacked_restore_throttle": 1,
+            # Each sweep holds a Redis mutex; kombu lets a dead holder's mutex
+            # lapse only after 300 s. A worker SIGKILLed mid-sweep would then
+            # block every redelivery for five minutes, far beyond a short
+            # visibility timeout. A sweep takes well under a second.
+            "unacked_mutex_expire": max(30, min(300, w.visibility_timeout_s // 12)),
         }
     return conf
 

@@ -97,6 +97,9 @@ def test_routes_come_from_config_and_unknown_queues_are_refused() -> None:
     assert conf["task_routes"]["artwatch.embed_upload"] == "embed"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
     assert conf["broker_transport_options"]["visibility_timeout"] == 3600
+    assert conf["broker_transport_options"]["unacked_mutex_expire"] == 300
+    short = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0", workers={"visibility_timeout_s": 8}))  # type: ignore[arg-type]
+    assert short["broker_transport_options"]["unacked_mutex_expire"] == 30  # a killed sweeper blocks redelivery 30 s
     bad = Settings(broker_url="redis://127.0.0.1:6379/0",
                    workers={"routes": {"artwatch.fetch_upload": "gpu"}})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown queues"):
