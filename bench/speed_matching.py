@@ -22,7 +22,10 @@ work's keypoint geometry and takes descriptors sampled from the whole pool of
 real descriptors (so they land in the vocabulary's words like real ones and
 compete for votes), and gets 16 random PDQ hashes. They are inserted straight
 into a second engine's in-memory index (no disk), which is what a search
-reads; both engines are measured upload by upload, alternately.
+reads. Each engine lives in a process of its own, as in a worker that holds
+one registry (in one shared process, the 10,000-work engine slowed even the
+small engine's feature extraction by half); the two are measured upload by
+upload, alternately, one at a time.
 """
 
 from __future__ import annotations
@@ -130,6 +133,40 @@ def _summary(ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {k: {"median": round(statistics.median(v), 2), "p95": round(_pct(v, 0.95), 2)} for k, v in ms.items()}
 
 
+def _engine_process(conn: Any, role: str, dataset: str, data_dir: str, grow_to: int, seed: int,
+                    paths: list[str]) -> None:
+    """One registry in a process of its own; measures the uploads it is sent.
+
+    ``role`` "small" registers the dataset's works; "big" opens the same folder
+    once they are there and grows the registry in memory (:func:`_grow`).
+    """
+    from config.settings import load_settings
+    from matching import WorkRef, build_engine
+
+    settings = load_settings(data_dir=Path(data_dir), matching={"use_embedder": False})
+    engine = build_engine(settings)
+    ds = Path(dataset)
+    if role == "small":
+        works = _load_works(ds)
+        t = time.perf_counter()
+        for i, w in enumerate(works, 1):
+            engine.register(WorkRef(work_id=i, owner_id=int(w["owner"].lstrip("o")), kind=w["kind"]),
+                            (ds / w["file"]).read_bytes())
+        engine.retrain()
+        print(f"registered {len(works)} works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    else:
+        engine.index.refresh()
+        t = time.perf_counter()
+        added = _grow(engine, grow_to, seed)
+        print(f"added {added} synthetic works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    data = [Path(p).read_bytes() for p in paths]
+    names = [Path(p).name for p in paths]
+    _measure(engine, data[:10], names[:10])  # warm-up: imports, compiled loops, vocabulary segments
+    conn.send(len(engine.index.work_ids))
+    while (i := conn.recv()) is not None:
+        conn.send(_measure(engine, data[i : i + 1], names[i : i + 1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, default=Path("/work/benchdata/dev"))
@@ -139,39 +176,35 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from config.settings import load_settings
-    from matching import WorkRef, build_engine
+    import multiprocessing as mp
 
     tmp = Path(tempfile.mkdtemp(prefix="speedbench-"))
-    settings = load_settings(data_dir=tmp, matching={"use_embedder": False})
-    engine = build_engine(settings)
-    works = _load_works(args.dataset)
-    t = time.perf_counter()
-    for i, w in enumerate(works, 1):
-        engine.register(WorkRef(work_id=i, owner_id=int(w["owner"].lstrip("o")), kind=w["kind"]),
-                        (args.dataset / w["file"]).read_bytes())
-    engine.retrain()
-    print(f"registered {len(works)} works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
-    paths = _sample_uploads(args.dataset, args.uploads, args.seed)
-    data = [p.read_bytes() for p in paths]
-    names = [p.name for p in paths]
-    # A second engine on the same folder reads the same 200 works, then grows in
-    # memory. Uploads alternate between the two, so machine load (this box is
-    # shared) inflates both sides alike.
-    big_engine = build_engine(settings)
-    t = time.perf_counter()
-    added = _grow(big_engine, args.grow_to, args.seed)
-    print(f"added {added} synthetic works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
-    for e in (engine, big_engine):
-        _measure(e, data[:10], names[:10])  # warm-up: imports, vocabulary segments
+    paths = [str(p) for p in _sample_uploads(args.dataset, args.uploads, args.seed)]
+    ctx = mp.get_context("spawn")
+    procs, conns, sizes = [], [], []
+    # The small registry is built first; the big one starts from its folder.
+    for role in ("small", "big"):
+        mine, theirs = ctx.Pipe()
+        p = ctx.Process(target=_engine_process, args=(theirs, role, str(args.dataset), str(tmp),
+                                                       args.grow_to, args.seed, paths))
+        p.start()
+        procs.append(p)
+        conns.append(mine)
+        sizes.append(mine.recv())
     small: dict[str, list[float]] = {}
     big: dict[str, list[float]] = {}
-    for i in range(len(data)):
-        order = ((engine, small), (big_engine, big)) if i % 2 == 0 else ((big_engine, big), (engine, small))
-        for e, acc in order:
-            for k, v in _measure(e, data[i : i + 1], names[i : i + 1]).items():
+    # One process measures at a time, alternately, so machine load (this box is
+    # shared) and drift weigh on both sides alike.
+    for i in range(len(paths)):
+        order = ((conns[0], small), (conns[1], big)) if i % 2 == 0 else ((conns[1], big), (conns[0], small))
+        for conn, acc in order:
+            conn.send(i)
+            for k, v in conn.recv().items():
                 acc.setdefault(k, []).extend(v)
-    n_small, n_big = len(engine.index.work_ids), len(big_engine.index.work_ids)
+    for conn, p in zip(conns, procs, strict=True):
+        conn.send(None)
+        p.join()
+    n_small, n_big = sizes
     results: dict[str, Any] = {"uploads": len(paths), str(n_small): _summary(small), str(n_big): _summary(big)}
 
     def med(d: dict[str, list[float]], k: str) -> float:
