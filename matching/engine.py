@@ -60,7 +60,7 @@ __all__ = ["Candidate", "Engine", "ScoreModel", "WorkRef", "build_engine"]
 
 log = logging.getLogger(__name__)
 
-#: Decoding size: uploads are described at about 400x300 and works at up to
+#: Decoding size: uploads are described at about 320x240 and works at up to
 #: 512x384, so nothing larger is ever needed.
 UPLOAD_MAX_SIDE = 768
 WORK_MAX_SIDE = 1024

@@ -60,9 +60,12 @@ I32 = npt.NDArray[np.int32]
 U64 = npt.NDArray[np.uint64]
 
 #: Pixel area at which an upload is described. SIFT doubles the image
-#: internally, so this keeps the finest octave near 2x the analysis size.
-UPLOAD_AREA = 400 * 300
-UPLOAD_MAX_KP = 1400
+#: internally, so its finest octave works at 640x480. SIFT's cost grows with
+#: the area: 320x240 with 1100 keypoints costs about 0.75x of 400x300 with
+#: 1400 per upload, with the dev set's recall and precision unchanged within
+#: a few pairs (docs/benchmarks.md, session 5).
+UPLOAD_AREA = 320 * 240
+UPLOAD_MAX_KP = 1100
 UPLOAD_CONTRAST = 0.02
 #: Renderings of a work: areas for the two scales.
 WORK_AREAS = (512 * 384, 256 * 192, 128 * 96)
