@@ -2,7 +2,7 @@
 
     python bench/speed_matching.py --dataset /work/benchdata/dev --uploads 300
 
-Everything runs in one process with one OpenCV thread (``build_engine`` sets
+Each registry runs in a process with one OpenCV thread (``build_engine`` sets
 it; ``scan`` runs one such process per core), CLIP off (``--no-embedder``
 configuration). Stages, each timed with ``time.process_time`` per upload:
 
