@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from speed_matching import _sample_uploads  # the same upload sample as speed_matching.py
 
 
 def _parse(spec: str) -> tuple[str, list[tuple[str, str]]]:
@@ -72,10 +71,7 @@ def main() -> None:
     engine = build_engine(load_settings(data_dir=args.data_dir, matching={"use_embedder": False}))
     if not engine.index.work_ids:
         raise SystemExit(f"{args.data_dir}: no registered works (run artwatch works import first)")
-    rows = [json.loads(line) for line in (args.dataset / "uploads.jsonl").read_text().splitlines() if line.strip()]
-    pick = sorted(np.random.default_rng(args.seed).choice(len(rows), size=min(args.uploads, len(rows)),
-                                                          replace=False))
-    uploads = [((args.dataset / rows[i]["file"]).read_bytes(), rows[i]["file"]) for i in pick]
+    uploads = [(p.read_bytes(), p.name) for p in _sample_uploads(args.dataset, args.uploads, args.seed)]
     variants = [("baseline", []), *args.variant]
     consts = _Constants()
     for _, sets in variants:  # warm-up: imports, compiled loops
