@@ -22,9 +22,10 @@ from webapp.errors import AuthRequired, Forbidden, InvalidInput, PayloadTooLarge
 from webapp.security import LoginThrottle, Signer, account_for_token, session_account
 
 __all__ = [
+    "DB",
+    "PRE_COOKIE",
     "SESSION_COOKIE",
     "Viewer",
-    "PRE_COOKIE",
     "WebContext",
     "api_user",
     "csrf_protect",
@@ -98,7 +99,13 @@ def db(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def page_user(request: Request, session: Session = Depends(db)) -> Account:
+# FastAPI's default scope for a yield dependency ends it after the response has been sent:
+# the commit would race the browser's next request (a redirect followed at once) and a
+# failed commit could follow a success response. Function scope commits before responding.
+DB: Any = Depends(db, scope="function")
+
+
+def page_user(request: Request, session: Session = DB) -> Account:
     key = request.cookies.get(SESSION_COOKIE)
     account = session_account(session, key) if key else None
     if account is None:
@@ -107,7 +114,7 @@ def page_user(request: Request, session: Session = Depends(db)) -> Account:
     return account
 
 
-def api_user(request: Request, session: Session = Depends(db)) -> Account:
+def api_user(request: Request, session: Session = DB) -> Account:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

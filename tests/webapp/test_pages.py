@@ -404,3 +404,78 @@ def test_login_throttle_counts_failures_per_client_address_too(world: World) -> 
         assert (
             throttle.retry_after(s, "x@example.com", "10.0.0.9", now + timedelta(minutes=16)) == 0
         )
+
+
+def test_a_form_post_is_committed_before_its_response_starts(world: World) -> None:
+    """A browser follows the 303 at once, so the write must be durable before the redirect
+    goes out. Regression: the login's session row was committed after the response was
+    sent, the redirected GET /works sometimes found no session and bounced back to login."""
+    import asyncio
+    from urllib.parse import urlencode
+
+    from storage.models import WebSession
+
+    world.account("ann@example.com")
+    client = world.client()
+    token = csrf_from(client.get("/login").text)
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    body = urlencode(
+        {"email": "ann@example.com", "password": PASSWORD, "csrf_token": token}
+    ).encode()
+    seen: dict[str, int] = {}
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            seen["status"] = int(message["status"])  # type: ignore[call-overload]
+            # Another connection, as the browser's next request would use.
+            with world.sessions() as s:
+                seen["sessions"] = len(s.scalars(select(WebSession)).all())
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/login",
+        "raw_path": b"/login",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cookie", cookie.encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(world.app(scope, receive, send))
+    assert seen == {"status": 303, "sessions": 1}
+
+
+def test_every_route_commits_its_database_work_before_responding() -> None:
+    """Every use of the db dependency is function-scoped (FastAPI's default 'request'
+    scope runs the commit after the response has gone out)."""
+    from fastapi.routing import APIRoute
+
+    from webapp.deps import db
+
+    def walk(dependant: object, route: str, found: list[str]) -> None:
+        for sub in dependant.dependencies:  # type: ignore[attr-defined]
+            if sub.call is db:
+                found.append(f"{route}: scope={sub.scope!r}")
+            walk(sub, route, found)
+
+    from webapp.routes import admin, api, auth, owner, review
+
+    uses: list[str] = []
+    for module in (auth, owner, review, admin, api):
+        for route in module.router.routes:
+            assert isinstance(route, APIRoute)
+            walk(route.dependant, f"{sorted(route.methods)} {route.path}", uses)
+    assert len(uses) > 30
+    assert [u for u in uses if not u.endswith("scope='function'")] == []

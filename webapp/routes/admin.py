@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from storage.models import Account, Role, Source
-from webapp.deps import csrf_protect, db, get_ctx, require_page_role
+from webapp.deps import DB, csrf_protect, get_ctx, require_page_role
 from webapp.errors import InvalidInput, NotFound, WebError
 from webapp.security import hash_password
 
@@ -67,7 +67,7 @@ def _sources_page(
 
 
 @router.get("/sources", response_class=HTMLResponse)
-def sources(request: Request, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+def sources(request: Request, account: Account = ADMIN, session: Session = DB) -> Response:
     return _sources_page(request, session)
 
 
@@ -75,7 +75,7 @@ def sources(request: Request, account: Account = ADMIN, session: Session = Depen
 def add_source(
     request: Request,
     account: Account = ADMIN,
-    session: Session = Depends(db),
+    session: Session = DB,
     name: str = Form(""),
     kind: str = Form(""),
     url: str = Form(""),
@@ -121,18 +121,14 @@ def _source(session: Session, source_id: int) -> Source:
 
 
 @router.post("/sources/{source_id}/toggle")
-def toggle_source(
-    source_id: int, account: Account = ADMIN, session: Session = Depends(db)
-) -> Response:
+def toggle_source(source_id: int, account: Account = ADMIN, session: Session = DB) -> Response:
     source = _source(session, source_id)
     source.enabled = not source.enabled
     return RedirectResponse("/admin/sources", status_code=303)
 
 
 @router.post("/sources/{source_id}/delete")
-def delete_source(
-    source_id: int, account: Account = ADMIN, session: Session = Depends(db)
-) -> Response:
+def delete_source(source_id: int, account: Account = ADMIN, session: Session = DB) -> Response:
     session.delete(_source(session, source_id))
     return RedirectResponse("/admin/sources", status_code=303)
 
@@ -148,7 +144,7 @@ def _users_page(request: Request, session: Session, error: str = "", status: int
 
 
 @router.get("/users", response_class=HTMLResponse)
-def users(request: Request, account: Account = ADMIN, session: Session = Depends(db)) -> Response:
+def users(request: Request, account: Account = ADMIN, session: Session = DB) -> Response:
     return _users_page(request, session)
 
 
@@ -156,7 +152,7 @@ def users(request: Request, account: Account = ADMIN, session: Session = Depends
 def add_user(
     request: Request,
     account: Account = ADMIN,
-    session: Session = Depends(db),
+    session: Session = DB,
     email: str = Form(""),
     role: str = Form("owner"),
     password: str = Form(""),
@@ -192,7 +188,7 @@ def set_role(
     user_id: int,
     role: str = Form(""),
     account: Account = ADMIN,
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     user = session.get(Account, user_id)
     if user is None:

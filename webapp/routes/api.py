@@ -25,7 +25,7 @@ from webapp.access import (
     visible_work,
     work_rows,
 )
-from webapp.deps import api_user, db, get_ctx, read_upload, require_api_role
+from webapp.deps import DB, api_user, get_ctx, read_upload, require_api_role
 from webapp.errors import UnsupportedImage
 from webapp.works import WorkForm, check_image, parse_licensed, register, remove
 
@@ -185,9 +185,7 @@ def install_problem_schema(app: Any) -> None:
 
 
 @router.get("/works", response_model=list[WorkOut], summary="List your works")
-def list_works(
-    account: Account = Depends(api_user), session: Session = Depends(db)
-) -> list[WorkOut]:
+def list_works(account: Account = Depends(api_user), session: Session = DB) -> list[WorkOut]:
     return [WorkOut.of(w, n) for w, n in work_rows(session, account.id)]
 
 
@@ -201,7 +199,7 @@ def list_works(
 async def create_work(
     request: Request,
     account: Account = OWNER,
-    session: Session = Depends(db),
+    session: Session = DB,
     file: UploadFile = File(description="PNG, JPEG, WebP or SVG"),
     title: str = Form(""),
     kind: str = Form("artwork", pattern="^(logo|artwork)$"),
@@ -224,9 +222,7 @@ async def create_work(
 
 
 @router.get("/works/{work_id}", response_model=WorkOut, summary="One of your works")
-def get_work(
-    work_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
-) -> WorkOut:
+def get_work(work_id: int, account: Account = Depends(api_user), session: Session = DB) -> WorkOut:
     work = visible_work(session, account, work_id)
     return WorkOut.of(work)
 
@@ -236,7 +232,7 @@ def delete_work(
     request: Request,
     work_id: int,
     account: Account = Depends(api_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     work = visible_work(session, account, work_id)
     if work.owner_id != account.id:
@@ -250,7 +246,7 @@ def delete_work(
 @router.get("/matches", response_model=list[MatchOut], summary="List matches, highest score first")
 def list_matches(
     account: Account = Depends(api_user),
-    session: Session = Depends(db),
+    session: Session = DB,
     work_id: int | None = None,
     include_suppressed: bool = False,
     limit: int = Query(100, ge=1, le=1000),
@@ -264,7 +260,7 @@ def list_matches(
 
 @router.get("/matches/{match_id}", response_model=MatchOut, summary="One match")
 def get_match(
-    match_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
+    match_id: int, account: Account = Depends(api_user), session: Session = DB
 ) -> MatchOut:
     return MatchOut.of(visible_match(session, account, match_id))
 
@@ -274,18 +270,20 @@ def get_match(
 )
 def list_notices(
     account: Account = Depends(api_user),
-    session: Session = Depends(db),
+    session: Session = DB,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> list[NoticeOut]:
-    notices = [n for n, _best in session.execute(notice_query(account).limit(limit).offset(offset)).all()]
+    notices = [
+        n for n, _best in session.execute(notice_query(account).limit(limit).offset(offset)).all()
+    ]
     laws = notice_laws(session, notices)
     return [NoticeOut.of(n, laws[n.id]) for n in notices]
 
 
 @router.get("/notices/{notice_id}", response_model=NoticeOut, summary="One notice")
 def get_notice(
-    notice_id: int, account: Account = Depends(api_user), session: Session = Depends(db)
+    notice_id: int, account: Account = Depends(api_user), session: Session = DB
 ) -> NoticeOut:
     notice = visible_notice(session, account, notice_id)
     return NoticeOut.of(notice, notice_laws(session, [notice])[notice.id])
@@ -302,7 +300,7 @@ def get_notice(
 async def check(
     request: Request,
     account: Account = Depends(api_user),
-    session: Session = Depends(db),
+    session: Session = DB,
     file: UploadFile = File(description="The image to check"),
 ) -> CheckResult:
     ctx = get_ctx(request)

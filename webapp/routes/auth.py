@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Account, Role
-from webapp.deps import SESSION_COOKIE, csrf_protect, db, get_ctx
+from webapp.deps import DB, SESSION_COOKIE, csrf_protect, get_ctx
 from webapp.errors import NotFound, TooManyRequests
 from webapp.security import end_session, new_session, session_account, verify_password
 
@@ -25,7 +25,7 @@ def _safe_next(value: str) -> str:
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, session: Session = Depends(db)) -> Response:
+def home(request: Request, session: Session = DB) -> Response:
     key = request.cookies.get(SESSION_COOKIE)
     account = session_account(session, key) if key else None
     if account is None:
@@ -46,7 +46,7 @@ def login(
     email: str = Form(""),
     password: str = Form(""),
     next: str = Form(""),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     ctx = get_ctx(request)
     email = email.strip().lower()
@@ -81,7 +81,7 @@ def login(
 
 
 @router.post("/logout", dependencies=[Depends(csrf_protect)])
-def logout(request: Request, session: Session = Depends(db)) -> Response:
+def logout(request: Request, session: Session = DB) -> Response:
     key = request.cookies.get(SESSION_COOKIE)
     if key:
         end_session(session, key)
@@ -99,7 +99,7 @@ def _unsubscribe_account(request: Request, session: Session, token: str) -> Acco
 
 
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse)
-def unsubscribe_page(request: Request, token: str, session: Session = Depends(db)) -> Response:
+def unsubscribe_page(request: Request, token: str, session: Session = DB) -> Response:
     account = _unsubscribe_account(request, session, token)
     return get_ctx(request).templates.TemplateResponse(
         request, "unsubscribe.html", {"token": token, "email": account.email, "done": False}
@@ -107,7 +107,7 @@ def unsubscribe_page(request: Request, token: str, session: Session = Depends(db
 
 
 @router.post("/unsubscribe/{token}", response_class=HTMLResponse)
-def unsubscribe(request: Request, token: str, session: Session = Depends(db)) -> Response:
+def unsubscribe(request: Request, token: str, session: Session = DB) -> Response:
     # The signed token is the credential (RFC 8058 one-click POST); no login, no CSRF form token.
     account = _unsubscribe_account(request, session, token)
     account.alert_mode = "off"

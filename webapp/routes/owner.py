@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
 from webapp.access import match_query, visible_job, visible_match, visible_work, work_rows
-from webapp.deps import csrf_protect, db, get_ctx, page_user, read_upload, require_page_role
+from webapp.deps import DB, csrf_protect, get_ctx, page_user, read_upload, require_page_role
 from webapp.errors import InvalidInput, NotFound, WebError
 from webapp.images import image_size, media_type
 from webapp.security import issue_api_token
@@ -63,7 +63,7 @@ def evidence_view(ctx: Any, match: Match) -> dict[str, Any]:
 
 @router.get("/works", response_class=HTMLResponse)
 def works_page(
-    request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
+    request: Request, account: Account = Depends(page_user), session: Session = DB
 ) -> Response:
     return get_ctx(request).templates.TemplateResponse(
         request, "works.html", {"rows": work_rows(session, account.id)}
@@ -81,7 +81,7 @@ def new_work_page(request: Request, account: Account = OWNER) -> Response:
 async def create_work(
     request: Request,
     account: Account = OWNER,
-    session: Session = Depends(db),
+    session: Session = DB,
     file: UploadFile | None = File(None),
     title: str = Form(""),
     kind: str = Form("logo"),
@@ -122,7 +122,7 @@ def import_page(request: Request, account: Account = OWNER) -> Response:
 async def import_works(
     request: Request,
     account: Account = OWNER,
-    session: Session = Depends(db),
+    session: Session = DB,
     files: list[UploadFile] = File(default_factory=list),
     kind: str = Form("artwork"),
     licensed_sites: str = Form(""),
@@ -146,7 +146,7 @@ def job_page(
     request: Request,
     job_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     job = visible_job(session, account, job_id)
     return get_ctx(request).templates.TemplateResponse(request, "job.html", {"job": job})
@@ -157,7 +157,7 @@ def job_progress(
     request: Request,
     job_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     job = visible_job(session, account, job_id)
     return get_ctx(request).templates.TemplateResponse(request, "_job_progress.html", {"job": job})
@@ -169,7 +169,7 @@ def work_page(
     work_id: int,
     created: int = 0,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     work = visible_work(session, account, work_id)
     matches = session.scalars(match_query(account, work_id=work.id, include_suppressed=True)).all()
@@ -183,7 +183,7 @@ def work_image(
     request: Request,
     work_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     return blob_response(get_ctx(request), visible_work(session, account, work_id).blob_sha256)
 
@@ -193,7 +193,7 @@ def delete_work(
     request: Request,
     work_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     work = visible_work(session, account, work_id)
     if work.owner_id != account.id:
@@ -204,7 +204,7 @@ def delete_work(
 
 @router.get("/matches", response_class=HTMLResponse)
 def matches_page(
-    request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
+    request: Request, account: Account = Depends(page_user), session: Session = DB
 ) -> Response:
     matches = session.scalars(match_query(account).limit(500)).all()
     return get_ctx(request).templates.TemplateResponse(
@@ -217,7 +217,7 @@ def match_page(
     request: Request,
     match_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     ctx = get_ctx(request)
     match = visible_match(session, account, match_id)
@@ -238,7 +238,7 @@ def match_image(
     request: Request,
     match_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     return blob_response(
         get_ctx(request), visible_match(session, account, match_id).upload.blob_sha256
@@ -258,7 +258,7 @@ def profile_page(request: Request, account: Account = Depends(page_user)) -> Res
 def save_profile(
     request: Request,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
     display_name: str = Form(""),
     legal_name: str = Form(""),
     postal_address: str = Form(""),

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from storage.models import Account, AuditEvent, Notice, NoticeState, Role
 from webapp.access import is_staff, notice_query, visible_notice
-from webapp.deps import csrf_protect, db, get_ctx, page_user, require_page_role
+from webapp.deps import DB, csrf_protect, get_ctx, page_user, require_page_role
 from webapp.errors import Conflict, Forbidden, InvalidInput
 from webapp.routes.owner import evidence_view
 
@@ -56,7 +56,7 @@ def _staff_notice(session: Session, account: Account, notice_id: int) -> Notice:
 
 
 @router.get("/review", response_class=HTMLResponse)
-def queue(request: Request, account: Account = STAFF, session: Session = Depends(db)) -> Response:
+def queue(request: Request, account: Account = STAFF, session: Session = DB) -> Response:
     rows = session.execute(notice_query(account, states=OPEN_STATES).limit(500)).all()
     return get_ctx(request).templates.TemplateResponse(
         request, "review.html", {"rows": rows, "laws": _laws(session, [n for n, _ in rows])}
@@ -65,7 +65,7 @@ def queue(request: Request, account: Account = STAFF, session: Session = Depends
 
 @router.get("/notices", response_class=HTMLResponse)
 def notices_page(
-    request: Request, account: Account = Depends(page_user), session: Session = Depends(db)
+    request: Request, account: Account = Depends(page_user), session: Session = DB
 ) -> Response:
     rows = session.execute(notice_query(account).limit(500)).all()
     return get_ctx(request).templates.TemplateResponse(
@@ -78,7 +78,7 @@ def notice_page(
     request: Request,
     notice_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     notice = visible_notice(session, account, notice_id)
     return _render_notice(request, session, account, notice)
@@ -146,7 +146,7 @@ async def approve(
     request: Request,
     notice_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     from notices import workflow
 
@@ -172,7 +172,7 @@ def reject(
     notice_id: int,
     reason: str = Form(""),
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     from notices import workflow
 
@@ -196,7 +196,7 @@ def edit(
     body_text: str = Form(""),
     recipient: str = Form(""),
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     from notices import workflow
 
@@ -224,7 +224,7 @@ def evidence_zip(
     request: Request,
     notice_id: int,
     account: Account = Depends(page_user),
-    session: Session = Depends(db),
+    session: Session = DB,
 ) -> Response:
     from notices.evidence import build_bundle
 
