@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
+import scipy.linalg.cython_blas  # noqa: F401  # the BLAS behind np.dot in compiled code; loaded now, so
+from numba import njit  # limit_native_threads finds it among the process's libraries
 
-__all__ = ["curve_support", "distinct_best", "hamming_hits", "nearest", "rotation_scale_peak"]
+__all__ = [
+    "curve_support", "distinct_best", "group_kmeans", "hamming_hits", "nearest", "nearest_by_cell",
+    "rotation_scale_peak",
+]
 
 #: Output space is first sized for one hit in this many postings visited (about
 #: one in 18 lie within the Hamming radius on the dev set).
@@ -37,16 +41,21 @@ def _popcount(x):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _hits(offsets, sig, words, qsig, radius, image, alive, cap):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    # Writes at most ``cap`` hits and counts them all: the caller retries with the
-    # exact size when they did not fit (growing the output inside the loop costs
-    # far more than a second pass).
+def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # Writes at most ``cap`` hits and reports the most it needed at any time: the
+    # caller retries with that size when they did not fit (growing the output
+    # inside the loop costs far more than a second pass). When a row's hits are
+    # complete and exceed ``per_row``, they are cut in place to the closest.
     out_i = np.empty(cap, np.int64)
     out_p = np.empty(cap, np.int64)
     out_h = np.empty(cap, np.uint8)
     out_m = np.empty(cap, np.int32)
+    hist = np.zeros(65, np.int64)
     k = 0
-    for i in range(words.shape[0]):
+    need = 0
+    row_start = 0
+    n = words.shape[0]
+    for i in range(n):
         s = qsig[i]
         for p in range(offsets[words[i]], offsets[words[i] + 1]):
             h = _popcount(sig[p] ^ s)
@@ -56,24 +65,52 @@ def _hits(offsets, sig, words, qsig, radius, image, alive, cap):  # type: ignore
                     out_p[k] = p
                     out_h[k] = h
                     out_m[k] = image[p]
+                hist[h] += 1
                 k += 1
-    return out_i, out_p, out_h, out_m, k
+        if i + 1 < n and rows[i + 1] == rows[i]:
+            continue
+        need = max(need, k)
+        if per_row > 0 and k - row_start > per_row and k <= cap:
+            cut = 0
+            total = 0
+            while total + hist[cut] < per_row:
+                total += hist[cut]
+                cut += 1
+            w = row_start
+            for t in range(row_start, k):
+                if out_h[t] <= cut:
+                    out_i[w] = out_i[t]
+                    out_p[w] = out_p[t]
+                    out_h[w] = out_h[t]
+                    out_m[w] = out_m[t]
+                    w += 1
+            k = w
+        hist[:] = 0
+        row_start = k
+    return out_i, out_p, out_h, out_m, k, need
 
 
 def hamming_hits(
     offsets: npt.NDArray[np.int64], sig: npt.NDArray[np.uint64], words: npt.NDArray[np.int32],
-    qsig: npt.NDArray[np.uint64], radius: int, image: npt.NDArray[np.int32],
-    alive: npt.NDArray[np.bool_],
+    qsig: npt.NDArray[np.uint64], rows: npt.NDArray[np.int32], radius: int, per_row: int,
+    image: npt.NDArray[np.int32], alive: npt.NDArray[np.bool_],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
     """``(i, p, h, m)``: query ``i`` (index into ``words``/``qsig``) meets posting ``p``
     (index into ``sig``) of image ``m = image[p]`` at Hamming distance ``h <= radius``;
-    postings of images with ``alive[m]`` false are skipped."""
+    postings of images with ``alive[m]`` false are skipped.
+
+    ``rows`` (sorted) groups the queries by keypoint. A keypoint keeps at most about
+    ``per_row`` hits (0: no limit): the closest, cut at a distance, so every hit
+    as close as the farthest kept one is kept too. In a large registry most of a
+    keypoint's hits are chance postings near the radius; a copy's posting is among
+    the closest."""
     w = words.astype(np.int64)
     visited = int((offsets[w + 1] - offsets[w]).sum())
     cap = max(1024, visited // EXPECTED_HIT_SHARE)
-    i, p, h, m, k = _hits(offsets, sig, w, qsig, np.uint64(radius), image, alive, cap)
-    if k > cap:
-        i, p, h, m, k = _hits(offsets, sig, w, qsig, np.uint64(radius), image, alive, k)
+    args = (offsets, sig, w, qsig, rows.astype(np.int64), np.uint64(radius), np.int64(per_row), image, alive)
+    i, p, h, m, k, need = _hits(*args, cap)
+    if need > cap:
+        i, p, h, m, k, need = _hits(*args, need)
     return i[:k], p[:k], h[:k], m[:k]
 
 
@@ -166,6 +203,55 @@ def nearest(
     lower index). Pairs sorted by cell reuse each cell's centroids in cache.
     ``k`` must not exceed the centroids per cell."""
     return np.asarray(_nearest(x, x_row, cell, cent, cnorm, np.int64(k)))
+
+
+@njit(cache=True, nogil=True)
+def _nearest_by_cell(x, x_row, cell, cent_t, cnorm, k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    n = x_row.shape[0]
+    dim = cent_t.shape[1]
+    kc = cent_t.shape[2]
+    out = np.empty((n, k), np.int64)
+    best_d = np.empty(k, np.float32)
+    i0 = 0
+    while i0 < n:
+        c = cell[i0]
+        i1 = i0 + 1
+        while i1 < n and cell[i1] == c:
+            i1 += 1
+        block = np.empty((i1 - i0, dim), np.float32)
+        for b in range(i1 - i0):
+            block[b, :] = x[x_row[i0 + b], :]
+        dots = np.dot(block, cent_t[c])  # one matrix product (BLAS) per run of equal cells
+        for b in range(i1 - i0):
+            i = i0 + b
+            for t in range(k):
+                best_d[t] = np.inf
+                out[i, t] = 0
+            for j in range(kc):
+                dist = cnorm[c, j] - np.float32(2.0) * dots[b, j]
+                if dist < best_d[k - 1]:
+                    t = k - 1
+                    while t > 0 and best_d[t - 1] > dist:
+                        best_d[t] = best_d[t - 1]
+                        out[i, t] = out[i, t - 1]
+                        t -= 1
+                    best_d[t] = dist
+                    out[i, t] = j
+        i0 = i1
+    return out
+
+
+def nearest_by_cell(
+    x: npt.NDArray[np.float32], x_row: npt.NDArray[np.int64], cell: npt.NDArray[np.int64],
+    cent_t: npt.NDArray[np.float32], cnorm: npt.NDArray[np.float32], k: int,
+) -> npt.NDArray[np.int64]:
+    """:func:`nearest` for pairs sorted by cell, with the centroids transposed
+    (``cent_t``: ``(cells, dim, per cell)``): each run of pairs sharing a cell is
+    one matrix product, about 2.5x faster than :func:`nearest` on the coarse and
+    fine levels. Distances are summed in another order, so an exact tie can
+    break the other way."""
+    return np.asarray(_nearest_by_cell(np.ascontiguousarray(x, np.float32), x_row.astype(np.int64),
+                                       cell.astype(np.int64), cent_t, cnorm, np.int64(k)))
 
 
 @njit(cache=True, nogil=True)
@@ -262,3 +348,73 @@ def curve_support(pts: npt.NDArray[np.float32], tol: float, tries: int = 40) -> 
     triples for the same number of points: the sampling is seeded). Needs at
     least three points."""
     return int(_curve_support(np.ascontiguousarray(pts, np.float64), np.float64(tol), np.int64(tries)))
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _group_kmeans(x, offsets, k, iters, min_members, far):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    groups = offsets.shape[0] - 1
+    dim = x.shape[1]
+    cent = np.full((groups, k, dim), far, np.float32)
+    for g in range(groups):
+        lo = offsets[g]
+        m = offsets[g + 1] - lo
+        if m == 0:
+            continue
+        kk = min(k, m // min_members)
+        if kk <= 1:
+            for d in range(dim):
+                acc = np.float64(0.0)
+                for i in range(lo, lo + m):
+                    acc += x[i, d]
+                cent[g, 0, d] = np.float32(acc / m)
+            continue
+        for j in range(kk):  # members spread over the group (the sample is shuffled)
+            src = lo + (j * m) // kk
+            for d in range(dim):
+                cent[g, j, d] = x[src, d]
+        lab = np.full(m, -1, np.int64)
+        sums = np.zeros((kk, dim), np.float64)
+        cnt = np.zeros(kk, np.int64)
+        for _ in range(iters):
+            changed = False
+            for i in range(m):
+                best = np.float32(np.inf)
+                bj = 0
+                for j in range(kk):
+                    dist = np.float32(0.0)
+                    for d in range(dim):
+                        diff = x[lo + i, d] - cent[g, j, d]
+                        dist += diff * diff
+                    if dist < best:
+                        best = dist
+                        bj = j
+                if lab[i] != bj:
+                    lab[i] = bj
+                    changed = True
+            if not changed:
+                break
+            sums[:] = 0.0
+            cnt[:] = 0
+            for i in range(m):
+                cnt[lab[i]] += 1
+                for d in range(dim):
+                    sums[lab[i], d] += x[lo + i, d]
+            for j in range(kk):
+                if cnt[j] > 0:  # an emptied cluster keeps its centroid
+                    for d in range(dim):
+                        cent[g, j, d] = np.float32(sums[j, d] / cnt[j])
+    return cent
+
+
+def group_kmeans(
+    x: npt.NDArray[np.float32], offsets: npt.NDArray[np.int64], k: int, *, iters: int = 10,
+    min_members: int = 6, far: float = 1e4,
+) -> npt.NDArray[np.float32]:
+    """``(groups, k, dim)``: k-means (Lloyd, ``iters`` rounds at most) run separately
+    on each group of rows ``x[offsets[g]:offsets[g + 1]]``. A group gets at most one
+    centroid per ``min_members`` rows (its mean when that is one or none); slots it
+    does not use are filled with ``far``, so no point is ever nearest to them.
+    Centroids start at rows spread evenly over the group: shuffle ``x`` within groups
+    first."""
+    return np.asarray(_group_kmeans(np.ascontiguousarray(x, np.float32), offsets.astype(np.int64),
+                                    np.int64(k), np.int64(iters), np.int64(min_members), np.float32(far)))

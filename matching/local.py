@@ -8,8 +8,12 @@ pasted onto a dark photo still shares keypoints with one rendering.
 Retrieval never scans the registry: descriptors are quantised with a
 two-level k-means vocabulary trained on the registry itself (like an IVF
 index) and refined with a 64-bit Hamming-embedding signature of the residual.
-An upload's descriptors look up their words, keep postings within a Hamming
-radius, and vote for (work, mirror) *images*. The surviving correspondences
+Once the registry averages more than :data:`POSTINGS_PER_WORD` postings per
+word, its next retrain adds a third level (up to :data:`MAX_SUB_WORDS`
+sub-words per word), so the postings a query visits stay bounded as the
+registry grows. An upload's descriptors look up their words, keep postings
+within a Hamming radius (at most about :data:`HITS_PER_KEYPOINT` of the
+closest per keypoint), and vote for (work, mirror) *images*. The surviving correspondences
 of the best-voted images go straight to geometric verification
 (:mod:`matching.verify`), so no work's descriptors are read at query time.
 
@@ -39,7 +43,14 @@ import numpy as np
 import numpy.typing as npt
 import portalocker
 
-from matching._scan import distinct_best, hamming_hits, nearest, rotation_scale_peak
+from matching._scan import (
+    distinct_best,
+    group_kmeans,
+    hamming_hits,
+    nearest,
+    nearest_by_cell,
+    rotation_scale_peak,
+)
 
 __all__ = [
     "Correspondences",
@@ -73,6 +84,10 @@ WORK_MAX_KP = (1500, 600, 250)
 HE_BITS = 64
 #: Postings farther than this (of 64 bits) from the query signature are ignored.
 HE_RADIUS = 22
+#: A query keypoint keeps about this many of its closest postings (per segment).
+#: Only busy words in a large registry reach it: there, most postings within the
+#: radius are chance ones.
+HITS_PER_KEYPOINT = 64
 _ROOT_SCALE = 512.0
 #: Postings of one work closer than this (work pixels) are the same place
 #: (the work is described at several scales and on two backgrounds).
@@ -80,6 +95,13 @@ SAME_PLACE_PX = 6.0
 AMBIGUITY_MARGIN = 3
 #: Work thumbnails kept in memory per process (about 16-32 KiB each).
 THUMB_CACHE = 2048
+#: A word whose postings would average more than this is split into sub-words
+#: (the vocabulary's third level, :meth:`Vocabulary.with_sublevel`): the postings
+#: a query visits then stop growing with the registry.
+POSTINGS_PER_WORD = 256
+MAX_SUB_WORDS = 8
+#: Descriptors sampled per work to train the sub-words.
+SUB_SAMPLE_PER_WORK = 200
 
 
 @dataclass(frozen=True)
@@ -132,8 +154,8 @@ def limit_native_threads() -> None:
             paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ".so" in ln}
         for path in paths:
             lib = ctypes.CDLL(path)
-            for fn in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                       "openblas_set_num_threads"):
+            for fn in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                       "openblas_set_num_threads64_", "openblas_set_num_threads"):
                 if hasattr(lib, fn):
                     getattr(lib, fn)(1)
                     break
@@ -277,20 +299,55 @@ def extract_work_features(
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Two-level k-means vocabulary with Hamming-embedding projection."""
+    """Two-level k-means vocabulary with Hamming-embedding projection, and for
+    large registries a third level that splits each word into sub-words.
+
+    A posting's word id is ``(coarse * k2 + fine) * k3 + sub``. The Hamming
+    signature is always taken against the fine centroid, so the sub-level only
+    partitions postings: a descriptor and a posting in the same sub-word compare
+    exactly as they would without it.
+    """
 
     coarse: F32  # (k1, 128)
     fine: F32  # (k1, k2, 128); unused slots are +inf-far (large values)
     proj: F32  # (64, 128)
     version: str
+    sub: F32 | None = None  # (k1 * k2, k3, 128), unused slots far; None: k3 = 1
 
     @property
     def k2(self) -> int:
         return int(self.fine.shape[1])
 
     @property
+    def k3(self) -> int:
+        return 1 if self.sub is None else int(self.sub.shape[1])
+
+    @property
     def size(self) -> int:
-        return int(self.fine.shape[0] * self.fine.shape[1])
+        """Word ids in use are below this (sub-words included)."""
+        return int(self.fine.shape[0] * self.fine.shape[1]) * self.k3
+
+    def with_sublevel(self, desc: U8, postings: int) -> Vocabulary:
+        """This vocabulary with sub-words trained on ``desc`` (a sample of the
+        registry's descriptors) when ``postings`` (how many the registry holds)
+        would average more than :data:`POSTINGS_PER_WORD` per word; itself
+        otherwise. The number of sub-words is a power of two, at most
+        :data:`MAX_SUB_WORDS`."""
+        _, fnorm = self._norms
+        words = int((fnorm < 1e7).sum())  # slots holding a centroid
+        want = postings / max(1, words) / POSTINGS_PER_WORD
+        if want <= 1.0 or desc.shape[0] == 0:
+            return replace(self, sub=None) if self.sub is not None else self
+        k3 = min(MAX_SUB_WORDS, 1 << int(np.ceil(np.log2(want))))
+        plain = replace(self, sub=None)
+        word = np.empty(desc.shape[0], np.int64)
+        for i in range(0, desc.shape[0], 65_536):  # in chunks: float32 copies are 4x the size
+            rows, _, w = plain.assign(desc[i : i + 65_536])
+            word[i + rows] = w
+        order = np.argsort(word, kind="stable")
+        offsets = np.searchsorted(word[order], np.arange(plain.size + 1)).astype(np.int64)
+        sub = group_kmeans(desc[order].astype(np.float32), offsets, k3)
+        return replace(self, sub=sub, version=uuid.uuid4().hex)
 
     @staticmethod
     def train(desc: U8, *, seed: int = 0) -> Vocabulary:
@@ -328,8 +385,26 @@ class Vocabulary:
         return ((self.coarse * self.coarse).sum(1)[None, :].astype(np.float32),
                 (self.fine * self.fine).sum(2).astype(np.float32))
 
-    def assign(self, desc: U8, *, n_coarse: int = 1, n_fine: int = 1) -> tuple[I32, U64, I32]:
-        """Words and signatures of descriptors, with multiple assignment.
+    @cached_property
+    def _transposed(self) -> tuple[F32, F32]:
+        """Coarse and fine centroids as ``(cells, 128, per cell)`` for :func:`nearest_by_cell`."""
+        return (np.ascontiguousarray(self.coarse.T[None]),
+                np.ascontiguousarray(self.fine.transpose(0, 2, 1)))
+
+    @cached_property
+    def _projected_fine(self) -> F32:
+        """``proj @ fine`` per word, ``(k1 * k2, 64)``: a residual's projection is the
+        descriptor's minus its word's."""
+        return np.ascontiguousarray((self.fine.reshape(-1, 128) @ self.proj.T).astype(np.float32))
+
+    @cached_property
+    def _sub_norms(self) -> F32:
+        assert self.sub is not None
+        return np.asarray((self.sub * self.sub).sum(2), np.float32)
+
+    def assign(self, desc: U8, *, n_coarse: int = 1, n_fine: int = 1, n_sub: int = 1) -> tuple[I32, U64, I32]:
+        """Words and signatures of descriptors, with multiple assignment
+        (``n_sub`` sub-words per word when the vocabulary has a third level).
 
         Returns ``(rows, sigs, words)``: ``rows[i]`` is the descriptor index of
         the i-th (descriptor, word) pair. Pairs come grouped by coarse cell
@@ -341,30 +416,40 @@ class Vocabulary:
             return np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32)
         k1 = self.coarse.shape[0]
         cnorm, fnorm = self._norms
+        coarse_t, fine_t = self._transposed
         nc = min(n_coarse, k1)
-        c_idx = nearest(x, np.arange(n, dtype=np.int64), np.zeros(n, np.int64), self.coarse[None], cnorm, nc)
+        c_idx = nearest_by_cell(x, np.arange(n, dtype=np.int64), np.zeros(n, np.int64), coarse_t, cnorm, nc)
         cells = c_idx.ravel()
         order = np.argsort(cells, kind="stable")
         rows_c, cells = order // nc, cells[order]
         nf = min(n_fine, self.k2)
-        f_idx = nearest(x, rows_c, cells, self.fine, fnorm, nf).ravel()
+        f_idx = nearest_by_cell(x, rows_c, cells, fine_t, fnorm, nf).ravel()
         rows = np.repeat(rows_c, nf)
         cell_of = np.repeat(cells, nf)
-        res = x[rows] - self.fine[cell_of, f_idx]
-        bits = (res @ self.proj.T) > 0
+        words = cell_of * self.k2 + f_idx
+        bits = (x @ self.proj.T)[rows] > self._projected_fine[words]
         sigs = np.packbits(bits, axis=1, bitorder="little").view("<u8").ravel().astype(np.uint64)
-        return rows.astype(np.int32), sigs, (cell_of * self.k2 + f_idx).astype(np.int32)
+        if self.sub is not None:
+            ns = min(n_sub, self.k3)
+            s_idx = nearest(x, rows, words, self.sub, self._sub_norms, ns).ravel()
+            rows, sigs = np.repeat(rows, ns), np.repeat(sigs, ns)
+            words = np.repeat(words, ns) * self.k3 + s_idx
+        return rows.astype(np.int32), sigs, words.astype(np.int32)
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
-        np.savez(buf, coarse=self.coarse, fine=self.fine, proj=self.proj,
-                 version=np.array(self.version))
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            "coarse": self.coarse, "fine": self.fine, "proj": self.proj, "version": np.array(self.version)}
+        if self.sub is not None:
+            arrays["sub"] = self.sub
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
         _atomic_write(path, buf.getvalue())
 
     @staticmethod
     def load(path: Path) -> Vocabulary:
         with np.load(path) as z:
-            return Vocabulary(z["coarse"], z["fine"], z["proj"], str(z["version"]))
+            sub = z["sub"] if "sub" in z.files else None
+            return Vocabulary(z["coarse"], z["fine"], z["proj"], str(z["version"]), sub)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -542,6 +627,7 @@ class LocalIndex:
     store: FeatureStore
     n_coarse: int = 2
     n_fine: int = 2
+    n_sub: int = 2
     vocab: Vocabulary | None = None
     _offset: int = 0
     _works: dict[int, StoredWork] = field(default_factory=dict)
@@ -574,11 +660,15 @@ class LocalIndex:
         self.refresh()
 
     def _maybe_train(self) -> None:
-        """Train the vocabulary when absent, and again each time the registry has
-        grown 4x, until it was trained on 256 works (enough for a stable one)."""
+        """Train the vocabulary when absent, again each time the registry has grown
+        4x until it was trained on 256 works (enough for stable words), and after
+        that each time it has doubled, so the sub-words keep the postings per word
+        near :data:`POSTINGS_PER_WORD` (a retrain re-reads every work: minutes at
+        thousands of works)."""
         self.refresh()
         n_works = len(self.store.stored_ids())
-        if self.vocab is None or (self._trained_on < 256 and n_works >= 4 * max(1, self._trained_on)):
+        grow = 4 if self._trained_on < 256 else 2
+        if self.vocab is None or n_works >= grow * max(1, self._trained_on):
             self.retrain()
 
     def retrain(self) -> None:
@@ -586,24 +676,32 @@ class LocalIndex:
         with self.store.lock():
             ids = self.store.stored_ids()
             rng = np.random.default_rng(0)
+            rng_sub = np.random.default_rng(1)
             per = max(50, 300_000 // max(1, len(ids)))
             sample: list[U8] = []
+            sample_sub: list[U8] = []
+            postings = 0
             for wid in ids:
                 w = self.store.read(wid)
                 if w is None:
                     continue
                 for f in (w.direct, w.mirrored):
+                    postings += len(f)
                     if len(f) > per // 2:
                         sample.append(f.desc[rng.choice(len(f), per // 2, replace=False)])
                     elif len(f):
                         sample.append(f.desc)
+                    take = min(len(f), SUB_SAMPLE_PER_WORK // 2)
+                    sample_sub.append(f.desc[rng_sub.choice(len(f), take, replace=False)])
             if not sample:
                 return
-            vocab = Vocabulary.train(np.concatenate(sample))
+            vocab = Vocabulary.train(np.concatenate(sample)).with_sublevel(
+                np.concatenate(sample_sub), postings)
             vocab.save(self.store.vocab_path)
             with open(self.store.journal, "a", encoding="utf-8") as fh:
                 fh.write(f"vocab {vocab.version} {len(ids)}\n")
-        log.info("local index: trained a %d-word vocabulary on %d works", vocab.size, len(ids))
+        log.info("local index: trained a %d-word vocabulary%s on %d works", vocab.size // vocab.k3,
+                 f" with {vocab.k3} sub-words per word" if vocab.k3 > 1 else "", len(ids))
 
     # ---- reader side
 
@@ -643,8 +741,13 @@ class LocalIndex:
                 if w is not None:
                     self._insert(w)
 
-    def _reload_all(self) -> None:
-        self.vocab = Vocabulary.load(self.store.vocab_path) if self.store.vocab_path.exists() else None
+    def _reload_all(self, vocab: Vocabulary | None = None) -> None:
+        """Re-read every work under the published vocabulary (or ``vocab``: the
+        speed benchmark installs one trained for a registry it grows in memory)."""
+        if vocab is not None:
+            self.vocab = vocab
+        else:
+            self.vocab = Vocabulary.load(self.store.vocab_path) if self.store.vocab_path.exists() else None
         self._works.clear()
         self._thumbs.clear()
         self.generation += 1
@@ -750,7 +853,8 @@ class LocalIndex:
         if self.vocab is None or not len(q):
             return []
         self._compact()
-        rows, qsig, words = self.vocab.assign(q.desc, n_coarse=self.n_coarse, n_fine=self.n_fine)
+        rows, qsig, words = self.vocab.assign(q.desc, n_coarse=self.n_coarse, n_fine=self.n_fine,
+                                              n_sub=self.n_sub)
         # Each query keypoint's entries (one per assigned word) side by side, so
         # its hits come out contiguous.
         by_row = np.argsort(rows, kind="stable")
@@ -765,7 +869,8 @@ class LocalIndex:
         parts_l: list[npt.NDArray[np.int64]] = []
         segs = [s for s in (self._main, self._delta) if s is not None]
         for si, seg in enumerate(segs):
-            at, pos, ham, image = hamming_hits(seg.offsets, seg.sig, words, qsig, HE_RADIUS, seg.image, alive)
+            at, pos, ham, image = hamming_hits(seg.offsets, seg.sig, words, qsig, rows, HE_RADIUS,
+                                               HITS_PER_KEYPOINT, seg.image, alive)
             # One correspondence per (image, query keypoint): the closest
             # signature, kept only when it is distinctive. A query keypoint that
             # matches several places of the same work about equally well (arcs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -176,7 +178,8 @@ def test_compiled_posting_scan_equals_the_numpy_reference() -> None:
                            rng.integers(0, 2**63, 250, dtype=np.int64).astype(np.uint64)])
     image = (np.arange(n_postings) % 7).astype(np.int32)
     alive = np.array([True] * 6 + [False])
-    got = hamming_hits(offsets, sig, words, qsig, 22, image, alive)
+    rows = np.arange(words.shape[0], dtype=np.int32) // 2  # two words per query keypoint
+    got = hamming_hits(offsets, sig, words, qsig, rows, 22, 0, image, alive)
     start = offsets[words]
     cnt = offsets[words + 1] - start
     rep = np.repeat(np.arange(words.shape[0]), cnt)
@@ -187,10 +190,26 @@ def test_compiled_posting_scan_equals_the_numpy_reference() -> None:
     assert want and set(zip(*(a.tolist() for a in got), strict=True)) == want
     assert int((got[2] == 3).sum()) >= 200 and not (got[3] == 6).any()
     # Every posting a hit: more than the first output space holds, so it retries.
-    everything = hamming_hits(offsets, sig, words, qsig, 64, image, alive)
+    everything = hamming_hits(offsets, sig, words, qsig, rows, 64, 0, image, alive)
     assert everything[0].shape[0] == int(alive[image[pos]].sum()) > 8 * 1024
-    empty = hamming_hits(offsets, sig, words[:0], qsig[:0], 22, image, alive)
+    empty = hamming_hits(offsets, sig, words[:0], qsig[:0], rows[:0], 22, 0, image, alive)
     assert all(a.shape == (0,) for a in empty)
+    # At most about 12 hits per keypoint: each keypoint's closest, cut at a distance
+    # (all hits as close as the farthest kept one stay), the rest of the row dropped.
+    for radius in (22, 64):  # 64: the first output space overflows before the cuts
+        cut = hamming_hits(offsets, sig, words, qsig, rows, radius, 12, image, alive)
+        full = hamming_hits(offsets, sig, words, qsig, rows, radius, 0, image, alive)
+        for r in range(0, 250, 7):
+            mine = np.isin(full[0], np.flatnonzero(rows == r))
+            kept = np.isin(cut[0], np.flatnonzero(rows == r))
+            h_all = np.sort(full[2][mine])
+            if h_all.shape[0] <= 12:
+                assert sorted(cut[1][kept].tolist()) == sorted(full[1][mine].tolist())
+                continue
+            limit = h_all[11]
+            assert int(cut[2][kept].max()) == limit
+            assert kept.sum() == int((h_all <= limit).sum()) >= 12
+            assert set(cut[1][kept].tolist()) == set(full[1][mine][full[2][mine] <= limit].tolist())
 
 
 def test_distinct_best_keeps_the_closest_unambiguous_posting() -> None:
@@ -227,6 +246,24 @@ def test_compiled_nearest_centroids_equal_the_numpy_reference() -> None:
     assert tie.tolist() == [[0, 1]]
 
 
+def test_nearest_by_cell_agrees_with_brute_force() -> None:
+    from matching._scan import nearest_by_cell
+
+    rng = np.random.default_rng(4)
+    cent = rng.normal(0, 50, (6, 30, 128)).astype(np.float32)
+    cnorm = (cent * cent).sum(2).astype(np.float32)
+    x = rng.normal(0, 50, (80, 128)).astype(np.float32)
+    x_row = rng.integers(0, 80, 150).astype(np.int64)
+    cell = np.sort(rng.integers(0, 6, 150)).astype(np.int64)
+    cell[:40] = 2  # a long run of one cell, then short ones
+    cell = np.sort(cell)
+    got = nearest_by_cell(x, x_row, cell, np.ascontiguousarray(cent.transpose(0, 2, 1)), cnorm, 3)
+    d = ((x[x_row][:, None, :].astype(np.float64) - cent[cell]) ** 2).sum(2)
+    assert np.array_equal(got, np.argsort(d, axis=1, kind="stable")[:, :3])
+    assert nearest_by_cell(x, x_row[:0], cell[:0], np.ascontiguousarray(cent.transpose(0, 2, 1)),
+                           cnorm, 3).shape == (0, 3)
+
+
 def test_vocabulary_assignment_matches_brute_force() -> None:
     from matching.local import HE_BITS, Vocabulary
 
@@ -250,6 +287,69 @@ def test_vocabulary_assignment_matches_brute_force() -> None:
             res = x[r] - voc.fine[w // voc.k2, w % voc.k2]
             bits = (voc.proj @ res > 0).astype(np.uint64)
             assert int(s) == int((bits << np.arange(HE_BITS, dtype=np.uint64)).sum())
+
+
+def _lloyd_reference(x: np.ndarray, k: int, iters: int) -> np.ndarray:
+    m = x.shape[0]
+    cent = x[[(j * m) // k for j in range(k)]].astype(np.float64)
+    lab = np.full(m, -1)
+    for _ in range(iters):
+        new = ((x[:, None, :] - cent[None]) ** 2).sum(2).argmin(1)
+        if (new == lab).all():
+            break
+        lab = new
+        for j in range(k):
+            if (lab == j).any():
+                cent[j] = x[lab == j].mean(0)
+    return cent
+
+
+def test_group_kmeans_matches_a_reference_lloyd_per_group() -> None:
+    from matching._scan import group_kmeans
+
+    rng = np.random.default_rng(8)
+    sizes = [0, 5, 13, 48, 200]
+    x = np.concatenate([rng.normal(i * 10, 3, (n, 4)) for i, n in enumerate(sizes)]).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    got = group_kmeans(x, offsets, 4, iters=10, min_members=6, far=1e4)
+    assert got.shape == (5, 4, 4)
+    assert (got[0] == 1e4).all()  # empty group: every slot far
+    assert np.allclose(got[1, 0], x[0:5].mean(0), atol=1e-4) and (got[1, 1:] == 1e4).all()
+    assert np.allclose(got[2, :2], _lloyd_reference(x[5:18], 2, 10), atol=1e-3)  # 13 // 6 = 2
+    assert (got[2, 2:] == 1e4).all()
+    assert np.allclose(got[3], _lloyd_reference(x[18:66], 4, 10), atol=1e-3)
+    assert np.allclose(got[4], _lloyd_reference(x[66:], 4, 10), atol=1e-3)
+
+
+def test_sub_words_partition_words_without_changing_signatures(tmp_path: Path) -> None:
+    from matching.local import MAX_SUB_WORDS, POSTINGS_PER_WORD, Vocabulary
+
+    rng = np.random.default_rng(6)
+    desc = rng.integers(0, 120, (6000, 128)).astype(np.uint8)
+    voc = Vocabulary.train(desc[:3000], seed=1)
+    assert voc.with_sublevel(desc, voc.size * POSTINGS_PER_WORD // 2) is voc  # not busy yet
+    three = voc.with_sublevel(desc, voc.size * POSTINGS_PER_WORD * 3)
+    assert three.k3 == 4 and three.size == voc.size * 4 and three.version != voc.version
+    assert voc.with_sublevel(desc, voc.size * POSTINGS_PER_WORD * 1000).k3 == MAX_SUB_WORDS
+    q = desc[:300]
+    rows, sigs, words = voc.assign(q, n_coarse=2, n_fine=2)
+    r1, s1, w1 = three.assign(q, n_coarse=2, n_fine=2, n_sub=1)
+    assert np.array_equal(r1, rows) and np.array_equal(s1, sigs)
+    assert np.array_equal(w1 // three.k3, words)
+    # Two sub-words per word: the two nearest sub-centroids, nearest first.
+    r2, s2, w2 = three.assign(q, n_coarse=2, n_fine=2, n_sub=2)
+    assert np.array_equal(r2, np.repeat(rows, 2)) and np.array_equal(s2, np.repeat(sigs, 2))
+    assert three.sub is not None
+    x = q.astype(np.float32)
+    for i in range(0, rows.shape[0], 97):
+        d = ((x[rows[i]][None] - three.sub[words[i]]) ** 2).sum(1)
+        assert (w2[2 * i : 2 * i + 2] % three.k3).tolist() == np.argsort(d, kind="stable")[:2].tolist()
+    path = tmp_path / "vocab.npz"
+    three.save(path)
+    back = Vocabulary.load(path)
+    assert back.version == three.version and back.sub is not None and np.array_equal(back.sub, three.sub)
+    voc.save(path)
+    assert Vocabulary.load(path).sub is None
 
 
 def _wgc_reference(d_angle: np.ndarray, d_log: np.ndarray, bins: int = 18, sb: float = 0.5) -> tuple[int, np.ndarray]:
@@ -298,3 +398,32 @@ def test_curve_support_counts_points_on_a_circle_or_a_line() -> None:
     assert curve_support(spread, 2.0) <= 8
     # seeded: the same answer every call
     assert len({curve_support(spread, 2.0) for _ in range(3)}) == 1
+
+
+def test_limit_native_threads_leaves_every_openblas_with_one_thread() -> None:
+    """The BLAS numba calls (SciPy's OpenBLAS) must be limited too: on a 2-core box its
+    threads spinning beside the other engine process doubled the search's CPU time."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import ctypes, json, matching.local as l
+l.limit_native_threads()
+paths = {ln.split()[-1] for ln in open('/proc/self/maps') if 'openblas' in ln.lower() and '.so' in ln}
+out = []
+for p in sorted(paths):
+    lib = ctypes.CDLL(p)
+    for fn in ('scipy_openblas_get_num_threads64_', 'scipy_openblas_get_num_threads',
+               'openblas_get_num_threads64_', 'openblas_get_num_threads'):
+        if hasattr(lib, fn):
+            out.append([p.rsplit('/', 1)[-1], getattr(lib, fn)()])
+            break
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if "NUM_THREADS" not in k}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    found = json.loads(done.stdout)
+    assert any("scipy_openblas" in name for name, _ in found), found
+    assert all(n == 1 for _, n in found), found

@@ -210,3 +210,32 @@ def test_near_duplicate_work_is_explained_away(tmp_path: Path) -> None:
     assert [c.work_id for c in cands if c.match] == [1]
     other = [c for c in cands if c.work_id == 2]
     assert not other or other[0].signals.get("explained_by") == 1.0 or other[0].score < 0.5
+
+
+def test_busy_words_are_split_into_sub_words_and_copies_still_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry whose words hold more postings than POSTINGS_PER_WORD gets a third
+    vocabulary level at its next retrain; crops, pastes and flips are still found, and
+    other processes pick the new vocabulary up from disk."""
+    import matching.local as local
+
+    e = Engine(tmp_path)
+    for wid, img in WORKS.items():
+        e.register(WorkRef(wid, OWNER[wid], "artwork"), encode(img, "PNG"))
+    assert e.index.vocab is not None and e.index.vocab.k3 == 1
+    monkeypatch.setattr(local, "POSTINGS_PER_WORD", 2)
+    e.retrain()
+    vocab = e.index.vocab
+    assert vocab is not None and vocab.k3 == local.MAX_SUB_WORDS
+    reader = Engine(tmp_path)
+    assert reader.index.vocab is not None and reader.index.vocab.version == vocab.version
+    crop = WORKS[1][60:300, 100:420]
+    bg = scene(50)
+    bg[200:380, 300:540] = cv2.resize(WORKS[3], (240, 180), interpolation=cv2.INTER_AREA)
+    flipped = np.ascontiguousarray(WORKS[2][:, ::-1])
+    for eng in (e, reader):
+        assert [c.work_id for c in eng.analyse(encode(crop, quality=85)) if c.match] == [1]
+        assert [c.work_id for c in eng.analyse(encode(bg, quality=80)) if c.match] == [3]
+        assert [c.work_id for c in eng.analyse(encode(flipped, quality=80)) if c.match] == [2]
+        assert not any(c.match for c in eng.analyse(encode(textured(99), quality=80)))
