@@ -70,6 +70,9 @@ class MatchingSettings(_Section):
     device: str = "auto"
     batch_size: int = 32
     threshold: float = 0.5
+    #: malloc for engine processes (`artwatch worker`, `scan`'s pool): "jemalloc" keeps a
+    #: large registry's heap from slowing everything else down (matching.allocator).
+    allocator: Literal["jemalloc", "system"] = "jemalloc"
 
 
 class CrawlerSettings(_Section):

@@ -151,9 +151,28 @@ def _results(items: list[tuple[str, str]], settings: Settings, workers: int) -> 
         return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")  # one process per core; no oversubscription
+    from matching.allocator import jemalloc_env, running_jemalloc
+
+    preload = os.environ.get("LD_PRELOAD")
+    if settings.matching.allocator == "jemalloc":
+        env = jemalloc_env(os.environ)
+        if env is None:
+            click.echo("warning: jemalloc is not installed (apt-get install libjemalloc2); "
+                       "the scan runs on the system malloc", err=True)
+        else:
+            os.environ["LD_PRELOAD"] = env["LD_PRELOAD"]  # read by each worker as it is spawned
     # spawn: each worker starts clean and builds its own engine (no state shared across fork).
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(settings,))
+    finally:  # only the pool's processes, not whatever this process starts later
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
+    with pool:
+        malloc = "jemalloc" if pool.apply(running_jemalloc) else "the system malloc"
+        click.echo(f"scan: {workers} worker processes on {malloc}", err=True)
         yield from pool.imap(_analyse_one, items, chunksize=2)
 
 

@@ -337,6 +337,10 @@ def worker(obj: CliContext, role: str, queues: str | None, concurrency: int | No
     from workers.runtime import set_runtime_settings
 
     settings = obj.settings
+    if settings.matching.allocator == "jemalloc":
+        from matching.allocator import reexec_with_jemalloc
+
+        reexec_with_jemalloc()  # first: the restart repeats everything before it
     role_queues, role_pool = _ROLES[role]
     queue_list = [q.strip() for q in (queues or role_queues).split(",") if q.strip()]
     pool = pool or role_pool

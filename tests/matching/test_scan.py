@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,9 @@ def test_scan_writes_predictions(cli: CliRunner, dataset: Path, tmp_path: Path, 
     assert "1 unreadable" in res.output and "bad.jpg" in res.output
     assert "scanned 5 uploads" in res.output
     assert "scanning: 5/5 (100%)" in res.output  # progress on stderr (not a terminal here)
+    if workers == "2":  # the pool runs on jemalloc; this process's environment is left as it was
+        assert "scan: 2 worker processes on jemalloc" in res.output
+        assert "jemalloc" not in os.environ.get("LD_PRELOAD", "")
     assert not (tmp_path / "pred.jsonl.part").exists()
 
 

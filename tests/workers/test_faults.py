@@ -307,9 +307,14 @@ def test_embedded_folder_broker_runs_the_same_pipeline(make_pipeline: MakePipeli
     delivery counter in DATA_DIR/broker, the same end state."""
     p = make_pipeline("", copies=1, others=2)
     assert p.settings.embedded_broker
-    p.start_worker("-c", "2", name="embedded")
+    worker = p.start_worker("-c", "2", name="embedded")
     p.crawl()
     p.wait_settled(3, timeout=60)
     p.assert_end_state()
+    # The worker restarted itself on jemalloc (same pid), and its pool processes forked from it.
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert len(children) == 2
+    for pid in [worker.pid, *map(int, children)]:
+        assert "libjemalloc" in Path(f"/proc/{pid}/maps").read_text(), pid
     counts = p.settings.broker_dir() / "deliveries"
     assert counts.is_dir() and not any(counts.iterdir()), "finished tasks must forget their delivery counts"
