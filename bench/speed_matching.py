@@ -26,6 +26,11 @@ reads. Each engine lives in a process of its own, as in a worker that holds
 one registry (in one shared process, the 10,000-work engine slowed even the
 small engine's feature extraction by half); the two are measured upload by
 upload, alternately, one at a time.
+
+``--allocators system,jemalloc`` runs a small and a big registry process for
+each allocator (jemalloc preloaded with ``LD_PRELOAD``), all four measured in
+turn upload by upload, and reports each allocator's tables and the ratio
+between them at each size.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def _sample_uploads(dataset: Path, n: int, seed: int) -> list[Path]:
     return [dataset / rows[i]["file"] for i in sorted(pick)]
 
 
-def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, list[float]]:
+def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, list[Any]]:
     import imagehash
     from PIL import Image
 
@@ -71,7 +76,7 @@ def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, l
 
     clock = time.process_time
     sha, pdq = Sha256Signal(), PdqSignal()
-    out: dict[str, list[float]] = {k: [] for k in [*STAGES, "phash", "pdq_only"]}
+    out: dict[str, list[Any]] = {k: [] for k in [*STAGES, "phash", "pdq_only", "matched"]}
     for data, name in zip(uploads, names, strict=True):
         t0 = clock()
         img = decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE)
@@ -84,7 +89,7 @@ def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, l
         engine.analyse_decoded(img, timings=timings)
         t4 = clock()
         hashlib.sha256(data).digest()
-        engine.analyse(data, name=name)
+        found = engine.analyse(data, name=name)
         t5 = clock()
         imagehash.phash(Image.fromarray(img.rgb))
         t6 = clock()
@@ -99,12 +104,13 @@ def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, l
         out["total"].append((t5 - t4) * 1000)
         out["phash"].append((t6 - t5) * 1000)
         out["pdq_only"].append((t7 - t6) * 1000)
+        out["matched"].append(sorted(c.work_id for c in found if c.match))
     return out
 
 
 def _grow(engine: Any, target: int, seed: int) -> int:
     """Add synthetic works (see the module doc) until the registry holds ``target``."""
-    from matching.local import LocalFeatures, StoredWork
+    from matching.local import SUB_SAMPLE_PER_WORK, LocalFeatures, StoredWork
 
     idx = engine.index
     # The index keeps postings in memory; descriptors are read from the store.
@@ -112,6 +118,15 @@ def _grow(engine: Any, target: int, seed: int) -> int:
     real = [w for w in real if w is not None]
     pool = np.concatenate([f.desc for w in real for f in (w.direct, w.mirrored) if len(f)])
     rng = np.random.default_rng(seed)
+    # What a retrain at this size does (LocalIndex.retrain): sub-words trained on a
+    # sample of the registry's descriptors, here drawn as the synthetic works draw theirs.
+    postings = sum(len(f) for w in real for f in (w.direct, w.mirrored)) * target / len(real)
+    sample = pool[rng.integers(0, pool.shape[0], SUB_SAMPLE_PER_WORK * target)]
+    vocab = idx.vocab.with_sublevel(sample, int(postings))
+    del sample
+    if vocab is not idx.vocab:
+        idx._reload_all(vocab)
+    print(f"vocabulary: {vocab.size // vocab.k3} words x {vocab.k3} sub-words", file=sys.stderr)
     next_id = max(w.work_id for w in real) + 1
     added = 0
     while len(real) + added < target:
@@ -137,8 +152,9 @@ def _engine_process(conn: Any, role: str, dataset: str, data_dir: str, grow_to: 
                     paths: list[str]) -> None:
     """One registry in a process of its own; measures the uploads it is sent.
 
-    ``role`` "small" registers the dataset's works; "big" opens the same folder
-    once they are there and grows the registry in memory (:func:`_grow`).
+    ``role`` "small" registers the dataset's works; "open" opens the same folder
+    once they are there; "big" opens it and grows the registry in memory
+    (:func:`_grow`).
     """
     from config.settings import load_settings
     from matching import WorkRef, build_engine
@@ -154,11 +170,16 @@ def _engine_process(conn: Any, role: str, dataset: str, data_dir: str, grow_to: 
                             (ds / w["file"]).read_bytes())
         engine.retrain()
         print(f"registered {len(works)} works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    elif role == "open":
+        engine.index.refresh()
     else:
         engine.index.refresh()
         t = time.perf_counter()
         added = _grow(engine, grow_to, seed)
         print(f"added {added} synthetic works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+    with open("/proc/self/maps", encoding="utf-8") as fh:
+        malloc = "jemalloc" if any("libjemalloc" in ln for ln in fh) else "system"
+    print(f"{role} registry, {malloc} malloc: {len(engine.index.work_ids)} works", file=sys.stderr)
     data = [Path(p).read_bytes() for p in paths]
     names = [Path(p).name for p in paths]
     _measure(engine, data[:10], names[:10])  # warm-up: imports, compiled loops, vocabulary segments
@@ -167,45 +188,41 @@ def _engine_process(conn: Any, role: str, dataset: str, data_dir: str, grow_to: 
         conn.send(_measure(engine, data[i : i + 1], names[i : i + 1]))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", type=Path, default=Path("/work/benchdata/dev"))
-    ap.add_argument("--uploads", type=int, default=300)
-    ap.add_argument("--grow-to", type=int, default=10_000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+ALLOCATORS = {"system": None, "jemalloc": "libjemalloc.so.2"}
 
-    import multiprocessing as mp
 
-    tmp = Path(tempfile.mkdtemp(prefix="speedbench-"))
-    paths = [str(p) for p in _sample_uploads(args.dataset, args.uploads, args.seed)]
-    ctx = mp.get_context("spawn")
-    procs, conns, sizes = [], [], []
-    # The small registry is built first; the big one starts from its folder.
-    for role in ("small", "big"):
-        mine, theirs = ctx.Pipe()
+def _start(ctx: Any, role: str, allocator: str, args: argparse.Namespace, tmp: Path, paths: list[str]) -> tuple[Any, Any]:
+    """Start one engine process with ``allocator`` preloaded (the environment is read at spawn)."""
+    import os
+
+    mine, theirs = ctx.Pipe()
+    before = os.environ.get("LD_PRELOAD")
+    lib = ALLOCATORS[allocator]
+    if lib:
+        os.environ["LD_PRELOAD"] = lib
+    try:
         p = ctx.Process(target=_engine_process, args=(theirs, role, str(args.dataset), str(tmp),
                                                        args.grow_to, args.seed, paths))
         p.start()
-        procs.append(p)
-        conns.append(mine)
-        sizes.append(mine.recv())
-    small: dict[str, list[float]] = {}
-    big: dict[str, list[float]] = {}
-    # One process measures at a time, alternately, so machine load (this box is
-    # shared) and drift weigh on both sides alike.
-    for i in range(len(paths)):
-        order = ((conns[0], small), (conns[1], big)) if i % 2 == 0 else ((conns[1], big), (conns[0], small))
-        for conn, acc in order:
-            conn.send(i)
-            for k, v in conn.recv().items():
-                acc.setdefault(k, []).extend(v)
-    for conn, p in zip(conns, procs, strict=True):
-        conn.send(None)
-        p.join()
-    n_small, n_big = sizes
-    results: dict[str, Any] = {"uploads": len(paths), str(n_small): _summary(small), str(n_big): _summary(big)}
+    finally:
+        if before is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = before
+    return p, mine
+
+
+def _report(n_small: int, n_big: int, small: dict[str, list[Any]], big: dict[str, list[Any]],
+            label: str) -> dict[str, Any]:
+    # Accuracy at scale: the small registry's matches (all to real works) that the
+    # big one still makes, and the big one's matches to its synthetic works.
+    matched_small, matched_big = small.pop("matched"), big.pop("matched")
+    kept = sum(len(set(a) & set(b)) for a, b in zip(matched_small, matched_big, strict=True))
+    total_small = sum(len(a) for a in matched_small)
+    synthetic = sum(1 for b in matched_big for w in b if w > n_small)
+    results: dict[str, Any] = {str(n_small): _summary(small), str(n_big): _summary(big),
+                               "matches": {"small": total_small, "kept_by_big": kept,
+                                           "big_to_synthetic_works": synthetic}}
 
     def med(d: dict[str, list[float]], k: str) -> float:
         return statistics.median(d[k])
@@ -216,18 +233,79 @@ def main() -> None:
         "candidate_search_median_ratio": round(statistics.median(cand_big) / statistics.median(cand_small), 2),
         "total_median_ratio": round(med(big, "total") / med(small, "total"), 2),
     }
-    print(json.dumps(results, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    print(f"\n| stage (CPU ms per upload) | {n_small} works median | p95 | {n_big} works median | p95 |")
+    print(f"\n{label}\n")
+    print(f"| stage (CPU ms per upload) | {n_small} works median | p95 | {n_big} works median | p95 |")
     print("|---|---|---|---|---|")
     for k in [*STAGES, "phash", "pdq_only"]:
         a, b = results[str(n_small)][k], results[str(n_big)][k]
         print(f"| {k} | {a['median']} | {a['p95']} | {b['median']} | {b['p95']} |")
     for n, d in ((n_small, small), (n_big, big)):
         print(f"{n} works: total / decode (medians) = {med(d, 'total') / med(d, 'decode'):.1f}x")
+    print(f"matches at {n_small} works: {total_small}; kept at {n_big} works: {kept}; "
+          f"matches to synthetic works at {n_big}: {synthetic}")
     print(f"candidate search (search + pdq_search) median growth {n_small} -> {n_big}: "
           f"{results['growth']['candidate_search_median_ratio']}x; total: {results['growth']['total_median_ratio']}x")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", type=Path, default=Path("/work/benchdata/dev"))
+    ap.add_argument("--uploads", type=int, default=300)
+    ap.add_argument("--grow-to", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allocators", default="system",
+                    help="comma-separated, of: " + ", ".join(ALLOCATORS) + " (a small and a big "
+                         "registry process for each, all measured in turn)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    if not allocators or any(a not in ALLOCATORS for a in allocators):
+        ap.error(f"--allocators: choose from {', '.join(ALLOCATORS)}")
+
+    import multiprocessing as mp
+
+    tmp = Path(tempfile.mkdtemp(prefix="speedbench-"))
+    paths = [str(p) for p in _sample_uploads(args.dataset, args.uploads, args.seed)]
+    ctx = mp.get_context("spawn")
+    # The first small registry registers the works; every other process opens its
+    # folder once they are there (the big ones then grow in memory, side by side).
+    runs = [(alloc, role) for alloc in allocators for role in ("small", "big")]
+    first = _start(ctx, "small", allocators[0], args, tmp, paths)
+    sizes = {(allocators[0], "small"): first[1].recv()}
+    started = {(allocators[0], "small"): first}
+    for alloc, role in runs[1:]:
+        started[(alloc, role)] = _start(ctx, "open" if role == "small" else "big", alloc, args, tmp, paths)
+    for key in runs[1:]:
+        sizes[key] = started[key][1].recv()
+    acc: dict[tuple[str, str], dict[str, list[Any]]] = {key: {} for key in runs}
+    # One process measures at a time, in turn (the starting one rotates), so machine
+    # load (this box is shared) and drift weigh on every side alike.
+    for i in range(len(paths)):
+        for j in range(len(runs)):
+            key = runs[(i + j) % len(runs)]
+            conn = started[key][1]
+            conn.send(i)
+            for k, v in conn.recv().items():
+                acc[key].setdefault(k, []).extend(v)
+    for p, conn in started.values():
+        conn.send(None)
+        p.join()
+    results: dict[str, Any] = {"uploads": len(paths)}
+    for alloc in allocators:
+        label = f"allocator: {alloc}"
+        results[alloc] = _report(sizes[(alloc, "small")], sizes[(alloc, "big")], acc[(alloc, "small")],
+                                 acc[(alloc, "big")], label)
+    if len(allocators) > 1:
+        base = allocators[0]
+        for alloc in allocators[1:]:
+            for role in ("small", "big"):
+                n = str(sizes[(alloc, role)])
+                ratio = results[alloc][n]["total"]["median"] / results[base][n]["total"]["median"]
+                print(f"total median, {alloc} / {base}, {n} works: {ratio:.2f}x")
+    print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
