@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from matching.dense import THUMB_SIDE, dense_agreement, work_thumbnails
 from matching.local import extract_features
@@ -162,6 +163,32 @@ def test_balanced_upload_keypoints_keep_a_quiet_corner() -> None:
     assert len(balanced) <= 400
     assert in_corner(balanced) >= 5
     assert in_corner(balanced) > 2 * in_corner(plain)
+
+
+@pytest.mark.parametrize("budget", [400, 5000])  # more keypoints than the budget, and fewer
+def test_one_sift_pass_and_two_give_the_same_upload_features(
+    budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quiet uploads are described in one SIFT pass, busy ones detect first and describe
+    the balanced selection: the keypoints and descriptors must not depend on the path."""
+    import matching.local as local
+
+    from matching.local import _busy_share
+
+    rgb = smooth_image(21, 480, 360)
+    rgb[100:260, 120:360] = cv2.resize(np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8),
+                                       (240, 160), interpolation=cv2.INTER_NEAREST)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    assert 0.0 < _busy_share(gray) < 1.0
+    out = []
+    for share in (0.0, 2.0):  # always two passes, always one
+        monkeypatch.setattr(local, "ONE_PASS_BUSY", share)
+        out.append(extract_features(rgb, max_kp=budget, balanced=True))
+    two, one = out
+    assert 100 < len(two) <= budget
+    assert (len(two) == budget) == (budget == 400)
+    for field in ("xy", "scale", "angle", "desc"):
+        assert np.array_equal(getattr(two, field), getattr(one, field)), field
 
 
 def test_compiled_posting_scan_equals_the_numpy_reference() -> None:
