@@ -184,7 +184,9 @@ MIN_CONTRAST = 0.003
 #: is described in one SIFT pass (``detectAndCompute``): it rarely has more
 #: keypoints than the budget, and a second pass would build the scale space
 #: again. Busier uploads detect first and compute descriptors for the balanced
-#: selection only. Either way the keypoints and descriptors are the same.
+#: selection only. Either way the keypoints are the same, and so are the
+#: descriptors unless no kept keypoint lies in SIFT's upsampled octave (then
+#: ``compute`` skips that octave: 2 of 300 dev uploads).
 ONE_PASS_BUSY = 0.35
 
 
