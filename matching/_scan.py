@@ -164,20 +164,6 @@ def distinct_best(
     return np.asarray(_distinct_best(qrow, image, ham, pos, xy, np.float32(same_place), np.int64(margin)))
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _keep_nearest(best_d, out, i, dist, j):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    # Insert centroid j at distance dist into row i's sorted k best (ties: the earlier j).
-    k = best_d.shape[0]
-    if dist < best_d[k - 1]:
-        t = k - 1
-        while t > 0 and best_d[t - 1] > dist:
-            best_d[t] = best_d[t - 1]
-            out[i, t] = out[i, t - 1]
-            t -= 1
-        best_d[t] = dist
-        out[i, t] = j
-
-
 @njit(cache=True, nogil=True, fastmath=True)
 def _nearest(x, x_row, cell, cent, cnorm, k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     n = x_row.shape[0]
@@ -196,7 +182,14 @@ def _nearest(x, x_row, cell, cent, cnorm, k):  # type: ignore[no-untyped-def]  #
             for d in range(dim):
                 dot += x[r, d] * cent[c, j, d]
             dist = cnorm[c, j] - np.float32(2.0) * dot
-            _keep_nearest(best_d, out, i, dist, j)
+            if dist < best_d[k - 1]:
+                t = k - 1
+                while t > 0 and best_d[t - 1] > dist:
+                    best_d[t] = best_d[t - 1]
+                    out[i, t] = out[i, t - 1]
+                    t -= 1
+                best_d[t] = dist
+                out[i, t] = j
     return out
 
 
@@ -235,7 +228,15 @@ def _nearest_by_cell(x, x_row, cell, cent_t, cnorm, k):  # type: ignore[no-untyp
                 best_d[t] = np.inf
                 out[i, t] = 0
             for j in range(kc):
-                _keep_nearest(best_d, out, i, cnorm[c, j] - np.float32(2.0) * dots[b, j], j)
+                dist = cnorm[c, j] - np.float32(2.0) * dots[b, j]
+                if dist < best_d[k - 1]:
+                    t = k - 1
+                    while t > 0 and best_d[t - 1] > dist:
+                        best_d[t] = best_d[t - 1]
+                        out[i, t] = out[i, t - 1]
+                        t -= 1
+                    best_d[t] = dist
+                    out[i, t] = j
         i0 = i1
     return out
 
