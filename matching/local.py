@@ -25,18 +25,29 @@ Persistence (``DIR`` = ``settings.data_dir/features``):
   ``vocab <version>``, written under ``journal.lock``. Every process replays
   the journal from the offset it has read, so works registered by another
   process become searchable on its next query.
+- ``snapshot.json`` and ``snapshots/<id>/``: the postings of every work
+  under one vocabulary, with the journal offset they cover. A process that
+  starts (or meets a new vocabulary) maps the snapshot's arrays read-only
+  and replays only the journal after that offset, instead of re-reading and
+  re-quantising every work (about 25 ms per work). Processes on one machine
+  share the mapped pages. A snapshot is only a cache: when it is missing,
+  unreadable or made under another vocabulary, the works are read again and
+  a new snapshot is written.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -102,6 +113,11 @@ POSTINGS_PER_WORD = 256
 MAX_SUB_WORDS = 8
 #: Descriptors sampled per work to train the sub-words.
 SUB_SAMPLE_PER_WORK = 200
+#: A process writes a new postings snapshot once it has applied this many
+#: journal changes since its state was last snapshotted, or a quarter of the
+#: registry if that is more (a snapshot rewrites every posting).
+SNAPSHOT_EVERY = 64
+SNAPSHOT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -514,6 +530,9 @@ class FeatureStore:
         self.journal = root / "journal.log"
         self.lock_path = root / "journal.lock"
         self.vocab_path = root / "vocab.npz"
+        self.snapshot_path = root / "snapshot.json"
+        self.snapshots_dir = root / "snapshots"
+        self.snapshot_lock_path = root / "snapshot.lock"
 
     def path(self, work_id: int) -> Path:
         return self.works_dir / f"{int(work_id)}.npz"
@@ -668,6 +687,12 @@ class LocalIndex:
     _delta_parts: list[_Quantised] = field(default_factory=list)
     _trained_on: int = 0
     _thumbs: dict[int, U8] = field(default_factory=dict)
+    #: Journal changes applied since the state was last snapshotted or restored.
+    _unsnapshotted: int = 0
+    #: The vocabulary version the journal announced last.
+    _published_vocab: str = ""
+    #: A snapshot this process found damaged (replaced, never trusted).
+    _damaged_snapshot: str = ""
     #: Bumped whenever the set of searchable works changes.
     generation: int = 0
 
@@ -752,8 +777,16 @@ class LocalIndex:
             last = vocab_lines[-1]
             parts = lines[last].split()
             self._trained_on = int(parts[2]) if len(parts) > 2 else 0
+            self._published_vocab = parts[1]
             if self.vocab is None or self.vocab.version != parts[1]:
-                self._reload_all()
+                restored = self._restore_snapshot()
+                if restored is None:
+                    self._reload_all()
+                    self._write_snapshot()
+                    return
+                # The snapshot covers the journal up to its offset; replay the rest.
+                self._offset = restored
+                self.refresh()
                 return
         touched: dict[int, str] = {}
         for ln in lines:
@@ -766,14 +799,13 @@ class LocalIndex:
                 w = self.store.read(wid)
                 if w is not None:
                     self._insert(w)
+        self._unsnapshotted += len(touched)
+        if self._unsnapshotted >= max(SNAPSHOT_EVERY, len(self._works) // 4):
+            self._write_snapshot()
 
-    def _reload_all(self, vocab: Vocabulary | None = None) -> None:
-        """Re-read every work under the published vocabulary (or ``vocab``: the
-        speed benchmark installs one trained for a registry it grows in memory)."""
-        if vocab is not None:
-            self.vocab = vocab
-        else:
-            self.vocab = Vocabulary.load(self.store.vocab_path) if self.store.vocab_path.exists() else None
+    def _reset(self, vocab: Vocabulary | None) -> None:
+        """Forget every work; ``vocab`` becomes the vocabulary."""
+        self.vocab = vocab
         self._works.clear()
         self._thumbs.clear()
         self.generation += 1
@@ -785,10 +817,150 @@ class LocalIndex:
         self._main = self._delta = None
         self._delta_parts.clear()
         self._pending.clear()
+
+    def _reload_all(self, vocab: Vocabulary | None = None) -> None:
+        """Re-read every work under the published vocabulary (or ``vocab``: the
+        speed benchmark installs one trained for a registry it grows in memory)."""
+        if vocab is None and self.store.vocab_path.exists():
+            vocab = Vocabulary.load(self.store.vocab_path)
+        self._reset(vocab)
         for wid in self.store.stored_ids():
             w = self.store.read(wid)
             if w is not None:
                 self._insert(w)
+        self._unsnapshotted = len(self._works)
+
+    # ---- snapshots (a cache of the postings; see the module doc)
+
+    def _write_snapshot(self) -> None:
+        """Publish this process's postings with the journal offset they cover.
+
+        Skipped when another process is writing one; failures only log (the
+        works on disk stay the source of truth).
+        """
+        vocab = self.vocab
+        if vocab is None or not self._works:
+            return
+        if vocab.version != self._published_vocab:
+            # The journal has not announced this vocabulary yet (a retrain under
+            # way), or it lives in memory only (the speed benchmark).
+            return
+        try:
+            with portalocker.Lock(str(self.store.snapshot_lock_path), timeout=0,
+                                  fail_when_locked=True):
+                self._write_snapshot_locked(vocab)
+        except portalocker.AlreadyLocked:
+            return
+        except OSError as exc:
+            log.warning("local index: could not write a postings snapshot: %s", exc)
+
+    def _write_snapshot_locked(self, vocab: Vocabulary) -> None:
+        try:
+            meta = json.loads(self.store.snapshot_path.read_text(encoding="utf-8"))
+            if (meta.get("vocab") == vocab.version and int(meta.get("offset", -1)) >= self._offset
+                    and meta.get("dir") != self._damaged_snapshot):
+                self._unsnapshotted = 0
+                return  # another process published these postings (or later ones)
+        except (OSError, ValueError):
+            pass
+        self._pending_to_main()
+        main = self._main
+        assert main is not None
+        ids = sorted(self._works)
+        works = [self._works[i] for i in ids]
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            "works": np.array([[w.work_id, w.owner_id, w.width, w.height] for w in works], np.int64),
+            "kinds": np.array([w.kind for w in works], dtype=str),
+            "pdq_counts": np.array([w.pdq.shape[0] for w in works], np.int64),
+            "pdq": (np.concatenate([w.pdq for w in works]) if works else np.zeros((0, 32), np.uint8)),
+            "img_work": np.array([i.work_id for i in self._images], np.int64),
+            "img_owner": np.array([i.owner_id for i in self._images], np.int64),
+            "img_mirrored": np.array([i.mirrored for i in self._images], bool),
+            "img_nkp": np.array([i.n_kp for i in self._images], np.int64),
+            "alive": self._alive,
+            "offsets": main.offsets,
+            "image": main.image,
+            "sig": main.sig,
+            "xy": main.xy,
+            "scale_angle": main.scale_angle,
+        }
+        name = f"{vocab.version}-{self._offset}-{uuid.uuid4().hex[:8]}"
+        self.store.snapshots_dir.mkdir(exist_ok=True)
+        tmp = self.store.snapshots_dir / f".{name}.tmp"
+        tmp.mkdir()
+        try:
+            for key, arr in arrays.items():
+                np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+            os.replace(tmp, self.store.snapshots_dir / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        meta = {"format": SNAPSHOT_FORMAT, "dir": name, "vocab": vocab.version, "offset": self._offset,
+                "trained_on": self._trained_on, "works": len(ids), "postings": main.n}
+        _atomic_write(self.store.snapshot_path, json.dumps(meta).encode())
+        self._unsnapshotted = 0
+        # Older snapshots go; a process that mapped one keeps its pages.
+        for old in self.store.snapshots_dir.iterdir():
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        log.info("local index: wrote a postings snapshot of %d works (%d postings)", len(ids), main.n)
+
+    def _restore_snapshot(self) -> int | None:
+        """Load the published snapshot when it was made under the published
+        vocabulary; returns the journal offset it covers, or None."""
+        meta: Any = None
+        try:
+            meta = json.loads(self.store.snapshot_path.read_text(encoding="utf-8"))
+            vocab = Vocabulary.load(self.store.vocab_path)
+            if meta.get("format") != SNAPSHOT_FORMAT or meta.get("vocab") != vocab.version:
+                return None
+            d = self.store.snapshots_dir / str(meta["dir"])
+            offset = int(meta["offset"])
+            if offset > self.store.journal.stat().st_size:
+                raise ValueError("it covers more journal than there is")
+
+            def arr(key: str, mmap: bool = False) -> Any:
+                # Copy-on-write mapping: pages stay shared between processes
+                # (nothing writes to a segment's arrays).
+                a = np.load(d / f"{key}.npy", mmap_mode="c" if mmap else None, allow_pickle=False)
+                return np.asarray(a)  # a plain ndarray (a view of the mapping when mapped)
+
+            works, kinds = arr("works"), arr("kinds")
+            pdq, pdq_counts = arr("pdq"), arr("pdq_counts")
+            img_work, img_owner = arr("img_work"), arr("img_owner")
+            img_mirrored, img_nkp, alive = arr("img_mirrored"), arr("img_nkp"), arr("alive")
+            seg = _Segment(arr("offsets", True), arr("image", True), arr("sig", True), arr("xy", True),
+                           arr("scale_angle", True))
+            if seg.offsets.shape[0] != vocab.size + 1 or not (
+                    img_work.shape[0] == img_owner.shape[0] == img_mirrored.shape[0] == img_nkp.shape[0]
+                    == alive.shape[0]) or pdq_counts.shape[0] != works.shape[0]:
+                raise ValueError("inconsistent array shapes")
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a damaged cache only costs a full read
+            log.warning("local index: ignoring an unreadable postings snapshot: %s", exc)
+            if isinstance(meta, dict):
+                self._damaged_snapshot = str(meta.get("dir"))
+            return None
+        self._reset(vocab)
+        self._trained_on = int(meta.get("trained_on", self._trained_on))
+        starts = np.concatenate([[0], np.cumsum(pdq_counts)])
+        for i, (wid, owner, width, height) in enumerate(works.tolist()):
+            empty = LocalFeatures.empty(width, height)
+            self._works[wid] = StoredWork(wid, owner, str(kinds[i]), width, height, empty, empty,
+                                          pdq[starts[i]:starts[i + 1]])
+        for i, (wid, owner, mirrored, n_kp) in enumerate(zip(
+                img_work.tolist(), img_owner.tolist(), img_mirrored.tolist(), img_nkp.tolist(), strict=True)):
+            self._images.append(_ImageInfo(wid, owner, bool(mirrored), n_kp))
+            if alive[i]:
+                self._image_of[(wid, bool(mirrored))] = i
+        self._alive = alive.astype(bool)
+        self._owner = img_owner.astype(np.int32)
+        self._nkp = img_nkp.astype(np.int64)
+        self._main = seg
+        self._unsnapshotted = 0
+        log.info("local index: restored %d works (%d postings) from a snapshot", works.shape[0], seg.n)
+        return offset
 
     def thumbs(self, work_id: int) -> U8:
         """A searchable work's thumbnails, read from disk on first use (bounded cache)."""
@@ -832,15 +1004,17 @@ class LocalIndex:
             self._pending.append(_Quantised(words, sig, np.full(rows.shape[0], img, np.int32),
                                             f.xy[rows], sa[rows]))
 
-    def _compact(self) -> None:
-        if not self._pending or self.vocab is None:
+    def _compact(self, *, merge: bool = False) -> None:
+        """Move pending postings into the delta segment, or everything into a
+        new main segment when the delta has grown (or ``merge``)."""
+        if self.vocab is None or not (self._pending or (merge and self._delta_parts)):
             return
         self._delta_parts.extend(self._pending)
         self._pending.clear()
         main_n = self._main.n if self._main is not None else 0
         delta_n = sum(p.words.shape[0] for p in self._delta_parts)
         parts = list(self._delta_parts)
-        if delta_n * 4 > main_n:
+        if merge or delta_n * 4 > main_n:
             # Merge everything into a new main segment (drops dead postings).
             if self._main is not None:
                 m = self._main
@@ -851,6 +1025,15 @@ class LocalIndex:
             self._main = self._build(parts, drop_dead=True)
         else:
             self._delta = self._build(parts, drop_dead=False)
+
+    def _pending_to_main(self) -> None:
+        """Every posting in the main segment (an empty one when there are none)."""
+        assert self.vocab is not None
+        self._compact(merge=True)
+        if self._main is None:
+            empty = _Quantised(np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32),
+                               np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float16))
+            self._main = self._build([empty], drop_dead=False)
 
     def _build(self, parts: list[_Quantised], *, drop_dead: bool) -> _Segment:
         assert self.vocab is not None

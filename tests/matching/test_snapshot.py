@@ -1,0 +1,156 @@
+"""Postings snapshots: a starting process maps them instead of re-reading every work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from matching import local
+from matching.engine import Engine, WorkRef
+from matching.local import FeatureStore
+
+from .test_engine import OWNER, WORKS, encode, scene, textured
+
+
+def _register_all(e: Engine) -> None:
+    for wid, img in WORKS.items():
+        e.register(WorkRef(wid, OWNER[wid], "artwork"), encode(img, "PNG"))
+
+
+def _decisions(e: Engine, data: bytes) -> list[tuple[int, bool, float]]:
+    return [(c.work_id, c.match, round(c.score, 6)) for c in e.analyse(data)]
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads: list[int] = []
+    real = FeatureStore.read
+
+    def counted(self: FeatureStore, work_id: int):  # type: ignore[no-untyped-def]
+        reads.append(work_id)
+        return real(self, work_id)
+
+    monkeypatch.setattr(FeatureStore, "read", counted)
+    return reads
+
+
+def _meta(root: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((root / "features" / "snapshot.json").read_text())
+
+
+UPLOADS = {
+    "crop": encode(WORKS[1][60:300, 100:420], quality=85),
+    "flip": encode(np.ascontiguousarray(WORKS[2][:, ::-1]), quality=80),
+    "other": encode(textured(99), quality=80),
+}
+
+
+def test_a_new_process_restores_the_snapshot_without_reading_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    writer.index._write_snapshot()
+    meta = _meta(tmp_path)
+    assert meta["works"] == len(WORKS) and meta["vocab"] == writer.index.vocab.version
+    reads = _count_reads(monkeypatch)
+    reader = Engine(tmp_path)
+    assert reads == []  # nothing re-read, nothing re-quantised
+    assert reader.index.work_ids == sorted(WORKS)
+    assert reader.index.work(3).owner_id == OWNER[3]
+    np.testing.assert_array_equal(reader.index.work(3).pdq, writer.index.work(3).pdq)
+    for data in UPLOADS.values():
+        assert _decisions(reader, data) == _decisions(writer, data)
+    assert [c.work_id for c in reader.analyse(UPLOADS["crop"]) if c.match] == [1]
+    assert not any(c.match for c in reader.analyse(UPLOADS["other"]))
+
+
+def test_changes_after_the_snapshot_are_replayed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    writer.index._write_snapshot()
+    before = _meta(tmp_path)["offset"]
+    writer.unregister(1)
+    pasted = scene(50)
+    pasted[200:380, 300:540] = textured(7)[:180, :240]
+    writer.register(WorkRef(7, 30, "artwork"), encode(textured(7), "PNG"))
+    assert _meta(tmp_path)["offset"] == before  # fewer changes than SNAPSHOT_EVERY
+    reads = _count_reads(monkeypatch)
+    reader = Engine(tmp_path)
+    assert reads == [7]  # the snapshot plus the one added work
+    assert reader.index.work_ids == [2, 3, 4, 7]
+    assert not any(c.work_id == 1 and c.match for c in reader.analyse(UPLOADS["crop"]))
+    assert [c.work_id for c in reader.analyse(encode(pasted, quality=85)) if c.match] == [7]
+    assert [c.work_id for c in reader.analyse(encode(pasted, quality=85), owner_ids=[30]) if c.match] == [7]
+    assert 7 not in [c.work_id for c in reader.analyse(encode(pasted, quality=85), owner_ids=[10])]
+
+
+def test_a_snapshot_is_rewritten_after_enough_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "SNAPSHOT_EVERY", 2)
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    first = _meta(tmp_path)
+    writer.register(WorkRef(8, 30, "artwork"), encode(textured(8), "PNG"))
+    writer.register(WorkRef(9, 30, "artwork"), encode(textured(9), "PNG"))
+    second = _meta(tmp_path)
+    assert second["offset"] > first["offset"] and second["works"] == len(WORKS) + 2
+    # Only the current snapshot's files are kept.
+    assert [p.name for p in (tmp_path / "features" / "snapshots").iterdir()] == [second["dir"]]
+
+
+def test_a_retrain_makes_the_old_snapshot_useless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    writer.index._write_snapshot()
+    old = _meta(tmp_path)
+    monkeypatch.setattr(local, "POSTINGS_PER_WORD", 2)  # the retrain adds sub-words
+    writer.retrain()
+    assert writer.index.vocab.k3 == local.MAX_SUB_WORDS
+    new = _meta(tmp_path)  # the writer reloaded under the new vocabulary and snapshotted it
+    assert new["vocab"] == writer.index.vocab.version != old["vocab"]
+    reader = Engine(tmp_path)
+    assert reader.index.vocab.version == new["vocab"]
+    for data in UPLOADS.values():
+        assert _decisions(reader, data) == _decisions(writer, data)
+
+
+def _truncate(root: Path, meta: dict, name: str) -> None:  # type: ignore[type-arg]
+    f = root / "features" / "snapshots" / meta["dir"] / name
+    f.write_bytes(f.read_bytes()[:100])
+
+
+def _overstate_offset(root: Path, meta: dict) -> None:  # type: ignore[type-arg]
+    # e.g. a data dir restored from a backup whose journal is older than its snapshot
+    p = root / "features" / "snapshot.json"
+    p.write_text(json.dumps(dict(meta, offset=meta["offset"] + 10_000)))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda root, meta: _truncate(root, meta, "sig.npy"),  # a mapped array
+    lambda root, meta: _truncate(root, meta, "works.npy"),  # a loaded one
+    lambda root, meta: _truncate(root, meta, "offsets.npy"),
+    lambda root, meta: (root / "features" / "snapshot.json").write_text('{"format": 1, "vocab": '),
+    _overstate_offset,
+], ids=["mapped-array", "loaded-array", "offsets", "pointer", "offset-beyond-journal"])
+def test_a_damaged_snapshot_is_ignored_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: Any
+) -> None:
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    writer.index._write_snapshot()
+    meta = _meta(tmp_path)
+    damage(tmp_path, meta)
+    reads = _count_reads(monkeypatch)
+    with caplog.at_level("WARNING", logger="matching.local"):
+        reader = Engine(tmp_path)
+    assert "unreadable postings snapshot" in caplog.text
+    assert sorted(reads) == sorted(WORKS)  # fell back to reading every work
+    assert [c.work_id for c in reader.analyse(UPLOADS["crop"]) if c.match] == [1]
+    assert _meta(tmp_path)["dir"] != meta["dir"]  # and published a sound one
+    reads.clear()
+    Engine(tmp_path)
+    assert reads == []
+
