@@ -110,7 +110,7 @@ def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, l
 
 def _grow(engine: Any, target: int, seed: int) -> int:
     """Add synthetic works (see the module doc) until the registry holds ``target``."""
-    from matching.local import SUB_SAMPLE_PER_WORK, LocalFeatures, StoredWork
+    from matching.local import SUB_SAMPLE_PER_WORK
 
     idx = engine.index
     # The index keeps postings in memory; descriptors are read from the store.
@@ -127,21 +127,28 @@ def _grow(engine: Any, target: int, seed: int) -> int:
     if vocab is not idx.vocab:
         idx._reload_all(vocab)
     print(f"vocabulary: {vocab.size // vocab.k3} words x {vocab.k3} sub-words", file=sys.stderr)
-    next_id = max(w.work_id for w in real) + 1
     added = 0
-    while len(real) + added < target:
+    for work in synthetic_works(real, pool, target - len(real), rng):
+        idx._insert(work)
+        added += 1
+    idx._compact()
+    return added
+
+
+def synthetic_works(real: list[Any], pool: np.ndarray, n: int, rng: np.random.Generator) -> Any:
+    """``n`` synthetic works (see the module doc), numbered after the real ones."""
+    from matching.local import LocalFeatures, StoredWork
+
+    next_id = max(w.work_id for w in real) + 1
+    for _ in range(n):
         src = real[int(rng.integers(len(real)))]
         feats = []
         for f in (src.direct, src.mirrored):
             desc = pool[rng.integers(0, pool.shape[0], len(f))]
             feats.append(LocalFeatures(f.xy, f.scale, f.angle, desc, f.width, f.height))
         pdq = np.packbits(rng.integers(0, 2, (16, 256), dtype=np.uint8), axis=1)
-        idx._insert(StoredWork(next_id, 1000 + next_id % 20, src.kind, src.width, src.height,
-                               feats[0], feats[1], pdq))
+        yield StoredWork(next_id, 1000 + next_id % 20, src.kind, src.width, src.height, feats[0], feats[1], pdq)
         next_id += 1
-        added += 1
-    idx._compact()
-    return added
 
 
 def _summary(ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
