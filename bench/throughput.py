@@ -152,7 +152,8 @@ def clip_bench(device: str, n: int, batch: int, threads: int, naive_n: int, dtyp
     import torch
     from PIL import Image
 
-    from workers.batching import BatchedClip, pil_decode, resolve_device
+    from matching.signals import resolve_device
+    from workers.batching import BatchedClip, pil_decode
 
     dev = resolve_device(device)
     model, preprocess, which = _load_model(dev)

@@ -34,6 +34,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from matching.signals.clip import resolve_device
+
 __all__ = ["BatchStats", "BatchedClip", "MicroBatcher", "get_clip", "pil_decode", "preprocess_rgb"]
 
 log = logging.getLogger(__name__)
@@ -181,22 +183,6 @@ def preprocess_rgb(rgb: npt.NDArray[np.uint8], size: int = 224) -> npt.NDArray[n
         img = cv2.resize(np.ascontiguousarray(rgb), (nw, nh), interpolation=interp)
     top, left = (nh - size) // 2, (nw - size) // 2
     return np.ascontiguousarray(img[top:top + size, left:left + size])
-
-
-def resolve_device(requested: str) -> str:
-    """``auto`` -> cuda, then mps, then cpu; an explicit device must exist."""
-    import torch
-
-    req = (requested or "auto").strip().lower()
-    if req == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if req.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
-    return req
 
 
 class BatchedClip:
