@@ -283,6 +283,7 @@ def extract_features(
                                      interpolation=cv2.INTER_AREA), np.uint8)
     want = max_kp // 6 if min_kp is None else min_kp
     kps: Sequence[cv2.KeyPoint]
+    desc: Any
     if balanced:
         det = _sift(0, contrast * BALANCED_CONTRAST)
         if _busy_share(gray) < ONE_PASS_BUSY:

@@ -143,7 +143,7 @@ def configure(settings: Settings) -> Celery:
         app._pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
-        pools.reset()
+        pools.reset()  # type: ignore[no-untyped-call]  # kombu is untyped
     app.conf.update(conf)
     app.conf.artwatch_settings = settings
     return app

@@ -218,6 +218,7 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
     site_cm = _demo_site() if demo else nullcontext(None)
     with site_cm as site:
         if demo:
+            assert site is not None
             echo(f"demo image site: {site.url}")
             _setup_demo(settings, sessions, site.url, echo)
         since = datetime.now(timezone.utc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +31,7 @@ class Runtime:
     db: SqlEngine
     sessions: sessionmaker[Session]
     blobs: FolderBlobStore
-    _matcher: Any = field(default=None, repr=False)
+    _matcher: Matcher | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
