@@ -25,7 +25,7 @@ import tempfile
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -101,7 +101,7 @@ def prepare(data_dir: Path, port: int, works: int, matches: int) -> tuple[str, b
         shot_img.paste(mark, (320, 160), mark)
         shot = jpeg(shot_img)
         sha = blobs.put(shot)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for j in range(matches):
             up = Upload(
                 canonical_url=f"https://pics.example/p/{j}",

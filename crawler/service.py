@@ -32,8 +32,8 @@ from crawler.fetch import AddressPolicy, SafeFetcher, SafeTransport, user_agent
 from crawler.sources.base import Source, UploadRecord
 from crawler.sources.mastodon import MastodonSource
 from storage.blobs import BlobStore
-from storage.models import Source as SourceRow
 from storage.models import Sighting, Upload, UploadStatus
+from storage.models import Source as SourceRow
 
 __all__ = [
     "SOURCE_KINDS",

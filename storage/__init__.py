@@ -1,7 +1,13 @@
 """Storage: SQL models (system of record), sessions and the blob store."""
 
 from storage.blobs import BlobNotFound, BlobStore, BlobStoreError, FolderBlobStore, sha256_hex
-from storage.db import DatabaseUnavailable, check_database, make_engine, make_sessionmaker, session_scope
+from storage.db import (
+    DatabaseUnavailable,
+    check_database,
+    make_engine,
+    make_sessionmaker,
+    session_scope,
+)
 
 __all__ = [
     "BlobNotFound",

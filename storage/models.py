@@ -14,7 +14,7 @@ that a task that runs twice upserts instead of duplicating:
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +37,7 @@ __all__ = [
     "AuditEvent",
     "Base",
     "DeadLetter",
+    "LoginFailure",
     "Match",
     "MatchStatus",
     "Notice",
@@ -48,7 +49,6 @@ __all__ = [
     "Source",
     "Upload",
     "UploadStatus",
-    "LoginFailure",
     "WebJob",
     "WebSession",
     "Work",
@@ -58,7 +58,7 @@ __all__ = [
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):

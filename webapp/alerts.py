@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
@@ -218,7 +218,7 @@ def send_instant_alert(
     if account is None or account.alert_mode != "instant":
         return False
     return _deliver(
-        session, settings, blobs, account, [match.id], digest=False, now=datetime.now(timezone.utc)
+        session, settings, blobs, account, [match.id], digest=False, now=datetime.now(UTC)
     )
 
 

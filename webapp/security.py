@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -24,16 +24,16 @@ from config.settings import ConfigError, Settings
 from storage.models import Account, LoginFailure, WebSession
 
 __all__ = [
+    "TOKEN_PREFIX",
     "LoginThrottle",
     "Signer",
-    "TOKEN_PREFIX",
     "account_for_token",
+    "end_session",
     "hash_password",
     "issue_api_token",
     "new_session",
     "resolve_secret_key",
     "session_account",
-    "end_session",
     "token_digest",
     "verify_password",
 ]
@@ -80,7 +80,7 @@ def account_for_token(session: Session, token: str) -> Account | None:
 
 def new_session(session: Session, account: Account, now: datetime | None = None) -> str:
     """Start a browser session for the account; return the cookie value."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     key = secrets.token_urlsafe(32)
     session.execute(delete(WebSession).where(WebSession.expires_at < now))
     session.add(
@@ -99,9 +99,9 @@ def session_account(session: Session, key: str) -> Account | None:
     if row is None:
         return None
     expires = (
-        row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+        row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
     )
-    if expires <= datetime.now(timezone.utc):
+    if expires <= datetime.now(UTC):
         return None
     return session.get(Account, row.account_id)
 
@@ -188,7 +188,7 @@ class LoginThrottle:
         self, session: Session, email: str, ip: str, now: datetime | None = None
     ) -> int:
         """Seconds until a login may be tried again; 0 when allowed now."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         since = now - self.window
         waits = []
         for column, value, limit in (
@@ -208,14 +208,14 @@ class LoginThrottle:
                     .limit(1)
                 )
                 if oldest is not None:
-                    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=timezone.utc)
+                    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
                     waits.append(int((oldest + self.window - now).total_seconds()) + 1)
         return max(waits, default=0)
 
     def record_failure(
         self, session: Session, email: str, ip: str, now: datetime | None = None
     ) -> None:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         session.add(LoginFailure(email=email.lower(), ip=ip, at=now))
         session.execute(delete(LoginFailure).where(LoginFailure.at < now - self.window * 4))
 

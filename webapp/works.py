@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
@@ -185,4 +185,4 @@ def _run_import(
         job = s.get(WebJob, job_id)
         if job is not None:
             job.state = final
-            job.finished_at = datetime.now(timezone.utc)
+            job.finished_at = datetime.now(UTC)

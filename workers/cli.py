@@ -9,7 +9,6 @@ print one clear line and exit with status 2; they never show a traceback.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import ConfigError, Settings, load_settings
 from storage.blobs import BlobStoreError, FolderBlobStore
-from storage.db import DatabaseUnavailable, check_database, make_engine, make_sessionmaker, session_scope
+from storage.db import (
+    DatabaseUnavailable,
+    check_database,
+    make_engine,
+    make_sessionmaker,
+    session_scope,
+)
 from storage.models import Account, Match, Notice, NoticeState, Source, Upload, UploadStatus, Work
 from workers import migrate
 
@@ -404,8 +409,8 @@ def beat(obj: CliContext) -> None:
 
 
 def _configured_app(settings: Settings) -> Any:
-    from workers.app import configure
     import workers.tasks  # noqa: F401  (registers the tasks)
+    from workers.app import configure
 
     return configure(settings)
 

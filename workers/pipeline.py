@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -20,7 +20,8 @@ from storage.blobs import BlobStore, sha256_hex
 from storage.models import Account, Match, MatchStatus, Upload, UploadStatus, Work, WorkKind
 
 if TYPE_CHECKING:
-    from matching import Candidate, Engine as Matcher
+    from matching import Candidate
+    from matching import Engine as Matcher
 
 __all__ = [
     "AnalysisResult",
@@ -208,11 +209,11 @@ def analyse_upload(session: Session, blobs: BlobStore, matcher: Matcher, upload_
     except ImageError as exc:
         upload.status = UploadStatus.FAILED
         upload.error = str(exc)
-        upload.analysed_at = datetime.now(timezone.utc)
+        upload.analysed_at = datetime.now(UTC)
         log.warning("upload %s: %s", upload.id, exc, extra={"upload_id": upload.id})
         return AnalysisResult(upload.id, [], [])
     created = record_matches(session, upload, candidates)
     upload.status = UploadStatus.ANALYSED
     upload.error = None
-    upload.analysed_at = datetime.now(timezone.utc)
+    upload.analysed_at = datetime.now(UTC)
     return AnalysisResult(upload.id, created, [c.work_id for c in candidates if c.match])

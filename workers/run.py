@@ -16,14 +16,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
 from config.settings import Settings
 from storage.db import check_database, make_engine, make_sessionmaker, session_scope
-from storage.models import Account, Match, MatchStatus, Notice, NoticeState, Source, Upload, UploadStatus
+from storage.models import (
+    Account,
+    Match,
+    MatchStatus,
+    Notice,
+    NoticeState,
+    Source,
+    Upload,
+    UploadStatus,
+)
 from workers import migrate
 
 __all__ = ["RunSummary", "run_job", "worker_process"]
@@ -83,7 +92,7 @@ def _sources_done(sessions: Any, since: datetime) -> bool:
     with session_scope(sessions) as s:
         for src in s.scalars(select(Source).where(Source.enabled.is_(True))):
             stamps = [t for t in (src.last_success_at, src.last_error_at) if t is not None]
-            stamps = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in stamps]
+            stamps = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in stamps]
             if not any(t >= since for t in stamps):
                 return False
         return True
@@ -221,7 +230,7 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
             assert site is not None
             echo(f"demo image site: {site.url}")
             _setup_demo(settings, sessions, site.url, echo)
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         with worker_process(settings, extra_env) as proc:
             from workers import tasks
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -29,7 +29,7 @@ def test_mastodon_statuses() -> None:
     )
     assert r.page_url == "http://localhost:3000/@mastodonpy_test_2/117020570233811316"
     assert r.author == "mastodonpy_test_2@localhost" and r.text == "oh no!"
-    assert r.posted_at == datetime(2026, 8, 1, 13, 49, 57, 172000, tzinfo=timezone.utc)
+    assert r.posted_at == datetime(2026, 8, 1, 13, 49, 57, 172000, tzinfo=UTC)
     two = status_records(json.loads((MASTO / "status_post_with_two_images.json").read_text()))
     assert len(two) == 2 and len({x.image_url for x in two}) == 2
     for name in ("timelines_public.json", "timelines_tag_hoot.json"):
@@ -159,7 +159,7 @@ def test_wikimedia_streams() -> None:
         "Wissensturm_Linz%2C_Eingangsbereich_-_Panorama_%2806%29.jpg"
     )
     assert r.author == "1971markus" and r.post_id.startswith("File:Wissensturm")
-    assert r.posted_at == datetime(2023, 5, 25, 14, 10, 53, tzinfo=timezone.utc)
+    assert r.posted_at == datetime(2023, 5, 25, 14, 10, 53, tzinfo=UTC)
     single = json.loads((SITES / "wikimedia" / "recentchange_upload_event.json").read_text())
     assert wm_records(single) == records
     assert (

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -141,7 +141,7 @@ def test_redis_broker_and_real_worker(registered: Settings, site: LocalSite, red
     sessions = make_sessionmaker(engine)
     with worker_process(settings) as proc:
         for _ in range(2):  # the second crawl must add nothing
-            since = datetime.now(timezone.utc)
+            since = datetime.now(UTC)
             cli("crawl")
             assert wait_until_settled(settings, sessions, since, timeout=180, proc=proc)
             _assert_one_match_one_notice(settings, site, inbox)

@@ -7,8 +7,18 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import make_engine, make_sessionmaker, session_scope
-from storage.models import (Account, AuditEvent, Match, Notice, NoticeItem, NoticeState, Source, Upload, Work,
-                            WorkKind)
+from storage.models import (
+    Account,
+    AuditEvent,
+    Match,
+    Notice,
+    NoticeItem,
+    NoticeState,
+    Source,
+    Upload,
+    Work,
+    WorkKind,
+)
 from workers import migrate
 
 

@@ -171,8 +171,7 @@ def test_one_sift_pass_and_two_give_the_same_upload_features(
 ) -> None:
     """Quiet uploads are described in one SIFT pass, busy ones detect first and describe
     the balanced selection: the keypoints and descriptors must not depend on the path."""
-    import matching.local as local
-
+    from matching import local
     from matching.local import _busy_share
 
     rgb = smooth_image(21, 480, 360)

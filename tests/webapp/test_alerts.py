@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import socket
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Any
@@ -179,7 +179,7 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(
         world.match(w2, shot, url="https://c.example/3"),
     ]
     bob_match = world.match(wb, shot, url="https://d.example/4")
-    now = datetime.now(timezone.utc) + timedelta(seconds=1)
+    now = datetime.now(UTC) + timedelta(seconds=1)
     with world.sessions() as s:
         assert send_digests(s, world.blobs, world.settings, now) == 2
     by_rcpt = {rcpt[0]: msg for rcpt, msg in inbox.envelopes}
@@ -211,10 +211,10 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(
 
 def test_digest_goes_out_from_the_configured_hour(world: World) -> None:
     settings = make_settings(world.settings.data_dir, alerts={"digest_hour_utc": 8})
-    at = datetime(2026, 3, 4, 7, 59, tzinfo=timezone.utc)
-    assert digest_due_since(settings, at) == datetime(2026, 3, 3, 8, 0, tzinfo=timezone.utc)
+    at = datetime(2026, 3, 4, 7, 59, tzinfo=UTC)
+    assert digest_due_since(settings, at) == datetime(2026, 3, 3, 8, 0, tzinfo=UTC)
     assert digest_due_since(settings, at + timedelta(minutes=1)) == datetime(
-        2026, 3, 4, 8, 0, tzinfo=timezone.utc
+        2026, 3, 4, 8, 0, tzinfo=UTC
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy import select
 from webapp_testkit import PASSWORD, World, csrf_from, login, logo_png, product_shot
@@ -135,7 +135,7 @@ def test_works_list_counts_flagged_matches(world: World) -> None:
     world.match(w1, shot, url="https://pics.example/p/2", region=region)
     html = world.client("ann@example.com").get("/works").text
     rows = re.findall(
-        r'<a href="/works/(\d+)">([^<]+)</a></td>.*?<td class="num">(.*?)</td>', html, re.S
+        r'<a href="/works/(\d+)">([^<]+)</a></td>.*?<td class="num">(.*?)</td>', html, re.DOTALL
     )
     counts = {title: re.sub(r"<[^>]+>", "", n) for _, title, n in rows}
     assert counts == {"First": "2", "Second": "0"}
@@ -382,12 +382,12 @@ def test_other_roles_cannot_use_admin_or_review_pages(world: World) -> None:
 
 
 def test_login_throttle_counts_failures_per_client_address_too(world: World) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from webapp.security import LoginThrottle
 
     throttle = LoginThrottle(per_email=5, per_ip=3, window=timedelta(minutes=15))
-    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     with world.sessions() as s:
         for i in range(3):  # a different account each time: the address is what repeats
             assert throttle.retry_after(s, f"user{i}@example.com", "10.0.0.9", now) == 0

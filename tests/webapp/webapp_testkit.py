@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -244,7 +244,7 @@ class World:
         with session_scope(self.sessions) as s:
             work = s.get(Work, work_id)
             assert work is not None
-            now = datetime.now(timezone.utc) - age
+            now = datetime.now(UTC) - age
             upload = Upload(
                 canonical_url=url,
                 host=urlsplit(url).hostname or "",
@@ -296,7 +296,7 @@ class World:
                 recipient=f"dmca@{host}",
                 subject=f"DMCA notice for {host}",
                 body_text="Dear agent,\n...",
-                created_at=datetime.now(timezone.utc) - age,
+                created_at=datetime.now(UTC) - age,
             )
             s.add(n)
             s.flush()
