@@ -22,17 +22,20 @@ Persistence (``DIR`` = ``settings.data_dir/features``):
 - ``works/<id>.npz``: the work's keypoints and descriptors (source of truth);
 - ``vocab.npz``: the vocabulary, with a version id;
 - ``journal.log``: append-only lines ``add <id>``, ``del <id>``,
-  ``vocab <version>``, written under ``journal.lock``. Every process replays
+  ``vocab <version> <works>``, written under ``journal.lock`` (held only to
+  append: a retrain runs under ``retrain.lock``). Every process replays
   the journal from the offset it has read, so works registered by another
   process become searchable on its next query.
-- ``snapshot.json`` and ``snapshots/<id>/``: the postings of every work
-  under one vocabulary, with the journal offset they cover. A process that
-  starts (or meets a new vocabulary) maps the snapshot's arrays read-only
-  and replays only the journal after that offset, instead of re-reading and
-  re-quantising every work (about 25 ms per work). Processes on one machine
-  share the mapped pages. A snapshot is only a cache: when it is missing,
-  unreadable or made under another vocabulary, the works are read again and
-  a new snapshot is written.
+- ``snapshots/<version>.json`` and ``snapshots/<version>-<offset>-<id>/``:
+  the postings of every work under vocabulary ``<version>``, with the journal
+  offset they cover. A process that starts (or meets a new vocabulary) maps
+  the snapshot's arrays and replays only the journal after that offset,
+  instead of re-reading and re-quantising every work (about 20 ms per work).
+  Processes on one machine share the mapped pages. A retrain quantises every
+  work and snapshots the new vocabulary before announcing it, so the other
+  processes switch in a fraction of a second. A snapshot is only a cache:
+  when it is missing or unreadable the works are read again and a new
+  snapshot is written.
 """
 
 from __future__ import annotations
@@ -531,9 +534,13 @@ class FeatureStore:
         self.journal = root / "journal.log"
         self.lock_path = root / "journal.lock"
         self.vocab_path = root / "vocab.npz"
-        self.snapshot_path = root / "snapshot.json"
+        self.retrain_lock_path = root / "retrain.lock"
         self.snapshots_dir = root / "snapshots"
         self.snapshot_lock_path = root / "snapshot.lock"
+
+    def snapshot_pointer(self, version: str) -> Path:
+        """The file naming the current snapshot made under vocabulary ``version``."""
+        return self.snapshots_dir / f"{version}.json"
 
     def path(self, work_id: int) -> Path:
         return self.works_dir / f"{int(work_id)}.npz"
@@ -690,8 +697,9 @@ class LocalIndex:
     _thumbs: dict[int, U8] = field(default_factory=dict)
     #: Journal changes applied since the state was last snapshotted or restored.
     _unsnapshotted: int = 0
-    #: The vocabulary version the journal announced last.
+    #: The vocabulary version the journal announced last, and the ones before it.
     _published_vocab: str = ""
+    _stale_vocabs: set[str] = field(default_factory=set)
     #: A snapshot this process found damaged (replaced, never trusted).
     _damaged_snapshot: str = ""
     #: Bumped whenever the set of searchable works changes.
@@ -721,37 +729,62 @@ class LocalIndex:
         n_works = len(self.store.stored_ids())
         grow = 4 if self._trained_on < 256 else 2
         if self.vocab is None or n_works >= grow * max(1, self._trained_on):
-            self.retrain()
+            self.retrain(wait=False)
 
-    def retrain(self) -> None:
-        """Train a new vocabulary from the stored works (sampled) and publish it."""
+    def retrain(self, *, wait: bool = True) -> None:
+        """Train a new vocabulary from the stored works (sampled), quantise every
+        work under it, snapshot the postings, and only then publish it.
+
+        Other processes keep searching under the old vocabulary meanwhile, and
+        restore the snapshot when the journal announces the new one. The
+        journal lock is taken only to publish, so registrations elsewhere never
+        wait for a retrain. One retrain runs at a time (``retrain.lock``); with
+        ``wait=False`` one already under way elsewhere makes this call a no-op.
+        """
+        try:
+            with portalocker.Lock(str(self.store.retrain_lock_path), timeout=3600 if wait else 0,
+                                  fail_when_locked=not wait):
+                self._retrain_locked()
+        except portalocker.AlreadyLocked:
+            log.info("local index: another process is retraining the vocabulary")
+
+    def _retrain_locked(self) -> None:
+        self.refresh()
+        ids = self.store.stored_ids()
+        rng = np.random.default_rng(0)
+        rng_sub = np.random.default_rng(1)
+        per = max(50, 300_000 // max(1, len(ids)))
+        sample: list[U8] = []
+        sample_sub: list[U8] = []
+        postings = 0
+        for wid in ids:
+            w = self.store.read(wid)
+            if w is None:
+                continue
+            for f in (w.direct, w.mirrored):
+                postings += len(f)
+                if len(f) > per // 2:
+                    sample.append(f.desc[rng.choice(len(f), per // 2, replace=False)])
+                elif len(f):
+                    sample.append(f.desc)
+                take = min(len(f), SUB_SAMPLE_PER_WORK // 2)
+                sample_sub.append(f.desc[rng_sub.choice(len(f), take, replace=False)])
+        if not sample:
+            return
+        vocab = Vocabulary.train(np.concatenate(sample)).with_sublevel(np.concatenate(sample_sub), postings)
+        # Every work under the new vocabulary, covering the journal this process
+        # has read; what others append meanwhile is replayed on top.
+        self._reload_all(vocab)
+        self._write_snapshot(publishing=True)
         with self.store.lock():
-            ids = self.store.stored_ids()
-            rng = np.random.default_rng(0)
-            rng_sub = np.random.default_rng(1)
-            per = max(50, 300_000 // max(1, len(ids)))
-            sample: list[U8] = []
-            sample_sub: list[U8] = []
-            postings = 0
-            for wid in ids:
-                w = self.store.read(wid)
-                if w is None:
-                    continue
-                for f in (w.direct, w.mirrored):
-                    postings += len(f)
-                    if len(f) > per // 2:
-                        sample.append(f.desc[rng.choice(len(f), per // 2, replace=False)])
-                    elif len(f):
-                        sample.append(f.desc)
-                    take = min(len(f), SUB_SAMPLE_PER_WORK // 2)
-                    sample_sub.append(f.desc[rng_sub.choice(len(f), take, replace=False)])
-            if not sample:
-                return
-            vocab = Vocabulary.train(np.concatenate(sample)).with_sublevel(
-                np.concatenate(sample_sub), postings)
             vocab.save(self.store.vocab_path)
             with open(self.store.journal, "a", encoding="utf-8") as fh:
                 fh.write(f"vocab {vocab.version} {len(ids)}\n")
+        if self._published_vocab and self._published_vocab != vocab.version:
+            self._stale_vocabs.add(self._published_vocab)
+        self._published_vocab = vocab.version
+        with portalocker.Lock(str(self.store.snapshot_lock_path), timeout=600):
+            self._remove_old_snapshots(vocab.version)
         log.info("local index: trained a %d-word vocabulary%s on %d works", vocab.size // vocab.k3,
                  f" with {vocab.k3} sub-words per word" if vocab.k3 > 1 else "", len(ids))
 
@@ -778,6 +811,10 @@ class LocalIndex:
             last = vocab_lines[-1]
             parts = lines[last].split()
             self._trained_on = int(parts[2]) if len(parts) > 2 else 0
+            if self._published_vocab:
+                self._stale_vocabs.add(self._published_vocab)
+            self._stale_vocabs.update(lines[i].split()[1] for i in vocab_lines[:-1])
+            self._stale_vocabs.discard(parts[1])
             self._published_vocab = parts[1]
             if self.vocab is None or self.vocab.version != parts[1]:
                 restored = self._restore_snapshot()
@@ -833,22 +870,24 @@ class LocalIndex:
 
     # ---- snapshots (a cache of the postings; see the module doc)
 
-    def _write_snapshot(self) -> None:
-        """Publish this process's postings with the journal offset they cover.
+    def _write_snapshot(self, *, publishing: bool = False) -> None:
+        """Save this process's postings with the journal offset they cover.
 
-        Skipped when another process is writing one; failures only log (the
-        works on disk stay the source of truth).
+        Only for the vocabulary the journal announced last, or the one this
+        process is about to announce (``publishing``: a retrain, which waits
+        for another writer to finish). Otherwise skipped when another process
+        is writing one. Failures only log: the works stay the source of truth.
         """
         vocab = self.vocab
         if vocab is None or not self._works:
             return
-        if vocab.version != self._published_vocab:
-            # The journal has not announced this vocabulary yet (a retrain under
-            # way), or it lives in memory only (the speed benchmark).
+        if vocab.version != self._published_vocab and not publishing:
+            # An older vocabulary than the journal's, or one that lives in memory
+            # only (the speed benchmark).
             return
         try:
-            with portalocker.Lock(str(self.store.snapshot_lock_path), timeout=0,
-                                  fail_when_locked=True):
+            with portalocker.Lock(str(self.store.snapshot_lock_path), timeout=600 if publishing else 0,
+                                  fail_when_locked=not publishing):
                 self._write_snapshot_locked(vocab)
         except portalocker.AlreadyLocked:
             return
@@ -856,8 +895,9 @@ class LocalIndex:
             log.warning("local index: could not write a postings snapshot: %s", exc)
 
     def _write_snapshot_locked(self, vocab: Vocabulary) -> None:
+        pointer = self.store.snapshot_pointer(vocab.version)
         try:
-            meta = json.loads(self.store.snapshot_path.read_text(encoding="utf-8"))
+            meta = json.loads(pointer.read_text(encoding="utf-8"))
             if (meta.get("vocab") == vocab.version and int(meta.get("offset", -1)) >= self._offset
                     and meta.get("dir") != self._damaged_snapshot):
                 self._unsnapshotted = 0
@@ -898,23 +938,41 @@ class LocalIndex:
             raise
         meta = {"format": SNAPSHOT_FORMAT, "dir": name, "vocab": vocab.version, "offset": self._offset,
                 "trained_on": self._trained_on, "works": len(ids), "postings": main.n}
-        _atomic_write(self.store.snapshot_path, json.dumps(meta).encode())
+        _atomic_write(pointer, json.dumps(meta).encode())
         self._unsnapshotted = 0
-        # Older snapshots go; a process that mapped one keeps its pages.
-        for old in self.store.snapshots_dir.iterdir():
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        self._remove_old_snapshots(vocab.version)
         log.info("local index: wrote a postings snapshot of %d works (%d postings)", len(ids), main.n)
+
+    def _remove_old_snapshots(self, version: str) -> None:
+        """Delete ``version``'s snapshots other than its current one, and those
+        of vocabularies the journal has replaced (under ``snapshot.lock``).
+
+        A process that mapped one keeps its pages. A vocabulary that a retrain
+        elsewhere is about to announce is neither, so its snapshot stays.
+        """
+        try:
+            current = json.loads(self.store.snapshot_pointer(version).read_text(encoding="utf-8"))["dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            current = None
+        if not self.store.snapshots_dir.exists():
+            return
+        for old in self.store.snapshots_dir.iterdir():
+            owner = old.name.lstrip(".").split("-")[0].split(".")[0]
+            if (owner == version and old.is_dir() and old.name != current) or owner in self._stale_vocabs:
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
 
     def _restore_snapshot(self) -> int | None:
         """Load the published snapshot when it was made under the published
         vocabulary; returns the journal offset it covers, or None."""
         meta: Any = None
         try:
-            meta = json.loads(self.store.snapshot_path.read_text(encoding="utf-8"))
             vocab = Vocabulary.load(self.store.vocab_path)
+            meta = json.loads(self.store.snapshot_pointer(vocab.version).read_text(encoding="utf-8"))
             if meta.get("format") != SNAPSHOT_FORMAT or meta.get("vocab") != vocab.version:
-                return None
+                raise ValueError("it names another vocabulary or format")
             d = self.store.snapshots_dir / str(meta["dir"])
             offset = int(meta["offset"])
             if offset > self.store.journal.stat().st_size:

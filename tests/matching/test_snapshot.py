@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import portalocker
 import pytest
 
 from matching import local
@@ -37,8 +38,14 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return reads
 
 
+def _pointer(root: Path) -> Path:
+    pointers = list((root / "features" / "snapshots").glob("*.json"))
+    assert len(pointers) == 1, pointers  # one vocabulary's snapshot
+    return pointers[0]
+
+
 def _meta(root: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((root / "features" / "snapshot.json").read_text())
+    return json.loads(_pointer(root).read_text())
 
 
 UPLOADS = {
@@ -98,23 +105,63 @@ def test_a_snapshot_is_rewritten_after_enough_changes(tmp_path: Path, monkeypatc
     second = _meta(tmp_path)
     assert second["offset"] > first["offset"] and second["works"] == len(WORKS) + 2
     # Only the current snapshot's files are kept.
-    assert [p.name for p in (tmp_path / "features" / "snapshots").iterdir()] == [second["dir"]]
+    names = sorted(p.name for p in (tmp_path / "features" / "snapshots").iterdir())
+    assert names == sorted([second["dir"], f"{second['vocab']}.json"])
 
 
-def test_a_retrain_makes_the_old_snapshot_useless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retrain_snapshots_the_new_vocabulary_before_announcing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = Engine(tmp_path)
     _register_all(writer)
     writer.index._write_snapshot()
     old = _meta(tmp_path)
+    ready: list[bool] = []
+    real_save = local.Vocabulary.save
+
+    def save(self: local.Vocabulary, path: Path) -> None:  # the vocabulary is published here
+        ready.append(writer.index.store.snapshot_pointer(self.version).exists())
+        real_save(self, path)
+
+    monkeypatch.setattr(local.Vocabulary, "save", save)
     monkeypatch.setattr(local, "POSTINGS_PER_WORD", 2)  # the retrain adds sub-words
     writer.retrain()
+    assert ready == [True]
     assert writer.index.vocab.k3 == local.MAX_SUB_WORDS
-    new = _meta(tmp_path)  # the writer reloaded under the new vocabulary and snapshotted it
+    new = _meta(tmp_path)  # and the old vocabulary's snapshot is gone
     assert new["vocab"] == writer.index.vocab.version != old["vocab"]
+    assert not any(p.name.startswith(old["vocab"]) for p in (tmp_path / "features" / "snapshots").iterdir())
+    reads = _count_reads(monkeypatch)
     reader = Engine(tmp_path)
+    assert reads == []
     assert reader.index.vocab.version == new["vocab"]
     for data in UPLOADS.values():
         assert _decisions(reader, data) == _decisions(writer, data)
+
+
+def test_a_retrain_never_holds_the_journal_lock_while_it_reads_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Registrations in other processes append to the journal under its lock; a
+    retrain reads every work (minutes at thousands of works) without it."""
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    blocked: list[int] = []
+    reads: list[int] = []
+    real = FeatureStore.read
+
+    def read(self: FeatureStore, work_id: int):  # type: ignore[no-untyped-def]
+        reads.append(work_id)
+        try:
+            with portalocker.Lock(str(self.lock_path), timeout=0, fail_when_locked=True):
+                pass
+        except portalocker.AlreadyLocked:
+            blocked.append(work_id)
+        return real(self, work_id)
+
+    monkeypatch.setattr(FeatureStore, "read", read)
+    writer.retrain()
+    assert reads and blocked == []
 
 
 def _truncate(root: Path, meta: dict, name: str) -> None:  # type: ignore[type-arg]
@@ -124,15 +171,14 @@ def _truncate(root: Path, meta: dict, name: str) -> None:  # type: ignore[type-a
 
 def _overstate_offset(root: Path, meta: dict) -> None:  # type: ignore[type-arg]
     # e.g. a data dir restored from a backup whose journal is older than its snapshot
-    p = root / "features" / "snapshot.json"
-    p.write_text(json.dumps(dict(meta, offset=meta["offset"] + 10_000)))
+    _pointer(root).write_text(json.dumps(dict(meta, offset=meta["offset"] + 10_000)))
 
 
 @pytest.mark.parametrize("damage", [
     lambda root, meta: _truncate(root, meta, "sig.npy"),  # a mapped array
     lambda root, meta: _truncate(root, meta, "works.npy"),  # a loaded one
     lambda root, meta: _truncate(root, meta, "offsets.npy"),
-    lambda root, meta: (root / "features" / "snapshot.json").write_text('{"format": 1, "vocab": '),
+    lambda root, meta: _pointer(root).write_text('{"format": 1, "vocab": '),
     _overstate_offset,
 ], ids=["mapped-array", "loaded-array", "offsets", "pointer", "offset-beyond-journal"])
 def test_a_damaged_snapshot_is_ignored_and_replaced(
