@@ -22,6 +22,14 @@ def _register_all(e: Engine) -> None:
         e.register(WorkRef(wid, OWNER[wid], "artwork"), encode(img, "PNG"))
 
 
+def _snapshotted(root: Path) -> tuple[Engine, dict]:  # type: ignore[type-arg]
+    """A registry of WORKS whose current state is snapshotted, and that snapshot's pointer."""
+    writer = Engine(root)
+    _register_all(writer)
+    writer.index._write_snapshot()
+    return writer, _meta(root)
+
+
 def _decisions(e: Engine, data: bytes) -> list[tuple[int, bool, float]]:
     return [(c.work_id, c.match, round(c.score, 6)) for c in e.analyse(data)]
 
@@ -58,10 +66,7 @@ UPLOADS = {
 def test_a_new_process_restores_the_snapshot_without_reading_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = Engine(tmp_path)
-    _register_all(writer)
-    writer.index._write_snapshot()
-    meta = _meta(tmp_path)
+    writer, meta = _snapshotted(tmp_path)
     assert meta["works"] == len(WORKS) and meta["vocab"] == writer.index.vocab.version
     reads = _count_reads(monkeypatch)
     reader = Engine(tmp_path)
@@ -76,10 +81,8 @@ def test_a_new_process_restores_the_snapshot_without_reading_works(
 
 
 def test_changes_after_the_snapshot_are_replayed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writer = Engine(tmp_path)
-    _register_all(writer)
-    writer.index._write_snapshot()
-    before = _meta(tmp_path)["offset"]
+    writer, meta = _snapshotted(tmp_path)
+    before = meta["offset"]
     writer.unregister(1)
     pasted = scene(50)
     pasted[200:380, 300:540] = textured(7)[:180, :240]
@@ -112,10 +115,7 @@ def test_a_snapshot_is_rewritten_after_enough_changes(tmp_path: Path, monkeypatc
 def test_a_retrain_snapshots_the_new_vocabulary_before_announcing_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writer = Engine(tmp_path)
-    _register_all(writer)
-    writer.index._write_snapshot()
-    old = _meta(tmp_path)
+    writer, old = _snapshotted(tmp_path)
     ready: list[bool] = []
     real_save = local.Vocabulary.save
 
@@ -184,10 +184,7 @@ def _overstate_offset(root: Path, meta: dict) -> None:  # type: ignore[type-arg]
 def test_a_damaged_snapshot_is_ignored_and_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: Any
 ) -> None:
-    writer = Engine(tmp_path)
-    _register_all(writer)
-    writer.index._write_snapshot()
-    meta = _meta(tmp_path)
+    _, meta = _snapshotted(tmp_path)
     damage(tmp_path, meta)
     reads = _count_reads(monkeypatch)
     with caplog.at_level("WARNING", logger="matching.local"):
