@@ -965,8 +965,8 @@ class LocalIndex:
                     old.unlink(missing_ok=True)
 
     def _restore_snapshot(self) -> int | None:
-        """Load the published snapshot when it was made under the published
-        vocabulary; returns the journal offset it covers, or None."""
+        """Load the current snapshot of the vocabulary in ``vocab.npz``; returns
+        the journal offset it covers, or None (none, or unreadable: logged)."""
         meta: Any = None
         try:
             vocab = Vocabulary.load(self.store.vocab_path)
