@@ -253,18 +253,32 @@ def test_distinct_best_keeps_the_closest_unambiguous_posting() -> None:
     assert sorted(sel.tolist()) == [0, 4]
 
 
+def _centroid_case(seed: int, cells: int, per_cell: int, n_x: int, n_pairs: int, *, normal: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centroids per cell, their squared norms, descriptors, and (row, cell) pairs sorted by cell."""
+    rng = np.random.default_rng(seed)
+
+    def draw(shape: tuple[int, ...]) -> np.ndarray:
+        return (rng.normal(0, 50, shape) if normal else rng.integers(0, 200, shape)).astype(np.float32)
+
+    cent = draw((cells, per_cell, 128))
+    x = draw((n_x, 128))
+    x_row = rng.integers(0, n_x, n_pairs).astype(np.int64)
+    cell = np.sort(rng.integers(0, cells, n_pairs)).astype(np.int64)
+    return cent, (cent * cent).sum(2).astype(np.float32), x, x_row, cell
+
+
+def _brute_nearest(x: np.ndarray, x_row: np.ndarray, cell: np.ndarray, cent: np.ndarray, k: int) -> np.ndarray:
+    d = ((x[x_row][:, None, :].astype(np.float64) - cent[cell]) ** 2).sum(2)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
 def test_compiled_nearest_centroids_equal_the_numpy_reference() -> None:
     from matching._scan import nearest
 
-    rng = np.random.default_rng(3)
-    cent = rng.integers(0, 200, (5, 40, 128)).astype(np.float32)
-    cnorm = (cent * cent).sum(2).astype(np.float32)
-    x = rng.integers(0, 200, (60, 128)).astype(np.float32)
-    x_row = rng.integers(0, 60, 90).astype(np.int64)
-    cell = np.sort(rng.integers(0, 5, 90)).astype(np.int64)
+    cent, cnorm, x, x_row, cell = _centroid_case(3, 5, 40, 60, 90, normal=False)
     got = nearest(x, x_row, cell, cent, cnorm, 3)
-    d = ((x[x_row][:, None, :] - cent[cell]) ** 2).sum(2)
-    assert np.array_equal(got, np.argsort(d, axis=1, kind="stable")[:, :3])
+    assert np.array_equal(got, _brute_nearest(x, x_row, cell, cent, 3))
     # ties go to the lower index
     twin = np.repeat(cent[:, :1], 2, axis=1)
     tie = nearest(cent[0, :1].copy(), np.zeros(1, np.int64), np.zeros(1, np.int64), twin,
@@ -275,17 +289,11 @@ def test_compiled_nearest_centroids_equal_the_numpy_reference() -> None:
 def test_nearest_by_cell_agrees_with_brute_force() -> None:
     from matching._scan import nearest_by_cell
 
-    rng = np.random.default_rng(4)
-    cent = rng.normal(0, 50, (6, 30, 128)).astype(np.float32)
-    cnorm = (cent * cent).sum(2).astype(np.float32)
-    x = rng.normal(0, 50, (80, 128)).astype(np.float32)
-    x_row = rng.integers(0, 80, 150).astype(np.int64)
-    cell = np.sort(rng.integers(0, 6, 150)).astype(np.int64)
+    cent, cnorm, x, x_row, cell = _centroid_case(4, 6, 30, 80, 150, normal=True)
     cell[:40] = 2  # a long run of one cell, then short ones
     cell = np.sort(cell)
     got = nearest_by_cell(x, x_row, cell, np.ascontiguousarray(cent.transpose(0, 2, 1)), cnorm, 3)
-    d = ((x[x_row][:, None, :].astype(np.float64) - cent[cell]) ** 2).sum(2)
-    assert np.array_equal(got, np.argsort(d, axis=1, kind="stable")[:, :3])
+    assert np.array_equal(got, _brute_nearest(x, x_row, cell, cent, 3))
     assert nearest_by_cell(x, x_row[:0], cell[:0], np.ascontiguousarray(cent.transpose(0, 2, 1)),
                            cnorm, 3).shape == (0, 3)
 
