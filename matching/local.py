@@ -898,8 +898,7 @@ class LocalIndex:
         pointer = self.store.snapshot_pointer(vocab.version)
         try:
             meta = json.loads(pointer.read_text(encoding="utf-8"))
-            if (meta.get("vocab") == vocab.version and int(meta.get("offset", -1)) >= self._offset
-                    and meta.get("dir") != self._damaged_snapshot):
+            if int(meta.get("offset", -1)) >= self._offset and meta.get("dir") != self._damaged_snapshot:
                 self._unsnapshotted = 0
                 return  # another process published these postings (or later ones)
         except (OSError, ValueError):
