@@ -11,8 +11,7 @@ from crawler.politeness import reset_shared_state
 
 from .servers import PayloadServer
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-SITES = SHARED / "conformance" / "sites"
+SITES = Path(__file__).resolve().parents[1] / "data" / "conformance" / "sites"
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS\xde"
