@@ -50,5 +50,5 @@ def setup_logging(settings: Settings, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or settings.log_level)
-    for noisy in ("httpx", "httpcore", "PIL", "urllib3", "alembic.runtime.migration"):
+    for noisy in ("httpx", "httpcore", "PIL", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
