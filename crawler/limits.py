@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from crawler.errors import TransientFetchError
+from crawler.errors import PolitenessUnavailable
 
 if TYPE_CHECKING:
     from config.settings import CrawlerSettings, Settings
@@ -49,7 +49,6 @@ __all__ = [
     "HostLimits",
     "InProcessHostLimits",
     "Lease",
-    "PolitenessUnavailable",
     "RedisHostLimits",
     "default_lease",
     "host_limits",
@@ -59,14 +58,6 @@ __all__ = [
 log = logging.getLogger("crawler.limits")
 
 DEFAULT_PREFIX = "artwatch:polite:"
-
-
-class PolitenessUnavailable(TransientFetchError):
-    """The shared limit store (Redis) cannot be reached, so no request is sent.
-
-    A transient error (Celery's autoretry retries the task later): crawling
-    stops while the store is down rather than guessing how much of the rate
-    this process may use."""
 
 
 def default_lease(settings: CrawlerSettings) -> float:
@@ -292,7 +283,7 @@ class RedisHostLimits(HostLimits):
     next free start time, ``hold:<host>`` the block of a long Retry-After,
     ``slots:<host>`` a sorted set of slot tokens scored by lease expiry.
 
-    Redis down: every call raises :class:`PolitenessUnavailable` and no request
+    Redis down: every call raises :class:`crawler.errors.PolitenessUnavailable` and no request
     is sent (a warning is logged once per outage). A fallback to a local limiter
     would need to know how many processes share the rate, which nothing here
     knows, and with Redis as the broker the workers cannot take tasks then

@@ -25,13 +25,12 @@ import httpx
 import pytest
 
 from config.settings import CrawlerSettings, Settings, load_settings
-from crawler.errors import RateLimited
+from crawler.errors import PolitenessUnavailable, RateLimited
 from crawler.fetch import AddressPolicy, SafeTransport, fetch_page
 from crawler.limits import (
     HostLimits,
     InProcessHostLimits,
     Lease,
-    PolitenessUnavailable,
     RedisHostLimits,
     host_limits,
 )
@@ -163,8 +162,9 @@ def _settings(**kw: Any) -> CrawlerSettings:
     return CrawlerSettings(**base)
 
 
-def _client(limits: HostLimits, sleep: _Sleeps, **kw: Any) -> httpx.Client:
-    settings = _settings()
+def _client(limits: HostLimits, sleep: _Sleeps, settings: CrawlerSettings | None = None, **kw: Any) -> httpx.Client:
+    """A client with a robots.txt cache of its own on ``limits``; sleeps are recorded, not slept."""
+    settings = settings or _settings()
     inner = SafeTransport(AddressPolicy.from_list(settings.allow_internal))
     return httpx.Client(transport=PoliteTransport(inner, settings, limits=limits, sleep=sleep, rng=lambda: 0.0, **kw))
 
@@ -289,8 +289,11 @@ def test_redis_restart_stops_crawling_then_resumes(
 ) -> None:
     """A restart loses every key (no persistence here): the client keeps its
     limits object, fails closed while Redis is gone, and carries on after,
-    even with the slot of a response still open across the restart."""
+    even with the slot of a response still open across the restart. A
+    robots.txt that could not be fetched for want of Redis is not taken for
+    an unreachable one (which would disallow the site for minutes)."""
     http.static("/p", b"ok", "text/plain")
+    http.static("/robots.txt", b"User-agent: *\nAllow: /\n", "text/plain")
     server = _RedisServer(tmp_path)
     server.start()
     limits = RedisHostLimits.from_url(f"redis://127.0.0.1:{server.port}/0")
@@ -301,10 +304,14 @@ def test_redis_restart_stops_crawling_then_resumes(
             server.stop()
             with pytest.raises(PolitenessUnavailable):
                 fetch_page(client, http.url + "/p")
-            server.start()
-            open_response.close()  # its slot vanished with the restart: releasing it is no error
-            assert fetch_page(client, http.url + "/p").body == b"ok"
-        assert len(http.hits("/p")) == 3
+            with _client(limits, _Sleeps(), _settings(obey_robots=True)) as fresh:
+                with pytest.raises(PolitenessUnavailable):
+                    fetch_page(fresh, http.url + "/p")  # its robots.txt first: not fetched either
+                server.start()
+                open_response.close()  # its slot vanished with the restart: releasing it is no error
+                assert fetch_page(client, http.url + "/p").body == b"ok"
+                assert fetch_page(fresh, http.url + "/p").body == b"ok"
+        assert len(http.hits("/p")) == 4 and len(http.hits("/robots.txt")) == 1
         messages = [r.getMessage() for r in caplog.records]
         assert any("unreachable" in m for m in messages) and any("reachable again" in m for m in messages)
     finally:
