@@ -57,9 +57,10 @@ def _default_actor() -> str:
 
 
 def _client(settings: Any) -> httpx.Client:
+    from crawler.limits import host_limits
     from crawler.service import build_client
 
-    return build_client(settings.crawler)
+    return build_client(settings.crawler, host_limits(settings))
 
 
 _actor_option = click.option("--reviewer", "actor", default=None, metavar="EMAIL",

@@ -491,6 +491,7 @@ def crawl(obj: CliContext, source_names: tuple[str, ...], inline: bool, stream_n
 def _run_stream(obj: CliContext, name: str) -> None:
     import threading
 
+    from crawler.limits import host_limits
     from crawler.service import build_client
     from crawler.stream import run_stream
     from workers import tasks
@@ -503,7 +504,7 @@ def _run_stream(obj: CliContext, name: str) -> None:
         sid = src.id
     stop = threading.Event()
     click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
-    with build_client(obj.settings.crawler) as client:
+    with build_client(obj.settings.crawler, host_limits(obj.settings)) as client:
         try:
             run_stream(obj.sessions, sid, client, lambda uid: tasks.fetch_upload.delay(uid), stop)
         except KeyboardInterrupt:
