@@ -17,7 +17,15 @@ from sqlalchemy.engine import Engine, make_url
 
 from config.settings import Settings
 
-__all__ = ["AlreadyInitialised", "NotInitialised", "alembic_config", "init_database", "redact", "require_initialised"]
+__all__ = [
+    "AlreadyInitialised",
+    "NotInitialised",
+    "alembic_config",
+    "init_database",
+    "redact",
+    "require_initialised",
+    "upgrade_to",
+]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "storage" / "migrations"
 
@@ -62,11 +70,39 @@ def init_database(engine: Engine, settings: Settings, *, upgrade: bool = False) 
         raise AlreadyInitialised(
             f"artwatch is already initialised at {redact(str(engine.url))} ({state}); nothing changed"
         )
-    cfg = alembic_config(str(engine.url))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    upgrade_to(engine, "head")
     return "upgraded" if current is not None else "initialised"
+
+
+def upgrade_to(engine: Engine, revision: str) -> None:
+    """Apply migrations up to ``revision`` in one transaction.
+
+    On SQLite, foreign keys are off while the migrations run and checked
+    afterwards: a revision that rebuilds a table (SQLite cannot drop a
+    constraint in place) drops the old table, and with foreign keys on that
+    drop would cascade into every table that references it. The pragma has
+    no effect inside a transaction, so it is set before the transaction
+    begins; ``foreign_key_check`` then refuses a migration that left a
+    dangling reference.
+    """
+    cfg = alembic_config(str(engine.url))
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left dangling foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def require_initialised(engine: Engine, settings: Settings) -> None:
