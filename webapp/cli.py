@@ -76,9 +76,12 @@ def add_user(
     ctx: click.Context, email: str, role: str, display_name: str, password_stdin: bool
 ) -> None:
     """Create an account."""
-    email = email.strip().lower()
-    if "@" not in email or any(c.isspace() for c in email):
-        raise UserError(f"not an email address: {email!r}")
+    from workers.pipeline import PipelineError, normalise_email
+
+    try:
+        email = normalise_email(email)
+    except PipelineError as exc:
+        raise UserError(str(exc)) from None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
