@@ -51,7 +51,9 @@ def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        # The app reads X-Forwarded-For itself, and only from web.trusted_proxies
+        # (webapp.deps.client_ip); uvicorn's own handling trusts any local client.
+        proxy_headers=False,
         server_header=False,
     )
 
