@@ -232,3 +232,18 @@ def test_the_served_app_ignores_forwarded_for_from_a_local_client(tmp_path: Path
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_passwords_are_stored_as_argon2id_hashes_and_sessions_as_digests(world: World) -> None:
+    from storage.models import Account, WebSession
+
+    world.account("ann@example.com")
+    client = _from(world.app, "192.0.2.50")
+    assert login(client, "ann@example.com").status_code == 303
+    with world.sessions() as s:
+        acct = s.scalars(select(Account)).one()
+        assert acct.password_hash is not None and acct.password_hash.startswith("$argon2id$")
+        assert PASSWORD not in acct.password_hash
+        (session_row,) = s.scalars(select(WebSession))
+        cookie = client.cookies.get("aw_session") or ""
+        assert cookie and session_row.key_hash != cookie and cookie not in session_row.key_hash
