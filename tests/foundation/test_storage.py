@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
+from config.settings import Settings
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import (
     Account,
@@ -126,7 +127,9 @@ def test_natural_keys_are_unique(sessions, dupe: str) -> None:  # type: ignore[n
                 s.add(Upload(canonical_url="https://x.example/1.jpg"))
 
 
-def test_upgrade_to_0002_scopes_work_ids_per_owner_and_keeps_the_data(database_url: str, test_settings) -> None:
+def test_upgrade_to_0002_scopes_work_ids_per_owner_and_keeps_the_data(
+    database_url: str, test_settings: Settings
+) -> None:
     """An existing 0001 database with works, matches and notice items upgrades in place.
 
     Nothing is lost (on SQLite the works table is rebuilt, and a cascade from
