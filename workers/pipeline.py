@@ -72,6 +72,7 @@ def ensure_owner(session: Session, *, email: str | None = None, external_id: str
                  display_name: str = "") -> Account:
     """Find an owner by external id or email, creating it when missing.
 
+    A new owner's email must be one valid address (:func:`normalise_email`).
     A new owner known only by an external id gets the placeholder address
     ``<id>@owners.invalid`` (a reserved domain: nothing is ever delivered),
     so the id is restricted to letters, digits, ``.``, ``_`` and ``-``.
@@ -81,10 +82,12 @@ def ensure_owner(session: Session, *, email: str | None = None, external_id: str
         if acct is not None:
             return acct
     if email:
-        email = normalise_email(email)
-        acct = session.scalar(select(Account).where(func.lower(Account.email) == email))
+        # An existing account is found by the address it has (a placeholder
+        # owner's ``o01@owners.invalid`` included); only a new one is checked.
+        acct = session.scalar(select(Account).where(func.lower(Account.email) == email.strip().lower()))
         if acct is not None:
             return acct
+        email = normalise_email(email)
     if not email:
         if not external_id or not _OWNER_ID.match(external_id):
             raise PipelineError(f"owner id {str(external_id)[:80]!r} may use only letters, digits, '.', '_' and '-'")

@@ -68,6 +68,9 @@ def test_an_import_manifest_scopes_ids_by_owner(test_settings: Settings, tmp_pat
     assert "works.jsonl:3:" in proc.stderr and "may use only letters" in proc.stderr
     rows = sorted((r["owner"], r["external_id"], r["title"]) for r in _listed())
     assert rows == [("o01@owners.invalid", "w1", "A"), ("o02@owners.invalid", "w1", "B")]
+    # A placeholder owner's profile can still be completed by the address it was given.
+    profile = artwatch("owners", "set", "o01@owners.invalid", "--legal-name", "Owner One")
+    assert profile.returncode == 0 and "o01@owners.invalid" in profile.stdout, profile.stderr
 
 
 @pytest.mark.parametrize("bad", ["ann@example.com, eve@evil.test", "ann@example.com;eve@evil.test",
