@@ -131,17 +131,40 @@ def _read_manifest(manifest: Path) -> list[tuple[str, str]]:
 
 
 def _work_names(settings: Settings) -> dict[int, str]:
+    """The name each work has in the predictions file.
+
+    A work's external id (the manifest's ``id``), else its database id. External
+    ids are unique per owner only, so an id that two owners both use is written
+    as ``<owner>/<id>`` (the owner's external id, else their email): a
+    prediction never names a work that could be another owner's. A benchmark
+    registry, whose ids are unique, keeps the plain ``"work": "w0001"`` format.
+    """
+    from collections import Counter
+
     from sqlalchemy import select
 
     from storage.db import make_engine
-    from storage.models import Work
+    from storage.models import Account, Work
 
     db = make_engine(settings.resolved_database_url())
     try:
         with db.connect() as conn:
-            return {wid: ext or str(wid) for wid, ext in conn.execute(select(Work.id, Work.external_id))}
+            rows = conn.execute(
+                select(Work.id, Work.external_id, Account.external_id, Account.email)
+                .join(Account, Work.owner_id == Account.id)
+            ).all()
     finally:
         db.dispose()
+    shared = Counter(ext for _wid, ext, _o, _e in rows if ext)
+    names = {}
+    for wid, ext, owner_ext, email in rows:
+        if not ext:
+            names[wid] = str(wid)
+        elif shared[ext] > 1:
+            names[wid] = f"{owner_ext or email}/{ext}"
+        else:
+            names[wid] = ext
+    return names
 
 
 def _results(items: list[tuple[str, str]], settings: Settings, workers: int) -> Iterator[Any]:

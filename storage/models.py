@@ -6,6 +6,7 @@ is named by the SHA-256 stored here. Natural keys carry unique constraints so
 that a task that runs twice upserts instead of duplicating:
 
 - ``uploads.canonical_url`` (one row per sighting URL; blobs are shared),
+- ``works (owner_id, external_id)``: an owner's own id names one of their works,
 - ``matches (upload_id, work_id)``,
 - ``notice_items (work_id, url)``: a notice is drafted at most once per
   (work, infringing URL).
@@ -128,10 +129,18 @@ class Account(Base):
 
 
 class Work(Base):
+    """A registered logo or artwork.
+
+    ``external_id`` is the owner's own name for the work (``works add --id``,
+    an import manifest's ``id``): unique per owner, never across owners, so
+    one owner re-using another's id registers a work of their own instead of
+    replacing theirs (migration 0002)."""
+
     __tablename__ = "works"
+    __table_args__ = (UniqueConstraint("owner_id", "external_id", name="uq_work_owner_external_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(64))
     owner_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     title: Mapped[str] = mapped_column(String(300), default="")
     kind: Mapped[WorkKind] = mapped_column(_enum(WorkKind), default=WorkKind.ARTWORK)

@@ -19,17 +19,11 @@ from storage.blobs import BlobStore, FolderBlobStore
 from storage.db import make_engine, make_sessionmaker
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
 from webapp.errors import install_error_handlers
-from webapp.security import Signer, resolve_secret_key
+from webapp.security import Signer, resolve_secret_key, security_headers
 
 __all__ = ["create_app", "route_table"]
 
 HERE = Path(__file__).parent
-
-_PAGE_CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-)
-
 
 def _template_context(request: Request) -> dict[str, Any]:
     ctx: WebContext = request.app.state.ctx
@@ -116,10 +110,8 @@ def create_app(
             response.set_cookie(
                 PRE_COOKIE, fresh_pre, httponly=True, samesite="lax", secure=ctx.secure_cookies
             )
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Content-Security-Policy", _PAGE_CSP)
-        response.headers.setdefault("X-Frame-Options", "DENY")
+        for name, value in security_headers(ctx.secure_cookies).items():
+            response.headers.setdefault(name, value)
         return response
 
     @app.get("/healthz", include_in_schema=False)

@@ -51,7 +51,9 @@ def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        # The app reads X-Forwarded-For itself, and only from web.trusted_proxies
+        # (webapp.deps.client_ip); uvicorn's own handling trusts any local client.
+        proxy_headers=False,
         server_header=False,
     )
 
@@ -76,9 +78,12 @@ def add_user(
     ctx: click.Context, email: str, role: str, display_name: str, password_stdin: bool
 ) -> None:
     """Create an account."""
-    email = email.strip().lower()
-    if "@" not in email or any(c.isspace() for c in email):
-        raise UserError(f"not an email address: {email!r}")
+    from workers.pipeline import PipelineError, normalise_email
+
+    try:
+        email = normalise_email(email)
+    except PipelineError as exc:
+        raise UserError(str(exc)) from None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:

@@ -19,15 +19,17 @@ from config.settings import Settings
 from storage.blobs import BlobStore
 from storage.models import Account, Role
 from webapp.errors import AuthRequired, Forbidden, InvalidInput, PayloadTooLarge
-from webapp.security import LoginThrottle, Signer, account_for_token, session_account
+from webapp.security import LoginThrottle, Signer, account_for_token, client_address, session_account
 
 __all__ = [
     "DB",
+    "DEVICE_COOKIE",
     "PRE_COOKIE",
     "SESSION_COOKIE",
     "Viewer",
     "WebContext",
     "api_user",
+    "client_ip",
     "csrf_protect",
     "db",
     "get_ctx",
@@ -39,6 +41,7 @@ __all__ = [
 
 SESSION_COOKIE = "aw_session"
 PRE_COOKIE = "aw_pre"
+DEVICE_COOKIE = "aw_device"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,16 @@ class WebContext:
 def get_ctx(request: Request) -> WebContext:
     ctx: WebContext = request.app.state.ctx
     return ctx
+
+
+def client_ip(request: Request) -> str:
+    """The client's address: the peer, or what a configured proxy says (web.trusted_proxies)."""
+    peer = request.client.host if request.client else "unknown"
+    return client_address(
+        peer,
+        request.headers.get("x-forwarded-for", ""),
+        get_ctx(request).settings.web.trusted_proxies,
+    )
 
 
 def db(request: Request) -> Iterator[Session]:

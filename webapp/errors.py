@@ -19,12 +19,14 @@ Hierarchy::
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
 ]
 
 PROBLEM_TYPE_BASE = "https://artwatch.invalid/problems/"
+
+log = logging.getLogger(__name__)
 
 
 class WebError(Exception):
@@ -162,11 +166,39 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"nothing at {request.url.path}"
+        headers = dict(exc.headers or {})
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return _render(
-            request, exc.status_code, detail, str(exc.status_code), dict(exc.headers or {})
-        )
+            headers["Allow"] = _allowed_methods(request)
+        return _render(request, exc.status_code, detail, str(exc.status_code), headers)
+
+    async def number_out_of_range(request: Request, exc: Exception) -> Response:
+        # An id or offset past the database's 64-bit integers (SQLite refuses to
+        # bind it, PostgreSQL answers "bigint out of range"): the client's input
+        # is wrong, so answer like any other invalid input.
+        if isinstance(exc, DataError) and not _is_out_of_range(exc):
+            return await unexpected(request, exc)
+        return _render(request, 422, "a number in the request is out of range", "invalid-input")
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette calls this outside every middleware, so the response gets
+        # the security headers here; the traceback goes to the log only.
+        from webapp.security import security_headers
+
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        detail = "something went wrong on our side; the error has been logged"
+        if _is_api(request):
+            response: Response = problem_response(request, 500, detail, slug="internal-error")
+        else:
+            response = HTMLResponse(
+                f"<!doctype html><title>Internal Server Error</title><h1>Internal Server Error</h1>"
+                f"<p>{detail}</p>",
+                status_code=500,
+            )
+        secure = request.app.state.ctx.secure_cookies
+        for name, value in security_headers(secure).items():
+            response.headers.setdefault(name, value)
+        return response
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -186,3 +218,32 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(WebError, web_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(OverflowError, number_out_of_range)
+    app.add_exception_handler(DataError, number_out_of_range)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path.
+
+    Starlette's own 405 names only the methods of the first route whose path
+    matched, so ``PUT /api/v1/works/1`` was told ``GET`` although DELETE works too.
+    """
+    from starlette.routing import compile_path
+
+    from webapp.app import route_table
+
+    path = request.url.path
+    methods = {
+        method
+        for method, template in route_table(request.app)
+        if method != "MOUNT" and compile_path(template)[0].match(path)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+def _is_out_of_range(exc: DataError) -> bool:
+    # psycopg's NumericValueOutOfRange (SQLSTATE 22003), without importing psycopg here.
+    return getattr(exc.orig, "sqlstate", None) == "22003"

@@ -292,13 +292,31 @@ def works_list(obj: CliContext, owner: str | None, as_json: bool) -> None:
 
 
 @works.command("remove")
-@click.argument("work_id", type=int)
+@click.argument("work")
+@click.option("--owner", default=None,
+              help="Owner's email or id: WORK is then their own id for it (as given to --id or the manifest).")
 @click.pass_obj
-def works_remove(obj: CliContext, work_id: int) -> None:
-    """Remove a work, its matches and its index entries."""
-    from workers.pipeline import PipelineError, remove_work
+def works_remove(obj: CliContext, work: str, owner: str | None) -> None:
+    """Remove a work, its matches and its index entries.
+
+    WORK is the number ``works list`` shows, or with --owner the owner's own
+    id for the work (external ids are unique per owner only)."""
+    from workers.pipeline import PipelineError, find_work, remove_work
 
     with session_scope(obj.sessions) as s:
+        if owner is None:
+            if not work.isdigit():
+                raise PipelineError(f"{work!r} is not a work number; to remove by your own id, add --owner")
+            work_id = int(work)
+        else:
+            acct = s.scalar(select(Account).where((func.lower(Account.email) == owner.strip().lower())
+                                                  | (Account.external_id == owner)))
+            if acct is None:
+                raise PipelineError(f"no owner {owner!r}")
+            found = find_work(s, acct.id, work)
+            if found is None:
+                raise PipelineError(f"{acct.email} has no work with id {work!r}")
+            work_id = found.id
         if not remove_work(s, obj.matcher, work_id):
             raise PipelineError(f"no work with id {work_id}")
     click.echo(f"removed work {work_id}")

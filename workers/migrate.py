@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 # the schema revision, and importing Alembic (and Mako) for that doubled the
 # start-up of a plain `artwatch works list`.
 
-__all__ = ["AlreadyInitialised", "NotInitialised", "alembic_config", "init_database", "redact", "require_initialised"]
+__all__ = [
+    "AlreadyInitialised",
+    "NotInitialised",
+    "alembic_config",
+    "init_database",
+    "redact",
+    "require_initialised",
+    "upgrade_to",
+]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "storage" / "migrations"
 
@@ -30,7 +38,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "storage" / "migrations"
 # before it runs; reading it from Alembic's script directory costs 0.3 s of
 # start-up, so it is written here, and a test holds it equal to Alembic's head
 # (tests/foundation/test_storage.py). A new migration updates it.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 class NotInitialised(Exception):
@@ -86,13 +94,41 @@ def init_database(engine: Engine, settings: Settings, *, upgrade: bool = False) 
         raise AlreadyInitialised(
             f"artwatch is already initialised at {redact(str(engine.url))} ({state}); nothing changed"
         )
+    upgrade_to(engine, "head")
+    return "upgraded" if current is not None else "initialised"
+
+
+def upgrade_to(engine: Engine, revision: str) -> None:
+    """Apply migrations up to ``revision`` in one transaction.
+
+    On SQLite, foreign keys are off while the migrations run and checked
+    afterwards: a revision that rebuilds a table (SQLite cannot drop a
+    constraint in place) drops the old table, and with foreign keys on that
+    drop would cascade into every table that references it. The pragma has
+    no effect inside a transaction, so it is set before the transaction
+    begins; ``foreign_key_check`` then refuses a migration that left a
+    dangling reference.
+    """
     from alembic import command
 
     cfg = alembic_config(str(engine.url))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-    return "upgraded" if current is not None else "initialised"
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left dangling foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def require_initialised(engine: Engine, settings: Settings) -> None:

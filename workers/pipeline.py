@@ -7,13 +7,14 @@ idempotent: running it twice leaves the same rows.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.blobs import BlobStore, sha256_hex
@@ -28,7 +29,9 @@ __all__ = [
     "PipelineError",
     "analyse_upload",
     "ensure_owner",
+    "find_work",
     "is_licensed",
+    "normalise_email",
     "record_matches",
     "register_work",
     "remove_work",
@@ -41,18 +44,53 @@ class PipelineError(Exception):
     """A pipeline step cannot proceed; the message says what to fix."""
 
 
+def normalise_email(text: str) -> str:
+    """One mailbox address, lower-cased, or PipelineError saying what is wrong.
+
+    Account emails become the To: of alert emails and the contact in notices,
+    so a value must be exactly one address: no list (``a@x, b@y``), no display
+    name, no quoting, no whitespace or control characters (email-validator's
+    syntax check, without DNS). Reserved test domains (``.test``) are allowed;
+    the placeholder owners' ``.invalid`` addresses are made by
+    :func:`ensure_owner`, never typed.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    value = text.strip()
+    try:
+        checked = validate_email(value, check_deliverability=False, test_environment=True,
+                                 allow_quoted_local=False, allow_display_name=False, allow_domain_literal=False)
+    except EmailNotValidError as exc:
+        raise PipelineError(f"not a single email address: {value[:100]!r} ({exc})") from None
+    return checked.normalized.lower()
+
+
+_OWNER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 def ensure_owner(session: Session, *, email: str | None = None, external_id: str | None = None,
                  display_name: str = "") -> Account:
-    """Find an owner by external id or email, creating it when missing."""
+    """Find an owner by external id or email, creating it when missing.
+
+    A new owner's email must be one valid address (:func:`normalise_email`).
+    A new owner known only by an external id gets the placeholder address
+    ``<id>@owners.invalid`` (a reserved domain: nothing is ever delivered),
+    so the id is restricted to letters, digits, ``.``, ``_`` and ``-``.
+    """
     if external_id:
         acct = session.scalar(select(Account).where(Account.external_id == external_id))
         if acct is not None:
             return acct
     if email:
-        acct = session.scalar(select(Account).where(Account.email == email))
+        # An existing account is found by the address it has (a placeholder
+        # owner's ``o01@owners.invalid`` included); only a new one is checked.
+        acct = session.scalar(select(Account).where(func.lower(Account.email) == email.strip().lower()))
         if acct is not None:
             return acct
+        email = normalise_email(email)
     if not email:
+        if not external_id or not _OWNER_ID.match(external_id):
+            raise PipelineError(f"owner id {str(external_id)[:80]!r} may use only letters, digits, '.', '_' and '-'")
         email = f"{external_id}@owners.invalid"
     acct = Account(email=email, external_id=external_id, display_name=display_name or external_id or email)
     session.add(acct)
@@ -78,8 +116,9 @@ def register_work(
 
     The matcher decodes the image once; an unreadable file raises before the
     blob is stored, and the caller's rollback removes the row. Re-registering
-    the same external id updates the existing work instead of adding a second
-    one.
+    the same external id for the same owner updates that owner's work instead
+    of adding a second one; external ids are the owner's own names, so another
+    owner's work with the same id is never touched.
     """
     from matching import WorkRef
 
@@ -89,7 +128,7 @@ def register_work(
         raise PipelineError(f"unknown kind {kind!r}: use 'logo' or 'artwork'") from None
     work = None
     if external_id:
-        work = session.scalar(select(Work).where(Work.external_id == external_id))
+        work = find_work(session, owner_id, external_id)
     sha = sha256_hex(data)
     if work is None:
         work = Work(owner_id=owner_id, external_id=external_id)
@@ -108,6 +147,11 @@ def register_work(
     matcher.register(ref, data, name=filename)
     blobs.put(data)
     return work
+
+
+def find_work(session: Session, owner_id: int, external_id: str) -> Work | None:
+    """The owner's work that they call ``external_id``; never another owner's."""
+    return session.scalar(select(Work).where(Work.owner_id == owner_id, Work.external_id == external_id))
 
 
 def remove_work(session: Session, matcher: Matcher, work_id: int, *, owner_id: int | None = None) -> bool:

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
+from config.settings import Settings
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import (
     Account,
@@ -144,3 +145,64 @@ def test_natural_keys_are_unique(sessions, dupe: str) -> None:  # type: ignore[n
                 s.add(NoticeItem(notice_id=n_id, match_id=m_id, work_id=work_id, url="https://x.example/1.jpg"))
             else:
                 s.add(Upload(canonical_url="https://x.example/1.jpg"))
+
+
+def test_upgrade_to_0002_scopes_work_ids_per_owner_and_keeps_the_data(
+    database_url: str, test_settings: Settings
+) -> None:
+    """An existing 0001 database with works, matches and notice items upgrades in place.
+
+    Nothing is lost (on SQLite the works table is rebuilt, and a cascade from
+    the old table's drop would empty matches and notice_items), and afterwards
+    two owners may both call a work "logo" while one owner still may not."""
+    from sqlalchemy import text
+
+    engine = make_engine(database_url)
+    migrate.upgrade_to(engine, "0001")
+    now = "2026-01-01 00:00:00+00:00"
+    with engine.begin() as conn:
+        for aid, email in ((1, "ann@example.com"), (2, "bob@example.com")):
+            conn.execute(text("INSERT INTO accounts (id, email, display_name, role, legal_name, postal_address, "
+                              "phone, alert_mode, created_at) VALUES (:id, :e, '', 'owner', '', '', '', 'instant', "
+                              ":now)"), {"id": aid, "e": email, "now": now})
+        conn.execute(text("INSERT INTO works (id, external_id, owner_id, title, kind, blob_sha256, filename, "
+                          "registration_number, licensed_sites, created_at) VALUES (1, 'logo', 1, 'Ann logo', "
+                          "'logo', :sha, 'a.png', '', '[]', :now)"), {"sha": "a" * 64, "now": now})
+        conn.execute(text("INSERT INTO uploads (id, canonical_url, host, page_url, image_url, final_url, post_id, "
+                          "author, post_text, headers, content_type, status, created_at) VALUES (1, "
+                          "'https://pics.example/1.jpg', 'pics.example', '', '', '', '', '', '', '{}', '', "
+                          "'analysed', :now)"), {"now": now})
+        conn.execute(text("INSERT INTO matches (id, upload_id, work_id, owner_id, score, signals, status, "
+                          "status_reason, created_at) VALUES (1, 1, 1, 1, 0.9, '{}', 'new', '', :now)"),
+                     {"now": now})
+        conn.execute(text("INSERT INTO notices (id, owner_id, host, law, state, recipient, flags, subject, "
+                          "body_text, body_html, edited, fair_use, reject_reason, resolution, sent_via, created_at, "
+                          "updated_at) VALUES (1, 1, 'pics.example', 'dmca', 'draft', '', '[]', '', '', '', "
+                          "false, '{}', '', '', '', :now, :now)"), {"now": now})
+        conn.execute(text("INSERT INTO notice_items (id, notice_id, match_id, work_id, url, online) VALUES "
+                          "(1, 1, 1, 1, 'https://pics.example/1.jpg', '')"))
+    # The old schema: one "logo" in the whole registry.
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("INSERT INTO works (external_id, owner_id, title, kind, blob_sha256, filename, "
+                          "registration_number, licensed_sites, created_at) VALUES ('logo', 2, 'Bob logo', "
+                          "'logo', :sha, 'b.png', '', '[]', :now)"), {"sha": "b" * 64, "now": now})
+
+    assert migrate.init_database(engine, test_settings, upgrade=True) == "upgraded"
+    migrate.require_initialised(engine, test_settings)
+
+    sessions = make_sessionmaker(engine)
+    with session_scope(sessions) as s:
+        work = s.get(Work, 1)
+        assert work is not None and (work.external_id, work.owner_id, work.title) == ("logo", 1, "Ann logo")
+        assert [m.work_id for m in s.scalars(select(Match))] == [1]
+        assert [(i.work_id, i.match_id) for i in s.scalars(select(NoticeItem))] == [(1, 1)]
+        s.add(Work(external_id="logo", owner_id=2, title="Bob logo", kind=WorkKind.LOGO, blob_sha256="b" * 64))
+    with session_scope(sessions) as s:
+        owners = sorted(s.scalars(select(Work.owner_id).where(Work.external_id == "logo")))
+        assert owners == [1, 2]
+    with pytest.raises(IntegrityError), session_scope(sessions) as s:
+        s.add(Work(external_id="logo", owner_id=1, title="again", kind=WorkKind.LOGO, blob_sha256="c" * 64))
+    if engine.dialect.name == "sqlite":  # foreign keys are back on after the migration
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()

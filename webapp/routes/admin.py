@@ -158,10 +158,13 @@ def add_user(
     password: str = Form(""),
     display_name: str = Form(""),
 ) -> Response:
-    email = email.strip().lower()
+    from workers.pipeline import PipelineError, normalise_email
+
     try:
-        if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
-            raise InvalidInput("enter a valid email address")
+        try:
+            email = normalise_email(email)
+        except PipelineError as exc:
+            raise InvalidInput(f"enter one valid email address: {exc}") from None
         if role not in {r.value for r in Role}:
             raise InvalidInput(f"unknown role {role!r}")
         if len(password) < 10:

@@ -7,11 +7,11 @@ Owners see only their own rows; an id that belongs to someone else answers
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.orm import Session
 
 from notices.drafting import notice_laws
@@ -52,6 +52,16 @@ router = APIRouter(prefix="/api/v1", tags=["api"], responses=_ERRORS)
 OWNER = require_api_role(Role.OWNER)
 
 
+def _utc(value: datetime) -> datetime:
+    # Every stored time is UTC, but SQLite hands them back naive; the API's
+    # ``date-time`` (RFC 3339) needs the offset.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+"""A time in UTC, always written with its offset (``2026-01-01T12:00:00Z``)."""
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 
@@ -69,7 +79,7 @@ class WorkOut(BaseModel):
     filename: str
     registration_number: str
     licensed_sites: list[str]
-    created_at: datetime
+    created_at: UtcDateTime
     match_count: int | None = Field(None, description="Flagged matches (licensed sites excluded)")
 
     @classmethod
@@ -98,8 +108,8 @@ class MatchOut(BaseModel):
     page_url: str
     image_url: str
     host: str
-    captured_at: datetime | None
-    created_at: datetime
+    captured_at: UtcDateTime | None
+    created_at: UtcDateTime
 
     @classmethod
     def of(cls, m: Match) -> MatchOut:
@@ -130,8 +140,8 @@ class NoticeOut(BaseModel):
     subject: str
     urls: list[str]
     match_ids: list[int]
-    created_at: datetime
-    sent_at: datetime | None
+    created_at: UtcDateTime
+    sent_at: UtcDateTime | None
 
     @classmethod
     def of(cls, n: Notice, laws: list[str]) -> NoticeOut:

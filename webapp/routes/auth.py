@@ -8,9 +8,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Account, Role
-from webapp.deps import DB, SESSION_COOKIE, csrf_protect, get_ctx
+from webapp.deps import DB, DEVICE_COOKIE, SESSION_COOKIE, client_ip, csrf_protect, get_ctx
 from webapp.errors import NotFound, TooManyRequests
-from webapp.security import end_session, new_session, session_account, verify_password
+from webapp.security import DEVICE_DAYS, end_session, new_session, session_account, verify_password
 
 router = APIRouter(include_in_schema=False)
 
@@ -50,14 +50,20 @@ def login(
 ) -> Response:
     ctx = get_ctx(request)
     email = email.strip().lower()
-    ip = request.client.host if request.client else "unknown"
-    wait = ctx.throttle.retry_after(session, email, ip)
+    ip = client_ip(request)
+    account = session.scalar(select(Account).where(func.lower(Account.email) == email))
+    device = request.cookies.get(DEVICE_COOKIE, "")
+    known_device = (
+        account is not None and bool(device) and ctx.signer.device_account(device) == account.id
+    )
+    wait = ctx.throttle.retry_after(session, email, ip, known_device=known_device)
     if wait:
         raise TooManyRequests(
             f"too many failed logins; try again in {wait // 60 + 1} minutes", wait
         )
-    account = session.scalar(select(Account).where(func.lower(Account.email) == email))
-    if account is None or not verify_password(account.password_hash, password):
+    # Verified even when the account does not exist (against a dummy hash), so
+    # both cost one argon2 verification and the timing names no account.
+    if not verify_password(account.password_hash if account else None, password) or account is None:
         ctx.throttle.record_failure(session, email, ip)
         session.commit()
         return ctx.templates.TemplateResponse(
@@ -66,7 +72,7 @@ def login(
             {"next": _safe_next(next), "error": "Wrong email or password.", "email": email},
             status_code=400,
         )
-    ctx.throttle.clear(session, email)
+    ctx.throttle.clear(session, email, ip)
     key = new_session(session, account)
     response = RedirectResponse(_safe_next(next) or HOME[account.role], status_code=303)
     response.set_cookie(
@@ -76,6 +82,16 @@ def login(
         samesite="lax",
         secure=ctx.secure_cookies,
         max_age=14 * 86400,
+    )
+    # This browser is now a known device for the account: it passes the
+    # account lock (not the per-address backoff) while someone else guesses.
+    response.set_cookie(
+        DEVICE_COOKIE,
+        ctx.signer.device_token(account.id),
+        httponly=True,
+        samesite="lax",
+        secure=ctx.secure_cookies,
+        max_age=DEVICE_DAYS * 86400,
     )
     return response
 
