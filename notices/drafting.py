@@ -20,7 +20,14 @@ task after a match is stored):
   recipient: the reviewer chooses one;
 - an owner whose profile lacks the contact details the new item's law
   requires (trademark for a logo) gets :class:`~notices.errors.ProfileIncomplete`,
-  naming the fields to fill in.
+  naming the fields to fill in;
+- an owner's template that fails on the notice's real facts (over the render
+  budget, or any other rejection) does not fail the draft: the notice is
+  rendered with the bundled templates and flagged ``owner_template_failed``,
+  the reason in its audit trail (:func:`rerender`);
+- an upload whose URL is not a clean http(s) address (another scheme, CR/LF)
+  raises :class:`~notices.errors.DraftingBlocked`; a page URL that is not one
+  is left out of the notice.
 """
 
 from __future__ import annotations

@@ -10,27 +10,31 @@ an HTML one may use only the safe subset of :mod:`notices.sanitise`, and the
 result must carry every element the law requires (see :mod:`notices.validate`).
 Each rejection names the line it comes from when there is one.
 
-Both environments are :class:`notices.budget.BudgetedEnvironment` (Jinja's
-immutable sandbox, every render bounded in steps, output, time and depth) with
+Owners' templates render in :class:`notices.budget.BudgetedEnvironment`
+(Jinja's immutable sandbox, every render bounded in steps, output, time and
+depth), the bundled ones in the plain immutable sandbox (they are ours, and
+the instrumentation costs about four times the render time); both with
 :class:`~jinja2.StrictUndefined`: a template can read the facts it is given and
-nothing else, and spend a bounded amount doing it. Passing the gate is not
-enough: every render of an owner's template, at draft time on real facts too,
-is scanned and bounded again. Every HTML variant, bundled or custom, is
-rebuilt by :func:`notices.sanitise.safe_html`, so the HTML that is stored,
-shown to the reviewer, sent and bundled is the same inert subset.
+nothing else. Passing the gate is not enough: every render of an owner's
+template, at draft time on real facts too, is scanned and bounded again, and
+its HTML is rebuilt by :func:`notices.sanitise.safe_html`. The bundled HTML
+escapes every fact; it too goes through ``safe_html`` wherever a notice is
+shown to the reviewer, sent or bundled, so those three are the same bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from html import escape
 from pathlib import Path
 from types import TracebackType
 from typing import cast, overload
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateSyntaxError, nodes
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from notices.budget import BudgetedEnvironment, OverBudget, metered
 from notices.content import (
@@ -60,8 +64,9 @@ _UNSAFE_FILTERS = {"attr"}
 _UNSAFE_NAMES = {"self", "lipsum", "cycler", "joiner", "namespace", "range", "dict"}
 
 
-def _env(autoescape: bool) -> BudgetedEnvironment:
-    return BudgetedEnvironment(
+def _env(autoescape: bool, budgeted: bool) -> ImmutableSandboxedEnvironment:
+    cls = BudgetedEnvironment if budgeted else ImmutableSandboxedEnvironment
+    return cls(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
         autoescape=autoescape,
         undefined=StrictUndefined,
@@ -71,7 +76,8 @@ def _env(autoescape: bool) -> BudgetedEnvironment:
     )
 
 
-_ENVS = {"text": _env(False), "html": _env(True)}
+_ENVS = {"text": _env(False, budgeted=False), "html": _env(True, budgeted=False)}
+_CUSTOM_ENVS = {"text": _env(False, budgeted=True), "html": _env(True, budgeted=True)}
 
 
 @dataclass(frozen=True)
@@ -137,14 +143,13 @@ def _render_one(content: NoticeContent, custom: Mapping[str, str] | None) -> Ren
     variables = content.template_vars()
     out: dict[str, str] = {}
     for variant in VARIANTS:
-        env = _ENVS[variant]
         source = (custom or {}).get(variant)
         if source:
-            out[variant] = _render_custom(env, source, variables)
+            rendered = _render_custom(_CUSTOM_ENVS[variant], source, variables)
+            out[variant] = safe_html(rendered) if variant == "html" else rendered
         else:
-            with metered():
-                out[variant] = env.get_template(f"{content.law}.{_SUFFIX[variant]}.j2").render(variables)
-    return Rendered(subject_for(content), out["text"], safe_html(out["html"]))
+            out[variant] = _ENVS[variant].get_template(f"{content.law}.{_SUFFIX[variant]}.j2").render(variables)
+    return Rendered(subject_for(content), out["text"], out["html"])
 
 
 def check_template(law: str, variant: str, source: str) -> None:
@@ -158,7 +163,7 @@ def check_template(law: str, variant: str, source: str) -> None:
         raise TemplateRejected(f"unknown law {law!r}; expected one of {', '.join(LAWS)}")
     if variant not in VARIANTS:
         raise TemplateRejected(f"unknown variant {variant!r}; expected text or html")
-    env = _ENVS[variant]
+    env = _CUSTOM_ENVS[variant]
     content = sample_content(law)
     rendered = _render_custom(env, source, content.template_vars())
     if variant == "html":
@@ -201,21 +206,28 @@ def _scan(tree: nodes.Template) -> None:
             raise TemplateRejected(f"unsafe construct: access to {attr!r}", line)
 
 
-def _render_custom(env: BudgetedEnvironment, source: str, variables: dict[str, object]) -> str:
-    """Parse, scan, compile and render an owner's template within the render budget.
-
-    Every failure, including running over budget and nesting too deeply for
-    Python, is a TemplateRejected naming the template line where known."""
+@lru_cache(maxsize=64)
+def _compiled(env: ImmutableSandboxedEnvironment, source: str) -> Template:
+    """An owner's source, size-checked, scanned and compiled. Cached: drafting
+    re-renders a notice on every item it gains; a rejection is not cached."""
     if len(source) > MAX_SOURCE_CHARS:
         raise TemplateRejected(f"the template is {len(source)} characters long; the limit is {MAX_SOURCE_CHARS}")
     try:
         tree = env.parse(source)
         _scan(tree)
-        template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+        return env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
     except TemplateSyntaxError as exc:
         raise TemplateRejected(f"syntax error: {exc.message}", exc.lineno) from None
     except (RecursionError, MemoryError, SyntaxError):
         raise TemplateRejected("the template nests its expressions or blocks too deeply to compile") from None
+
+
+def _render_custom(env: ImmutableSandboxedEnvironment, source: str, variables: dict[str, object]) -> str:
+    """Parse, scan, compile and render an owner's template within the render budget.
+
+    Every failure, including running over budget and nesting too deeply for
+    Python, is a TemplateRejected naming the template line where known."""
+    template = _compiled(env, source)
     try:
         with metered():
             return template.render(variables)
