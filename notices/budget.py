@@ -156,13 +156,41 @@ def _seq_len(value: Any) -> int | None:
     return len(value) if isinstance(value, str | list | tuple) else None
 
 
+def _deep_size(value: Any, limit: int) -> int:
+    """Characters plus items in ``value`` and everything it contains (a list
+    holding one big list many times counts it each time, as ``str()`` would
+    write it), counting no further than just past ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += len(item) + 1
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += len(item) + 1
+            for key, val in item.items():
+                stack.extend((key, val))
+        else:
+            total += 1
+    return total
+
+
+def _check_deep(value: Any, what: str) -> None:
+    if isinstance(value, list | tuple | set | frozenset | dict):
+        limit = _budget().value_chars
+        _size(_deep_size(value, limit), what)
+
+
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     budget = _budget()
     if operator == "*":
         for seq, n in ((left, right), (right, left)):
-            length = _seq_len(seq)
-            if length is not None and isinstance(n, int):
-                _size(length * max(n, 0), "'*' (repetition)")
+            if isinstance(seq, str | list | tuple) and isinstance(n, int) and not isinstance(n, bool):
+                size = len(seq) if isinstance(seq, str) else _deep_size(seq, budget.value_chars)
+                _size(size * max(n, 0), "'*' (repetition)")
         if isinstance(left, int) and isinstance(right, int) and \
                 left.bit_length() + right.bit_length() > budget.int_bits:
             raise OverBudget(f"'*' would build a number over {budget.int_bits} bits")
@@ -171,9 +199,8 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
                 right * abs(left).bit_length() > budget.int_bits:
             raise OverBudget(f"'**' would build a number over {budget.int_bits} bits")
     elif operator == "+":
-        a, b = _seq_len(left), _seq_len(right)
-        if a is not None and b is not None:
-            _size(a + b, "'+'")
+        if _seq_len(left) is not None and _seq_len(right) is not None:
+            _size(_deep_size(left, budget.value_chars) + _deep_size(right, budget.value_chars), "'+'")
     elif operator == "%" and isinstance(left, str):
         _check_percent(left, "'%' formatting")
 
@@ -313,6 +340,8 @@ def _aw_value(context: Context, value: Any) -> Any:
     _step()
     if isinstance(value, str):
         _size(len(value), "'~' (concatenation)")
+    else:
+        _check_deep(value, "a list or dict literal")
     return value
 
 
@@ -347,6 +376,20 @@ class _Instrument(NodeTransformer):
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
         return _wrap(node, "_aw_value")
+
+    # A literal may hold many references to one big value; every container a
+    # template builds is thereby bounded in what str() of it would write.
+    def visit_List(self, node: nodes.List) -> nodes.Node:
+        self.generic_visit(node)
+        return _wrap(node, "_aw_value")
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:
+        self.generic_visit(node)
+        return _wrap(node, "_aw_value")
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        self.generic_visit(node)
+        return _wrap(node, "_aw_value") if node.ctx == "load" else node  # not an assignment target
 
 
 class _BudgetCodeGenerator(CodeGenerator):

@@ -62,6 +62,8 @@ HOSTILE = {
     "doubling macro": "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('x') }}",  # MemoryError
     "loop recursion": "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",  # raw RecursionError
     "range": "{{ range(10**9)|list }}",
+    "list of a big list": "{{ [[notifier.name] * 10**4] * 10**4 }}",  # str() of it: 2e9 characters
+    "literal of references": "{% set x = notifier.name * 50000 %}{{ [" + "x, " * 100 + "] }}",
 }
 
 
@@ -72,6 +74,13 @@ def test_hostile_template_is_refused_at_the_gate_naming_the_line(name: str) -> N
     assert info.value.lineno == 2, str(info.value)
     assert "line 2:" in str(info.value)
     assert "over budget" in str(info.value) or "not available" in str(info.value)
+
+
+def test_unpacking_and_literals_still_work_under_the_budget() -> None:
+    source = ("{% for a, b in [(1, 2)] %}{{ a }}{% endfor %}{% set c, d = 'x', {'k': [1]} %}{{ c }}{{ d.k }}\n"
+              + DMCA_TEXT)
+    check_template("dmca", "text", source)
+    assert render_notice(_content(), {"text": source}).text.startswith("1x[1]\n")
 
 
 def test_expressions_nested_too_deeply_to_compile_are_refused() -> None:
