@@ -68,8 +68,12 @@ def check_online(client: httpx.Client, url: str) -> str:
 
     Removed means 404, 410 or 451, or a redirect to a "removed" placeholder
     (as some image hosts do). Only the headers are read."""
+    from crawler.fetch import deadline, total_budget
+
     try:
-        with client.stream("GET", url) as response:
+        # One deadline for the whole exchange: a server dripping header lines
+        # cannot hold a send or the follow-up pass (crawler.fetch.deadline).
+        with deadline(total_budget(client)), client.stream("GET", url) as response:
             status = response.status_code
             final = str(response.url)
     except httpx.HTTPError as exc:
