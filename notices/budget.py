@@ -188,8 +188,8 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
     budget = _budget()
     if operator == "*":
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(n, int) and not isinstance(n, bool):
-                size = len(seq) if isinstance(seq, str) else _deep_size(seq, budget.value_chars)
+            if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int) and not isinstance(n, bool):
+                size = len(seq) if isinstance(seq, str | bytes) else _deep_size(seq, budget.value_chars)
                 _size(size * max(n, 0), "'*' (repetition)")
         if isinstance(left, int) and isinstance(right, int) and \
                 left.bit_length() + right.bit_length() > budget.int_bits:
@@ -405,8 +405,9 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%", "//", "/"})
     intercepted_unops = frozenset({"-", "+"})
     # Attributes that build unbounded output (str.format's width) or are no notice's business.
-    unsafe_attributes = frozenset({"format", "format_map", "mro", "gi_frame", "gi_code", "cr_frame",
-                                   "f_globals", "func_globals", "tb_frame"})
+    # translate maps one character to any string: unbounded output in one C call.
+    unsafe_attributes = frozenset({"format", "format_map", "translate", "maketrans", "mro", "gi_frame", "gi_code",
+                                   "cr_frame", "f_globals", "func_globals", "tb_frame"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

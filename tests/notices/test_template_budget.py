@@ -62,6 +62,7 @@ HOSTILE = {
     "doubling macro": "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('x') }}",  # MemoryError
     "loop recursion": "{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}",  # raw RecursionError
     "range": "{{ range(10**9)|list }}",
+    "bytes repetition": "{{ (notifier.name.encode() * 10**9)|length }}",
     "list of a big list": "{{ [[notifier.name] * 10**4] * 10**4 }}",  # str() of it: 2e9 characters
     "literal of references": "{% set x = notifier.name * 50000 %}{{ [" + "x, " * 100 + "] }}",
 }
@@ -74,6 +75,13 @@ def test_hostile_template_is_refused_at_the_gate_naming_the_line(name: str) -> N
     assert info.value.lineno == 2, str(info.value)
     assert "line 2:" in str(info.value)
     assert "over budget" in str(info.value) or "not available" in str(info.value)
+
+
+def test_str_translate_is_not_available() -> None:
+    # One character mapped to a long string, over a long string: unbounded in one call.
+    with pytest.raises(TemplateRejected, match="line 2: unsafe construct: .*translate"):
+        check_template("dmca", "text", "Notice\n{{ ('x' * 10**5).translate({120: 'y' * 10**5})|length }}\n"
+                       + DMCA_TEXT)
 
 
 def test_unpacking_and_literals_still_work_under_the_budget() -> None:
