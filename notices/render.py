@@ -13,7 +13,7 @@ Each rejection names the line it comes from when there is one.
 Owners' templates render in :class:`notices.budget.BudgetedEnvironment`
 (Jinja's immutable sandbox, every render bounded in steps, output, time and
 depth), the bundled ones in the plain immutable sandbox (they are ours, and
-the instrumentation costs about four times the render time); both with
+the instrumentation costs about five times the render time); both with
 :class:`~jinja2.StrictUndefined`: a template can read the facts it is given and
 nothing else. Passing the gate is not enough: every render of an owner's
 template, at draft time on real facts too, is scanned and bounded again, and
