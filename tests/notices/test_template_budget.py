@@ -79,7 +79,7 @@ def test_hostile_template_is_refused_at_the_gate_naming_the_line(name: str) -> N
 
 def test_str_translate_is_not_available() -> None:
     # One character mapped to a long string, over a long string: unbounded in one call.
-    with pytest.raises(TemplateRejected, match="line 2: unsafe construct: .*translate"):
+    with pytest.raises(TemplateRejected, match=r"line 2: unsafe construct: .*translate"):
         check_template("dmca", "text", "Notice\n{{ ('x' * 10**5).translate({120: 'y' * 10**5})|length }}\n"
                        + DMCA_TEXT)
 
