@@ -13,6 +13,16 @@ Two layers:
   size cap, follow at most ``max_redirects`` redirects and map transport
   failures to :mod:`crawler.errors`. ``SafeFetcher.fetch_image`` sniffs the
   image type from the bytes; Content-Type is never trusted.
+
+One deadline covers a whole exchange (every connect, TLS handshake, request
+write, header line and body chunk, across redirects): :func:`deadline` arms
+it, and the connections :class:`SafeTransport` opens read it on every socket
+operation, each of which may wait only for what is left. A server that drips
+one header line or one body byte just inside the read timeout therefore
+cannot hold a fetch longer than the budget (three read timeouts, see
+:func:`total_budget`). The clock starts at the first socket operation, so the
+politeness layer's pacing before a request is not counted against the
+server. DNS resolution is the one step it cannot interrupt.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +61,7 @@ __all__ = [
     "Params",
     "SafeFetcher",
     "SafeTransport",
+    "deadline",
     "fetch_page",
     "policy_of",
     "raise_for_status",
@@ -155,6 +168,87 @@ class AddressPolicy:
         raise BlockedAddress(f"refusing to connect to {host} at non-public address {ip}", host)
 
 
+class _Deadline:
+    """The time left to one exchange; the clock starts at its first socket operation."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.ends: float | None = None
+
+    def remaining(self) -> float:
+        now = time.monotonic()
+        if self.ends is None:
+            self.ends = now + self.budget
+        return self.ends - now
+
+    def expired(self) -> bool:
+        return self.ends is not None and time.monotonic() >= self.ends
+
+    def bound(self, timeout: float | None, kind: type[httpcore.TimeoutException]) -> float:
+        """``timeout`` shortened to what is left; ``kind`` raised when nothing is."""
+        left = self.remaining()
+        if left <= 0:
+            raise kind(f"the exchange used up its {self.budget:.1f}s deadline")
+        return left if timeout is None else min(timeout, left)
+
+
+_DEADLINE: ContextVar[_Deadline | None] = ContextVar("artwatch_fetch_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[_Deadline | None]:
+    """Bound every socket operation of the :class:`SafeTransport` connections
+    used inside the block to ``seconds`` in all (None: no bound). Nested use
+    keeps the outer, earlier deadline."""
+    outer = _DEADLINE.get()
+    if seconds is None or outer is not None:
+        yield outer
+        return
+    token = _DEADLINE.set(_Deadline(seconds))
+    try:
+        yield _DEADLINE.get()
+    finally:
+        _DEADLINE.reset(token)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake waits at most for
+    what is left of the current exchange's deadline. Pooled connections are
+    reused by later exchanges, so the deadline is looked up per operation."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        limit = _DEADLINE.get()
+        if limit is not None:
+            timeout = limit.bound(timeout, httpcore.ReadTimeout)
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        limit = _DEADLINE.get()
+        if limit is not None:
+            timeout = limit.bound(timeout, httpcore.WriteTimeout)
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        limit = _DEADLINE.get()
+        if limit is not None:
+            timeout = limit.bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class _SafeBackend(httpcore.NetworkBackend):
     """Resolves once, validates every address, connects to a validated IP."""
 
@@ -185,15 +279,16 @@ class _SafeBackend(httpcore.NetworkBackend):
         for ip in addresses:
             self._policy.check(host, ip)
         last_exc: Exception | None = None
+        limit = _DEADLINE.get()
         for ip in addresses:
             try:
-                return self._inner.connect_tcp(
+                return _DeadlineStream(self._inner.connect_tcp(
                     str(ip),
                     port,
-                    timeout=timeout,
+                    timeout=limit.bound(timeout, httpcore.ConnectTimeout) if limit else timeout,
                     local_address=local_address,
                     socket_options=socket_options,
-                )
+                ))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last_exc = exc
         assert last_exc is not None
@@ -303,28 +398,25 @@ def raise_for_status(resp: httpx.Response) -> None:
         raise HTTPStatusError(f"{final}: HTTP {code}", final, code)
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, url: str, budget: float | None) -> bytes:
-    """The body, refusing more than ``max_bytes`` and, against servers that
-    drip bytes just fast enough to dodge the read timeout, more than
-    ``budget`` seconds in all."""
+def _read_capped(response: httpx.Response, max_bytes: int, url: str) -> bytes:
+    """The body, refusing more than ``max_bytes``. Time is bounded by the
+    exchange's :func:`deadline`, which every socket read obeys."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise TooLarge(f"{url}: Content-Length {declared} exceeds the {max_bytes}-byte cap", url)
-    deadline = time.monotonic() + budget if budget else None
     chunks: list[bytes] = []
     total = 0
     for chunk in response.iter_bytes():
         total += len(chunk)
         if total > max_bytes:
             raise TooLarge(f"{url}: body exceeds the {max_bytes}-byte cap", url)
-        if deadline is not None and time.monotonic() > deadline:
-            raise Timeout(f"{url}: body took longer than {budget:.1f}s in all", url)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def total_budget(client: httpx.Client) -> float | None:
-    """Seconds a whole body may take: three read timeouts (None if unlimited)."""
+    """Seconds a whole exchange (connect, headers, body, redirects) may take:
+    three read timeouts (None if unlimited)."""
     read = client.timeout.read
     return 3 * read if read else None
 
@@ -338,26 +430,30 @@ def _exchange(
     max_bytes: int,
 ) -> tuple[httpx.Response, bytes]:
     query: Any = params  # httpx accepts a mapping or a list of pairs
-    try:
-        with client.stream(
-            "GET", url, params=query, headers=dict(headers or {}), follow_redirects=True
-        ) as resp:
-            final = str(resp.url)
-            raise_for_status(resp)
-            body = (
-                b""
-                if resp.status_code == 304
-                else _read_capped(resp, max_bytes, final, total_budget(client))
-            )
-            return resp, body
-    except httpx.TooManyRedirects as exc:
-        raise TooManyRedirects(f"{url}: too many redirects ({exc})", url) from None
-    except httpx.TimeoutException as exc:
-        raise Timeout(f"{url}: timed out ({type(exc).__name__})", url) from None
-    except httpx.TransportError as exc:
-        raise TransientFetchError(f"{url}: {type(exc).__name__}: {exc}", url) from None
-    except httpx.HTTPError as exc:
-        raise FetchError(f"{url}: {type(exc).__name__}: {exc}", url) from None
+    budget = total_budget(client)
+    with deadline(budget) as limit:
+        try:
+            with client.stream(
+                "GET", url, params=query, headers=dict(headers or {}), follow_redirects=True
+            ) as resp:
+                final = str(resp.url)
+                raise_for_status(resp)
+                body = b"" if resp.status_code == 304 else _read_capped(resp, max_bytes, final)
+                return resp, body
+        except httpx.TooManyRedirects as exc:
+            raise TooManyRedirects(f"{url}: too many redirects ({exc})", url) from None
+        except httpx.TimeoutException as exc:
+            if limit is not None and limit.expired():
+                raise Timeout(
+                    f"{url}: the exchange (connect, headers and body) took longer than "
+                    f"{limit.budget:.1f}s in all",
+                    url,
+                ) from None
+            raise Timeout(f"{url}: timed out ({type(exc).__name__})", url) from None
+        except httpx.TransportError as exc:
+            raise TransientFetchError(f"{url}: {type(exc).__name__}: {exc}", url) from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{url}: {type(exc).__name__}: {exc}", url) from None
 
 
 def fetch_page(

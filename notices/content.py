@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, overload
 
 __all__ = ["INSTRUMENTS", "LAWS", "ItemRef", "NoticeContent", "Notifier", "WorkRef", "clean_inline",
-           "part_marker", "sample_content"]
+           "part_marker", "sample_content", "web_url"]
 
 LAWS = ("dmca", "dsa", "trademark")
 
@@ -45,6 +45,19 @@ def clean_inline(value: object, max_length: int = 2000) -> str:
     """One line: controls (newlines included) and bidi overrides become spaces."""
     text = _CONTROL.sub(" ", str(value))
     return re.sub(r"\s{2,}", " ", text).strip()[:max_length]
+
+
+def web_url(value: object, max_length: int = 2000) -> str:
+    """``value`` as one clean line if it is an http(s) URL, else "": what may be
+    written as a link (a crawled ``javascript:`` or ``data:`` page URL may not)."""
+    from urllib.parse import urlsplit
+
+    text = clean_inline(value or "", max_length)
+    try:
+        scheme = urlsplit(text).scheme.lower()
+    except ValueError:
+        return ""
+    return text if scheme in ("http", "https") and " " not in text else ""
 
 
 def clean_block(value: object, max_length: int = 2000) -> str:

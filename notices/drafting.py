@@ -20,7 +20,14 @@ task after a match is stored):
   recipient: the reviewer chooses one;
 - an owner whose profile lacks the contact details the new item's law
   requires (trademark for a logo) gets :class:`~notices.errors.ProfileIncomplete`,
-  naming the fields to fill in.
+  naming the fields to fill in;
+- an owner's template that fails on the notice's real facts (over the render
+  budget, or any other rejection) does not fail the draft: the notice is
+  rendered with the bundled templates and flagged ``owner_template_failed``,
+  the reason in its audit trail (:func:`rerender`);
+- an upload whose URL is not a clean http(s) address (another scheme, CR/LF)
+  raises :class:`~notices.errors.DraftingBlocked`; a page URL that is not one
+  is left out of the notice.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from config.settings import NoticeSettings, Settings
-from notices.content import ItemRef, NoticeContent, Notifier, WorkRef, clean_block, clean_inline
+from notices.content import ItemRef, NoticeContent, Notifier, WorkRef, clean_block, clean_inline, web_url
 from notices.errors import DraftingBlocked, ProfileIncomplete, TemplateRejected
 from notices.hosts import (
     DEFAULT_HOSTS_FILE,
@@ -64,6 +71,7 @@ from storage.models import (
 
 __all__ = [
     "OPEN_STATES",
+    "TEMPLATE_FAILED",
     "TRADEMARK",
     "DraftingBlocked",
     "ProfileIncomplete",
@@ -172,10 +180,6 @@ def record(session: Session, notice: Notice, actor: str, action: str, now: datet
     return event
 
 
-def _web_url(url: str) -> str:
-    return url if urlsplit(url).scheme in ("http", "https") else ""
-
-
 def _host_of(upload: Upload) -> str:
     for url in (upload.page_url, upload.image_url, upload.canonical_url):
         host = (urlsplit(url).hostname or "").lower() if url else ""
@@ -222,7 +226,7 @@ def content_for_notice(session: Session, notice: Notice, directory: HostDirector
                                           work.kind.value if isinstance(work.kind, WorkKind) else str(work.kind))
         items.setdefault(law, []).append(ItemRef(
             url=clean_inline(item.url),
-            page_url=clean_inline(_web_url(upload.page_url)),
+            page_url=web_url(upload.page_url),
             work_title=title,
             captured_at=_when(upload.fetched_at),
             author=clean_inline(upload.author, 200),
@@ -274,10 +278,29 @@ def save_owner_template(session: Session, owner_id: int, law: str, variant: str,
     return row
 
 
+TEMPLATE_FAILED = "owner_template_failed"
+
+
 def rerender(session: Session, notice: Notice, directory: HostDirectory | None = None) -> None:
-    """Re-render subject and bodies from the current items (not for edited notices)."""
+    """Re-render subject and bodies from the current items (not for edited notices).
+
+    The owner's templates render on the real facts within the render budget
+    (:mod:`notices.budget`); one that fails there (passed the gate on sample
+    facts, but loops or grows on these) cannot hold up the draft or be retried
+    into the task's time limit. The notice is then rendered with the bundled
+    templates and carries the ``owner_template_failed`` flag, with the reason
+    in its audit trail, for the reviewer to see; the flag is cleared once the
+    owner's templates render again."""
     parts = content_for_notice(session, notice, directory)
-    rendered = render_notice(parts, owner_template_sets(session, notice.owner_id))
+    try:
+        rendered = render_notice(parts, owner_template_sets(session, notice.owner_id))
+        notice.flags = [f for f in notice.flags if f != TEMPLATE_FAILED]
+    except TemplateRejected as exc:
+        rendered = render_notice(parts)
+        if TEMPLATE_FAILED not in notice.flags:
+            notice.flags = [*notice.flags, TEMPLATE_FAILED]
+        record(session, notice, "artwatch", TEMPLATE_FAILED, reason=str(exc),
+               fallback="drafted with the bundled templates instead")
     notice.subject = rendered.subject
     notice.body_text = rendered.text
     notice.body_html = rendered.html
@@ -295,7 +318,7 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     if upload is None or work is None or upload.deleted_at is not None:
         return None
     url = upload.canonical_url
-    if not _web_url(url):
+    if not web_url(url):
         raise DraftingBlocked(f"match {match_id}: the upload URL {clean_inline(url, 200)!r} is not a web address")
     existing = session.scalar(select(NoticeItem).where(NoticeItem.work_id == work.id, NoticeItem.url == url))
     if existing is not None:
@@ -332,10 +355,7 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
         if "items_added_after_edit" not in notice.flags:
             notice.flags = [*notice.flags, "items_added_after_edit"]
     else:
-        try:
-            rerender(session, notice, directory)
-        except TemplateRejected as exc:
-            raise DraftingBlocked(f"notice {notice.id}: the owner's template no longer renders: {exc}") from None
+        rerender(session, notice, directory)
     record(session, notice, "artwatch", "item_added", match_id=match.id, work_id=work.id, url=clean_inline(url))
     session.flush()
     return notice

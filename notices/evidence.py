@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from notices.drafting import part_laws
 from notices.errors import EvidenceError
+from notices.sanitise import safe_html
 from notices.workflow import get_notice
 from storage.blobs import BlobNotFound, BlobStore
 from storage.models import Upload, Work, utcnow
@@ -147,7 +148,7 @@ def build_bundle(session: Session, blobs: BlobStore, notice_id: int, now: dateti
             "checked_at": _iso(item.checked_at),
         })
     files["notice.txt"] = notice.body_text.encode("utf-8")
-    files["notice.html"] = notice.body_html.encode("utf-8")
+    files["notice.html"] = safe_html(notice.body_html).encode("utf-8")  # as sent and as reviewed
     manifest = {
         "format": "artwatch-evidence/1",
         "generated_at": _iso(generated),

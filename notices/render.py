@@ -5,29 +5,38 @@ text) and ``<law>.html.j2`` (HTML, autoescaped). Owners may replace either
 variant with their own source; :func:`check_template` is the gate such a
 template must pass before it is stored: it must parse, must not use a
 construct the sandbox forbids (private attributes, loading other templates,
-string formatting), must render the sample facts, and the result must carry
-every element the law requires (see :mod:`notices.validate`). Each rejection
-names the line it comes from when there is one.
+string formatting), must render the sample facts within the render budget,
+an HTML one may use only the safe subset of :mod:`notices.sanitise`, and the
+result must carry every element the law requires (see :mod:`notices.validate`).
+Each rejection names the line it comes from when there is one.
 
-Both environments are :class:`~jinja2.sandbox.ImmutableSandboxedEnvironment`
-with :class:`~jinja2.StrictUndefined`: a template can read the facts it is
-given and nothing else.
+Owners' templates render in :class:`notices.budget.BudgetedEnvironment`
+(Jinja's immutable sandbox, every render bounded in steps, output, time and
+depth), the bundled ones in the plain immutable sandbox (they are ours, and
+the instrumentation costs about five times the render time); both with
+:class:`~jinja2.StrictUndefined`: a template can read the facts it is given and
+nothing else. Passing the gate is not enough: every render of an owner's
+template, at draft time on real facts too, is scanned and bounded again, and
+its HTML is rebuilt by :func:`notices.sanitise.safe_html`. The bundled HTML
+escapes every fact; it too goes through ``safe_html`` wherever a notice is
+shown to the reviewer, sent or bundled, so those three are the same bytes.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from html import escape
 from pathlib import Path
 from types import TracebackType
 from typing import cast, overload
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateSyntaxError, nodes
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from notices.budget import BudgetedEnvironment, OverBudget, metered
 from notices.content import (
     INSTRUMENTS,
     LAWS,
@@ -37,6 +46,7 @@ from notices.content import (
     sample_content,
 )
 from notices.errors import TemplateRejected
+from notices.sanitise import body_of, disallowed_markup, html_document, safe_html
 
 __all__ = ["VARIANTS", "Rendered", "check_template", "render_notice", "subject_for"]
 
@@ -44,6 +54,8 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 VARIANTS = ("text", "html")
 _SUFFIX = {"text": "txt", "html": "html"}
 _CUSTOM_NAME = "<custom template>"
+# A notice template is a page or two of wording; a bigger one is not a notice.
+MAX_SOURCE_CHARS = 100_000
 
 # Attribute and filter names a notice template has no reason to touch.
 _UNSAFE_ATTRS = {"format", "format_map", "mro", "gi_frame", "gi_code", "cr_frame", "f_globals",
@@ -52,8 +64,9 @@ _UNSAFE_FILTERS = {"attr"}
 _UNSAFE_NAMES = {"self", "lipsum", "cycler", "joiner", "namespace", "range", "dict"}
 
 
-def _env(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
+def _env(autoescape: bool, budgeted: bool) -> ImmutableSandboxedEnvironment:
+    cls = BudgetedEnvironment if budgeted else ImmutableSandboxedEnvironment
+    return cls(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
         autoescape=autoescape,
         undefined=StrictUndefined,
@@ -63,7 +76,8 @@ def _env(autoescape: bool) -> ImmutableSandboxedEnvironment:
     )
 
 
-_ENVS = {"text": _env(False), "html": _env(True)}
+_ENVS = {"text": _env(False, budgeted=False), "html": _env(True, budgeted=False)}
+_CUSTOM_ENVS = {"text": _env(False, budgeted=True), "html": _env(True, budgeted=True)}
 
 
 @dataclass(frozen=True)
@@ -113,34 +127,14 @@ def render_notice(content: NoticeContent | Sequence[NoticeContent],
     total = len(parts)
     texts: list[str] = []
     bodies: list[str] = []
-    styles: list[str] = []
     for number, part in enumerate(parts, 1):
         one = _render_one(part, sets.get(part.law))
         marker = part_marker(number, total, part.law)
         texts.append(f"{marker}\n\n{one.text.strip()}\n")
-        head = _HEAD.search(one.html)
-        styles += _STYLE.findall(head.group(0)) if head else []
-        bodies.append(f'<section class="notice-part">\n<h1>{escape(marker)}</h1>\n{_body_of(one.html).strip()}\n'
+        bodies.append(f'<section class="notice-part">\n<h1>{escape(marker)}</h1>\n{body_of(one.html).strip()}\n'
                       "</section>")
     subject = subject_for(parts)
-    html = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{escape(subject)}</title>{''.join(styles)}</head>\n<body>\n"
-            + "\n<hr>\n".join(bodies) + "\n</body></html>\n")
-    return Rendered(subject, "\n".join(texts), html)
-
-
-_HEAD = re.compile(r"<head\b.*?</head\s*>", re.IGNORECASE | re.DOTALL)
-_STYLE = re.compile(r"<style\b.*?</style\s*>", re.IGNORECASE | re.DOTALL)
-_BODY = re.compile(r"<body\b[^>]*>(.*?)</body\s*>", re.IGNORECASE | re.DOTALL)
-_DOCUMENT_TAGS = re.compile(r"<!DOCTYPE[^>]*>|</?html\b[^>]*>|</?body\b[^>]*>", re.IGNORECASE)
-
-
-def _body_of(html: str) -> str:
-    """What a rendered HTML document shows: its body, or the fragment without head."""
-    found = _BODY.search(html)
-    if found:
-        return found.group(1)
-    return _DOCUMENT_TAGS.sub("", _HEAD.sub("", html))
+    return Rendered(subject, "\n".join(texts), html_document(subject, "\n<hr>\n".join(bodies)))
 
 
 def _render_one(content: NoticeContent, custom: Mapping[str, str] | None) -> Rendered:
@@ -149,12 +143,12 @@ def _render_one(content: NoticeContent, custom: Mapping[str, str] | None) -> Ren
     variables = content.template_vars()
     out: dict[str, str] = {}
     for variant in VARIANTS:
-        env = _ENVS[variant]
         source = (custom or {}).get(variant)
         if source:
-            out[variant] = _render_custom(env, source, variables)
+            rendered = _render_custom(_CUSTOM_ENVS[variant], source, variables)
+            out[variant] = safe_html(rendered) if variant == "html" else rendered
         else:
-            out[variant] = env.get_template(f"{content.law}.{_SUFFIX[variant]}.j2").render(variables)
+            out[variant] = _ENVS[variant].get_template(f"{content.law}.{_SUFFIX[variant]}.j2").render(variables)
     return Rendered(subject_for(content), out["text"], out["html"])
 
 
@@ -169,15 +163,16 @@ def check_template(law: str, variant: str, source: str) -> None:
         raise TemplateRejected(f"unknown law {law!r}; expected one of {', '.join(LAWS)}")
     if variant not in VARIANTS:
         raise TemplateRejected(f"unknown variant {variant!r}; expected text or html")
-    env = _ENVS[variant]
-    try:
-        tree = env.parse(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateRejected(f"syntax error: {exc.message}", exc.lineno) from None
-    _scan(tree)
+    env = _CUSTOM_ENVS[variant]
     content = sample_content(law)
     rendered = _render_custom(env, source, content.template_vars())
-    text, html = (rendered, None) if variant == "text" else (None, rendered)
+    if variant == "html":
+        extra = disallowed_markup(rendered)
+        if extra:
+            raise TemplateRejected("the HTML uses " + ", ".join(extra) + "; a notice's HTML may use only text "
+                                   "markup (headings, paragraphs, lists, tables, emphasis and http, https or "
+                                   "mailto links), so that the reviewer sees exactly what is sent")
+    text, html = (rendered, None) if variant == "text" else (None, safe_html(rendered))
     missing = missing_elements(content, text=text, html=html)
     if missing:
         raise TemplateRejected("the rendered notice lacks required elements: " + "; ".join(missing))
@@ -211,13 +206,39 @@ def _scan(tree: nodes.Template) -> None:
             raise TemplateRejected(f"unsafe construct: access to {attr!r}", line)
 
 
-def _render_custom(env: ImmutableSandboxedEnvironment, source: str, variables: dict[str, object]) -> str:
+@lru_cache(maxsize=64)
+def _compiled(env: ImmutableSandboxedEnvironment, source: str) -> Template:
+    """An owner's source, size-checked, scanned and compiled. Cached: drafting
+    re-renders a notice on every item it gains; a rejection is not cached."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise TemplateRejected(f"the template is {len(source)} characters long; the limit is {MAX_SOURCE_CHARS}")
     try:
-        template = env.from_string(source)
+        tree = env.parse(source)
+        _scan(tree)
+        return env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
     except TemplateSyntaxError as exc:
         raise TemplateRejected(f"syntax error: {exc.message}", exc.lineno) from None
+    except (RecursionError, MemoryError, SyntaxError):
+        raise TemplateRejected("the template nests its expressions or blocks too deeply to compile") from None
+
+
+def _render_custom(env: ImmutableSandboxedEnvironment, source: str, variables: dict[str, object]) -> str:
+    """Parse, scan, compile and render an owner's template within the render budget.
+
+    Every failure, including running over budget and nesting too deeply for
+    Python, is a TemplateRejected naming the template line where known."""
+    template = _compiled(env, source)
     try:
-        return template.render(variables)
+        with metered():
+            return template.render(variables)
+    except OverBudget as exc:
+        raise TemplateRejected(f"over budget: {exc}", _template_line(exc.__traceback__)) from None
+    except RecursionError as exc:
+        raise TemplateRejected("over budget: the template calls itself too deeply",
+                               _template_line(exc.__traceback__)) from None
+    except MemoryError as exc:
+        raise TemplateRejected("over budget: the template ran out of memory",
+                               _template_line(exc.__traceback__)) from None
     except SecurityError as exc:
         raise TemplateRejected(f"unsafe construct: {exc}", _template_line(exc.__traceback__)) from None
     except TemplateError as exc:

@@ -40,6 +40,7 @@ from notices.drafting import notice_settings, open_key_for, record, rerender
 from notices.errors import IllegalTransition, ManualSubmission, RateLimited, RefetchFailed
 from notices.evidence import build_bundle
 from notices.mail import build_message, safe_header, send_email
+from notices.sanitise import safe_html
 from notices.workflow import get_notice, mark_sent, resolve
 from storage.blobs import BlobStore
 from storage.models import Account, Notice, NoticeState, utcnow
@@ -67,8 +68,12 @@ def check_online(client: httpx.Client, url: str) -> str:
 
     Removed means 404, 410 or 451, or a redirect to a "removed" placeholder
     (as some image hosts do). Only the headers are read."""
+    from crawler.fetch import deadline, total_budget
+
     try:
-        with client.stream("GET", url) as response:
+        # One deadline for the whole exchange: a server dripping header lines
+        # cannot hold a send or the follow-up pass (crawler.fetch.deadline).
+        with deadline(total_budget(client)), client.stream("GET", url) as response:
             status = response.status_code
             final = str(response.url)
     except httpx.HTTPError as exc:
@@ -102,7 +107,7 @@ def build_email(session: Session, blobs: BlobStore, notice_id: int,
     bundle = build_bundle(session, blobs, notice.id)
     to = notice.recipient if _EMAIL.match(notice.recipient) else "undisclosed-recipients:;"
     msg = build_message(
-        ns, to, safe_header(notice.subject), notice.body_text, html=notice.body_html,
+        ns, to, safe_header(notice.subject), notice.body_text, html=safe_html(notice.body_html),
         attachments=[(f"evidence-notice-{notice.id}.zip", bundle, "application/zip")],
         reply_to=owner.email if owner is not None else None,
         cc=owner.email if owner is not None else None,

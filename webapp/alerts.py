@@ -27,6 +27,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
+from notices.content import clean_inline
 from storage.blobs import BlobNotFound, BlobStore
 from storage.models import Account, Match, MatchStatus
 from webapp.images import thumbnail_png
@@ -52,6 +53,8 @@ _env = jinja2.Environment(
 )
 _env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%"
 _env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d else "unknown time"
+# Crawled strings reach the email body: one line each, no CR/LF to forge lines.
+_env.filters["oneline"] = clean_inline
 
 
 def unsubscribe_url(settings: Settings, account_id: int) -> str:

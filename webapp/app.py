@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
+from notices.content import clean_inline, web_url
 from storage.blobs import BlobStore, FolderBlobStore
 from storage.db import make_engine, make_sessionmaker
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
@@ -40,6 +41,9 @@ def _templates() -> Jinja2Templates:
         autoescape=True,
     )
     env.filters["when"] = lambda d: d.strftime("%Y-%m-%d %H:%M UTC") if d else "—"
+    # Crawled strings: one line; and only http(s) URLs become links.
+    env.filters["oneline"] = clean_inline
+    env.filters["web_url"] = web_url
     env.filters["pct"] = lambda v: f"{float(v) * 100:.0f}%" if v is not None else "—"
     env.filters["points"] = lambda region: " ".join(
         f"{float(x):.1f},{float(y):.1f}" for x, y in region or []

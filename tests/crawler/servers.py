@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,6 +104,54 @@ class PayloadServer:
                 pass
 
         return Handler
+
+
+class DripServer:
+    """A raw TCP server on 127.0.0.1 that answers every connection by writing
+    ``pieces`` one at a time, ``interval`` seconds apart: each write lands well
+    inside a read timeout, so only a deadline on the whole exchange stops it.
+    http.server cannot do this: it buffers the status line and headers."""
+
+    def __init__(self, pieces: list[bytes], interval: float) -> None:
+        self.pieces = pieces
+        self.interval = interval
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> DripServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)  # the request; its content does not matter
+            for piece in self.pieces:
+                if self._stop.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(piece)
+                except OSError:
+                    return  # the client gave up: what the test wants
 
 
 def sse_frames(

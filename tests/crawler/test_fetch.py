@@ -24,7 +24,7 @@ from crawler.fetch import (
 from crawler.service import build_client
 
 from .conftest import png
-from .servers import PayloadServer, Reply
+from .servers import DripServer, PayloadServer, Reply
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 32
 
@@ -275,6 +275,56 @@ def test_slow_drip_body_hits_total_budget(http: PayloadServer) -> None:
         with pytest.raises(Timeout, match="in all"):
             SafeFetcher(client, settings).fetch_image(http.url + "/drip.png")
         assert time.monotonic() - t0 < 1.5
+
+
+# read_timeout 0.3 s gives a 0.9 s budget for the whole exchange; every piece
+# arrives 0.15 s after the last, well inside the read timeout.
+_DRIP_SETTINGS = {"read_timeout": 0.3}
+_DRIP_BUDGET = 0.9
+_MARGIN = 0.6
+
+
+def test_header_drip_is_cut_at_the_exchange_deadline() -> None:
+    # One header line every 0.15 s for 6 s: before the deadline covered headers,
+    # this fetch took the full 6 s (at default settings, days).
+    lines = [b"HTTP/1.1 200 OK\r\n"] + [f"X-Drip-{i}: x\r\n".encode() for i in range(40)]
+    settings = _settings(**_DRIP_SETTINGS)
+    with DripServer(lines, 0.15) as server, build_client(settings) as client:
+        t0 = time.monotonic()
+        with pytest.raises(Timeout, match=r"connect, headers and body\) took longer than 0.9s in all"):
+            SafeFetcher(client, settings).fetch_image(server.url + "/a.png")
+        assert time.monotonic() - t0 < _DRIP_BUDGET + _MARGIN
+
+
+def test_body_drip_after_quick_headers_is_cut_at_the_same_deadline() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + png("x")
+    settings = _settings(**_DRIP_SETTINGS)
+    with DripServer([head] + [b"\x00" * 8] * 40, 0.15) as server, build_client(settings) as client:
+        t0 = time.monotonic()
+        with pytest.raises(Timeout, match="in all"):
+            fetch_page(client, server.url + "/page")
+        assert time.monotonic() - t0 < _DRIP_BUDGET + _MARGIN
+
+
+def test_headers_and_body_share_one_deadline() -> None:
+    # Headers take 0.6 s of the 0.9 s budget; the body then gets only what is left.
+    head = [b"HTTP/1.1 200 OK\r\n", b"Content-Type: image/png\r\n", b"Content-Length: 100000\r\n",
+            b"X-A: 1\r\n", b"\r\n" + png("y")]
+    settings = _settings(**_DRIP_SETTINGS)
+    with DripServer(head + [b"\x00" * 8] * 40, 0.15) as server, build_client(settings) as client:
+        t0 = time.monotonic()
+        with pytest.raises(Timeout, match="in all"):
+            SafeFetcher(client, settings).fetch_image(server.url + "/b.png")
+        assert time.monotonic() - t0 < _DRIP_BUDGET + _MARGIN
+
+
+def test_a_quick_exchange_is_untouched_by_the_deadline() -> None:
+    # Within budget, a dripped reply still completes: the deadline only bounds.
+    body = png("ok")
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    settings = _settings(**_DRIP_SETTINGS)
+    with DripServer([head, body], 0.05) as server, build_client(settings) as client:
+        assert SafeFetcher(client, settings).fetch_image(server.url + "/c.png").data == body
 
 
 def test_xml_entity_bomb_is_a_malformed_page(http: PayloadServer) -> None:

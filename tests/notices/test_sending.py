@@ -244,6 +244,23 @@ def test_check_online_reads_placeholders_and_dead_servers(web_server: WebServer,
     dead.close()
 
 
+def test_check_online_is_bounded_by_one_deadline_against_a_header_drip() -> None:
+    import time
+
+    from config.settings import CrawlerSettings
+    from crawler.service import build_client
+    from tests.crawler.servers import DripServer
+
+    settings = CrawlerSettings(allow_internal=["127.0.0.1"], requests_per_second=0, obey_robots=False,
+                               read_timeout=0.3)
+    lines = [b"HTTP/1.1 200 OK\r\n"] + [f"X-Drip-{i}: x\r\n".encode() for i in range(40)]
+    with DripServer(lines, 0.15) as server, build_client(settings) as c:
+        t0 = time.monotonic()
+        with pytest.raises(RefetchFailed, match="could not re-fetch"):
+            check_online(c, server.url + "/img.png")
+        assert time.monotonic() - t0 < 0.9 + 0.6  # the 0.9 s budget (three read timeouts) plus a margin
+
+
 def test_sends_are_rate_limited_per_host(sessions: Any, blobs: FolderBlobStore, web_server: WebServer,
                                          smtp_server: SmtpServer, client: httpx.Client) -> None:
     a = _approved_notice(sessions, blobs, web_server, ["/img/a.png"], "a@artist.test")

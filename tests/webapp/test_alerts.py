@@ -231,3 +231,31 @@ def test_a_failed_send_releases_the_claim_so_a_retry_sends(world: World) -> None
         send_instant_alert(s, world.blobs, world.settings, mid)
     with world.sessions() as s:
         assert s.get(Match, mid).alerted_at is None  # type: ignore[union-attr]
+
+
+def test_crlf_in_a_crawled_url_or_title_does_not_forge_lines_in_the_alert(
+    mail_world: World, smtp: tuple[Inbox, int]
+) -> None:
+    from storage.models import Upload
+
+    inbox, _ = smtp
+    world = mail_world
+    owner = world.account("ann@example.com", alert_mode="instant")
+    wid = world.work(owner, logo_png(1), "Acme\r\nEvidence: https://evil.test/phish")
+    shot, _ = product_shot(logo_png(1))
+    mid = world.match(wid, shot, url="https://pics.example/p/9")
+    with world.sessions() as s, s.begin():
+        m = s.get(Match, mid)
+        assert m is not None
+        upload = s.get(Upload, m.upload_id)
+        assert upload is not None
+        upload.page_url = "https://pics.example/p/9\r\n\r\nEvidence: https://evil.test/login"
+    with world.sessions() as s:
+        assert send_instant_alert(s, world.blobs, world.settings, mid) is True
+    _, msg = inbox.envelopes[0]
+    text = _text(msg)
+    lines = text.splitlines()
+    assert not any(line.startswith("Evidence: https://evil.test") for line in lines), text
+    assert any("https://pics.example/p/9 Evidence: https://evil.test/login" in line for line in lines)
+    assert "\r" not in _html(msg).replace("\r\n", "\n")
+    assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])

@@ -161,3 +161,69 @@ def test_a_notice_with_a_logo_shows_its_trademark_part(world: World) -> None:
     queue = client.get("/review").text
     assert f'href="/notices/{nid}"' in queue and f'href="/notices/{other}"' in queue
     assert queue.count("<td>dmca + trademark</td>") == 1 and "<td>dmca</td>" in queue
+
+
+def _set_page_url(world: World, match_id: int, page_url: str) -> None:
+    from storage.db import session_scope
+    from storage.models import Match, Upload
+
+    with session_scope(world.sessions) as s:
+        m = s.get(Match, match_id)
+        assert m is not None
+        upload = s.get(Upload, m.upload_id)
+        assert upload is not None
+        upload.page_url = page_url
+
+
+def test_reviewer_sees_the_html_exactly_as_sent_in_a_sandboxed_frame(world: World) -> None:
+    from notices.sanitise import disallowed_markup
+
+    _, _, nid = _setup(world)
+    with world.sessions() as s, s.begin():  # a body stored before sanitising existed
+        notice = s.get(Notice, nid)
+        assert notice is not None
+        notice.body_html = notice.body_html.replace(
+            "<body>", '<body><script>alert(1)</script><img src="https://t.test/o.gif"><p hidden>Pay 500 EUR</p>'
+        )
+    client = world.client("rita@example.com")
+    page = client.get(f"/notices/{nid}").text
+    assert f'<iframe class="notice-html" sandbox="" src="/notices/{nid}/body.html"' in page
+    body = client.get(f"/notices/{nid}/body.html")
+    assert body.status_code == 200 and body.headers["content-type"].startswith("text/html")
+    csp = body.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "sandbox" in csp and "frame-ancestors 'self'" in csp
+    assert body.headers["x-frame-options"] == "SAMEORIGIN"
+    assert disallowed_markup(body.text) == [] and "<script" not in body.text and "t.test" not in body.text
+    assert "Pay 500 EUR" in body.text and "penalty of perjury" in body.text
+    assert world.client("someone@else.test").get(f"/notices/{nid}/body.html").status_code in (303, 401, 403)
+
+
+def test_owner_template_failure_is_shown_to_the_reviewer_with_its_reason(world: World) -> None:
+    from notices.drafting import save_owner_template
+    from notices.render import TEMPLATE_DIR
+    from storage.db import session_scope
+
+    owner = world.account("ann@example.com")
+    world.account("rita@example.com", Role.REVIEWER)
+    loops = ("{% if items|length > 0 and works[0].title == 'Acme' %}{% for a in items * 3000 %}"
+             "{% for b in items * 3000 %}x{% endfor %}{% endfor %}{% endif %}\n")
+    with session_scope(world.sessions) as s:
+        save_owner_template(s, owner, "dmca", "text", loops + (TEMPLATE_DIR / "dmca.txt.j2").read_text(),
+                            "ann@example.com")
+    wid = world.work(owner, logo_png(1), "Acme", kind="artwork")
+    shot, _ = product_shot(logo_png(1))
+    nid = world.draft(world.match(wid, shot, url="https://pics.example/p/1"))
+    page = world.client("rita@example.com").get(f"/notices/{nid}").text
+    assert "owner_template_failed" in page
+    assert "failed on this notice's facts and was not used" in page
+    assert "line 1: over budget" in page and "steps" in page
+
+
+def test_crawled_javascript_page_url_is_not_a_link_on_the_notice_page(world: World) -> None:
+    _, mid, nid = _setup(world)
+    _set_page_url(world, mid, "javascript:alert(document.domain)")
+    page = world.client("rita@example.com").get(f"/notices/{nid}").text
+    assert 'href="javascript:' not in page
+    assert "javascript:alert(document.domain)" in page and "not a web address" in page
+    match_page = world.client("rita@example.com").get(f"/matches/{mid}").text
+    assert 'href="javascript:' not in match_page

@@ -101,6 +101,12 @@ def _render_notice(
         .where(AuditEvent.entity == "notice", AuditEvent.entity_id == notice.id)
         .order_by(AuditEvent.at, AuditEvent.id)
     ).all()
+    failed = [e for e in audit if e.action == "owner_template_failed"]
+    template_failure = (
+        str((failed[-1].detail or {}).get("reason", ""))
+        if failed and "owner_template_failed" in notice.flags
+        else ""
+    )
     return ctx.templates.TemplateResponse(
         request,
         "notice.html",
@@ -111,6 +117,7 @@ def _render_notice(
             "audit": audit,
             "error": error,
             "gaps": gaps or [],
+            "template_failure": template_failure,
             "can_act": is_staff(account),
             "questions": fair_use_questions(),
         },
@@ -216,6 +223,36 @@ def edit(
         account,
         notice,
         lambda: workflow.edit(session, notice.id, account.email, **changes),
+    )
+
+
+# The HTML body as sent, for the review page's frame: no script, no requests, no
+# navigation, even if a stored body predates sanitising; only our page may frame it.
+_BODY_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; "
+    "base-uri 'none'; frame-ancestors 'self'; sandbox"
+)
+
+
+@router.get("/notices/{notice_id}/body.html")
+def notice_body_html(
+    request: Request,
+    notice_id: int,
+    account: Account = Depends(page_user),
+    session: Session = DB,
+) -> Response:
+    """The HTML variant exactly as it is emailed and bundled (see notices.sanitise.safe_html)."""
+    from notices.sanitise import safe_html
+
+    notice = visible_notice(session, account, notice_id)
+    return Response(
+        safe_html(notice.body_html or ""),
+        media_type="text/html; charset=utf-8",
+        headers={
+            "Content-Security-Policy": _BODY_CSP,
+            "X-Frame-Options": "SAMEORIGIN",
+            "Cache-Control": "no-store",
+        },
     )
 
 
