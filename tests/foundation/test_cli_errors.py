@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from config.settings import Settings
-
-
-def artwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
-
-
-def assert_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
+from tests.cli_process import artwatch, assert_clear_error
 
 
 def _free_port() -> int:
@@ -126,3 +111,4 @@ def test_works_import_reports_bad_lines_and_keeps_the_rest(test_settings: Settin
     # Importing again updates the same works instead of adding new ones.
     artwatch("works", "import", str(manifest))
     assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
+
