@@ -19,7 +19,7 @@ import click
 import httpx
 from sqlalchemy import func, select
 
-from notices.errors import ApprovalRefused, NoticeError
+from notices.errors import ApprovalRefused, NoticeError, SendRefused
 from storage.db import session_scope
 from storage.models import Account, AuditEvent, Notice, NoticeItem, NoticeState
 
@@ -262,6 +262,9 @@ def send_cmd(ctx: click.Context, notice_id: int, actor: str | None) -> None:
     obj = _obj(ctx)
     with _client(obj.settings) as client, session_scope(obj.sessions) as s:
         result = send_notice(s, obj.blobs, notice_id, actor or _default_actor(), obj.settings, client)
+    if result.outcome == "blocked":  # raised only now: the record on the notice is committed
+        raise SendRefused(f"notice {notice_id} not sent: {result.reason}; this is recorded on the notice "
+                          f"(artwatch notices show {notice_id})")
     if result.outcome == "sent":
         click.echo(f"notice {notice_id} sent")
     elif result.outcome == "all_removed":

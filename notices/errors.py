@@ -16,6 +16,7 @@ it). The hierarchy::
     ├── SendRefused               cannot send now
     │   ├── RateLimited           host's hourly budget used (.retry_at)
     │   ├── RefetchFailed         could not confirm the content is still online
+    │   │   └── RefetchBlocked    the fetcher refuses the URL (its host resolves to an internal address)
     │   └── ManualSubmission      recipient is a web form: export and submit by hand
     └── EvidenceError             a file the bundle needs is missing
 """
@@ -36,6 +37,7 @@ __all__ = [
     "NoticeNotFound",
     "ProfileIncomplete",
     "RateLimited",
+    "RefetchBlocked",
     "RefetchFailed",
     "SendRefused",
     "TemplateRejected",
@@ -114,6 +116,16 @@ class RateLimited(SendRefused):
 
 class RefetchFailed(SendRefused):
     """Whether the content is still online could not be established."""
+
+
+class RefetchBlocked(RefetchFailed):
+    """The fetcher refuses the URL (e.g. its host now resolves to an internal
+    address), so it is never contacted. Unlike a failed check this will not
+    pass by itself: the reviewer must look at the URL. ``url`` is the item's URL."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class ManualSubmission(SendRefused):
