@@ -11,6 +11,7 @@ it). The hierarchy::
     ├── DraftingBlocked           a draft cannot be made for this match
     │   └── ProfileIncomplete     the owner's contact details are missing (.missing)
     ├── NoticeNotFound
+    ├── UnknownReviewer           --reviewer names no account allowed to act on the notice
     ├── IllegalTransition         the review state machine forbids this step
     │   └── ApprovalRefused       required elements or checklist answers missing (.missing)
     ├── SendRefused               cannot send now
@@ -41,6 +42,7 @@ __all__ = [
     "RefetchFailed",
     "SendRefused",
     "TemplateRejected",
+    "UnknownReviewer",
 ]
 
 
@@ -85,6 +87,12 @@ class ProfileIncomplete(DraftingBlocked):
 
 class NoticeNotFound(NoticeError):
     """No notice has that id."""
+
+
+class UnknownReviewer(NoticeError):
+    """The person named as acting has no account, or one that may not act on this notice.
+
+    The audit trail must name someone who can be asked about the decision."""
 
 
 class IllegalTransition(NoticeError):

@@ -1,9 +1,10 @@
 """``artwatch notices ...`` as a user runs it: a subprocess against real SMTP and HTTP servers on 127.0.0.1.
 
 Every expected failure (SMTP down or refusing, the re-fetch blocked by the
-internal-address guard or failing) is one ``error:`` line and exit status 2.
-A URL the fetcher now refuses is recorded on the notice for the reviewer, and
-the follow-up pass (the CLI and the beat task) goes on with the other notices.
+internal-address guard or failing, an unknown reviewer) is one ``error:``
+line and exit status 2. A URL the fetcher now refuses is recorded on the
+notice for the reviewer, and the follow-up pass (the CLI and the beat task)
+goes on with the other notices.
 """
 
 from __future__ import annotations
@@ -179,3 +180,15 @@ def test_followup_records_a_blocked_url_and_goes_on(world: World, monkeypatch: p
     assert world.state(blocked) == (NoticeState.SENT, ["url_blocked"], ["blocked"])
     assert world.state(removed)[0] == NoticeState.RESOLVED
     assert [a for a, _ in world.audit(blocked)].count("refetch_blocked") == 1
+
+
+def test_approve_needs_a_reviewer_with_an_account(world: World) -> None:
+    nid = world.notice("/img/1.png", state=NoticeState.IN_REVIEW)
+    proc = artwatch("notices", "approve", str(nid), "--reviewer", "ghost@nowhere.example", *FAIR)
+    assert_clear_error(proc, "ghost@nowhere.example", "no account")
+    assert world.state(nid)[0] == NoticeState.IN_REVIEW
+    assert all(e[0] != "approved" for e in world.audit(nid))
+    proc = artwatch("notices", "approve", str(nid), "--reviewer", "Rev@Artwatch.test", *FAIR)
+    assert proc.returncode == 0, proc.stderr
+    assert world.state(nid)[0] == NoticeState.APPROVED
+
