@@ -40,6 +40,7 @@ class CliContext:
     """What every subcommand may use; built lazily so --help needs nothing."""
 
     settings: Settings
+    verbose: bool = False
     _matcher: Any = field(default=None, repr=False)
 
     @cached_property
@@ -98,6 +99,11 @@ class ArtwatchGroup(click.Group):
             ctx.exit(2)
 
 
+# Long-running commands whose logs are their output; every other command
+# prints its answer and logs only warnings (config.logging.setup_logging).
+_SERVICES = frozenset({"worker", "beat", "web"})
+
+
 @click.group(cls=ArtwatchGroup)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="ARTWATCH_CONFIG",
               help="TOML file overriding config/defaults.toml (also ARTWATCH_CONFIG).")
@@ -113,8 +119,8 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     settings = load_settings()
     from config.logging import setup_logging
 
-    setup_logging(settings, level="DEBUG" if verbose else None)
-    ctx.obj = CliContext(settings)
+    setup_logging(settings, level="DEBUG" if verbose else None, quiet=ctx.invoked_subcommand not in _SERVICES)
+    ctx.obj = CliContext(settings, verbose=verbose)
 
 
 # ---------------------------------------------------------------- init
@@ -461,6 +467,9 @@ def _run_stream(obj: CliContext, name: str) -> None:
         if src is None:
             raise PipelineError(f"no source named {name!r}")
         sid = src.id
+    from config.logging import setup_logging
+
+    setup_logging(obj.settings, level="DEBUG" if obj.verbose else None)  # a service: its logs are its output
     stop = threading.Event()
     click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
     with build_client(obj.settings.crawler) as client:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from tests.cli_process import artwatch, assert_clear_error
+from tests.cli_process import artwatch, assert_clear_error, assert_quiet
 
 
 def _free_port() -> int:
@@ -112,3 +112,23 @@ def test_works_import_reports_bad_lines_and_keeps_the_rest(test_settings: Settin
     artwatch("works", "import", str(manifest))
     assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
 
+
+def test_healthy_commands_print_nothing_on_stderr(test_settings: Settings, tmp_path: Path) -> None:
+    """At the default log level: no index-snapshot INFO lines, no kombu warning."""
+    assert_quiet(artwatch("init"))
+    assert_quiet(artwatch("owners", "set", "ada@studio.example", "--legal-name", "Ada Studio"))
+    from workers.demo import painting
+
+    for n in (1, 2):  # the first trains the vocabulary and writes a snapshot, the second restores it
+        painting(n).save(tmp_path / f"{n}.png")
+        assert_quiet(artwatch("works", "add", str(tmp_path / f"{n}.png"), "--owner", "ada@studio.example"))
+    assert_quiet(artwatch("works", "list"))
+    assert_quiet(artwatch("sources", "add", "feed", "rss", "http://127.0.0.1:9/feed.xml"))
+    assert_quiet(artwatch("crawl"))  # publishes a task on the folder broker
+    proc = artwatch("status")
+    assert_quiet(proc)
+    assert "crawl 1" in proc.stdout
+    # Our own INFO records are still there for whoever asks for them.
+    painting(3).save(tmp_path / "3.png")
+    verbose = artwatch("-v", "works", "add", str(tmp_path / "3.png"), "--owner", "ada@studio.example")
+    assert verbose.returncode == 0 and "INFO matching.local: local index:" in verbose.stderr, verbose.stderr

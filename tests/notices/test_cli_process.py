@@ -4,7 +4,7 @@ Every expected failure (SMTP down or refusing, the re-fetch blocked by the
 internal-address guard or failing, an unknown reviewer) is one ``error:``
 line and exit status 2. A URL the fetcher now refuses is recorded on the
 notice for the reviewer, and the follow-up pass (the CLI and the beat task)
-goes on with the other notices.
+goes on with the other notices. A healthy PDF export prints nothing on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -24,7 +25,7 @@ from notices.drafting import draft_for_match
 from storage.blobs import FolderBlobStore
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Account, AuditEvent, NoticeState, Role
-from tests.cli_process import artwatch, assert_clear_error
+from tests.cli_process import artwatch, assert_clear_error, assert_quiet
 
 from . import factory as f
 from .conftest import SmtpServer, WebServer
@@ -192,3 +193,10 @@ def test_approve_needs_a_reviewer_with_an_account(world: World) -> None:
     assert proc.returncode == 0, proc.stderr
     assert world.state(nid)[0] == NoticeState.APPROVED
 
+
+def test_pdf_export_is_quiet(world: World, tmp_path: Path) -> None:
+    nid = world.notice("/img/1.png")
+    out = tmp_path / "notice.pdf"
+    proc = artwatch("notices", "export", str(nid), "--pdf", str(out))
+    assert_quiet(proc)
+    assert out.read_bytes().startswith(b"%PDF-")
