@@ -89,11 +89,20 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 class ArtwatchGroup(click.Group):
-    """Turns known errors anywhere below into one line on stderr, exit 2."""
+    """Turns known errors anywhere below into one line on stderr, exit 2.
+
+    A ``click.ClickException`` raised by a command (not a usage error, which
+    click reports with the usage) is a known error too, so every command's
+    refusals read the same."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError:
+            raise
+        except click.ClickException as exc:
+            click.secho(f"error: {exc.format_message()}", fg="red", err=True)
+            ctx.exit(2)
         except _known_errors() as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(2)
@@ -161,25 +170,40 @@ def _read_image(path: Path) -> bytes:
 
 @works.command("add")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--owner", required=True, help="Owner's email (created if new).")
+@click.option("--owner", required=True, help="Owner's email (or id); must exist unless --create-owner.")
+@click.option("--create-owner", is_flag=True, help="Create the owner if there is none (add the details notices "
+                                                   "need with `artwatch owners set`).")
 @click.option("--title", default="", help="Title shown in notices (default: the file name).")
 @click.option("--kind", type=click.Choice(["logo", "artwork"]), default="artwork", show_default=True)
 @click.option("--registration", default="", help="Copyright or trademark registration number.")
 @click.option("--licensed", multiple=True, help="Host or account URL licensed to use the work (repeatable).")
 @click.option("--id", "external_id", default=None, help="Your own id for the work (re-adding it updates it).")
 @click.pass_obj
-def works_add(obj: CliContext, image: Path, owner: str, title: str, kind: str, registration: str,
-              licensed: tuple[str, ...], external_id: str | None) -> None:
-    """Register one image file as a work."""
-    from workers.pipeline import ensure_owner, register_work
+def works_add(obj: CliContext, image: Path, owner: str, create_owner: bool, title: str, kind: str,
+              registration: str, licensed: tuple[str, ...], external_id: str | None) -> None:
+    """Register one image file as a work.
+
+    The owner must exist (``artwatch owners set``) unless --create-owner is
+    given: a mistyped email would otherwise make a new owner with none of the
+    details a notice needs."""
+    from workers.pipeline import PipelineError, ensure_owner, register_work
 
     data = _read_image(image)
     with session_scope(obj.sessions) as s:
-        acct = ensure_owner(s, email=owner)
+        acct = s.scalar(select(Account).where((func.lower(Account.email) == owner.strip().lower())
+                                              | (Account.external_id == owner)))
+        if acct is None and not create_owner:
+            raise PipelineError(f"no owner {owner}: check the spelling, register them with `artwatch owners set "
+                                f"{owner} --legal-name ... --address ... --phone ...`, or pass --create-owner")
+        created = acct is None
+        acct = acct or ensure_owner(s, email=owner.strip())
         work = register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data, filename=image.name,
                              title=title, kind=kind, registration_number=registration,
                              licensed_sites=licensed, external_id=external_id)
         click.echo(f"registered work {work.id} ({work.kind.value}) '{work.title}' for {acct.email}")
+        if created:
+            click.echo(f"created owner {acct.email}; notices for them stay blocked until `artwatch owners set` "
+                       "gives their legal name, address and phone", err=True)
 
 
 @works.command("import")
@@ -259,14 +283,29 @@ def works_list(obj: CliContext, owner: str | None, as_json: bool) -> None:
 
 @works.command("remove")
 @click.argument("work_id", type=int)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def works_remove(obj: CliContext, work_id: int) -> None:
-    """Remove a work, its matches and its index entries."""
+def works_remove(obj: CliContext, work_id: int, yes: bool) -> None:
+    """Remove a work, its matches and its index entries (asks first unless --yes).
+
+    Without --yes the answer is read from stdin, terminal or not; no answer
+    (end of input) or any answer but yes removes nothing and exits 2."""
     from workers.pipeline import PipelineError, remove_work
 
     with session_scope(obj.sessions) as s:
-        if not remove_work(s, obj.matcher, work_id):
+        work = s.get(Work, work_id)
+        if work is None:
             raise PipelineError(f"no work with id {work_id}")
+        if not yes:
+            matches = s.scalar(select(func.count(Match.id)).where(Match.work_id == work_id))
+            try:
+                confirmed = click.confirm(f"remove work {work_id} '{work.title}' and its {matches} matches?")
+            except click.Abort:
+                click.echo()  # end the unanswered prompt's line
+                confirmed = False
+            if not confirmed:
+                raise PipelineError(f"work {work_id} not removed: not confirmed (answer y, or pass --yes)")
+        remove_work(s, obj.matcher, work_id)
     click.echo(f"removed work {work_id}")
 
 

@@ -61,7 +61,7 @@ def test_works_add_bad_file(test_settings: Settings, tmp_path: Path, case: str) 
         path.mkdir()
     elif case == "not-an-image":
         path.write_bytes(b"this is a text file, not a PNG")
-    proc = artwatch("works", "add", str(path), "--owner", "o@example.com")
+    proc = artwatch("works", "add", str(path), "--owner", "o@example.com", "--create-owner")
     assert_clear_error(proc, "logo.png")
     assert "no works registered" in artwatch("works", "list").stdout
 
@@ -111,6 +111,47 @@ def test_works_import_reports_bad_lines_and_keeps_the_rest(test_settings: Settin
     # Importing again updates the same works instead of adding new ones.
     artwatch("works", "import", str(manifest))
     assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
+
+
+def _owner_and_image(tmp_path: Path, n: int = 1) -> Path:
+    from workers.demo import painting
+
+    assert artwatch("init").returncode == 0
+    assert artwatch("owners", "set", "ada@studio.example", "--legal-name", "Ada Studio", "--address", "1 High St",
+                    "--phone", "+1 555 0100").returncode == 0
+    path = tmp_path / f"work{n}.png"
+    painting(n).save(path)
+    return path
+
+
+def test_works_add_refuses_an_unknown_owner_unless_asked_to_create_it(test_settings: Settings,
+                                                                      tmp_path: Path) -> None:
+    image = _owner_and_image(tmp_path)
+    proc = artwatch("works", "add", str(image), "--owner", "ada@studio.exmaple")
+    assert_clear_error(proc, "no owner ada@studio.exmaple", "--create-owner")
+    assert "ada@studio.exmaple" not in artwatch("owners", "list").stdout
+    assert "no works registered" in artwatch("works", "list").stdout
+    proc = artwatch("works", "add", str(image), "--owner", "new@studio.example", "--create-owner")
+    assert proc.returncode == 0 and "for new@studio.example" in proc.stdout, proc.stderr
+    assert "created owner new@studio.example" in proc.stderr and "owners set" in proc.stderr
+    assert "new@studio.example" in artwatch("owners", "list").stdout
+
+
+def test_works_remove_asks_first(test_settings: Settings, tmp_path: Path) -> None:
+    image = _owner_and_image(tmp_path)
+    for n in (1, 2):
+        assert artwatch("works", "add", str(image), "--owner", "ada@studio.example", "--id", f"w{n}").returncode == 0
+    for answer in ("", "n\n"):  # no answer on stdin (not a terminal), then a no
+        proc = artwatch("works", "remove", "1", input=answer)
+        assert_clear_error(proc, "work 1 not removed", "--yes")
+        assert "remove work 1 'work1.png' and its 0 matches? [y/N]" in proc.stdout
+    assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
+    proc = artwatch("works", "remove", "1", input="y\n")
+    assert proc.returncode == 0 and "removed work 1" in proc.stdout, proc.stderr
+    proc = artwatch("works", "remove", "2", "--yes")
+    assert proc.returncode == 0 and proc.stdout == "removed work 2\n", proc.stdout
+    assert "no works registered" in artwatch("works", "list").stdout
+    assert_clear_error(artwatch("works", "remove", "2", "--yes"), "no work with id 2")
 
 
 def test_healthy_commands_print_nothing_on_stderr(test_settings: Settings, tmp_path: Path) -> None:
