@@ -1,5 +1,5 @@
 # One image for every artwatch service; the command picks the role.
-# GPU workers run the same image on a host with the NVIDIA container toolkit.
+# GPU workers run it built with EXTRAS=clip on a host with the NVIDIA container toolkit.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -19,8 +19,11 @@ COPY workers ./workers
 RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 \
  && rm -rf /var/lib/apt/lists/*
 
-RUN pip install torch==2.14.1 torchvision==0.29.1 \
- && pip install -c requirements.lock . \
+# EXTRAS="" (the default) is the plain install that web, CPU workers and beat
+# run; GPU workers build with EXTRAS=clip (docker-compose.yml's worker-gpu).
+ARG EXTRAS=""
+COPY docker/install.sh ./docker/install.sh
+RUN sh docker/install.sh python "$EXTRAS" \
  && useradd --system --home /app artwatch \
  && mkdir -p /data && chown artwatch /data
 

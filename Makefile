@@ -4,21 +4,31 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.artwatch-installed
+TEST_STAMP := $(VENV)/.artwatch-test-installed
 export ARTWATCH_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export ARTWATCH_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: setup run test lint typecheck bench-index clean-data
+.PHONY: setup setup-test run test lint typecheck bench-index clean-data
 
+# The plain install: what `make run` (the embedded default) needs. No torch:
+# the embedded default never embeds.
 setup: $(STAMP)
 
-# torch and torchvision first and pinned, so pip never resolves a newer torch;
-# on this kind of machine pip takes them from local files.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	$(PY) -m pip install -q -c requirements.lock -e .
 	touch $(STAMP)
+
+# The tests also run the CLIP embedder (random weights) and their own tools:
+# the `clip` and `test` extras. torch and torchvision go first and pinned, so pip
+# never resolves a newer torch; on this kind of machine pip takes them from local files.
+setup-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,clip]'
+	touch $(TEST_STAMP)
 
 run: setup
 	$(VENV)/bin/artwatch run --demo
@@ -27,14 +37,14 @@ run: setup
 # chromium, docker-compose. `make test SERVICES=` skips it (services of your own).
 SERVICES ?= .ci/services
 
-test: setup
+test: setup-test
 	$(SERVICES)
 	$(PY) -m pytest
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
-typecheck: setup
+typecheck: setup-test
 	$(VENV)/bin/mypy
 
 clean-data:

@@ -60,5 +60,5 @@ def setup_logging(settings: Settings, level: str | None = None, *, quiet: bool =
     root.setLevel(level or settings.log_level)
     if quiet and level is None:
         root.setLevel(max(root.level, logging.WARNING))
-    for noisy in ("httpx", "httpcore", "PIL", "urllib3", "alembic.runtime.migration", "fontTools"):
+    for noisy in ("httpx", "httpcore", "PIL", "urllib3", "alembic", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -87,6 +87,9 @@ class CrawlerSettings(_Section):
     obey_robots: bool = True
     requests_per_second: float = 1.0
     max_concurrency_per_host: int = 2
+    #: Where per-host limits are shared: "" follows the broker (Redis when it
+    #: is Redis), "local" keeps them per process, redis://... names a server.
+    politeness_url: str = ""
 
 
 class NoticeSettings(_Section):
@@ -199,6 +202,16 @@ class Settings(BaseSettings):
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    def resolved_politeness_url(self) -> str:
+        """The Redis that shares per-host crawl limits between processes, or ""
+        for limits per process (``crawler.politeness_url``, see defaults.toml)."""
+        url = self.crawler.politeness_url.strip()
+        if url == "local":
+            return ""
+        if url:
+            return url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
 
     def broker_dir(self) -> Path:
         return (self.data_dir / "broker").resolve()

@@ -14,7 +14,8 @@ Hierarchy::
     │       │                       Celery's autoretry_for retries it
     │       ├── Timeout             connect or read took longer than allowed
     │       ├── ServerError         5xx (also an HTTPStatusError)
-    │       └── RateLimited         429/503 still returned after the allowed retries
+    │       ├── RateLimited         429/503 still returned after the allowed retries
+    │       └── PolitenessUnavailable  the shared per-host limits (Redis) are unreachable
     ├── MalformedPage               a whole page/feed could not be parsed: retry later
     ├── MalformedItem               one item in a page could not be parsed: skip it
     └── UnknownSourceKind / InvalidSourceConfig   `sources add` validation
@@ -34,6 +35,7 @@ __all__ = [
     "MalformedItem",
     "MalformedPage",
     "NotAnImage",
+    "PolitenessUnavailable",
     "RateLimited",
     "RobotsDisallowed",
     "ServerError",
@@ -102,6 +104,12 @@ class RateLimited(TransientFetchError, HTTPStatusError):
     ) -> None:
         super().__init__(message, url, status_code)
         self.retry_after = retry_after
+
+
+class PolitenessUnavailable(TransientFetchError):
+    """The store of the per-host limits shared between processes (Redis) cannot
+    be reached, so no request was sent: crawling stops while it is down rather
+    than guess how much of each host's rate this process may take."""
 
 
 class RobotsDisallowed(FetchError):

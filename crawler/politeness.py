@@ -10,7 +10,9 @@ client makes (pages, feeds, images, each redirect hop) goes through it:
   ``$`` wildcards (``urllib.robotparser`` does none of these).
 - each host gets at most ``requests_per_second`` request starts (or one per
   Crawl-delay, whichever is slower) and ``max_concurrency_per_host`` requests
-  in flight; a slot is held until the response body is closed.
+  in flight; a slot is held until the response body is closed. These limits
+  live in a :class:`crawler.limits.HostLimits`: this process's, or Redis's,
+  which every worker process and machine shares.
 - 429 and 503 are retried after ``Retry-After`` (seconds or an HTTP date) or
   an exponential backoff, with full jitter, up to ``max_retries`` times; the
   wait also holds back every other request to that host. A wait longer than
@@ -40,6 +42,7 @@ import httpx
 from config.settings import CrawlerSettings
 from crawler.errors import RateLimited, RobotsDisallowed, TransientFetchError
 from crawler.fetch import user_agent
+from crawler.limits import HostLimits, InProcessHostLimits, Lease, default_lease
 
 __all__ = [
     "PoliteTransport",
@@ -192,25 +195,18 @@ def validators(headers: Mapping[str, str]) -> dict[str, str]:
 # -- the transport --------------------------------------------------------------
 
 
-@dataclass
-class _Host:
-    lock: threading.Lock
-    slots: threading.BoundedSemaphore
-    next_start: float = 0.0
-    blocked_until: float = 0.0  # a Retry-After too long to sleep through
-
-
 class PolitenessState:
-    """What politeness remembers: robots.txt per origin, pacing and slots per host.
+    """What politeness remembers in a process: robots.txt per origin, and the
+    in-process host limits used when no shared ones are given.
 
     Shared by every client of a process (see :func:`shared_state`) so that a
     Celery worker building a client per task still fetches robots.txt once a
-    day and paces each host across tasks. Limits hold per process; several
-    worker processes each keep their own pace."""
+    day and paces each host across tasks. Its limits hold per process; limits
+    that hold across processes come from :func:`crawler.limits.host_limits`."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: HostLimits | None = None) -> None:
         self.lock = threading.Lock()
-        self.hosts: dict[str, _Host] = {}
+        self.limits: HostLimits = limits if limits is not None else InProcessHostLimits()
         self.robots: dict[str, tuple[float, RobotsRules]] = {}
         self.robots_locks: dict[str, threading.Lock] = {}
 
@@ -225,7 +221,7 @@ def shared_state(settings: CrawlerSettings) -> PolitenessState:
     with _SHARED_LOCK:
         state = _SHARED.get(key)
         if state is None:
-            state = _SHARED[key] = PolitenessState()
+            state = _SHARED[key] = PolitenessState(InProcessHostLimits(default_lease(settings)))
         return state
 
 
@@ -248,13 +244,21 @@ if hasattr(os, "register_at_fork"):
 
 
 class _ReleasingStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+    """Renews the slot's lease while the body streams, releases it on close."""
+
+    def __init__(self, inner: httpx.SyncByteStream, lease: Lease, every: float) -> None:
         self._inner = inner
-        self._release = release
+        self._lease = lease
+        self._every = every
+        self._renewed = time.monotonic()
         self._released = False
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._inner
+        for chunk in self._inner:
+            if time.monotonic() - self._renewed > self._every:
+                self._renewed = time.monotonic()
+                self._lease.renew()
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -262,11 +266,14 @@ class _ReleasingStream(httpx.SyncByteStream):
         finally:
             if not self._released:
                 self._released = True
-                self._release()
+                self._lease.release()
 
 
 class PoliteTransport(httpx.BaseTransport):
-    """Wraps another transport with robots.txt, rate limits and backoff (see module doc)."""
+    """Wraps another transport with robots.txt, rate limits and backoff (see module doc).
+
+    ``state`` holds the robots.txt cache (a private one when None); ``limits``
+    the per-host limits (those of ``state`` when None, built on ``clock``)."""
 
     def __init__(
         self,
@@ -280,6 +287,7 @@ class PoliteTransport(httpx.BaseTransport):
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         state: PolitenessState | None = None,
+        limits: HostLimits | None = None,
     ) -> None:
         self.inner = inner
         self.settings = settings
@@ -291,9 +299,11 @@ class PoliteTransport(httpx.BaseTransport):
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
-        self.state = state if state is not None else PolitenessState()
+        if state is None:
+            state = PolitenessState(InProcessHostLimits(default_lease(settings), clock=clock))
+        self.state = state
+        self.limits = limits if limits is not None else state.limits
         self._lock = self.state.lock
-        self._hosts = self.state.hosts
         self._robots = self.state.robots
         self._robots_locks = self.state.robots_locks
 
@@ -348,17 +358,6 @@ class PoliteTransport(httpx.BaseTransport):
 
     # pacing
 
-    def _host(self, host: str) -> _Host:
-        with self._lock:
-            h = self._hosts.get(host)
-            if h is None:
-                h = _Host(
-                    threading.Lock(),
-                    threading.BoundedSemaphore(max(1, self.settings.max_concurrency_per_host)),
-                )
-                self._hosts[host] = h
-            return h
-
     def _interval(self, crawl_delay: float | None) -> float:
         rps = self.settings.requests_per_second
         interval = 1.0 / rps if rps > 0 else 0.0
@@ -366,38 +365,30 @@ class PoliteTransport(httpx.BaseTransport):
             interval = max(interval, crawl_delay)
         return interval
 
-    def _wait_turn(self, host: _Host, interval: float) -> None:
-        with host.lock:
-            now = self._clock()
-            start = max(now, host.next_start)
-            host.next_start = start + interval
-        if start > now:
-            self._sleep(start - now)
-
-    def _hold_off(self, host: _Host, seconds: float) -> None:
-        with host.lock:
-            host.next_start = max(host.next_start, self._clock() + seconds)
-
     def _send_paced(
         self, request: httpx.Request, crawl_delay: float | None = None
     ) -> httpx.Response:
-        host = self._host(request.url.host)
-        self._wait_turn(host, self._interval(crawl_delay))
+        host = request.url.host
+        wait = self.limits.reserve(host, self._interval(crawl_delay))
+        if wait > 0:
+            self._sleep(wait)
         # Bounded wait: a slot leaked by a response nobody closed must not
-        # stall this host for the rest of the process.
-        if not host.slots.acquire(timeout=self.slot_timeout):
+        # stall this host for the rest of the process (its lease runs out too).
+        limit = max(1, self.settings.max_concurrency_per_host)
+        lease = self.limits.acquire(host, limit, self.slot_timeout)
+        if lease is None:
             raise TransientFetchError(
-                f"{request.url.host}: no free connection slot after {self.slot_timeout:.0f}s "
+                f"{host}: no free connection slot after {self.slot_timeout:.0f}s "
                 f"(max_concurrency_per_host={self.settings.max_concurrency_per_host})",
                 str(request.url),
             )
         try:
             response = self.inner.handle_request(request)
         except BaseException:
-            host.slots.release()
+            lease.release()
             raise
         assert isinstance(response.stream, httpx.SyncByteStream)
-        response.stream = _ReleasingStream(response.stream, host.slots.release)
+        response.stream = _ReleasingStream(response.stream, lease, self.limits.lease / 3)
         return response
 
     def _retry_after(self, response: httpx.Response, attempt: int) -> float:
@@ -418,8 +409,7 @@ class PoliteTransport(httpx.BaseTransport):
                     f"robots.txt of {request.url.host} disallows {request.url}", str(request.url)
                 )
             crawl_delay = rules.crawl_delay
-        host = self._host(request.url.host)
-        remaining = host.blocked_until - self._clock()
+        remaining = self.limits.blocked_for(request.url.host)
         if remaining > 0:
             # The host asked us to stay away longer than we sleep: do not
             # contact it again before that time, from any client.
@@ -436,11 +426,10 @@ class PoliteTransport(httpx.BaseTransport):
                 return response
             wait = self._retry_after(response, attempt)
             if wait > self.max_backoff:
-                with host.lock:
-                    host.blocked_until = max(host.blocked_until, self._clock() + wait)
+                self.limits.block(request.url.host, wait)
                 return response
             response.close()
-            self._hold_off(self._host(request.url.host), wait)
+            self.limits.hold_off(request.url.host, wait)
             attempt += 1
 
     def close(self) -> None:

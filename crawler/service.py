@@ -29,6 +29,7 @@ from crawler.errors import (
     UnknownSourceKind,
 )
 from crawler.fetch import AddressPolicy, SafeFetcher, SafeTransport, user_agent
+from crawler.limits import HostLimits
 from crawler.sources.base import Source, UploadRecord
 from crawler.sources.mastodon import MastodonSource
 from storage.blobs import BlobStore
@@ -89,12 +90,14 @@ def validate_source(kind: str, url: str, params: Mapping[str, Any]) -> type[Sour
     return cls
 
 
-def build_client(settings: CrawlerSettings) -> httpx.Client:
+def build_client(settings: CrawlerSettings, limits: HostLimits | None = None) -> httpx.Client:
     """An httpx client for crawling: safe transport (address checks on every
     connection, so on every redirect hop), politeness (robots.txt, per-host
     rate and concurrency limits, backoff) when enabled, our User-Agent, the
-    configured timeouts and redirect limit. Politeness state (robots.txt
-    cache, per-host pacing) is shared by all clients built in this process.
+    configured timeouts and redirect limit. The robots.txt cache is shared by
+    all clients built in this process; the per-host limits are ``limits``
+    (pass :func:`crawler.limits.host_limits` of the full settings to share them
+    between processes as configured), or this process's when None.
     Environment proxies are ignored because a proxy would connect on our
     behalf, unchecked. ``requests_per_second <= 0`` means no rate limit."""
     from crawler.politeness import PoliteTransport, shared_state
@@ -103,7 +106,7 @@ def build_client(settings: CrawlerSettings) -> httpx.Client:
         AddressPolicy.from_list(settings.allow_internal),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
     )
-    transport = PoliteTransport(transport, settings, state=shared_state(settings))
+    transport = PoliteTransport(transport, settings, state=shared_state(settings), limits=limits)
     return httpx.Client(
         transport=transport,
         headers={"User-Agent": user_agent(settings)},

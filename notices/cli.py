@@ -78,9 +78,10 @@ def _actor(session: Session, given: str | None, notice_id: int | None = None) ->
 
 
 def _client(settings: Any) -> httpx.Client:
+    from crawler.limits import host_limits
     from crawler.service import build_client
 
-    return build_client(settings.crawler)
+    return build_client(settings.crawler, host_limits(settings))
 
 
 _actor_option = click.option("--reviewer", "actor", default=None, metavar="EMAIL",

@@ -16,16 +16,6 @@ import pytest
 
 from config.settings import Settings, load_settings
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-@pytest.fixture
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"the shared test data folder is missing: {SHARED}")
-    return SHARED
-
-
 def _pg_admin_url() -> str | None:
     return os.environ.get("ARTWATCH_TEST_POSTGRES_URL") or None
 

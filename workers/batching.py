@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from matching.signals.clip import resolve_device
+from matching.signals.clip import import_clip_stack, resolve_device
 
 __all__ = ["BatchStats", "BatchedClip", "MicroBatcher", "get_clip", "pil_decode", "preprocess_rgb"]
 
@@ -220,8 +220,7 @@ class BatchedClip:
     @classmethod
     def load(cls, model_name: str = "ViT-B-32", pretrained: str = "", *, device: str = "auto",
              **kwargs: Any) -> BatchedClip:
-        import open_clip
-
+        _, open_clip = import_clip_stack()
         dev = resolve_device(device)
         model = open_clip.create_model(model_name, pretrained=pretrained or None, device=dev)
         size = model.visual.image_size

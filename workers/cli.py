@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -91,19 +90,58 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 class ArtwatchGroup(click.Group):
     """Turns known errors anywhere below into one line on stderr, exit 2.
 
+    The top-level group also knows the lazily imported subcommands in
+    ``_LAZY``; its ``--help`` lists them from their stored one-line help, so
+    listing commands imports none of them.
+
     A ``click.ClickException`` raised by a command (not a usage error, which
     click reports with the usage) is a known error too, so every command's
-    refusals read the same."""
+    refusals read the same.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = _LAZY if self.name == "cli" else {}
+        return sorted({*super().list_commands(ctx), *lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and self.name == "cli" and cmd_name in _LAZY:
+            import importlib
+
+            module, attr, _ = _LAZY[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.name != "cli":
+            return super().format_commands(ctx, formatter)
+        rows = []
+        limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
+        for name in self.list_commands(ctx):
+            known = self.commands.get(name)
+            if known is not None:
+                if known.hidden:
+                    continue
+                rows.append((name, known.get_short_help_str(limit)))
+            else:
+                rows.append((name, click.utils.make_default_short_help(_LAZY[name][2], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.UsageError:
+        except (click.exceptions.Exit, click.exceptions.Abort, click.UsageError):
             raise
         except click.ClickException as exc:
             click.secho(f"error: {exc.format_message()}", fg="red", err=True)
             ctx.exit(2)
-        except _known_errors() as exc:
+        except Exception as exc:
+            # Checked here rather than in the except clause: the known errors'
+            # modules (the engine, the broker) load only when something failed.
+            if not isinstance(exc, _known_errors()):
+                raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(2)
 
@@ -496,6 +534,7 @@ def crawl(obj: CliContext, source_names: tuple[str, ...], inline: bool, stream_n
 def _run_stream(obj: CliContext, name: str) -> None:
     import threading
 
+    from crawler.limits import host_limits
     from crawler.service import build_client
     from crawler.stream import run_stream
     from workers import tasks
@@ -511,7 +550,7 @@ def _run_stream(obj: CliContext, name: str) -> None:
     setup_logging(obj.settings, level="DEBUG" if obj.verbose else None)  # a service: its logs are its output
     stop = threading.Event()
     click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
-    with build_client(obj.settings.crawler) as client:
+    with build_client(obj.settings.crawler, host_limits(obj.settings)) as client:
         try:
             run_stream(obj.sessions, sid, client, lambda uid: tasks.fetch_upload.delay(uid), stop)
         except KeyboardInterrupt:
@@ -590,44 +629,19 @@ def run(obj: CliContext, demo: bool, web: bool, timeout: float) -> None:
 
 # ---------------------------------------------------------------- mounted groups
 
-
-def _mount(group: click.Group, loader: Callable[[], list[click.Command]]) -> None:
-    for command in loader():
-        group.add_command(command)
-
-
-def _sources() -> list[click.Command]:
-    from crawler.cli import sources_group
-
-    return [sources_group]
-
-
-def _notices() -> list[click.Command]:
-    from notices.cli import notices_group
-
-    return [notices_group]
-
-
-def _matching() -> list[click.Command]:
-    from matching.cli import calibrate, index_group, scan
-
-    return [scan, calibrate, index_group]
-
-
-def _web() -> list[click.Command]:
-    from webapp.cli import users_group, web_command
-
-    return [web_command, users_group]
-
-
-def _deadletters() -> list[click.Command]:
-    from workers.deadletters import deadletters_group
-
-    return [deadletters_group]
-
-
-for _loader in (_sources, _notices, _matching, _web, _deadletters):
-    _mount(cli, _loader)
+# Subcommands owned by other packages, imported only when they run: importing
+# them all (the web app, the matching engine, the crawler) is what made every
+# command slow to start. name -> (module, attribute, one-line help for --help).
+_LAZY: dict[str, tuple[str, str, str]] = {
+    "sources": ("crawler.cli", "sources_group", "Manage the sites artwatch crawls."),
+    "notices": ("notices.cli", "notices_group", "Review, send and follow up takedown notices."),
+    "scan": ("matching.cli", "scan", "Analyse every upload in a manifest against the registered works."),
+    "calibrate": ("matching.cli", "calibrate", "Set the match threshold from the registry itself."),
+    "index": ("matching.cli", "index_group", "Maintain the matching index."),
+    "web": ("webapp.cli", "web_command", "Serve the web app and the JSON API."),
+    "users": ("webapp.cli", "users_group", "Manage accounts (owners, reviewers, admins) and API tokens."),
+    "deadletters": ("workers.deadletters", "deadletters_group", "Tasks that failed after all their retries."),
+}
 
 
 def main() -> None:

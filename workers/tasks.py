@@ -238,10 +238,11 @@ class _Matcher:
 @app.task(name="artwatch.crawl_source", **_RETRY)
 def crawl_source(source_id: int) -> int:
     """Poll one source from its saved cursor and queue a fetch per new image."""
+    from crawler.limits import host_limits
     from crawler.service import build_client, poll_source
 
     rt = get_runtime()
-    with build_client(rt.settings.crawler) as client, session_scope(rt.sessions) as s:
+    with build_client(rt.settings.crawler, host_limits(rt.settings)) as client, session_scope(rt.sessions) as s:
         source = s.get(Source, source_id)
         if source is None or not source.enabled:
             return 0
@@ -283,11 +284,12 @@ def crawl_due_sources() -> int:
 def fetch_upload(upload_id: int) -> bool:
     """Download an upload's image as evidence, then queue its analysis."""
     from crawler.fetch import SafeFetcher
+    from crawler.limits import host_limits
     from crawler.service import build_client
     from crawler.service import fetch_upload as fetch
 
     rt = get_runtime()
-    with build_client(rt.settings.crawler) as client:
+    with build_client(rt.settings.crawler, host_limits(rt.settings)) as client:
         fetcher = SafeFetcher(client, rt.settings.crawler)
         with session_scope(rt.sessions) as s:
             ready = fetch(s, rt.blobs, upload_id, fetcher)
@@ -403,9 +405,10 @@ def send_digests() -> int:
 @app.task(name="artwatch.run_followups", **_RETRY)
 def run_followups() -> int:
     """Beat entry: re-check sent notices whose follow-up is due (removed or still online)."""
+    from crawler.limits import host_limits
     from crawler.service import build_client
     from notices.sending import run_followups as followups
 
     rt = get_runtime()
-    with build_client(rt.settings.crawler) as client, session_scope(rt.sessions) as s:
+    with build_client(rt.settings.crawler, host_limits(rt.settings)) as client, session_scope(rt.sessions) as s:
         return len(followups(s, client, rt.settings))

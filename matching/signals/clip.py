@@ -59,9 +59,28 @@ class Embedder(Signal):
         return [Feature(np.ascontiguousarray(v)) for v in vecs]
 
 
+CLIP_EXTRA_HINT = ("the CLIP embedder needs the `clip` extra (torch, torchvision, open_clip_torch): "
+                   "pip install 'artwatch[clip]', or set matching.use_embedder = false")
+
+
+def import_clip_stack() -> tuple[Any, Any]:
+    """``(torch, open_clip)``, or :class:`EmbedderError` saying which extra installs them.
+
+    The embedded default never embeds, so a plain install leaves torch out
+    (it is most of the install's size and start-up time); only code that
+    embeds comes here.
+    """
+    try:
+        import open_clip
+        import torch
+    except ImportError as exc:
+        raise EmbedderError(f"{CLIP_EXTRA_HINT} ({exc})") from None
+    return torch, open_clip
+
+
 def resolve_device(requested: str) -> str:
     """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``; others pass through."""
-    import torch
+    torch, _ = import_clip_stack()
 
     req = (requested or "auto").strip().lower()
     if req != "auto":
@@ -87,7 +106,7 @@ def _load(model_name: str, pretrained: str, device: str) -> tuple[Any, Any]:
         hit = _models.get(key)
         if hit is not None:
             return hit
-        import open_clip
+        _, open_clip = import_clip_stack()
 
         weights: str | None = pretrained or None
         looks_like_path = weights and (

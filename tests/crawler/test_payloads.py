@@ -1,4 +1,4 @@
-"""Every source parses every recorded payload in shared/conformance/sites."""
+"""Every source parses every recorded payload in tests/data/conformance/sites."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The contract every source must meet, run against real servers on 127.0.0.1
-serving the recorded payloads in shared/conformance/sites.
+serving the recorded payloads in tests/data/conformance/sites.
 
 Each harness knows how to publish its site's payloads and how to add, break,
 delete and edit items; the tests below are the same for every source.

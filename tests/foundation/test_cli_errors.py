@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from config.settings import Settings
@@ -22,8 +25,10 @@ def test_every_command_has_help(test_settings: Settings) -> None:
 
     def walk(cmd, path):  # type: ignore[no-untyped-def]
         yield path
-        for name, sub in getattr(cmd, "commands", {}).items():
-            yield from walk(sub, path + [name])
+        if isinstance(cmd, click.Group):
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                yield from walk(cmd.get_command(ctx, name), path + [name])
 
     paths = list(walk(cli, []))
     required = [["init"], ["works", "add"], ["works", "import"], ["works", "list"], ["works", "remove"],
@@ -39,6 +44,39 @@ def test_every_command_has_help(test_settings: Settings) -> None:
         result = runner.invoke(cli, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
         assert "Usage:" in result.output
+
+
+def test_lazy_commands_list_their_own_help() -> None:
+    """``--help`` shows the mounted commands' help without importing them; it must be theirs."""
+    import importlib
+
+    from workers.cli import _LAZY
+
+    for name, (module, attr, short_help) in _LAZY.items():
+        command = getattr(importlib.import_module(module), attr)
+        assert command.name == name
+        assert command.get_short_help_str(200) == short_help, name
+
+
+def test_help_and_listing_import_no_engine_web_app_or_torch(test_settings: Settings) -> None:
+    """The cheap commands stay cheap: no torch, no matching engine, no web app, no crawler."""
+    assert artwatch("init").returncode == 0
+    heavy = ("torch", "open_clip", "cv2", "numba", "matching", "webapp", "crawler", "fastapi", "celery")
+    script = (
+        "import sys\n"
+        "from workers.cli import cli\n"
+        "for args in (['--help'], ['works', 'list'], ['works', '--help']):\n"
+        "    try:\n"
+        "        cli.main(args, prog_name='artwatch', standalone_mode=False)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"heavy = {heavy!r}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
 
 
 def test_second_init_keeps_data(test_settings: Settings, tmp_path: Path) -> None:

@@ -47,6 +47,11 @@ def test_compose_config_validates() -> None:
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert services["worker-gpu"]["command"][:3] == ["worker", "--role", "gpu"]
+    # Only the GPU worker's image carries torch (the `clip` extra); the others run the plain install.
+    assert services["worker-gpu"]["build"]["args"]["EXTRAS"] == "clip"
+    for name in ("web", "worker-cpu", "beat", "migrate"):
+        assert "EXTRAS" not in (services[name].get("build") or {}).get("args", {}), name
+        assert services[name]["image"] != services["worker-gpu"]["image"], name
     assert services["worker-cpu"]["command"][:3] == ["worker", "--role", "cpu"]
     env = services["web"]["environment"]
     assert env["ARTWATCH_BROKER_URL"].startswith("redis://")

@@ -56,6 +56,26 @@ def test_migrations_match_the_models(database_url: str, test_settings) -> None:
     assert diff == []
 
 
+def test_head_revision_constant_is_alembics_head(test_settings: object) -> None:
+    """Commands check the schema against ``HEAD_REVISION`` without loading Alembic."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config("sqlite://"))
+    assert script.get_current_head() == migrate.HEAD_REVISION
+
+
+def test_an_old_schema_revision_asks_for_an_upgrade(tmp_path, test_settings) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate.init_database(engine, test_settings)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    with pytest.raises(migrate.NotInitialised, match="init --upgrade"):
+        migrate.require_initialised(engine, test_settings)
+    engine.dispose()
+
+
 def test_second_init_changes_nothing(database_url: str, test_settings) -> None:
     engine = make_engine(database_url)
     migrate.init_database(engine, test_settings)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+CONFORMANCE = Path(__file__).resolve().parents[1] / "data" / "conformance"
 
 
 def smooth_image(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
@@ -44,7 +44,7 @@ def make_image() -> Callable[..., np.ndarray]:
 def pdq_conformance_dir() -> Path:
     import os
 
-    d = Path(os.environ.get("ARTWATCH_TEST_PDQ_DIR", SHARED / "conformance" / "pdq"))
+    d = Path(os.environ.get("ARTWATCH_TEST_PDQ_DIR", CONFORMANCE / "pdq"))
     if not (d / "expected.csv").exists():
-        pytest.skip(f"PDQ conformance data not found at {d} (set ARTWATCH_TEST_PDQ_DIR)")
+        pytest.fail(f"PDQ conformance data not found at {d}: it ships in tests/data/conformance/pdq")
     return d
