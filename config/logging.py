@@ -41,7 +41,15 @@ class TextFormatter(logging.Formatter):
         return f"{base} [{ctx}]" if ctx else base
 
 
-def setup_logging(settings: Settings, level: str | None = None) -> None:
+def setup_logging(settings: Settings, level: str | None = None, *, quiet: bool = False) -> None:
+    """Send every record to stderr, formatted per ``settings.log_format``.
+
+    ``level`` (``-v``) wins. Otherwise services (worker, beat, web) log at
+    ``settings.log_level``, and ``quiet`` commands, whose answer is what they
+    print, log warnings and worse only (or less, when ``log_level`` asks for
+    less), so index maintenance reported at INFO does not bury the answer.
+    Third-party loggers that report routine work at INFO (fontTools prints
+    some 45 lines per PDF) are held at WARNING in every mode."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -50,5 +58,7 @@ def setup_logging(settings: Settings, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or settings.log_level)
-    for noisy in ("httpx", "httpcore", "PIL", "urllib3", "alembic"):
+    if quiet and level is None:
+        root.setLevel(max(root.level, logging.WARNING))
+    for noisy in ("httpx", "httpcore", "PIL", "urllib3", "alembic", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -18,10 +18,11 @@ from typing import Any
 import click
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from notices.errors import ApprovalRefused, NoticeError
+from notices.errors import ApprovalRefused, NoticeError, SendRefused, UnknownReviewer
 from storage.db import session_scope
-from storage.models import Account, AuditEvent, Notice, NoticeItem, NoticeState
+from storage.models import Account, AuditEvent, Notice, NoticeItem, NoticeState, Role
 
 __all__ = ["notices_group"]
 
@@ -56,6 +57,26 @@ def _default_actor() -> str:
         return "cli"
 
 
+def _actor(session: Session, given: str | None, notice_id: int | None = None) -> str:
+    """Who to record in the audit trail: ``cli:<user>`` when --reviewer is not given.
+
+    A given --reviewer must be an account (matched case-insensitively) and,
+    for a notice, a reviewer, an admin or the notice's owner: the trail must
+    name someone who can answer for the step. Raises UnknownReviewer."""
+    if not given:
+        return _default_actor()
+    email = given.strip()
+    acct = session.scalar(select(Account).where(func.lower(Account.email) == email.lower()))
+    if acct is None:
+        raise UnknownReviewer(f"no account for {email}: --reviewer must name an existing account "
+                              f"(create one with `artwatch users add {email} --role reviewer`)")
+    if notice_id is not None and acct.role not in (Role.REVIEWER, Role.ADMIN):
+        notice = session.get(Notice, notice_id)
+        if notice is not None and notice.owner_id != acct.id:
+            raise UnknownReviewer(f"{acct.email} is neither a reviewer nor the owner of notice {notice_id}")
+    return acct.email
+
+
 def _client(settings: Any) -> httpx.Client:
     from crawler.limits import host_limits
     from crawler.service import build_client
@@ -64,7 +85,8 @@ def _client(settings: Any) -> httpx.Client:
 
 
 _actor_option = click.option("--reviewer", "actor", default=None, metavar="EMAIL",
-                             help="Who does this (recorded in the audit log). Default: cli:<user>.")
+                             help="Who does this (recorded in the audit log): an account's email. "
+                                  "Default: cli:<user>.")
 
 
 @click.group("notices", cls=_NoticesGroup)
@@ -158,7 +180,7 @@ def submit_cmd(ctx: click.Context, notice_id: int, actor: str | None) -> None:
     from notices.workflow import submit
 
     with session_scope(_obj(ctx).sessions) as s:
-        submit(s, notice_id, actor or _default_actor())
+        submit(s, notice_id, _actor(s, actor, notice_id))
     click.echo(f"notice {notice_id} is in review")
 
 
@@ -174,7 +196,8 @@ def _parse_fair_use(values: tuple[str, ...]) -> dict[str, str]:
 
 @notices_group.command("approve")
 @click.argument("notice_id", type=int)
-@click.option("--reviewer", "actor", required=False, metavar="EMAIL", help="The reviewer approving (required).")
+@click.option("--reviewer", "actor", required=False, metavar="EMAIL",
+              help="The reviewer approving (required): the email of a reviewer's, an admin's or the owner's account.")
 @click.option("--fair-use", "fair_use", multiple=True, metavar="KEY=yes|no",
               help="One answer of the fair-use checklist; repeat for each: commentary_or_criticism, parody, "
                    "small_portion, transformative, none_applies.")
@@ -198,6 +221,7 @@ def approve_cmd(ctx: click.Context, notice_id: int, actor: str | None, fair_use:
     if not actor:
         raise click.UsageError("--reviewer EMAIL is required to approve")
     with session_scope(_obj(ctx).sessions) as s:
+        actor = _actor(s, actor, notice_id)
         approve(s, notice_id, actor, answers)
     click.echo(f"notice {notice_id} approved by {actor}")
 
@@ -212,7 +236,7 @@ def reject_cmd(ctx: click.Context, notice_id: int, reason: str, actor: str | Non
     from notices.workflow import reject
 
     with session_scope(_obj(ctx).sessions) as s:
-        reject(s, notice_id, actor or _default_actor(), reason)
+        reject(s, notice_id, _actor(s, actor, notice_id), reason)
     click.echo(f"notice {notice_id} rejected")
 
 
@@ -244,7 +268,7 @@ def edit_cmd(ctx: click.Context, notice_id: int, body_file: Path | None, subject
             click.echo("no changes")
             return
     with session_scope(obj.sessions) as s:
-        edit(s, notice_id, actor or _default_actor(), body_text=body, subject=subject, recipient=recipient,
+        edit(s, notice_id, _actor(s, actor, notice_id), body_text=body, subject=subject, recipient=recipient,
              law=law)
         missing = approval_gaps(s, get_notice(s, notice_id))
     click.echo(f"notice {notice_id} updated")
@@ -262,7 +286,10 @@ def send_cmd(ctx: click.Context, notice_id: int, actor: str | None) -> None:
 
     obj = _obj(ctx)
     with _client(obj.settings) as client, session_scope(obj.sessions) as s:
-        result = send_notice(s, obj.blobs, notice_id, actor or _default_actor(), obj.settings, client)
+        result = send_notice(s, obj.blobs, notice_id, _actor(s, actor, notice_id), obj.settings, client)
+    if result.outcome == "blocked":  # raised only now: the record on the notice is committed
+        raise SendRefused(f"notice {notice_id} not sent: {result.reason}; this is recorded on the notice "
+                          f"(artwatch notices show {notice_id})")
     if result.outcome == "sent":
         click.echo(f"notice {notice_id} sent")
     elif result.outcome == "all_removed":
@@ -284,7 +311,8 @@ def mark_sent_cmd(ctx: click.Context, notice_id: int, via: str, actor: str | Non
 
     obj = _obj(ctx)
     with session_scope(obj.sessions) as s:
-        mark_sent(s, notice_id, actor or _default_actor(), via=via, followup_days=obj.settings.notices.followup_days)
+        mark_sent(s, notice_id, _actor(s, actor, notice_id), via=via,
+                  followup_days=obj.settings.notices.followup_days)
     click.echo(f"notice {notice_id} recorded as sent via {via}")
 
 
@@ -328,7 +356,7 @@ def followup_cmd(ctx: click.Context, actor: str | None) -> None:
 
     obj = _obj(ctx)
     with _client(obj.settings) as client, session_scope(obj.sessions) as s:
-        results = run_followups(s, client, obj.settings, actor or "artwatch-followup")
+        results = run_followups(s, client, obj.settings, _actor(s, actor) if actor else "artwatch-followup")
     if not results:
         click.echo("no follow-ups due")
     for r in results:
@@ -352,7 +380,7 @@ def counter_cmd(ctx: click.Context, notice_id: int, received: Any, actor: str | 
 
     day: date = received.date()
     with session_scope(_obj(ctx).sessions) as s:
-        n = record_counter_notice(s, notice_id, actor or _default_actor(), day)
+        n = record_counter_notice(s, notice_id, _actor(s, actor, notice_id), day)
         start, end = n.restore_not_before, n.restore_deadline
     assert start is not None and end is not None
     click.echo(f"counter-notice recorded for notice {notice_id}; the host may restore the material from "
@@ -396,6 +424,5 @@ def template_cmd(ctx: click.Context, owner_email: str, law: str, variant: str, s
         owner = s.scalar(select(Account).where(Account.email == owner_email))
         if owner is None:
             raise click.ClickException(f"no account with email {owner_email}")
-        save_owner_template(s, owner.id, law, variant, source.read_text(encoding="utf-8"),
-                            actor or _default_actor())
+        save_owner_template(s, owner.id, law, variant, source.read_text(encoding="utf-8"), _actor(s, actor))
     click.echo(f"{law} {variant} template stored for {owner_email}")

@@ -11,11 +11,13 @@ it). The hierarchy::
     ├── DraftingBlocked           a draft cannot be made for this match
     │   └── ProfileIncomplete     the owner's contact details are missing (.missing)
     ├── NoticeNotFound
+    ├── UnknownReviewer           --reviewer names no account allowed to act on the notice
     ├── IllegalTransition         the review state machine forbids this step
     │   └── ApprovalRefused       required elements or checklist answers missing (.missing)
     ├── SendRefused               cannot send now
     │   ├── RateLimited           host's hourly budget used (.retry_at)
     │   ├── RefetchFailed         could not confirm the content is still online
+    │   │   └── RefetchBlocked    the fetcher refuses the URL (its host resolves to an internal address)
     │   └── ManualSubmission      recipient is a web form: export and submit by hand
     └── EvidenceError             a file the bundle needs is missing
 """
@@ -36,9 +38,11 @@ __all__ = [
     "NoticeNotFound",
     "ProfileIncomplete",
     "RateLimited",
+    "RefetchBlocked",
     "RefetchFailed",
     "SendRefused",
     "TemplateRejected",
+    "UnknownReviewer",
 ]
 
 
@@ -85,6 +89,12 @@ class NoticeNotFound(NoticeError):
     """No notice has that id."""
 
 
+class UnknownReviewer(NoticeError):
+    """The person named as acting has no account, or one that may not act on this notice.
+
+    The audit trail must name someone who can be asked about the decision."""
+
+
 class IllegalTransition(NoticeError):
     """The review workflow does not allow this step from the notice's state."""
 
@@ -114,6 +124,16 @@ class RateLimited(SendRefused):
 
 class RefetchFailed(SendRefused):
     """Whether the content is still online could not be established."""
+
+
+class RefetchBlocked(RefetchFailed):
+    """The fetcher refuses the URL (e.g. its host now resolves to an internal
+    address), so it is never contacted. Unlike a failed check this will not
+    pass by itself: the reviewer must look at the URL. ``url`` is the item's URL."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 class ManualSubmission(SendRefused):

@@ -12,12 +12,17 @@ proceeds only for content that is still online:
   notice, which returns to review, because the approved text no longer
   matches what is online;
 - the check itself fails (timeout, 5xx): :class:`~notices.errors.RefetchFailed`
-  and nothing changes.
+  and nothing changes;
+- the fetcher refuses a URL (its host now resolves to an internal address):
+  nothing is sent, the URL is never contacted, and the notice is flagged
+  ``url_blocked`` with the reason in its audit trail, for the reviewer to
+  look at; a later check that passes clears the flag.
 
 Sends are rate-limited per host (``sends_per_host_per_hour``, counted from
 ``notices.sent_at``; 0 disables the limit). :func:`run_followups` re-checks
 sent notices once ``followup_days`` have passed and resolves each as
-``removed`` or ``still_online``.
+``removed`` or ``still_online``; a notice it cannot check is left as it is
+(a refused URL is recorded as above) and the pass goes on with the others.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config.settings import NoticeSettings, Settings
+from crawler.errors import BlockedAddress, FetchError
 from notices.content import as_utc
 from notices.drafting import notice_settings, open_key_for, record, rerender
-from notices.errors import IllegalTransition, ManualSubmission, RateLimited, RefetchFailed
+from notices.errors import IllegalTransition, ManualSubmission, RateLimited, RefetchBlocked, RefetchFailed
 from notices.evidence import build_bundle
 from notices.mail import build_message, safe_header, send_email
 from notices.sanitise import safe_html
@@ -67,7 +73,10 @@ def check_online(client: httpx.Client, url: str) -> str:
     """``"online"`` or ``"removed"``; RefetchFailed when it cannot be told.
 
     Removed means 404, 410 or 451, or a redirect to a "removed" placeholder
-    (as some image hosts do). Only the headers are read."""
+    (as some image hosts do). Only the headers are read. RefetchBlocked when
+    the client's fetcher refuses the URL or a redirect hop (internal address,
+    odd scheme); other refusals of the crawler's transport (robots.txt, its
+    rate limit) are failures to tell."""
     from crawler.fetch import deadline, total_budget
 
     try:
@@ -76,7 +85,9 @@ def check_online(client: httpx.Client, url: str) -> str:
         with deadline(total_budget(client)), client.stream("GET", url) as response:
             status = response.status_code
             final = str(response.url)
-    except httpx.HTTPError as exc:
+    except BlockedAddress as exc:
+        raise RefetchBlocked(f"the fetcher refused to re-fetch {url}: {exc}", url) from None
+    except (httpx.HTTPError, FetchError) as exc:
         raise RefetchFailed(f"could not re-fetch {url} to confirm it is still online: "
                             f"{type(exc).__name__}: {exc}") from None
     if status in _GONE or (final != url and re.search(r"/(removed|deleted|not[_-]?found)\b", final, re.IGNORECASE)):
@@ -156,8 +167,9 @@ def export_pdf(session: Session, notice_id: int) -> bytes:
 @dataclass
 class SendResult:
     notice_id: int
-    outcome: str  # "sent", "all_removed" or "returned_to_review"
+    outcome: str  # "sent", "all_removed", "returned_to_review" or "blocked"
     removed: list[str] = field(default_factory=list)
+    reason: str = ""  # for "blocked": why, as recorded on the notice
 
 
 def _recheck(session: Session, client: httpx.Client, notice: Notice, now: datetime) -> list[str]:
@@ -169,8 +181,22 @@ def _recheck(session: Session, client: httpx.Client, notice: Notice, now: dateti
         item.checked_at = now
         if item.online == "removed":
             removed.append(item.url)
+    if "url_blocked" in notice.flags:  # every URL could be checked again
+        notice.flags = [f for f in notice.flags if f != "url_blocked"]
     session.flush()
     return removed
+
+
+def _record_blocked(session: Session, notice: Notice, actor: str, exc: RefetchBlocked, now: datetime) -> None:
+    """Flag the notice and mark the item, so the reviewer sees why it cannot be checked."""
+    for item in notice.items:
+        if item.url == exc.url:
+            item.online = "blocked"
+            item.checked_at = now
+    if "url_blocked" not in notice.flags:
+        notice.flags = [*notice.flags, "url_blocked"]
+    record(session, notice, actor, "refetch_blocked", now, url=exc.url, reason=str(exc))
+    session.flush()
 
 
 def send_notice(session: Session, blobs: BlobStore, notice_id: int, actor: str,
@@ -178,7 +204,9 @@ def send_notice(session: Session, blobs: BlobStore, notice_id: int, actor: str,
     """Re-check, then send an approved notice over SMTP (see the module docstring).
 
     Raises IllegalTransition (not approved), ManualSubmission (recipient is a
-    web form), RateLimited, RefetchFailed, MailError."""
+    web form), RateLimited, RefetchFailed, MailError; all of them leave the
+    notice unchanged. A refused URL is the outcome ``"blocked"`` instead, whose
+    record on the notice the caller must commit."""
     ns = notice_settings(settings)
     now = now or utcnow()
     notice = get_notice(session, notice_id, lock=True)
@@ -189,7 +217,11 @@ def send_notice(session: Session, blobs: BlobStore, notice_id: int, actor: str,
             f"notice {notice.id} goes to a web form ({notice.recipient}); export it (artwatch notices export "
             f"{notice.id} --pdf FILE --bundle FILE), submit it there, then run artwatch notices mark-sent {notice.id}")
     check_rate_limit(session, notice.host, ns.sends_per_host_per_hour, now)
-    removed = _recheck(session, client, notice, now)
+    try:
+        removed = _recheck(session, client, notice, now)
+    except RefetchBlocked as exc:
+        _record_blocked(session, notice, actor, exc, now)
+        return SendResult(notice.id, "blocked", reason=str(exc))
     if removed:
         if all(item.online == "removed" for item in notice.items):
             resolve(session, notice.id, actor, "removed", now, note="content removed before the notice was sent",
@@ -219,7 +251,7 @@ def _return_to_review(session: Session, notice: Notice, actor: str, removed: lis
 @dataclass
 class FollowupResult:
     notice_id: int
-    outcome: str  # "removed", "still_online" or "check_failed"
+    outcome: str  # "removed", "still_online", "check_failed" or "check_blocked"
     still_online: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -229,7 +261,8 @@ def run_followups(session: Session, client: httpx.Client, settings: Settings | N
     """Re-check every sent notice whose follow-up is due and resolve it.
 
     A notice whose check fails (timeout, 5xx) stays sent and is tried again on
-    the next run."""
+    the next run; one with a URL the fetcher refuses also stays sent, and is
+    flagged ``url_blocked`` with the reason the first time."""
     now = now or utcnow()
     due = list(session.scalars(select(Notice).where(Notice.state == NoticeState.SENT,
                                                     Notice.followup_due_at <= now).order_by(Notice.id)))
@@ -238,6 +271,11 @@ def run_followups(session: Session, client: httpx.Client, settings: Settings | N
         try:
             with session.begin_nested():
                 _recheck(session, client, notice, now)
+        except RefetchBlocked as exc:
+            if "url_blocked" not in notice.flags:  # a pass every few hours must not repeat it
+                _record_blocked(session, notice, actor, exc, now)
+            results.append(FollowupResult(notice.id, "check_blocked", error=str(exc)))
+            continue
         except RefetchFailed as exc:
             results.append(FollowupResult(notice.id, "check_failed", error=str(exc)))
             continue

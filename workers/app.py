@@ -105,7 +105,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folder = settings.broker_dir()
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        conf["broker_url"] = "filesystem://"
+        # The host is never used; naming it (as kombu would) keeps kombu from
+        # warning "No hostname was supplied" on every publish.
+        conf["broker_url"] = "filesystem://localhost//"
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

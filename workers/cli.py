@@ -39,6 +39,7 @@ class CliContext:
     """What every subcommand may use; built lazily so --help needs nothing."""
 
     settings: Settings
+    verbose: bool = False
     _matcher: Any = field(default=None, repr=False)
 
     @cached_property
@@ -92,6 +93,10 @@ class ArtwatchGroup(click.Group):
     The top-level group also knows the lazily imported subcommands in
     ``_LAZY``; its ``--help`` lists them from their stored one-line help, so
     listing commands imports none of them.
+
+    A ``click.ClickException`` raised by a command (not a usage error, which
+    click reports with the usage) is a known error too, so every command's
+    refusals read the same.
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -127,8 +132,11 @@ class ArtwatchGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.UsageError):
             raise
+        except click.ClickException as exc:
+            click.secho(f"error: {exc.format_message()}", fg="red", err=True)
+            ctx.exit(2)
         except Exception as exc:
             # Checked here rather than in the except clause: the known errors'
             # modules (the engine, the broker) load only when something failed.
@@ -136,6 +144,11 @@ class ArtwatchGroup(click.Group):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(2)
+
+
+# Long-running commands whose logs are their output; every other command
+# prints its answer and logs only warnings (config.logging.setup_logging).
+_SERVICES = frozenset({"worker", "beat", "web"})
 
 
 @click.group(cls=ArtwatchGroup)
@@ -153,8 +166,8 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     settings = load_settings()
     from config.logging import setup_logging
 
-    setup_logging(settings, level="DEBUG" if verbose else None)
-    ctx.obj = CliContext(settings)
+    setup_logging(settings, level="DEBUG" if verbose else None, quiet=ctx.invoked_subcommand not in _SERVICES)
+    ctx.obj = CliContext(settings, verbose=verbose)
 
 
 # ---------------------------------------------------------------- init
@@ -195,25 +208,40 @@ def _read_image(path: Path) -> bytes:
 
 @works.command("add")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--owner", required=True, help="Owner's email (created if new).")
+@click.option("--owner", required=True, help="Owner's email (or id); must exist unless --create-owner.")
+@click.option("--create-owner", is_flag=True, help="Create the owner if there is none (add the details notices "
+                                                   "need with `artwatch owners set`).")
 @click.option("--title", default="", help="Title shown in notices (default: the file name).")
 @click.option("--kind", type=click.Choice(["logo", "artwork"]), default="artwork", show_default=True)
 @click.option("--registration", default="", help="Copyright or trademark registration number.")
 @click.option("--licensed", multiple=True, help="Host or account URL licensed to use the work (repeatable).")
 @click.option("--id", "external_id", default=None, help="Your own id for the work (re-adding it updates it).")
 @click.pass_obj
-def works_add(obj: CliContext, image: Path, owner: str, title: str, kind: str, registration: str,
-              licensed: tuple[str, ...], external_id: str | None) -> None:
-    """Register one image file as a work."""
-    from workers.pipeline import ensure_owner, register_work
+def works_add(obj: CliContext, image: Path, owner: str, create_owner: bool, title: str, kind: str,
+              registration: str, licensed: tuple[str, ...], external_id: str | None) -> None:
+    """Register one image file as a work.
+
+    The owner must exist (``artwatch owners set``) unless --create-owner is
+    given: a mistyped email would otherwise make a new owner with none of the
+    details a notice needs."""
+    from workers.pipeline import PipelineError, ensure_owner, register_work
 
     data = _read_image(image)
     with session_scope(obj.sessions) as s:
-        acct = ensure_owner(s, email=owner)
+        acct = s.scalar(select(Account).where((func.lower(Account.email) == owner.strip().lower())
+                                              | (Account.external_id == owner)))
+        if acct is None and not create_owner:
+            raise PipelineError(f"no owner {owner}: check the spelling, register them with `artwatch owners set "
+                                f"{owner} --legal-name ... --address ... --phone ...`, or pass --create-owner")
+        created = acct is None
+        acct = acct or ensure_owner(s, email=owner.strip())
         work = register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data, filename=image.name,
                              title=title, kind=kind, registration_number=registration,
                              licensed_sites=licensed, external_id=external_id)
         click.echo(f"registered work {work.id} ({work.kind.value}) '{work.title}' for {acct.email}")
+        if created:
+            click.echo(f"created owner {acct.email}; notices for them stay blocked until `artwatch owners set` "
+                       "gives their legal name, address and phone", err=True)
 
 
 @works.command("import")
@@ -295,12 +323,15 @@ def works_list(obj: CliContext, owner: str | None, as_json: bool) -> None:
 @click.argument("work")
 @click.option("--owner", default=None,
               help="Owner's email or id: WORK is then their own id for it (as given to --id or the manifest).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
-def works_remove(obj: CliContext, work: str, owner: str | None) -> None:
-    """Remove a work, its matches and its index entries.
+def works_remove(obj: CliContext, work: str, owner: str | None, yes: bool) -> None:
+    """Remove a work, its matches and its index entries (asks first unless --yes).
 
     WORK is the number ``works list`` shows, or with --owner the owner's own
-    id for the work (external ids are unique per owner only)."""
+    id for the work (external ids are unique per owner only). Without --yes
+    the answer is read from stdin, terminal or not; no answer (end of input)
+    or any answer but yes removes nothing and exits 2."""
     from workers.pipeline import PipelineError, find_work, remove_work
 
     with session_scope(obj.sessions) as s:
@@ -317,8 +348,19 @@ def works_remove(obj: CliContext, work: str, owner: str | None) -> None:
             if found is None:
                 raise PipelineError(f"{acct.email} has no work with id {work!r}")
             work_id = found.id
-        if not remove_work(s, obj.matcher, work_id):
+        work_row = s.get(Work, work_id)
+        if work_row is None:
             raise PipelineError(f"no work with id {work_id}")
+        if not yes:
+            matches = s.scalar(select(func.count(Match.id)).where(Match.work_id == work_id))
+            try:
+                confirmed = click.confirm(f"remove work {work_id} '{work_row.title}' and its {matches} matches?")
+            except click.Abort:
+                click.echo()  # end the unanswered prompt's line
+                confirmed = False
+            if not confirmed:
+                raise PipelineError(f"work {work_id} not removed: not confirmed (answer y, or pass --yes)")
+        remove_work(s, obj.matcher, work_id)
     click.echo(f"removed work {work_id}")
 
 
@@ -520,6 +562,9 @@ def _run_stream(obj: CliContext, name: str) -> None:
         if src is None:
             raise PipelineError(f"no source named {name!r}")
         sid = src.id
+    from config.logging import setup_logging
+
+    setup_logging(obj.settings, level="DEBUG" if obj.verbose else None)  # a service: its logs are its output
     stop = threading.Event()
     click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
     with build_client(obj.settings.crawler, host_limits(obj.settings)) as client:

@@ -89,7 +89,7 @@ def registered(test_settings: Settings, tmp_path: Path, site: LocalSite, inbox: 
     work_file = tmp_path / "dusk.png"
     painting(314).save(work_file)
     cli("init")
-    cli("works", "add", str(work_file), "--owner", "artist@example.com", "--title", "Dusk")
+    cli("works", "add", str(work_file), "--owner", "artist@example.com", "--create-owner", "--title", "Dusk")
     cli("sources", "add", "site", "mastodon", site.url)
     engine = make_engine(test_settings.resolved_database_url())
     with session_scope(make_sessionmaker(engine)) as s:

@@ -104,7 +104,7 @@ def test_plain_install_registers_and_scans(tmp_path: Path) -> None:
         return proc
 
     run("init")
-    run("works", "add", str(ds / "works" / "w0.png"), "--owner", "me@studio.example")
+    run("works", "add", str(ds / "works" / "w0.png"), "--owner", "me@studio.example", "--create-owner")
     run("works", "import", str(ds / "works.jsonl"))
     assert run("works", "list").stdout.count("artwork") == 3
     out = tmp_path / "predictions.jsonl"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -12,19 +11,7 @@ import click
 import pytest
 
 from config.settings import Settings
-
-
-def artwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
-
-
-def assert_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
+from tests.cli_process import artwatch, assert_clear_error, assert_quiet
 
 
 def _free_port() -> int:
@@ -112,7 +99,7 @@ def test_works_add_bad_file(test_settings: Settings, tmp_path: Path, case: str) 
         path.mkdir()
     elif case == "not-an-image":
         path.write_bytes(b"this is a text file, not a PNG")
-    proc = artwatch("works", "add", str(path), "--owner", "o@example.com")
+    proc = artwatch("works", "add", str(path), "--owner", "o@example.com", "--create-owner")
     assert_clear_error(proc, "logo.png")
     assert "no works registered" in artwatch("works", "list").stdout
 
@@ -162,3 +149,65 @@ def test_works_import_reports_bad_lines_and_keeps_the_rest(test_settings: Settin
     # Importing again updates the same works instead of adding new ones.
     artwatch("works", "import", str(manifest))
     assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
+
+
+def _owner_and_image(tmp_path: Path, n: int = 1) -> Path:
+    from workers.demo import painting
+
+    assert artwatch("init").returncode == 0
+    assert artwatch("owners", "set", "ada@studio.example", "--legal-name", "Ada Studio", "--address", "1 High St",
+                    "--phone", "+1 555 0100").returncode == 0
+    path = tmp_path / f"work{n}.png"
+    painting(n).save(path)
+    return path
+
+
+def test_works_add_refuses_an_unknown_owner_unless_asked_to_create_it(test_settings: Settings,
+                                                                      tmp_path: Path) -> None:
+    image = _owner_and_image(tmp_path)
+    proc = artwatch("works", "add", str(image), "--owner", "ada@studio.exmaple")
+    assert_clear_error(proc, "no owner ada@studio.exmaple", "--create-owner")
+    assert "ada@studio.exmaple" not in artwatch("owners", "list").stdout
+    assert "no works registered" in artwatch("works", "list").stdout
+    proc = artwatch("works", "add", str(image), "--owner", "new@studio.example", "--create-owner")
+    assert proc.returncode == 0 and "for new@studio.example" in proc.stdout, proc.stderr
+    assert "created owner new@studio.example" in proc.stderr and "owners set" in proc.stderr
+    assert "new@studio.example" in artwatch("owners", "list").stdout
+
+
+def test_works_remove_asks_first(test_settings: Settings, tmp_path: Path) -> None:
+    image = _owner_and_image(tmp_path)
+    for n in (1, 2):
+        assert artwatch("works", "add", str(image), "--owner", "ada@studio.example", "--id", f"w{n}").returncode == 0
+    for answer in ("", "n\n"):  # no answer on stdin (not a terminal), then a no
+        proc = artwatch("works", "remove", "1", input=answer)
+        assert_clear_error(proc, "work 1 not removed", "--yes")
+        assert "remove work 1 'work1.png' and its 0 matches? [y/N]" in proc.stdout
+    assert len(artwatch("works", "list", "--json").stdout.splitlines()) == 2
+    proc = artwatch("works", "remove", "1", input="y\n")
+    assert proc.returncode == 0 and "removed work 1" in proc.stdout, proc.stderr
+    proc = artwatch("works", "remove", "2", "--yes")
+    assert proc.returncode == 0 and proc.stdout == "removed work 2\n", proc.stdout
+    assert "no works registered" in artwatch("works", "list").stdout
+    assert_clear_error(artwatch("works", "remove", "2", "--yes"), "no work with id 2")
+
+
+def test_healthy_commands_print_nothing_on_stderr(test_settings: Settings, tmp_path: Path) -> None:
+    """At the default log level: no index-snapshot INFO lines, no kombu warning."""
+    assert_quiet(artwatch("init"))
+    assert_quiet(artwatch("owners", "set", "ada@studio.example", "--legal-name", "Ada Studio"))
+    from workers.demo import painting
+
+    for n in (1, 2):  # the first trains the vocabulary and writes a snapshot, the second restores it
+        painting(n).save(tmp_path / f"{n}.png")
+        assert_quiet(artwatch("works", "add", str(tmp_path / f"{n}.png"), "--owner", "ada@studio.example"))
+    assert_quiet(artwatch("works", "list"))
+    assert_quiet(artwatch("sources", "add", "feed", "rss", "http://127.0.0.1:9/feed.xml"))
+    assert_quiet(artwatch("crawl"))  # publishes a task on the folder broker
+    proc = artwatch("status")
+    assert_quiet(proc)
+    assert "crawl 1" in proc.stdout
+    # Our own INFO records are still there for whoever asks for them.
+    painting(3).save(tmp_path / "3.png")
+    verbose = artwatch("-v", "works", "add", str(tmp_path / "3.png"), "--owner", "ada@studio.example")
+    assert verbose.returncode == 0 and "INFO matching.local: local index:" in verbose.stderr, verbose.stderr

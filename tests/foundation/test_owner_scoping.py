@@ -28,9 +28,11 @@ def test_a_second_owner_reusing_an_id_gets_a_work_of_their_own(test_settings: Se
     assert artwatch("init").returncode == 0
     painting(1).save(tmp_path / "ann.png")
     painting(2).save(tmp_path / "bob.png")
-    ann = artwatch("works", "add", str(tmp_path / "ann.png"), "--owner", "ann@example.com", "--id", "logo")
+    ann = artwatch("works", "add", str(tmp_path / "ann.png"), "--owner", "ann@example.com", "--id", "logo",
+                   "--create-owner")
     assert ann.returncode == 0, ann.stderr
-    bob = artwatch("works", "add", str(tmp_path / "bob.png"), "--owner", "bob@example.com", "--id", "logo")
+    bob = artwatch("works", "add", str(tmp_path / "bob.png"), "--owner", "bob@example.com", "--id", "logo",
+                   "--create-owner")
     assert bob.returncode == 0, bob.stderr
     rows = sorted((r["owner"], r["external_id"], r["title"]) for r in _listed())
     assert rows == [("ann@example.com", "logo", "ann.png"), ("bob@example.com", "logo", "bob.png")]
@@ -44,10 +46,10 @@ def test_a_second_owner_reusing_an_id_gets_a_work_of_their_own(test_settings: Se
 
     # Removing by external id needs the owner, and takes only that owner's work.
     assert_clear_error(artwatch("works", "remove", "logo"), "--owner")
-    removed = artwatch("works", "remove", "logo", "--owner", "bob@example.com")
+    removed = artwatch("works", "remove", "logo", "--owner", "bob@example.com", "--yes")
     assert removed.returncode == 0, removed.stderr
     assert [(r["owner"], r["title"]) for r in _listed()] == [("ann@example.com", "ann.png")]
-    assert_clear_error(artwatch("works", "remove", "logo", "--owner", "bob@example.com"), "no work with id 'logo'")
+    assert_clear_error(artwatch("works", "remove", "logo", "--owner", "bob@example.com", "--yes"), "no work with id 'logo'")
 
 
 def test_an_import_manifest_scopes_ids_by_owner(test_settings: Settings, tmp_path: Path) -> None:

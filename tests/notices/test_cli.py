@@ -17,7 +17,7 @@ from notices.cli import notices_group
 from notices.drafting import draft_for_match
 from storage.blobs import FolderBlobStore
 from storage.db import session_scope
-from storage.models import NoticeState
+from storage.models import Account, NoticeState, Role
 
 from . import factory as f
 from .conftest import SmtpServer, WebServer
@@ -38,6 +38,7 @@ def env(sqlite_sessions: Any, tmp_path: Path, smtp_server: SmtpServer, web_serve
     obj = SimpleNamespace(settings=settings, sessions=sqlite_sessions, blobs=blobs)
     web_server.routes["/img/1.png"] = (200, f.png((1, 2, 3)))
     with session_scope(sqlite_sessions) as s:
+        s.add_all([Account(email=e, role=Role.REVIEWER) for e in ("rev@artwatch.test", "rev@a.test", "r@a.test")])
         acc = f.owner(s)
         w = f.work(s, acc, "Blue Heron", blobs=blobs)
         mid = f.match(s, f.upload(s, web_server.url("/img/1.png"), web_server.url("/post/1"), blobs=blobs), w).id
@@ -139,8 +140,6 @@ def test_export_followup_and_counter(env: SimpleNamespace) -> None:
 
 
 def test_redraft_after_the_owner_completes_the_profile(env: SimpleNamespace) -> None:
-    from storage.models import Account
-
     with session_scope(env.obj.sessions) as s:
         late = f.owner(s, "late@artist.test", complete=False)
         w = f.work(s, late, "Late Work")
