@@ -94,7 +94,7 @@ def test_owner_and_account_emails_must_be_one_valid_address(test_settings: Setti
     artwatch("init")
     painting(1).save(tmp_path / "a.png")
     bad = "ann@example.com, eve@evil.test"
-    assert_clear_error(artwatch("works", "add", str(tmp_path / "a.png"), "--owner", bad),
+    assert_clear_error(artwatch("works", "add", str(tmp_path / "a.png"), "--owner", bad, "--create-owner"),
                        "not a single email address")
     assert_clear_error(artwatch("owners", "set", bad), "not a single email address")
     users = artwatch("users", "add", bad, "--password-stdin")
