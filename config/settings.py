@@ -106,6 +106,9 @@ class WebSettings(_Section):
     port: int = 8000
     base_url: str = "http://127.0.0.1:8000"
     secret_key: str = ""
+    max_request_bytes: int = 200_000_000
+    anonymous_request_bytes: int = 65_536
+    heavy_threads: int = 4
 
 
 class WorkersSettings(_Section):

@@ -19,6 +19,7 @@ from storage.blobs import BlobStore, FolderBlobStore
 from storage.db import make_engine, make_sessionmaker
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
 from webapp.errors import install_error_handlers
+from webapp.gate import RequestGate
 from webapp.security import Signer, resolve_secret_key
 
 __all__ = ["create_app", "route_table"]
@@ -101,6 +102,8 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
+    # Inside browser_hygiene (added after it), so its early 401/413 carry the security headers.
+    app.add_middleware(RequestGate, ctx=ctx)
 
     @app.middleware("http")
     async def browser_hygiene(
