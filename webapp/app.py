@@ -88,6 +88,7 @@ def create_app(
         templates=_templates(),
         engine_factory=build_engine,
         max_upload_bytes=settings.crawler.max_image_bytes,
+        heavy_threads=settings.web.heavy_threads,
     )
     app = FastAPI(
         title="artwatch",
