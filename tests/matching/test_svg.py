@@ -29,11 +29,16 @@ def _rgb(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def test_a_benign_logo_renders_exactly_as_resvg_renders_it() -> None:
+WORDMARK_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="300" height="80">'
+                b'<text x="10" y="50" font-size="40" font-family="sans-serif">ACME Co</text></svg>')
+
+
+@pytest.mark.parametrize("svg", [LOGO_SVG, WORDMARK_SVG], ids=["shapes", "text"])
+def test_a_benign_logo_renders_exactly_as_resvg_renders_it_in_process(svg: bytes) -> None:
     import resvg_py
 
-    text = sanitise_svg(LOGO_SVG).text
-    assert render_svg(LOGO_SVG, side=1024) == bytes(resvg_py.svg_to_bytes(svg_string=text, width=1024))
+    text = sanitise_svg(svg).text
+    assert render_svg(svg, side=1024) == bytes(resvg_py.svg_to_bytes(svg_string=text, width=1024))
 
 
 def test_turbulence_octaves_are_clamped_and_the_render_is_unchanged() -> None:
