@@ -107,3 +107,15 @@ def test_a_huge_canvas_is_refused_before_rendering() -> None:
 def test_resvg_refusing_a_document_is_a_decode_error() -> None:
     with pytest.raises(DecodeError, match=r"bad\.svg: SVG cannot be rendered"):
         render_svg(b'<svg xmlns="http://www.w3.org/2000/svg" width="0" height="10"/>', name="bad.svg")
+
+
+def test_no_module_but_matching_svg_calls_resvg() -> None:
+    """Every SVG rendering goes through the bounded renderer: nothing else may import resvg."""
+    root = Path(__file__).resolve().parents[2]
+    callers = sorted(
+        str(path.relative_to(root))
+        for package in ("matching", "webapp", "workers", "notices", "crawler", "storage", "config")
+        for path in (root / package).rglob("*.py")
+        if "resvg_py" in path.read_text(encoding="utf-8")
+    )
+    assert callers == ["matching/svg.py"]
