@@ -162,12 +162,15 @@ def _raw_request(host: str, port: int, head: str, first: bytes) -> tuple[bytes, 
 HEAD = ("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
         "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: {length}\r\n\r\n")
 HUGE = 300_000_000
+# A well-formed start of a multipart file part, then zeros: a server that parses the body
+# keeps reading (the file never ends) instead of failing fast on garbage.
+PART = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n' + b"\0" * 65536
 
 
 def test_an_unauthenticated_huge_upload_is_refused_before_its_body_is_read(world: World) -> None:
     with serve(world.app) as (host, port):
         answer, early = _raw_request(host, port, HEAD.format(path="/api/v1/check", auth="", length=HUGE),
-                                     b"\0" * 65536)
+                                     PART)
     assert early, "no answer while the 300 MB body was still unsent"
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b"application/problem+json" in answer
@@ -178,14 +181,14 @@ def test_a_signed_in_upload_over_the_request_limit_is_refused_before_its_body(wo
     auth = f"Authorization: Bearer {world.tokens['ann@example.com']}\r\n"
     with serve(world.app) as (host, port):
         answer, early = _raw_request(host, port, HEAD.format(path="/api/v1/check", auth=auth, length=HUGE),
-                                     b"\0" * 65536)
+                                     PART)
     assert early and answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
 def test_an_anonymous_page_post_is_limited_to_a_small_body(world: World) -> None:
     with serve(world.app) as (host, port):
         answer, early = _raw_request(host, port, HEAD.format(path="/login", auth="", length=10_000_000),
-                                     b"\0" * 65536)
+                                     PART)
     assert early and answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
