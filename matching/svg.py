@@ -30,9 +30,11 @@ No pre-pass can price every construct, so the bound is a process:
    child. The output size is priced before rendering: an intrinsic size over
    ``max_pixels`` is refused.
 
-The child costs a process start (about 15 ms of Python start-up plus the
-PNG's trip through a pipe) on top of the render itself; the report of issue
-16 measured a normal logo at about 1.5x the in-process time. Failures raise
+The child costs a process start (``-I -S`` keeps Python's start-up near
+15 ms: no site packages are scanned, only resvg's folder is put on the path)
+plus the PNG's trip through a pipe. For a normal logo decoded at 1024 px that
+measured 1.0x to 1.35x the in-process time (median of three rounds 1.17x, on
+a loaded two-core machine; see issue 16's note). Failures raise
 :class:`~matching.errors.ImageError` subclasses that name the file:
 :class:`~matching.errors.DecodeError` (malformed, or resvg refuses it),
 :class:`~matching.errors.UnsupportedFormat` (XML that is not SVG),
