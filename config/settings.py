@@ -112,6 +112,9 @@ class WebSettings(_Section):
     #: Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For names the
     #: client. Empty: the header is ignored and the connecting address is the client.
     trusted_proxies: list[str] = []
+    max_request_bytes: int = 200_000_000
+    anonymous_request_bytes: int = 65_536
+    heavy_threads: int = 4
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -16,7 +16,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from matching.decode import DecodedImage, decode_image
-from matching.errors import DecodeError, ImageError, ImageTooLarge, MatchingError, UnsupportedFormat
+from matching.errors import (
+    DecodeError,
+    ImageError,
+    ImageTooComplex,
+    ImageTooLarge,
+    MatchingError,
+    UnsupportedFormat,
+)
 
 if TYPE_CHECKING:
     from matching.engine import Candidate, Engine, WorkRef, build_engine
@@ -27,6 +34,7 @@ __all__ = [
     "DecodedImage",
     "Engine",
     "ImageError",
+    "ImageTooComplex",
     "ImageTooLarge",
     "MatchingError",
     "UnsupportedFormat",

@@ -11,7 +11,8 @@ and writes one JSON line per candidate::
     {"upload": "u00001", "work": "w0001", "score": 0.93, "match": true}
 
 ``work`` is the work's external id (its database id when it has none).
-Uploads that cannot be decoded produce no line and are counted on stderr.
+Uploads that cannot be decoded (or whose analysis fails in any other way)
+produce no line and are named and counted on stderr; the scan goes on.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def _analyse_one(item: tuple[str, str]) -> tuple[str, list[tuple[int, float, boo
         return upload_id, [], str(exc)
     except OSError as exc:
         return upload_id, [], f"{path}: cannot read: {exc.strerror}"
+    except Exception as exc:  # noqa: BLE001 - one upload's failure is its error line; the scan goes on
+        log.exception("scan: %s failed", path)
+        return upload_id, [], f"{path}: analysis failed ({type(exc).__name__}: {str(exc)[:200]})"
     return upload_id, [(c.work_id, float(c.score), bool(c.match)) for c in cands], None
 
 

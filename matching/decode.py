@@ -11,34 +11,32 @@ Contract of :func:`decode_image`:
   materialises at full size.
 - Alpha is flattened onto white, and also onto black when the image has any
   transparent pixel: a white logo on transparency vanishes on white.
-- SVG is rasterised by resvg after sanitising: a DOCTYPE with an internal
-  subset (entities) is refused, scripts and foreign objects are dropped, and
-  every reference that is not a fragment (``#id``) or an inline raster
-  ``data:`` URI is removed, so rendering reads no file and no network.
+- SVG is rendered by :func:`matching.svg.render_svg`, the project's one SVG
+  renderer: sanitised (no entities, scripts, external references; nesting
+  and filters bounded), then rasterised by resvg in a child process with a
+  CPU, memory and time budget, so it reads no file and no network and a
+  hostile file costs at most that budget (:class:`ImageTooComplex` past it).
 - More than ``max_pixels`` pixels (declared size, before decoding) raises
   :class:`ImageTooLarge`; corrupt or truncated data raises
   :class:`DecodeError`; anything else unrecognised raises
-  :class:`UnsupportedFormat`. All three are :class:`ImageError` subclasses
+  :class:`UnsupportedFormat`. All of these are :class:`ImageError` subclasses
   whose message names the file. No other exception escapes for bad input.
 """
 
 from __future__ import annotations
 
 import io
-import re
 import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pillow_heif
-from defusedxml import DefusedXmlException
-from defusedxml import ElementTree as SafeET
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from matching.errors import DecodeError, ImageTooLarge, UnsupportedFormat
+from matching.svg import looks_like_svg, render_svg
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -55,7 +53,6 @@ Image.init()
 _FORMATS = tuple(f for f in _WANTED if f in Image.OPEN)
 # Rendering size of an SVG when the caller asks for no limit.
 _SVG_DEFAULT_SIDE = 1024
-_SVG_MAX_BYTES = 5_000_000
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "JPEG"),
@@ -112,7 +109,7 @@ def decode_image(
         raise DecodeError(label, "empty file")
     if max_side is not None and max_side < 1:
         raise ValueError("max_side must be positive or None")
-    if _looks_like_svg(data):
+    if looks_like_svg(data):
         return _decode_svg(data, label, max_side, max_pixels)
     return _decode_raster(data, label, max_side, max_pixels)
 
@@ -235,112 +232,9 @@ def _finish(
 
 # --- SVG --------------------------------------------------------------------
 
-_SVG_NS = "http://www.w3.org/2000/svg"
-_XLINK_NS = "http://www.w3.org/1999/xlink"
-_DOCTYPE_RE = re.compile(rb"<!DOCTYPE[^\[>]*>", re.IGNORECASE)
-_SAFE_DATA_URI = re.compile(r"^\s*data:image/(png|jpeg|jpg|gif|webp);", re.IGNORECASE)
-_CSS_URL = re.compile(r"url\(\s*(['\"]?)(?!#)[^)]*\)", re.IGNORECASE)
-_CSS_IMPORT = re.compile(r"@import[^;]*;?", re.IGNORECASE)
-_DROP_TAGS = {"script", "foreignObject", "iframe", "audio", "video"}
-_NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px)?\s*$")
-
-
-def _looks_like_svg(data: bytes) -> bool:
-    head = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if not head.startswith(b"<"):
-        return False
-    return b"<svg" in data[:65536].lower()
-
-
-def _local(tag: Any) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
-
-def _sanitise_svg(data: bytes, label: str) -> tuple[str, float | None, float | None]:
-    """Return safe SVG text and its intrinsic (width, height) when known."""
-    if len(data) > _SVG_MAX_BYTES:
-        raise ImageTooLarge(label, f"SVG of {len(data)} bytes is over the limit of {_SVG_MAX_BYTES}")
-    if re.search(rb"<!DOCTYPE[^>]*\[", data, re.IGNORECASE) or b"<!ENTITY" in data.upper():
-        raise DecodeError(label, "SVG with a DOCTYPE internal subset or entities refused")
-    data = _DOCTYPE_RE.sub(b"", data, count=1)
-    try:
-        root = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as exc:
-        raise DecodeError(label, f"unsafe SVG refused ({type(exc).__name__})") from None
-    except SafeET.ParseError as exc:
-        raise DecodeError(label, f"malformed SVG: {exc}") from None
-    if _local(root.tag) != "svg":
-        raise UnsupportedFormat(label, "XML document is not an SVG")
-    for parent in list(root.iter()):
-        for child in list(parent):
-            if _local(child.tag) in _DROP_TAGS or not isinstance(child.tag, str):
-                parent.remove(child)
-    for el in root.iter():
-        for key in list(el.attrib):
-            local = _local(key)
-            value = el.attrib[key]
-            if local == "href":
-                if not (value.startswith("#") or _SAFE_DATA_URI.match(value)):
-                    del el.attrib[key]
-            elif local.startswith("on"):
-                del el.attrib[key]
-            elif local == "style" or "url(" in value:
-                el.attrib[key] = _CSS_URL.sub("none", _CSS_IMPORT.sub("", value))
-        if _local(el.tag) == "style" and el.text:
-            el.text = _CSS_URL.sub("none", _CSS_IMPORT.sub("", el.text))
-    width = _length(root.attrib.get("width"))
-    height = _length(root.attrib.get("height"))
-    if width is None or height is None:
-        vb = root.attrib.get("viewBox", "").replace(",", " ").split()
-        if len(vb) == 4:
-            try:
-                vw, vh = float(vb[2]), float(vb[3])
-            except ValueError:
-                vw = vh = 0.0
-            if vw > 0 and vh > 0:
-                if width is None and height is None:
-                    width, height = vw, vh
-                elif width is None and height is not None:
-                    width = height * vw / vh
-                elif height is None and width is not None:
-                    height = width * vh / vw
-    from xml.etree import ElementTree as ET  # serialising only; parsing was defused
-
-    ET.register_namespace("", _SVG_NS)
-    ET.register_namespace("xlink", _XLINK_NS)
-    return ET.tostring(root, encoding="unicode"), width, height
-
-
-def _length(value: str | None) -> float | None:
-    if not value:
-        return None
-    m = _NUM.match(value)
-    if not m:
-        return None
-    v = float(m.group(1))
-    return v if v > 0 else None
-
 
 def _decode_svg(data: bytes, label: str, max_side: int | None, max_pixels: int) -> DecodedImage:
-    import resvg_py
-
-    text, w, h = _sanitise_svg(data, label)
-    side = max_side or _SVG_DEFAULT_SIDE
-    kwargs: dict[str, Any] = {}
-    est: tuple[float, float]
-    if w and h:
-        if w >= h:
-            kwargs["width"] = side
-            est = (side, side * h / w)
-        else:
-            kwargs["height"] = side
-            est = (side * w / h, side)
-        if est[0] * est[1] > max_pixels:  # pragma: no cover - side is already bounded
-            raise ImageTooLarge(label, f"SVG would render to {est[0]:.0f}x{est[1]:.0f} pixels")
-    try:
-        png = resvg_py.svg_to_bytes(svg_string=text, **kwargs)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise DecodeError(label, f"SVG cannot be rendered ({_short(exc)})") from None
+    png = render_svg(data, name=label, side=max_side or _SVG_DEFAULT_SIDE, max_pixels=max_pixels)
     try:
         im = Image.open(io.BytesIO(png), formats=("PNG",))
         if im.width * im.height > max_pixels:
@@ -349,4 +243,3 @@ def _decode_svg(data: bytes, label: str, max_side: int | None, max_pixels: int) 
     except (OSError, ValueError) as exc:  # pragma: no cover - resvg output is valid PNG
         raise DecodeError(label, f"SVG render unreadable ({_short(exc)})") from None
     return _finish(im, label, "SVG", im.width, im.height, max_side)
-

@@ -6,6 +6,7 @@ Hierarchy (catch the base class to keep a worker alive on any bad image)::
     ├── ImageError                 the bytes of one image cannot be used
     │   ├── DecodeError            corrupt, truncated or malformed data
     │   ├── ImageTooLarge          over the pixel cap (decompression bomb)
+    │   ├── ImageTooComplex        over the render budget (nesting, filters, CPU, memory, time)
     │   └── UnsupportedFormat      not an image format artwatch accepts
     ├── EmbedderError              the CLIP model cannot be loaded or run
     └── IndexError_                the vector index cannot be reached or used
@@ -22,6 +23,7 @@ __all__ = [
     "DecodeError",
     "EmbedderError",
     "ImageError",
+    "ImageTooComplex",
     "ImageTooLarge",
     "IndexError_",
     "IndexLocked",
@@ -49,6 +51,10 @@ class DecodeError(ImageError):
 
 class ImageTooLarge(ImageError):
     """The image would decode to more pixels than allowed (a decompression bomb)."""
+
+
+class ImageTooComplex(ImageError):
+    """Rendering the image would cost more than its budget: a hostile or pathological SVG."""
 
 
 class UnsupportedFormat(ImageError):

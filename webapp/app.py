@@ -20,6 +20,7 @@ from storage.blobs import BlobStore, FolderBlobStore
 from storage.db import make_engine, make_sessionmaker
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
 from webapp.errors import install_error_handlers
+from webapp.gate import RequestGate
 from webapp.security import Signer, resolve_secret_key, security_headers
 
 __all__ = ["create_app", "route_table"]
@@ -85,6 +86,7 @@ def create_app(
         templates=_templates(),
         engine_factory=build_engine,
         max_upload_bytes=settings.crawler.max_image_bytes,
+        heavy_threads=settings.web.heavy_threads,
     )
     app = FastAPI(
         title="artwatch",
@@ -99,6 +101,8 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
+    # Inside browser_hygiene (added after it), so its early 401/413 carry the security headers.
+    app.add_middleware(RequestGate, ctx=ctx)
 
     @app.middleware("http")
     async def browser_hygiene(

@@ -6,10 +6,13 @@ which role it needs and which object it loads.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
@@ -37,7 +40,11 @@ __all__ = [
     "read_upload",
     "require_api_role",
     "require_page_role",
+    "run_heavy",
 ]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SESSION_COOKIE = "aw_session"
 PRE_COOKIE = "aw_pre"
@@ -70,6 +77,19 @@ class WebContext:
     # The matching engine's index is shared state; writes and reads go through
     # this lock so a registration never races a search in another thread.
     engine_lock: threading.RLock = field(default_factory=threading.RLock)
+    heavy_threads: int = 4
+    _heavy: ThreadPoolExecutor | None = None
+
+    @property
+    def heavy(self) -> ThreadPoolExecutor:
+        """Threads for the engine, decoding and thumbnails: never the event loop, and not
+        the shared thread pool that runs the sync routes (``/healthz``, pages), so requests
+        queued behind the engine lock cannot starve other tenants' requests."""
+        if self._heavy is None:
+            with self._engine_lock:
+                if self._heavy is None:
+                    self._heavy = ThreadPoolExecutor(self.heavy_threads, thread_name_prefix="artwatch-heavy")
+        return self._heavy
 
     @property
     def engine(self) -> Any:
@@ -194,6 +214,12 @@ async def csrf_protect(request: Request) -> None:
         raise Forbidden(
             "the form's security token is missing or stale; reload the page and try again"
         )
+
+
+async def run_heavy(ctx: WebContext, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn`` on the context's heavy-work threads and wait for it without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(ctx.heavy, functools.partial(fn, *args, **kwargs))
 
 
 async def read_upload(request: Request, file: Any) -> bytes:

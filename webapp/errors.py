@@ -41,6 +41,7 @@ __all__ = [
     "WebError",
     "install_error_handlers",
     "problem_response",
+    "render_error",
 ]
 
 PROBLEM_TYPE_BASE = "https://artwatch.invalid/problems/"
@@ -153,13 +154,16 @@ def _render(
     return response
 
 
+def render_error(request: Request, exc: WebError) -> Response:
+    """The response for ``exc``: problem details under ``/api/``, the error page elsewhere."""
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+    return _render(request, exc.status, exc.detail, exc.slug, headers, **exc.extra)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def web_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, WebError)
-        headers = (
-            {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
-        )
-        return _render(request, exc.status, exc.detail, exc.slug, headers, **exc.extra)
+        return render_error(request, exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

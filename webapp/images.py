@@ -2,6 +2,9 @@
 
 Matching decodes images with its own hardened decoder; these helpers only
 serve pages and emails, and never raise on a bad image (they return None).
+SVG is rendered by :func:`matching.svg.render_svg`, the project's one
+sanitising, bounded SVG renderer, so a stored SVG cannot make a thumbnail read
+a file from this machine or hold a worker past the render budget.
 """
 
 from __future__ import annotations
@@ -56,16 +59,13 @@ def media_type(data: bytes) -> str:
     return _MEDIA.get(kind or "", "application/octet-stream")
 
 
-def _svg_png(data: bytes, width: int | None = None) -> bytes | None:
-    try:
-        import resvg_py
+def _svg_png(data: bytes, side: int | None = None) -> bytes | None:
+    from matching.errors import ImageError
+    from matching.svg import render_svg
 
-        return bytes(
-            resvg_py.svg_to_bytes(
-                svg_string=data.decode("utf-8", "replace"), width=width, skip_system_fonts=True
-            )
-        )
-    except Exception:  # noqa: BLE001 - a display helper never fails the page
+    try:
+        return render_svg(data, name="stored SVG", side=side)
+    except ImageError:  # a display helper never fails the page
         return None
 
 
@@ -94,7 +94,7 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 def thumbnail_png(data: bytes, box: int = 240) -> bytes | None:
     """A PNG no larger than box x box (white behind transparency), or None if unreadable."""
     if sniff(data) == "svg":
-        png = _svg_png(data, width=box)
+        png = _svg_png(data, side=box)
         if png is None:
             return None
         data = png

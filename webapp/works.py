@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -22,10 +24,18 @@ from sqlalchemy.orm import Session
 from storage.db import session_scope
 from storage.models import WebJob, Work, WorkKind
 from webapp.deps import WebContext
-from webapp.errors import InvalidInput, UnsupportedImage
+from webapp.errors import InvalidInput, PayloadTooLarge, UnsupportedImage
 from webapp.images import ACCEPTED_TYPES, sniff
 
-__all__ = ["WorkForm", "check_image", "parse_licensed", "register", "remove", "start_import"]
+__all__ = [
+    "WorkForm",
+    "check_image",
+    "parse_licensed",
+    "register",
+    "remove",
+    "spool_uploads",
+    "start_import",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +99,7 @@ def register(
     try:
         from matching.errors import ImageError
     except ImportError:  # pragma: no cover - matching not installed
-        ImageError = ValueError  # type: ignore[misc,assignment]  # noqa: N806
+        ImageError = ValueError  # type: ignore[misc,assignment]
     try:
         with ctx.engine_lock:
             return register_work(
@@ -117,19 +127,60 @@ def remove(ctx: WebContext, session: Session, work: Work) -> None:
         remove_work(session, ctx.engine, work.id, owner_id=work.owner_id)
 
 
+def spool_uploads(files: Sequence[Any], limit: int, parent: Path) -> tuple[Path, list[tuple[str, Path]]]:
+    """Copy uploaded files into a fresh private folder under ``parent``, checking each against ``limit``.
+
+    An import can carry hundreds of files; holding their bytes until the job
+    reaches them would keep the whole request in memory. The caller owns the
+    folder (``start_import`` deletes it when the job ends). Blocking file I/O:
+    call it off the event loop.
+    """
+    if not files:
+        raise InvalidInput("choose one or more image files to import")
+    parent.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix="import-", dir=parent))
+    items: list[tuple[str, Path]] = []
+    try:
+        for i, upload in enumerate(files, 1):
+            filename = getattr(upload, "filename", "") or ""
+            if not filename:
+                raise InvalidInput("choose an image file to upload")
+            path = spool / f"{i:06d}"
+            with path.open("wb") as out:
+                size = 0
+                while chunk := upload.file.read(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(
+                            f"{filename}: the file is larger than the {limit // 1_000_000} MB limit"
+                        )
+                    out.write(chunk)
+            if size == 0:
+                raise InvalidInput(f"the file {filename!r} is empty")
+            items.append((filename, path))
+    except BaseException:
+        shutil.rmtree(spool, ignore_errors=True)
+        raise
+    return spool, items
+
+
 def start_import(
     ctx: WebContext,
     session: Session,
     owner_id: int,
-    files: Sequence[tuple[str, bytes]],
+    files: Sequence[tuple[str, Path]],
     kind: str,
     licensed_sites: tuple[str, ...] = (),
+    *,
+    spool: Path | None = None,
 ) -> WebJob:
     """Create an import job and register the files in a background thread.
 
-    The job row records progress (done of total) and one message per file
-    that failed, so the page can poll it. Files are checked one by one: a bad
-    file is reported and skipped, the rest still register.
+    ``files`` are (name, path) pairs; each file is read only when the job
+    reaches it and deleted after, and ``spool`` (their folder) is removed when
+    the job ends. The job row records progress (done of total) and one
+    message per file that failed, so the page can poll it. Files are checked
+    one by one: a bad file is reported and skipped, the rest still register.
     """
     if not files:
         raise InvalidInput("choose one or more image files to import")
@@ -142,7 +193,11 @@ def start_import(
     job_id = job.id
 
     def run() -> None:
-        _run_import(ctx, job_id, owner_id, list(files), kind, licensed_sites)
+        try:
+            _run_import(ctx, job_id, owner_id, list(files), kind, licensed_sites)
+        finally:
+            if spool is not None:
+                shutil.rmtree(spool, ignore_errors=True)
 
     threading.Thread(target=run, name=f"import-{job_id}", daemon=True).start()
     return job
@@ -152,7 +207,7 @@ def _run_import(
     ctx: WebContext,
     job_id: int,
     owner_id: int,
-    files: list[tuple[str, bytes]],
+    files: list[tuple[str, Path]],
     kind: str,
     licensed_sites: tuple[str, ...],
 ) -> None:
@@ -162,8 +217,10 @@ def _run_import(
             job = s.get(WebJob, job_id)
             if job is not None:
                 job.state = "running"
-        for index, (filename, data) in enumerate(files, start=1):
+        for index, (filename, path) in enumerate(files, start=1):
             try:
+                data = path.read_bytes()
+                path.unlink()
                 with session_scope(ctx.sessions) as s:
                     register(
                         ctx, s, owner_id, data, filename, WorkForm("", kind, "", licensed_sites)
@@ -178,7 +235,7 @@ def _run_import(
                 job.done = index
                 job.errors = list(errors)
         final = "done"
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("import job %s failed", job_id)
         final = "failed"
     with session_scope(ctx.sessions) as s:

@@ -184,3 +184,27 @@ def test_calibrate_needs_registered_works(cli: CliRunner) -> None:
     res = cli.invoke(calibrate, ["--target-precision", "0.99"])
     assert res.exit_code == 1
     assert "no registered works" in res.output
+
+
+def test_scan_records_hostile_svgs_as_errors_and_goes_on(cli: CliRunner, dataset: Path, tmp_path: Path) -> None:
+    """Issue 16: one deeply nested SVG aborted the whole scan with no predictions written."""
+    from matching.cli import scan
+    from tests.hostile import deep_svg, turbulence_svg
+
+    _register(dataset)
+    (dataset / "uploads" / "deep.svg").write_bytes(deep_svg())
+    (dataset / "uploads" / "turb.svg").write_bytes(turbulence_svg())
+    manifest = dataset / "uploads.jsonl"
+    with manifest.open("a") as f:
+        f.write(json.dumps({"id": "udeep", "file": "uploads/deep.svg"}) + "\n")
+        f.write(json.dumps({"id": "uturb", "file": "uploads/turb.svg"}) + "\n")
+    out = tmp_path / "pred.jsonl"
+    res = cli.invoke(scan, ["--no-embedder", "--workers", "1", "--manifest", str(manifest), "--out", str(out)],
+                     catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    decided = {(p["upload"], p["work"]) for p in _predictions(out) if p["match"]}
+    assert decided == {("u0", "w0"), ("u1", "w1"), ("u2", "w2")}
+    assert "3 unreadable" in res.output
+    assert "deep.svg: SVG nests elements deeper than" in res.output
+    # Past its CPU budget (or, on a machine too loaded to give it 2 s of CPU in time, its deadline).
+    assert "turb.svg: SVG needs more than 2 s of CPU" in res.output or "turb.svg: SVG took longer" in res.output

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default as default_policy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +260,31 @@ def test_crlf_in_a_crawled_url_or_title_does_not_forge_lines_in_the_alert(
     assert any("https://pics.example/p/9 Evidence: https://evil.test/login" in line for line in lines)
     assert "\r" not in _html(msg).replace("\r\n", "\n")
     assert "\n" not in str(msg["Subject"]) and "\r" not in str(msg["Subject"])
+
+
+def test_svg_thumbnails_in_an_alert_read_no_file_from_the_server(
+    mail_world: World, smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """Issue 16: an SVG whose <image> named a local PNG put that file into the owner's email."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.hostile import file_image_svg
+
+    inbox, _ = smtp
+    world = mail_world
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), (0, 255, 0)).save(secret)
+    owner = world.account("ann@example.com", alert_mode="instant")
+    wid = world.work(owner, file_image_svg(secret), "Sneaky mark")
+    mid = world.match(wid, file_image_svg(secret), url="https://pics.example/p/svg")
+    with world.sessions() as s:
+        assert send_instant_alert(s, world.blobs, world.settings, mid) is True
+    images = _inline_images(inbox.envelopes[0][1])
+    assert len(images) == 2  # both thumbnails rendered, from the SVG's own content only
+    for data in images.values():
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+        green = (rgb[:, :, 1] > 200) & (rgb[:, :, 0] < 80) & (rgb[:, :, 2] < 80)
+        assert not green.any(), "the server's local PNG is in the alert email"

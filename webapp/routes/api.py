@@ -25,7 +25,7 @@ from webapp.access import (
     visible_work,
     work_rows,
 )
-from webapp.deps import DB, api_user, get_ctx, read_upload, require_api_role
+from webapp.deps import DB, WebContext, api_user, get_ctx, read_upload, require_api_role, run_heavy
 from webapp.errors import UnsupportedImage
 from webapp.works import WorkForm, check_image, parse_licensed, register, remove
 
@@ -220,14 +220,9 @@ async def create_work(
 ) -> WorkOut:
     data = await read_upload(request, file)
     sites = parse_licensed([s for item in licensed_sites for s in item.split(",")])
-    work = register(
-        get_ctx(request),
-        session,
-        account.id,
-        data,
-        file.filename or "",
-        WorkForm(title, kind, registration_number, sites),
-    )
+    ctx = get_ctx(request)
+    form = WorkForm(title, kind, registration_number, sites)
+    work = await run_heavy(ctx, register, ctx, session, account.id, data, file.filename or "", form)
     return WorkOut.of(work, 0)
 
 
@@ -315,7 +310,11 @@ async def check(
 ) -> CheckResult:
     ctx = get_ctx(request)
     data = await read_upload(request, file)
-    name = file.filename or "upload"
+    return await run_heavy(ctx, _check, ctx, session, account, data, file.filename or "upload")
+
+
+def _check(ctx: WebContext, session: Session, account: Account, data: bytes, name: str) -> CheckResult:
+    """The check itself, on the heavy-work threads (it decodes and searches: never on the event loop)."""
     check_image(data, name)
     from matching.errors import ImageError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -12,11 +13,19 @@ from sqlalchemy.orm import Session
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
 from webapp.access import match_query, visible_job, visible_match, visible_work, work_rows
-from webapp.deps import DB, csrf_protect, get_ctx, page_user, read_upload, require_page_role
+from webapp.deps import (
+    DB,
+    csrf_protect,
+    get_ctx,
+    page_user,
+    read_upload,
+    require_page_role,
+    run_heavy,
+)
 from webapp.errors import InvalidInput, NotFound, WebError
 from webapp.images import image_size, media_type
 from webapp.security import issue_api_token
-from webapp.works import WorkForm, parse_licensed, register, remove, start_import
+from webapp.works import WorkForm, parse_licensed, register, remove, spool_uploads, start_import
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
@@ -97,7 +106,9 @@ async def create_work(
     }
     try:
         data = await read_upload(request, file)
-        work = register(
+        work = await run_heavy(
+            ctx,
+            register,
             ctx,
             session,
             account.id,
@@ -129,11 +140,15 @@ async def import_works(
 ) -> Response:
     ctx = get_ctx(request)
     try:
-        items = [
-            (f.filename or f"file {i}", await read_upload(request, f))
-            for i, f in enumerate(files, 1)
-        ]
-        job = start_import(ctx, session, account.id, items, kind, parse_licensed(licensed_sites))
+        sites = parse_licensed(licensed_sites)
+        spool, items = await run_heavy(
+            ctx, spool_uploads, files, ctx.max_upload_bytes, ctx.settings.data_dir / "spool"
+        )
+        try:
+            job = start_import(ctx, session, account.id, items, kind, sites, spool=spool)
+        except BaseException:
+            shutil.rmtree(spool, ignore_errors=True)
+            raise
     except WebError as exc:
         return ctx.templates.TemplateResponse(
             request, "work_import.html", {"error": exc.detail}, status_code=exc.status
