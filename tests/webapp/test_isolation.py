@@ -62,6 +62,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/matches/{match_id}/image"): "owned",
     ("GET", "/notices/{notice_id}"): "owned",
     ("GET", "/notices/{notice_id}/evidence.zip"): "owned",
+    ("GET", "/notices/{notice_id}/body.html"): "owned",
     ("POST", "/notices/{notice_id}/approve"): "owned",
     ("POST", "/notices/{notice_id}/edit"): "owned",
     ("POST", "/notices/{notice_id}/reject"): "owned",
