@@ -31,6 +31,8 @@ test: setup
 	$(SERVICES)
 	$(PY) -m pytest
 
+# The gates CI runs before the tests (.ci/run); the rules and the checked files are declared in
+# pyproject.toml, and ruff and mypy are pinned in requirements.lock.
 lint: setup
 	$(VENV)/bin/ruff check .
 
