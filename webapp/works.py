@@ -89,7 +89,7 @@ def register(
     try:
         from matching.errors import ImageError
     except ImportError:  # pragma: no cover - matching not installed
-        ImageError = ValueError  # type: ignore[misc,assignment]  # noqa: N806
+        ImageError = ValueError  # type: ignore[misc,assignment]
     try:
         with ctx.engine_lock:
             return register_work(
@@ -178,7 +178,7 @@ def _run_import(
                 job.done = index
                 job.errors = list(errors)
         final = "done"
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("import job %s failed", job_id)
         final = "failed"
     with session_scope(ctx.sessions) as s:

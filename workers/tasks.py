@@ -142,7 +142,7 @@ class ArtwatchTask(Task):  # type: ignore[misc]
         if counter is not None:
             try:
                 counter.forget(key)
-            except Exception:  # noqa: BLE001, S110 - the count expires on its own
+            except Exception:  # noqa: BLE001 - the count expires on its own
                 pass
         return result
 
@@ -161,7 +161,7 @@ class ArtwatchTask(Task):  # type: ignore[misc]
     def _forget(self, task_id: str) -> None:
         try:
             _counter(get_runtime().settings).forget(f"{task_id}:{self.request.retries}")
-        except Exception:  # noqa: BLE001, S110 - the count expires on its own
+        except Exception:  # noqa: BLE001 - the count expires on its own
             pass
 
 

@@ -100,9 +100,8 @@ def test_allowlist_by_cidr_and_host() -> None:
 
 def test_loopback_refused_without_allowlist(http: PayloadServer) -> None:
     http.static("/a.png", png(1), "image/png")
-    with build_client(_settings(allow_internal=[])) as client:
-        with pytest.raises(BlockedAddress, match="127.0.0.1"):
-            fetch_page(client, http.url + "/a.png")
+    with build_client(_settings(allow_internal=[])) as client, pytest.raises(BlockedAddress, match="127.0.0.1"):
+        fetch_page(client, http.url + "/a.png")
     assert http.requests == []  # refused before connecting
 
 
@@ -286,9 +285,8 @@ def test_xml_entity_bomb_is_a_malformed_page(http: PayloadServer) -> None:
         b"<rss><channel><item><title>&lol2;</title></item></channel></rss>"
     )
     http.static("/feed.xml", bomb, "application/rss+xml")
-    with build_client(_settings()) as client:
-        with pytest.raises(MalformedPage, match="not well-formed"):
-            FeedSource(http.url + "/feed.xml", {}, client).poll(None)
+    with build_client(_settings()) as client, pytest.raises(MalformedPage, match="not well-formed"):
+        FeedSource(http.url + "/feed.xml", {}, client).poll(None)
 
 
 def test_sse_line_without_end_is_capped(http: PayloadServer) -> None:

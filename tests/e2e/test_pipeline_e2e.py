@@ -59,7 +59,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], bytes]] = []
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         self.messages.append((list(envelope.rcpt_tos), envelope.original_content or envelope.content))
         return "250 OK"
 

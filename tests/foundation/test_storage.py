@@ -116,11 +116,10 @@ def test_natural_keys_are_unique(sessions, dupe: str) -> None:  # type: ignore[n
         s.add(NoticeItem(notice_id=n.id, match_id=m.id, work_id=work.id, url=up.canonical_url))
         ids = (owner.id, work.id, up.id, m.id, n.id)
     owner_id, work_id, up_id, m_id, n_id = ids
-    with pytest.raises(IntegrityError):
-        with session_scope(sessions) as s:
-            if dupe == "match":
-                s.add(Match(upload_id=up_id, work_id=work_id, owner_id=owner_id, score=0.5))
-            elif dupe == "notice_item":
-                s.add(NoticeItem(notice_id=n_id, match_id=m_id, work_id=work_id, url="https://x.example/1.jpg"))
-            else:
-                s.add(Upload(canonical_url="https://x.example/1.jpg"))
+    with pytest.raises(IntegrityError), session_scope(sessions) as s:
+        if dupe == "match":
+            s.add(Match(upload_id=up_id, work_id=work_id, owner_id=owner_id, score=0.5))
+        elif dupe == "notice_item":
+            s.add(NoticeItem(notice_id=n_id, match_id=m_id, work_id=work_id, url="https://x.example/1.jpg"))
+        else:
+            s.add(Upload(canonical_url="https://x.example/1.jpg"))

@@ -24,7 +24,7 @@ class Inbox:
     def __init__(self) -> None:
         self.envelopes: list[tuple[list[str], EmailMessage]] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(
             envelope.original_content or envelope.content, policy=default_policy
         )
