@@ -465,7 +465,7 @@ def _run_stream(obj: CliContext, name: str) -> None:
     click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
     with build_client(obj.settings.crawler) as client:
         try:
-            run_stream(obj.sessions, sid, client, lambda uid: tasks.fetch_upload.delay(uid), stop)
+            run_stream(obj.sessions, sid, client, tasks.fetch_upload.delay, stop)
         except KeyboardInterrupt:
             stop.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -117,7 +118,7 @@ def test_robots_can_be_switched_off(http: PayloadServer) -> None:
 
 def _gaps(http: PayloadServer, path: str) -> list[float]:
     times = [r.at for r in http.hits(path)]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_crawl_delay_obeyed(http: PayloadServer) -> None:

@@ -38,7 +38,7 @@ def test_every_command_has_help(test_settings: Settings) -> None:
     def walk(cmd, path):  # type: ignore[no-untyped-def]
         yield path
         for name, sub in getattr(cmd, "commands", {}).items():
-            yield from walk(sub, path + [name])
+            yield from walk(sub, [*path, name])
 
     paths = list(walk(cli, []))
     required = [["init"], ["works", "add"], ["works", "import"], ["works", "list"], ["works", "remove"],

@@ -100,7 +100,7 @@ def test_crawled_strings_are_escaped_in_html() -> None:
     c = _content("dmca")
     evil = "<script>alert(1)</script>"
     item = dataclasses.replace(c.items[0], work_title=evil, url='https://h.test/x"><img src=x onerror=1>')
-    c = dataclasses.replace(c, items=(item,) + c.items[1:])
+    c = dataclasses.replace(c, items=(item, *c.items[1:]))
     r = render_notice(c)
     assert "<script>" not in r.html and "&lt;script&gt;" in r.html
     assert '"><img' not in r.html

@@ -97,7 +97,7 @@ def test_owner_registers_a_logo_and_sees_it_listed(world: World) -> None:
         work = s.scalars(select(Work)).one()
         assert work.licensed_sites == ["shop.example", "@acme"] and work.kind.value == "logo"
     # The engine knows the work: its own image is found again.
-    shot, _ = product_shot(logo_png(1))
+    _shot, _ = product_shot(logo_png(1))
     assert any(
         c.work_id == work.id
         for c in world.engine.analyse(logo_png(1), name="x", owner_ids=[work.owner_id])
@@ -273,7 +273,7 @@ def test_reviewer_queue_is_ordered_by_confidence_then_age(world: World) -> None:
     owner = world.account("ann@example.com")
     world.account("rita@example.com", Role.REVIEWER)
     wid = world.work(owner, logo_png(1))
-    shot, region = product_shot(logo_png(1))
+    shot, _region = product_shot(logo_png(1))
     low_old = world.notice(
         owner,
         [world.match(wid, shot, url="https://a.example/1", score=0.6)],
