@@ -170,7 +170,9 @@ def demo_uploads() -> list[DemoUpload]:
     return [
         DemoUpload(_jpeg(crop, 70), "image/jpeg", "new wallpaper I found #art", "pixelpirate", "demo-art-1"),
         DemoUpload(_jpeg(recolour, 80), "image/jpeg", "my latest painting!! (not really)", "copycat", "demo-art-2"),
-        DemoUpload(_jpeg(_product_shot(logo1, 5), 85), "image/jpeg", "Shirts for sale, DM me", "teeshop", "demo-logo-1"),
+        DemoUpload(
+            _jpeg(_product_shot(logo1, 5), 85), "image/jpeg", "Shirts for sale, DM me", "teeshop", "demo-logo-1"
+        ),
         DemoUpload(_jpeg(photo(101)), "image/jpeg", "sunset over the hills", "hiker", None),
         DemoUpload(_jpeg(painting(999)), "image/jpeg", "my own doodle", "doodler", None),
         DemoUpload(_png(badge(777, "OTHERCO")), "image/png", "our new brand", "otherco", None),
