@@ -163,5 +163,5 @@ class JetstreamServer:
         try:
             for _ in ws:  # until the client goes away
                 pass
-        except Exception:
+        except Exception:  # noqa: BLE001 - however the client leaves, the handler just ends
             pass

@@ -15,7 +15,7 @@ from config.settings import Settings
 
 def artwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "workers", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+                          env={**os.environ, **(env or {})}, timeout=120, check=False)
 
 
 def assert_clear_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

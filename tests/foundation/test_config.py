@@ -39,11 +39,11 @@ def test_unknown_key_in_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     f = tmp_path / "bad.toml"
     f.write_text('[crawler]\nuser_agnet = "x"\n')
     monkeypatch.setenv("ARTWATCH_CONFIG", str(f))
-    with pytest.raises(ConfigError, match="unknown configuration key: crawler.user_agnet"):
+    with pytest.raises(ConfigError, match=r"unknown configuration key: crawler\.user_agnet"):
         load_settings()
 
 
 def test_bad_value_names_the_key(monkeypatch: pytest.MonkeyPatch, test_settings) -> None:
     monkeypatch.setenv("ARTWATCH_WEB__PORT", "eighty")
-    with pytest.raises(ConfigError, match="web.port"):
+    with pytest.raises(ConfigError, match=r"web\.port"):
         load_settings()

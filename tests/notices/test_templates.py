@@ -58,7 +58,10 @@ def test_dsa_article_16_elements() -> None:
     assert "Regulation (EU) 2022/2065" in text
     assert all(i.url in text for i in c.items)
     assert "Name: Ada Artist" in text and "Email: ada@artist.test" in text
-    assert "bona fide belief that the information and allegations contained in this notice are accurate and complete" in text
+    assert (
+        "bona fide belief that the information and allegations contained in this notice are accurate and complete"
+        in text
+    )
 
 
 def test_trademark_complaint_for_logos() -> None:

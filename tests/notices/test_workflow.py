@@ -167,8 +167,8 @@ def test_new_item_after_edit_must_be_added_by_the_reviewer(sessions: Any, notice
         n2 = draft_for_match(s, m, NoticeSettings())
         assert n2 is not None and n2.id == notice_id and "items_added_after_edit" in n2.flags
         assert "https://i.imgur.com/late.png" not in n2.body_text
-        with pytest.raises(ApprovalRefused, match="identification of the infringing material: "
-                                                  "https://i.imgur.com/late.png"):
+        with pytest.raises(ApprovalRefused, match=r"identification of the infringing material: "
+                                                  r"https://i\.imgur\.com/late\.png"):
             workflow.approve(s, notice_id, REVIEWER, OK)
 
 
