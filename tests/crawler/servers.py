@@ -47,8 +47,7 @@ class PayloadServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_port}"
 
     def start(self) -> PayloadServer:
         self._thread.start()

@@ -6,8 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from config.settings import Settings
@@ -35,7 +37,7 @@ def _free_port() -> int:
 def test_every_command_has_help(test_settings: Settings) -> None:
     from workers.cli import cli
 
-    def walk(cmd, path):  # type: ignore[no-untyped-def]
+    def walk(cmd: click.Command, path: list[str]) -> Iterator[list[str]]:
         yield path
         for name, sub in getattr(cmd, "commands", {}).items():
             yield from walk(sub, [*path, name])

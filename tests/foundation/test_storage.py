@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
+from config.settings import Settings
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import (
     Account,
@@ -23,14 +27,14 @@ from workers import migrate
 
 
 @pytest.fixture
-def sessions(database_url: str, test_settings):  # type: ignore[no-untyped-def]
+def sessions(database_url: str, test_settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     migrate.init_database(engine, test_settings)
     yield make_sessionmaker(engine)
     engine.dispose()
 
 
-def test_migrations_create_every_model_table(database_url: str, test_settings) -> None:
+def test_migrations_create_every_model_table(database_url: str, test_settings: Settings) -> None:
     from storage.models import Base
 
     engine = make_engine(database_url)
@@ -41,7 +45,7 @@ def test_migrations_create_every_model_table(database_url: str, test_settings) -
     engine.dispose()
 
 
-def test_migrations_match_the_models(database_url: str, test_settings) -> None:
+def test_migrations_match_the_models(database_url: str, test_settings: Settings) -> None:
     """alembic's autogenerate finds nothing to add: the migrations are complete."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -56,7 +60,7 @@ def test_migrations_match_the_models(database_url: str, test_settings) -> None:
     assert diff == []
 
 
-def test_second_init_changes_nothing(database_url: str, test_settings) -> None:
+def test_second_init_changes_nothing(database_url: str, test_settings: Settings) -> None:
     engine = make_engine(database_url)
     migrate.init_database(engine, test_settings)
     with session_scope(make_sessionmaker(engine)) as s:
@@ -68,7 +72,7 @@ def test_second_init_changes_nothing(database_url: str, test_settings) -> None:
     engine.dispose()
 
 
-def test_full_object_graph_round_trips(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_full_object_graph_round_trips(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as s:
         owner = Account(email="artist@example.com", legal_name="A. Artist")
         s.add(owner)
@@ -92,15 +96,16 @@ def test_full_object_graph_round_trips(sessions) -> None:  # type: ignore[no-unt
         s.add(NoticeItem(notice_id=n.id, match_id=m.id, work_id=work.id, url=up.canonical_url))
         s.add(AuditEvent(actor="reviewer@example.com", action="approve", entity="notice", entity_id=n.id))
     with session_scope(sessions) as s:
-        m = s.scalar(select(Match))
-        assert m is not None and m.region[2] == [10, 10] and m.signals == {"pdq": 0.9}
-        assert m.work.licensed_sites == ["shop.example"]
-        n = s.scalar(select(Notice))
-        assert n is not None and n.state is NoticeState.DRAFT and len(n.items) == 1
+        stored = s.scalar(select(Match))
+        assert stored is not None and stored.region is not None
+        assert stored.region[2] == [10, 10] and stored.signals == {"pdq": 0.9}
+        assert stored.work.licensed_sites == ["shop.example"]
+        notice = s.scalar(select(Notice))
+        assert notice is not None and notice.state is NoticeState.DRAFT and len(notice.items) == 1
 
 
 @pytest.mark.parametrize("dupe", ["match", "notice_item", "upload"])
-def test_natural_keys_are_unique(sessions, dupe: str) -> None:  # type: ignore[no-untyped-def]
+def test_natural_keys_are_unique(sessions: sessionmaker[Session], dupe: str) -> None:
     with session_scope(sessions) as s:
         owner = Account(email="o@example.com")
         s.add(owner)

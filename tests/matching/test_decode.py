@@ -184,15 +184,20 @@ def test_webp_with_alpha() -> None:
     assert d.rgb_on_black[20, 20].tolist() == [255, 255, 255]
 
 
+def _frames(data: bytes) -> int:
+    """How many frames Pillow sees (only the plugins of animated formats define n_frames)."""
+    return int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1))
+
+
 def test_gif_and_apng_give_first_frame() -> None:
     red = Image.new("RGB", (16, 16), (220, 20, 20))
     blue = Image.new("RGB", (16, 16), (20, 20, 220))
     gif = _encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
-    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    assert _frames(gif) == 2
     d = decode_image(gif, name="anim.gif")
     assert _is_red(d.rgb[8, 8])
     apng = _encode(red, "PNG", save_all=True, append_images=[blue], duration=100)
-    assert Image.open(io.BytesIO(apng)).n_frames == 2
+    assert _frames(apng) == 2
     d = decode_image(apng, name="anim.png")
     assert _is_red(d.rgb[8, 8])
 

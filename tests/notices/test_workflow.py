@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -184,10 +185,13 @@ def test_reject_needs_a_reason_and_illegal_steps_are_refused(sessions: Any, noti
         assert n.state == NoticeState.REJECTED and n.reject_reason.startswith("licensed")
         assert n.open_key is None
     with session_scope(sessions) as s:
-        for step in (lambda: workflow.submit(s, notice_id, REVIEWER),
-                     lambda: workflow.approve(s, notice_id, REVIEWER, OK),
-                     lambda: workflow.edit(s, notice_id, REVIEWER, subject="x"),
-                     lambda: workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 3))):
+        steps: list[Callable[[], object]] = [
+            lambda: workflow.submit(s, notice_id, REVIEWER),
+            lambda: workflow.approve(s, notice_id, REVIEWER, OK),
+            lambda: workflow.edit(s, notice_id, REVIEWER, subject="x"),
+            lambda: workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 3)),
+        ]
+        for step in steps:
             with pytest.raises(IllegalTransition):
                 step()
         with pytest.raises(NoticeNotFound):

@@ -84,10 +84,12 @@ def _text(msg: EmailMessage) -> str:
 
 
 def _inline_images(msg: EmailMessage) -> dict[str, bytes]:
-    out = {}
+    out: dict[str, bytes] = {}
     for part in msg.walk():
         if part.get_content_type() == "image/png" and part.get("Content-ID"):
-            out[str(part["Content-ID"]).strip("<>")] = part.get_payload(decode=True)
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            out[str(part["Content-ID"]).strip("<>")] = payload
     return out
 
 
