@@ -37,15 +37,23 @@ run: setup
 # chromium, docker-compose. `make test SERVICES=` skips it (services of your own).
 SERVICES ?= .ci/services
 
+# The lint and type gates: the rules and the checked files are declared in pyproject.toml, and
+# ruff and mypy are pinned in requirements.lock. `make test` (and so CI, .ci/run) runs both
+# before pytest, with the same commands as `make lint` and `make typecheck`.
+LINT := $(VENV)/bin/ruff check .
+TYPECHECK := $(VENV)/bin/mypy
+
 test: setup-test
 	$(SERVICES)
+	$(LINT)
+	$(TYPECHECK)
 	$(PY) -m pytest
 
 lint: setup-test
-	$(VENV)/bin/ruff check .
+	$(LINT)
 
 typecheck: setup-test
-	$(VENV)/bin/mypy
+	$(TYPECHECK)
 
 clean-data:
 	rm -rf data

@@ -146,7 +146,8 @@ def main() -> None:
         vecs = rng.standard_normal((n, args.dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         owners = rng.integers(0, OWNERS, n)
-        queries = vecs[rng.integers(0, n, args.queries)] + 0.05 * rng.standard_normal((args.queries, args.dim)).astype(np.float32)
+        picked = vecs[rng.integers(0, n, args.queries)]  # drawn before the noise, as the published runs did
+        queries = picked + 0.05 * rng.standard_normal((args.queries, args.dim)).astype(np.float32)
         for engine in args.engines:
             root = Path(tempfile.mkdtemp(prefix=f"idxbench-{engine}-"))
             try:

@@ -198,7 +198,9 @@ def _engine_process(conn: Any, role: str, dataset: str, data_dir: str, grow_to: 
 ALLOCATORS = {"system": None, "jemalloc": "libjemalloc.so.2"}
 
 
-def _start(ctx: Any, role: str, allocator: str, args: argparse.Namespace, tmp: Path, paths: list[str]) -> tuple[Any, Any]:
+def _start(
+    ctx: Any, role: str, allocator: str, args: argparse.Namespace, tmp: Path, paths: list[str]
+) -> tuple[Any, Any]:
     """Start one engine process with ``allocator`` preloaded (the environment is read at spawn)."""
     import os
 

@@ -90,7 +90,8 @@ def main() -> None:
     print(f"{len(uploads)} uploads, {len(engine.index.work_ids)} works, CPU ms per upload")
     print("| variant | median | mean | median / baseline |\n|---|---|---|---|")
     for vname, v in ms.items():
-        print(f"| {vname} | {statistics.median(v):.1f} | {statistics.mean(v):.1f} | {statistics.median(v) / base:.3f} |")
+        med, mean = statistics.median(v), statistics.mean(v)
+        print(f"| {vname} | {med:.1f} | {mean:.1f} | {med / base:.3f} |")
 
 
 if __name__ == "__main__":

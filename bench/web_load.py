@@ -216,7 +216,7 @@ def main() -> None:
                     break
                 except httpx.TransportError:
                     if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit("the server did not start")
+                        raise SystemExit("the server did not start") from None
                     time.sleep(0.2)
             rows = []
             for kind, n in (("list", args.list_requests), ("check", args.check_requests)):

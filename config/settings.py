@@ -261,9 +261,12 @@ def _check_env_keys() -> None:
         if len(parts) > 1:
             field = Settings.model_fields[top.lower()]
             section = field.annotation
-            if isinstance(section, type) and issubclass(section, BaseModel):
-                if parts[1].lower() not in section.model_fields:
-                    raise ConfigError(f"unknown configuration key in environment: {key}")
+            if (
+                isinstance(section, type)
+                and issubclass(section, BaseModel)
+                and parts[1].lower() not in section.model_fields
+            ):
+                raise ConfigError(f"unknown configuration key in environment: {key}")
 
 
 def load_settings(**overrides: Any) -> Settings:

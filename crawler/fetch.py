@@ -143,8 +143,8 @@ class AddressPolicy:
     def from_list(cls, allow: Iterable[str]) -> AddressPolicy:
         hosts: set[str] = set()
         nets: list[IPNetwork] = []
-        for entry in allow:
-            entry = entry.strip()
+        for raw in allow:
+            entry = raw.strip()
             if not entry:
                 continue
             try:

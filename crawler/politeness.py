@@ -27,6 +27,7 @@ commit can never turn a 304 into a missed update.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -98,13 +99,12 @@ class RobotsRules:
         for rule in self.rules:
             if not rule.path:
                 continue
-            if rule.regex.match(target):
-                if (
-                    best is None
-                    or len(rule.path) > len(best.path)
-                    or (len(rule.path) == len(best.path) and rule.allow and not best.allow)
-                ):
-                    best = rule
+            if rule.regex.match(target) and (
+                best is None
+                or len(rule.path) > len(best.path)
+                or (len(rule.path) == len(best.path) and rule.allow and not best.allow)
+            ):
+                best = rule
         return best is None or best.allow
 
 
@@ -149,10 +149,8 @@ def parse_robots(text: str, agent: str) -> RobotsRules:
             path = _normalise_path(value) if value else ""
             current[1].append(_Rule(key == "allow", path, _pattern_regex(path)))
         elif key == "crawl-delay":
-            try:
+            with contextlib.suppress(ValueError):
                 current[2].append(float(value))
-            except ValueError:
-                pass
     mine = [
         g for g in groups if any(a != "*" and a and token.startswith(a.split("/")[0]) for a in g[0])
     ]

@@ -209,9 +209,8 @@ def record_uploads(
                 seen_at=now,
             ),
         )
-        if rec.edited:
-            if up.post_id == rec.post_id and rec.text != up.post_text:
-                up.post_text = rec.text
+        if rec.edited and up.post_id == rec.post_id and rec.text != up.post_text:
+            up.post_text = rec.text
     _insert_ignore(session, Sighting, list(sightings.values()), ["upload_id", "post_id"])
     for key, rec in images:
         if rec.edited:

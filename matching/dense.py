@@ -111,8 +111,8 @@ def dense_agreement(
     wc: Arr | None = None
     ws: Arr | None = None
     wm: Arr | None = None
-    for t in thumbs:
-        t = t[:, ::-1] if mirrored else t
+    for thumb in thumbs:
+        t = thumb[:, ::-1] if mirrored else thumb
         c, s_, m = _orientation_field(np.ascontiguousarray(t).astype(np.float32), sigma)
         if wm is None:
             wc, ws, wm = c, s_, m

@@ -449,8 +449,9 @@ class Engine:
             if factor < 1.0:
                 sc = c.score * factor
                 sig = dict(c.signals, explained_by=float(s.work_id))
-                c = Candidate(c.work_id, c.owner_id, sc, sc >= threshold, sig, c.region)
-            out.append(c)
+                out.append(Candidate(c.work_id, c.owner_id, sc, sc >= threshold, sig, c.region))
+            else:
+                out.append(c)
         return out
 
     def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None) -> dict[int, int]:

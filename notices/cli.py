@@ -403,7 +403,9 @@ def redraft_cmd(ctx: click.Context, owner_email: str | None) -> None:
                 raise click.ClickException(f"no account with email {owner_email}")
             owner_id = owner.id
         touched, blocked = draft_pending(s, obj.settings, owner_id)
-    click.echo(f"{len(touched)} notice(s) drafted or extended" + (f": {', '.join(map(str, touched))}" if touched else ""))
+    click.echo(
+        f"{len(touched)} notice(s) drafted or extended" + (f": {', '.join(map(str, touched))}" if touched else "")
+    )
     for why in blocked.values():
         click.echo(f"still blocked: {why}")
 

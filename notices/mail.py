@@ -75,8 +75,8 @@ def build_message(
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")
-    for name, data, mime in attachments:
-        mime = mime or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    for name, data, given_mime in attachments:
+        mime = given_mime or mimetypes.guess_type(name)[0] or "application/octet-stream"
         maintype, _, subtype = mime.partition("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
                            filename=safe_header(name, 200))

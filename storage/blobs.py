@@ -7,6 +7,7 @@ sees a half-written blob and a full disk leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -74,10 +75,8 @@ class FolderBlobStore:
             raise BlobStoreError(f"cannot store blob {digest[:12]} under {self.root}: {what}") from exc
         finally:
             if tmp_name is not None:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(tmp_name)
-                except OSError:
-                    pass
         return digest
 
     def get(self, sha256: str) -> bytes:
@@ -98,7 +97,5 @@ class FolderBlobStore:
         return p
 
     def delete(self, sha256: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(sha256).unlink()
-        except FileNotFoundError:
-            pass

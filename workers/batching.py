@@ -241,10 +241,11 @@ class BatchedClip:
         import torch
 
         x = torch.from_numpy(np.stack(crops))
-        if self.device.startswith("cuda"):
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        else:
-            x = x.to(self.device)
+        x = (
+            x.pin_memory().to(self.device, non_blocking=True)
+            if self.device.startswith("cuda")
+            else x.to(self.device)
+        )
         x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
         with torch.inference_mode():
             if self.autocast is not None:

@@ -569,7 +569,7 @@ def _run_stream(obj: CliContext, name: str) -> None:
     click.echo(f"streaming {name}; Ctrl-C to stop", err=True)
     with build_client(obj.settings.crawler, host_limits(obj.settings)) as client:
         try:
-            run_stream(obj.sessions, sid, client, lambda uid: tasks.fetch_upload.delay(uid), stop)
+            run_stream(obj.sessions, sid, client, tasks.fetch_upload.delay, stop)
         except KeyboardInterrupt:
             stop.set()
 
@@ -615,7 +615,9 @@ def status(obj: CliContext, as_json: bool) -> None:
     click.echo(f"works: {report['works']}   uploads: {sum(up.values())} "
                f"({up['pending']} pending, {up['analysed']} analysed, {up['failed']} failed)   "
                f"matches: {report['matches']}")
-    waiting = sum(n for st, n in report["notices"].items() if st in (NoticeState.DRAFT.value, NoticeState.IN_REVIEW.value))
+    waiting = sum(
+        n for st, n in report["notices"].items() if st in (NoticeState.DRAFT.value, NoticeState.IN_REVIEW.value)
+    )
     click.echo(f"notices: {waiting} waiting for review; " +
                ", ".join(f"{k} {v}" for k, v in sorted(report["notices"].items())))
     click.echo("sources:" if report["sources"] else "sources: none")
@@ -635,7 +637,8 @@ def status(obj: CliContext, as_json: bool) -> None:
 @cli.command()
 @click.option("--demo", is_flag=True, help="Register the bundled sample works and crawl the bundled demo site.")
 @click.option("--web/--no-web", default=True, show_default=True, help="Serve the web UI after the run.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Give up waiting after this many seconds.")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Give up waiting after this many seconds.")
 @click.pass_obj
 def run(obj: CliContext, demo: bool, web: bool, timeout: float) -> None:
     """Run the whole job on this machine: crawl, analyse, match, draft notices."""

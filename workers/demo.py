@@ -65,7 +65,7 @@ def painting(seed: int, size: tuple[int, int] = (768, 576)) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for y in range(h):
         t = y / (h - 1)
-        draw.line([(0, y), (w, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        draw.line([(0, y), (w, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=False)))
     for _ in range(70):
         kind = rng.random()
         colour = tuple(rng.randrange(0, 256) for _ in range(3))
@@ -91,8 +91,8 @@ def logo(seed: int, text: str, size: int = 512) -> Image.Image:
     rng = random.Random(seed)
     img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
-    main = tuple(rng.randrange(0, 200) for _ in range(3)) + (255,)
-    accent = tuple(rng.randrange(100, 256) for _ in range(3)) + (255,)
+    main = (*(rng.randrange(0, 200) for _ in range(3)), 255)
+    accent = (*(rng.randrange(100, 256) for _ in range(3)), 255)
     cx, cy, r = size // 2, int(size * 0.4), int(size * 0.3)
     n = rng.choice([5, 6, 8])
     star = []
@@ -113,7 +113,7 @@ def badge(seed: int, text: str, size: int = 512) -> Image.Image:
     rng = random.Random(seed)
     img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
-    colour = tuple(rng.randrange(0, 180) for _ in range(3)) + (255,)
+    colour = (*(rng.randrange(0, 180) for _ in range(3)), 255)
     box = [size * 0.2, size * 0.08, size * 0.8, size * 0.68]
     draw.rounded_rectangle(box, radius=size // 10, fill=colour)
     for i in range(5):
@@ -170,7 +170,9 @@ def demo_uploads() -> list[DemoUpload]:
     return [
         DemoUpload(_jpeg(crop, 70), "image/jpeg", "new wallpaper I found #art", "pixelpirate", "demo-art-1"),
         DemoUpload(_jpeg(recolour, 80), "image/jpeg", "my latest painting!! (not really)", "copycat", "demo-art-2"),
-        DemoUpload(_jpeg(_product_shot(logo1, 5), 85), "image/jpeg", "Shirts for sale, DM me", "teeshop", "demo-logo-1"),
+        DemoUpload(
+            _jpeg(_product_shot(logo1, 5), 85), "image/jpeg", "Shirts for sale, DM me", "teeshop", "demo-logo-1"
+        ),
         DemoUpload(_jpeg(photo(101)), "image/jpeg", "sunset over the hills", "hiker", None),
         DemoUpload(_jpeg(painting(999)), "image/jpeg", "my own doodle", "doodler", None),
         DemoUpload(_png(badge(777, "OTHERCO")), "image/png", "our new brand", "otherco", None),

@@ -90,7 +90,10 @@ def init_database(engine: Engine, settings: Settings, *, upgrade: bool = False) 
             f"{redact(str(engine.url))} already holds tables that artwatch did not create; nothing changed"
         )
     if current is not None and not upgrade:
-        state = "up to date" if current == head else f"at revision {current}, newest is {head}: run `artwatch init --upgrade`"
+        state = (
+            "up to date" if current == head
+            else f"at revision {current}, newest is {head}: run `artwatch init --upgrade`"
+        )
         raise AlreadyInitialised(
             f"artwatch is already initialised at {redact(str(engine.url))} ({state}); nothing changed"
         )

@@ -59,7 +59,7 @@ def worker_process(settings: Settings, extra_env: dict[str, str] | None = None,
                    concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
     """A real `artwatch worker` child process, stopped (warm shutdown) on exit."""
     log_path = settings.data_dir / "worker.log"
-    log = open(log_path, "ab")
+    log = open(log_path, "ab")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "workers", "worker", "-c", str(concurrency)],
         env=_env_for(settings, extra_env or {}), stdout=log, stderr=subprocess.STDOUT,
@@ -110,7 +110,9 @@ def wait_until_settled(settings: Settings, sessions: Any, since: datetime, *, ti
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the worker process exited with status {proc.returncode}; see {settings.data_dir / 'worker.log'}")
+            raise RuntimeError(
+                f"the worker process exited with status {proc.returncode}; see {settings.data_dir / 'worker.log'}"
+            )
         snap = _snapshot(sessions)
         queued = sum(n or 0 for n in queue_depths(app, settings).values())
         if snap != last:
@@ -145,7 +147,9 @@ def _ensure_initialised(settings: Settings, echo: Callable[[str], None]) -> Any:
     try:
         migrate.require_initialised(db, settings)
     except migrate.NotInitialised:
-        echo(migrate.init_database(db, settings, upgrade=True) + f": {migrate.redact(settings.resolved_database_url())}")
+        echo(
+            migrate.init_database(db, settings, upgrade=True) + f": {migrate.redact(settings.resolved_database_url())}"
+        )
     return db
 
 
@@ -214,7 +218,8 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
     if demo:
         # The demo site lives on 127.0.0.1, which the crawler refuses unless told.
         allow = sorted(set(settings.crawler.allow_internal) | {"127.0.0.1"})
-        settings = settings.model_copy(update={"crawler": settings.crawler.model_copy(update={"allow_internal": allow})})
+        crawler_settings = settings.crawler.model_copy(update={"allow_internal": allow})
+        settings = settings.model_copy(update={"crawler": crawler_settings})
         extra_env["ARTWATCH_CRAWLER__ALLOW_INTERNAL"] = json.dumps(allow)
     db = _ensure_initialised(settings, echo)
     sessions = make_sessionmaker(db)
@@ -240,7 +245,10 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
                 echo("no enabled sources: add one with `artwatch sources add`, or try `artwatch run --demo`")
             for sid in ids:
                 tasks.crawl_source.delay(sid)
-            echo(f"crawling {len(ids)} sources with a worker process (pid {proc.pid}); log: {settings.data_dir / 'worker.log'}")
+            echo(
+                f"crawling {len(ids)} sources with a worker process (pid {proc.pid}); "
+                f"log: {settings.data_dir / 'worker.log'}"
+            )
             last_line = ""
 
             def progress(line: str) -> None:
@@ -264,7 +272,8 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
             echo("  where to look:          `artwatch notices list`, `artwatch status`")
         if web:
             url = settings.web.base_url
-            echo(f"  web UI:                 {url}" + (f"  (log in as {DEMO_REVIEWER} / {DEMO_PASSWORD})" if demo else ""))
+            login = f"  (log in as {DEMO_REVIEWER} / {DEMO_PASSWORD})" if demo else ""
+            echo(f"  web UI:                 {url}{login}")
             echo("serving the web UI; Ctrl-C to stop")
             import uvicorn
 

@@ -9,6 +9,7 @@ fails after its retries is written to the dead-letter table, from where
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -17,9 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import kombu.exceptions
 import numpy as np
+import redis.exceptions
 from celery import Task
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import session_scope
 from storage.models import DeadLetter, Source, Upload, UploadStatus
@@ -47,11 +52,6 @@ log = logging.getLogger(__name__)
 # rerun finds the winner's row and upserts). Anything else (a bug, a full
 # disk) is dead-lettered at once; a bad image is not an error at all (the
 # upload is marked failed with the reason).
-import httpx
-import kombu.exceptions
-import redis.exceptions
-from sqlalchemy.exc import IntegrityError, OperationalError
-
 TRANSIENT: tuple[type[BaseException], ...] = (
     httpx.TransportError, OperationalError, IntegrityError, ConnectionError, TimeoutError,
     kombu.exceptions.OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
@@ -140,10 +140,8 @@ class ArtwatchTask(Task):  # type: ignore[misc]
         metrics.TASKS.labels(self.name, "ok").inc()
         metrics.STAGE_SECONDS.labels(self.name.removeprefix("artwatch.")).observe(time.perf_counter() - t0)
         if counter is not None:
-            try:
+            with contextlib.suppress(Exception):  # the count expires on its own
                 counter.forget(key)
-            except Exception:  # noqa: BLE001, S110 - the count expires on its own
-                pass
         return result
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -159,10 +157,8 @@ class ArtwatchTask(Task):  # type: ignore[misc]
         self._forget(task_id)
 
     def _forget(self, task_id: str) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the count expires on its own
             _counter(get_runtime().settings).forget(f"{task_id}:{self.request.retries}")
-        except Exception:  # noqa: BLE001, S110 - the count expires on its own
-            pass
 
 
 def _counter(settings: Any) -> Any:

@@ -72,8 +72,7 @@ class _PageParser(HTMLParser):
             if self._picture_sources > 0:
                 return  # the fallback of a <picture> whose <source> we already took
             src = (
-                a.get("srcset")
-                and _largest_srcset(a["srcset"])
+                (a.get("srcset") and _largest_srcset(a["srcset"]))
                 or a.get("src")
                 or a.get("data-src")
             )

@@ -207,7 +207,7 @@ class MastodonSource(Source):
         base = self._base()
         ids = sorted(known, key=_id_key)
         try:
-            data, page = self.get_json(f"{base}/api/v1/statuses", params=[("id[]", i) for i in ids])
+            data, _page = self.get_json(f"{base}/api/v1/statuses", params=[("id[]", i) for i in ids])
         except (HTTPStatusError, MalformedPage) as exc:
             log.debug("mastodon: %s: no multi-status recheck (%s)", base, exc)
             return []

@@ -282,7 +282,9 @@ class EmbeddedIndex:
             self.sync()
             flt = None
             if owner_ids is not None:
-                flt = qe.Filter(must=[qe.FieldCondition(key="owner_id", match=qe.MatchAny([int(o) for o in owner_ids]))])
+                flt = qe.Filter(
+                    must=[qe.FieldCondition(key="owner_id", match=qe.MatchAny([int(o) for o in owner_ids]))]
+                )
             res = self._shard.query(qe.QueryRequest(
                 limit=limit, query=qe.Query.Nearest(v.tolist(), using=vector_name), filter=flt, with_payload=True,
             ))

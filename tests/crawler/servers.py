@@ -48,8 +48,7 @@ class PayloadServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_port}"
 
     def start(self) -> PayloadServer:
         self._thread.start()
@@ -212,5 +211,5 @@ class JetstreamServer:
         try:
             for _ in ws:  # until the client goes away
                 pass
-        except Exception:
+        except Exception:  # noqa: BLE001 - however the client leaves, the handler just ends
             pass

@@ -169,8 +169,8 @@ def test_run_stream_reconnects_with_backoff_and_resumes(
         got = _consume(sessions, sid, settings, lambda g: len(g) >= 1)
         assert len(got) == 1
         with sessions() as s:
-            row = s.get(Source, sid)
-            assert row is not None and row.cursor == {"last_event_id": events[-1][0]}
+            stored = s.get(Source, sid)
+            assert stored is not None and stored.cursor == {"last_event_id": events[-1][0]}
             assert s.scalar(select(func.count()).select_from(Upload)) == 1
         assert served[:2] == [None, None] and len(served) >= 3  # two failures, then reconnected
         # More events arrive; a new consumer resumes after the saved id and gets only those.
@@ -209,11 +209,11 @@ def test_run_stream_bluesky_records_error_then_recovers(
         got = _consume(sessions, sid, settings, lambda g: len(g) >= 2)
         assert len(got) == 2
         with sessions() as s:
-            row = s.get(Source, sid)
-            assert row is not None and row.cursor == {
+            stored = s.get(Source, sid)
+            assert stored is not None and stored.cursor == {
                 "time_us": max(e["time_us"] for e in ws.events)
             }
-            assert row.last_error is None and row.last_success_at is not None
+            assert stored.last_error is None and stored.last_success_at is not None
         assert len(ws.connections) >= 2 and "cursor=" not in ws.connections[0]
     finally:
         ws.stop()

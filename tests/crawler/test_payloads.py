@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_mastodon_docs_media_attachment_in_a_status() -> None:
         status_records({"id": "2", "media_attachments": [media]})
 
 
-def _children(name: str) -> list[dict[str, object]]:
+def _children(name: str) -> list[dict[str, Any]]:
     data = json.loads((SITES / "reddit" / name).read_text())
     listing = data[0] if isinstance(data, list) else data
     return listing["data"]["children"]  # type: ignore[no-any-return]
@@ -71,7 +72,7 @@ def test_reddit_listings() -> None:
     hot = {
         c["data"]["name"]: [r.image_url for r in post_records(c)]
         for c in _children("r_popular_hot_trimmed.json")
-    }  # type: ignore[index]
+    }
     assert hot["t3_1skii2f"] == ["https://i.redd.it/rrinwcmrxzug1.jpeg"]
     assert hot["t3_1skbyfv"] == ["https://i.redd.it/u7ld6zcktyug1.gif"]
     assert len(hot["t3_1skft63"]) == 2 and all("preview.redd.it" in u for u in hot["t3_1skft63"])
@@ -80,7 +81,7 @@ def test_reddit_listings() -> None:
     new = {
         c["data"]["name"]: [r.image_url for r in post_records(c)]
         for c in _children("r_all_new_before.json")
-    }  # type: ignore[index]
+    }
     assert new["t3_5jo143"] == ["https://i.imgur.com/zxSSOAS.png"]
     assert new["t3_5jo141"] == []
     [gallery] = _children("comments_gallery_post.json")

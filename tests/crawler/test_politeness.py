@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -99,9 +100,9 @@ def test_robots_server_error_means_disallow_and_missing_means_allow(http: Payloa
     with build_client(_settings()) as client, pytest.raises(RobotsDisallowed):
         fetch_page(client, http.url + "/page")
     http.routes["/robots.txt"] = lambda p, q, h: Reply(404, {}, b"none")
-    with build_client(_settings()) as client:  # still cached: the error counts for a few minutes
-        with pytest.raises(RobotsDisallowed):
-            fetch_page(client, http.url + "/page")
+    # still cached: the error counts for a few minutes
+    with build_client(_settings()) as client, pytest.raises(RobotsDisallowed):
+        fetch_page(client, http.url + "/page")
     reset_shared_state()  # as if ROBOTS_ERROR_TTL had passed
     with build_client(_settings()) as client:
         assert fetch_page(client, http.url + "/page").body == b"ok"
@@ -117,7 +118,7 @@ def test_robots_can_be_switched_off(http: PayloadServer) -> None:
 
 def _gaps(http: PayloadServer, path: str) -> list[float]:
     times = [r.at for r in http.hits(path)]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def test_crawl_delay_obeyed(http: PayloadServer) -> None:
@@ -211,9 +212,12 @@ def test_503_backs_off_exponentially_with_jitter(http: PayloadServer) -> None:
 def test_retry_after_too_long_gives_rate_limited_error(http: PayloadServer) -> None:
     http.routes["/p"] = lambda p, q, h: Reply(429, {"Retry-After": "3600"})
     sleep = _Recorder()
-    with _polite_client(_settings(obey_robots=False), sleep, max_backoff=60) as client:
-        with pytest.raises(RateLimited) as info:  # a private state: this client only
-            fetch_page(client, http.url + "/p")
+    # a private state: this client only
+    with (
+        _polite_client(_settings(obey_robots=False), sleep, max_backoff=60) as client,
+        pytest.raises(RateLimited) as info,
+    ):
+        fetch_page(client, http.url + "/p")
     assert info.value.retry_after == 3600 and sleep.sleeps == []
     assert isinstance(info.value, ConnectionError)  # Celery's autoretry treats it as transient
     with build_client(_settings(obey_robots=False)) as client:
@@ -288,7 +292,7 @@ def test_reddit_source_refused_by_reddits_real_robots(http: PayloadServer) -> No
     http.static(
         "/r/art/new.json", b'{"kind": "Listing", "data": {"children": []}}', "application/json"
     )
-    with build_client(_settings()) as client, pytest.raises(RobotsDisallowed, match="new.json"):
+    with build_client(_settings()) as client, pytest.raises(RobotsDisallowed, match=r"new\.json"):
         RedditSource(http.url + "/r/art", {}, client).poll(None)
     assert http.hits("/r/art/new.json") == []
 

@@ -104,7 +104,7 @@ def test_poll_upserts_evidence_and_cursor_in_one_transaction(
         assert row.cursor is None and row.last_success_at is None
         ids = poll_source(s, row, client, settings)
         s.commit()
-        assert len(ids) == 3 and (row.cursor or {})["newest_id"] == b and row.uploads_seen == 3
+        assert len(ids) == 3 and row.cursor is not None and row.cursor["newest_id"] == b and row.uploads_seen == 3
         assert row.last_success_at is not None and row.last_error is None
         up = s.scalar(select(Upload).where(Upload.post_id == a))
         assert up is not None
@@ -138,8 +138,9 @@ def test_fetch_records_evidence_and_dedupes_by_content(
         s.commit()
         ups = list(s.scalars(select(Upload).order_by(Upload.id)))
         assert len(ups) == 2 and ups[0].canonical_url != ups[1].canonical_url
-        assert ups[0].blob_sha256 == ups[1].blob_sha256 is not None  # two sightings, one blob
-        assert blobs.get(ups[0].blob_sha256) == png("same")
+        sha = ups[0].blob_sha256
+        assert sha is not None and sha == ups[1].blob_sha256  # two sightings, one blob
+        assert blobs.get(sha) == png("same")
         for up in ups:
             assert up.final_url == up.image_url and up.content_type == "image/png"
             assert up.fetched_at is not None and up.headers["content-type"] == "image/png"

@@ -430,7 +430,7 @@ class WikimediaHarness(Harness):
 
     def configure(self) -> tuple[str, dict[str, Any]]:
         self.events = _wikimedia_events()
-        self.upload = json.loads(self.events[-1][1])
+        self.upload: dict[str, Any] = json.loads(self.events[-1][1])
         assert self.upload["log_type"] == "upload"
         self.offset = int(self.upload["meta"]["offset"])
         self.broken = False
@@ -525,7 +525,7 @@ class BlueskyHarness(Harness):
         return {r.image_url for e in self.ws.events for r in event_records(e) if not r.deleted}
 
     def _next_time(self) -> int:
-        return max(e["time_us"] for e in self.ws.events) + 1000
+        return int(max(e["time_us"] for e in self.ws.events)) + 1000
 
     def publish(self, count: int, images: int = 1) -> set[str]:
         out = set()
@@ -804,7 +804,7 @@ def test_malformed_page_recorded_and_retried(
         retried = poll_source(s, row, crawl_client, settings)
         s.commit()
         assert row.last_error is None
-        got = {s.get(Upload, i).image_url for i in retried}  # type: ignore[union-attr]
+        got = {s.get(Upload, i).image_url for i in retried}
         assert got == new
 
 
@@ -835,6 +835,7 @@ def test_deleted_and_edited_posts(
         poll_source(s, row, crawl_client, settings)
         s.commit()
         count = s.scalar(select(func.count()).select_from(Upload))
+        assert count is not None
         deleted = harness.delete()
         edited = harness.edit()
         for _ in range(3):
@@ -855,4 +856,5 @@ def test_deleted_and_edited_posts(
             assert any("edited" in r.post_text or "overwritten" in r.post_text for r in changed)
         else:
             # An edited item is not a new upload; a deleted one is not yielded again.
-            assert s.scalar(select(func.count()).select_from(Upload)) <= count + 1
+            total = s.scalar(select(func.count()).select_from(Upload))
+            assert total is not None and total <= count + 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
     target_dir.mkdir(parents=True)
     real_fdopen = os.fdopen
 
-    def full_fdopen(fd: int, *a, **k):  # type: ignore[no-untyped-def]
+    def full_fdopen(fd: int, *a: Any, **k: Any) -> Any:
         os.close(fd)
         return real_fdopen(os.open("/dev/full", os.O_WRONLY), *a, **k)
 

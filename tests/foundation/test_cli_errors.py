@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -23,12 +24,14 @@ def _free_port() -> int:
 def test_every_command_has_help(test_settings: Settings) -> None:
     from workers.cli import cli
 
-    def walk(cmd, path):  # type: ignore[no-untyped-def]
+    def walk(cmd: click.Command, path: list[str]) -> Iterator[list[str]]:
         yield path
         if isinstance(cmd, click.Group):
             ctx = click.Context(cmd)
             for name in cmd.list_commands(ctx):
-                yield from walk(cmd.get_command(ctx, name), path + [name])
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None, name
+                yield from walk(sub, [*path, name])
 
     paths = list(walk(cli, []))
     required = [["init"], ["works", "add"], ["works", "import"], ["works", "list"], ["works", "remove"],

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from storage.db import make_engine, make_sessionmaker, session_scope
@@ -24,14 +28,14 @@ from workers import migrate
 
 
 @pytest.fixture
-def sessions(database_url: str, test_settings):  # type: ignore[no-untyped-def]
+def sessions(database_url: str, test_settings: Settings) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     migrate.init_database(engine, test_settings)
     yield make_sessionmaker(engine)
     engine.dispose()
 
 
-def test_migrations_create_every_model_table(database_url: str, test_settings) -> None:
+def test_migrations_create_every_model_table(database_url: str, test_settings: Settings) -> None:
     from storage.models import Base
 
     engine = make_engine(database_url)
@@ -42,7 +46,7 @@ def test_migrations_create_every_model_table(database_url: str, test_settings) -
     engine.dispose()
 
 
-def test_migrations_match_the_models(database_url: str, test_settings) -> None:
+def test_migrations_match_the_models(database_url: str, test_settings: Settings) -> None:
     """alembic's autogenerate finds nothing to add: the migrations are complete."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -65,7 +69,7 @@ def test_head_revision_constant_is_alembics_head(test_settings: object) -> None:
     assert script.get_current_head() == migrate.HEAD_REVISION
 
 
-def test_an_old_schema_revision_asks_for_an_upgrade(tmp_path, test_settings) -> None:  # type: ignore[no-untyped-def]
+def test_an_old_schema_revision_asks_for_an_upgrade(tmp_path: Path, test_settings: Settings) -> None:
     from sqlalchemy import text
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
@@ -77,7 +81,7 @@ def test_an_old_schema_revision_asks_for_an_upgrade(tmp_path, test_settings) -> 
     engine.dispose()
 
 
-def test_second_init_changes_nothing(database_url: str, test_settings) -> None:
+def test_second_init_changes_nothing(database_url: str, test_settings: Settings) -> None:
     engine = make_engine(database_url)
     migrate.init_database(engine, test_settings)
     with session_scope(make_sessionmaker(engine)) as s:
@@ -89,7 +93,7 @@ def test_second_init_changes_nothing(database_url: str, test_settings) -> None:
     engine.dispose()
 
 
-def test_full_object_graph_round_trips(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_full_object_graph_round_trips(sessions: sessionmaker[Session]) -> None:
     with session_scope(sessions) as s:
         owner = Account(email="artist@example.com", legal_name="A. Artist")
         s.add(owner)
@@ -113,15 +117,16 @@ def test_full_object_graph_round_trips(sessions) -> None:  # type: ignore[no-unt
         s.add(NoticeItem(notice_id=n.id, match_id=m.id, work_id=work.id, url=up.canonical_url))
         s.add(AuditEvent(actor="reviewer@example.com", action="approve", entity="notice", entity_id=n.id))
     with session_scope(sessions) as s:
-        m = s.scalar(select(Match))
-        assert m is not None and m.region[2] == [10, 10] and m.signals == {"pdq": 0.9}
-        assert m.work.licensed_sites == ["shop.example"]
-        n = s.scalar(select(Notice))
-        assert n is not None and n.state is NoticeState.DRAFT and len(n.items) == 1
+        stored = s.scalar(select(Match))
+        assert stored is not None and stored.region is not None
+        assert stored.region[2] == [10, 10] and stored.signals == {"pdq": 0.9}
+        assert stored.work.licensed_sites == ["shop.example"]
+        notice = s.scalar(select(Notice))
+        assert notice is not None and notice.state is NoticeState.DRAFT and len(notice.items) == 1
 
 
 @pytest.mark.parametrize("dupe", ["match", "notice_item", "upload"])
-def test_natural_keys_are_unique(sessions, dupe: str) -> None:  # type: ignore[no-untyped-def]
+def test_natural_keys_are_unique(sessions: sessionmaker[Session], dupe: str) -> None:
     with session_scope(sessions) as s:
         owner = Account(email="o@example.com")
         s.add(owner)
@@ -137,14 +142,13 @@ def test_natural_keys_are_unique(sessions, dupe: str) -> None:  # type: ignore[n
         s.add(NoticeItem(notice_id=n.id, match_id=m.id, work_id=work.id, url=up.canonical_url))
         ids = (owner.id, work.id, up.id, m.id, n.id)
     owner_id, work_id, up_id, m_id, n_id = ids
-    with pytest.raises(IntegrityError):
-        with session_scope(sessions) as s:
-            if dupe == "match":
-                s.add(Match(upload_id=up_id, work_id=work_id, owner_id=owner_id, score=0.5))
-            elif dupe == "notice_item":
-                s.add(NoticeItem(notice_id=n_id, match_id=m_id, work_id=work_id, url="https://x.example/1.jpg"))
-            else:
-                s.add(Upload(canonical_url="https://x.example/1.jpg"))
+    with pytest.raises(IntegrityError), session_scope(sessions) as s:
+        if dupe == "match":
+            s.add(Match(upload_id=up_id, work_id=work_id, owner_id=owner_id, score=0.5))
+        elif dupe == "notice_item":
+            s.add(NoticeItem(notice_id=n_id, match_id=m_id, work_id=work_id, url="https://x.example/1.jpg"))
+        else:
+            s.add(Upload(canonical_url="https://x.example/1.jpg"))
 
 
 def test_upgrade_to_0002_scopes_work_ids_per_owner_and_keeps_the_data(

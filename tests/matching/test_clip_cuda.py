@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matching.decode import decode_image
+from matching.decode import DecodedImage, decode_image
 from matching.signals import ClipEmbedder, resolve_device
 
 from .conftest import encode, smooth_image
@@ -25,7 +25,7 @@ def emb() -> ClipEmbedder:
     return ClipEmbedder("ViT-B-32", "", device="auto", batch_size=3)
 
 
-def _images(n: int) -> list:
+def _images(n: int) -> list[DecodedImage]:
     return [decode_image(encode(smooth_image(i, 320 + 16 * i, 240))) for i in range(n)]
 
 
@@ -36,7 +36,7 @@ def test_auto_picks_cuda_and_the_model_lives_there(emb: ClipEmbedder) -> None:
 
 
 def test_forward_pass_runs_in_fp16_and_returns_float32_unit_vectors(emb: ClipEmbedder) -> None:
-    seen: list[torch.dtype] = []
+    seen: list[object] = []  # torch.dtype; torch is imported at run time only
     hook = emb._model.visual.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     try:
         v = emb.embed(_images(4))

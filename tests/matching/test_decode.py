@@ -184,15 +184,20 @@ def test_webp_with_alpha() -> None:
     assert d.rgb_on_black[20, 20].tolist() == [255, 255, 255]
 
 
+def _frames(data: bytes) -> int:
+    """How many frames Pillow sees (only the plugins of animated formats define n_frames)."""
+    return int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1))
+
+
 def test_gif_and_apng_give_first_frame() -> None:
     red = Image.new("RGB", (16, 16), (220, 20, 20))
     blue = Image.new("RGB", (16, 16), (20, 20, 220))
     gif = _encode(red, "GIF", save_all=True, append_images=[blue], duration=100, loop=0)
-    assert Image.open(io.BytesIO(gif)).n_frames == 2
+    assert _frames(gif) == 2
     d = decode_image(gif, name="anim.gif")
     assert _is_red(d.rgb[8, 8])
     apng = _encode(red, "PNG", save_all=True, append_images=[blue], duration=100)
-    assert Image.open(io.BytesIO(apng)).n_frames == 2
+    assert _frames(apng) == 2
     d = decode_image(apng, name="anim.png")
     assert _is_red(d.rgb[8, 8])
 
@@ -281,12 +286,12 @@ def test_svg_inline_raster_data_uri_is_kept() -> None:
     ],
 )
 def test_svg_entities_are_refused(svg: str) -> None:
-    with pytest.raises(DecodeError, match="evil.svg"):
+    with pytest.raises(DecodeError, match=r"evil\.svg"):
         decode_image(svg.encode(), name="evil.svg")
 
 
 def test_malformed_svg() -> None:
-    with pytest.raises(DecodeError, match="bad.svg: malformed SVG"):
+    with pytest.raises(DecodeError, match=r"bad\.svg: malformed SVG"):
         decode_image(b'<svg xmlns="http://www.w3.org/2000/svg"><rect', name="bad.svg")
 
 
@@ -294,18 +299,18 @@ def test_malformed_svg() -> None:
 
 
 def test_empty_file() -> None:
-    with pytest.raises(DecodeError, match="^e.jpg: empty file$"):
+    with pytest.raises(DecodeError, match=r"^e\.jpg: empty file$"):
         decode_image(b"", name="e.jpg")
 
 
 def test_not_an_image() -> None:
-    with pytest.raises(UnsupportedFormat, match="notes.txt: not a supported image format"):
+    with pytest.raises(UnsupportedFormat, match=r"notes\.txt: not a supported image format"):
         decode_image(b"hello, world" * 10, name="notes.txt")
 
 
 def test_unlisted_format_is_never_handed_to_its_decoder() -> None:
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-    with pytest.raises(UnsupportedFormat, match="x.eps"):
+    with pytest.raises(UnsupportedFormat, match=r"x\.eps"):
         decode_image(eps, name="x.eps")
     pcx = _encode(_pattern(), "PCX")
     with pytest.raises(UnsupportedFormat):
@@ -321,14 +326,14 @@ def test_truncated_files_raise_decode_error(fmt: str) -> None:
 
 
 def test_header_only_jpeg_is_corrupt_not_unsupported() -> None:
-    with pytest.raises(DecodeError, match="^h.jpg: corrupt"):
+    with pytest.raises(DecodeError, match=r"^h\.jpg: corrupt"):
         decode_image(b"\xff\xd8\xff\xe0\x00\x10JFIF", name="h.jpg")
 
 
 def test_corrupt_png_body() -> None:
     data = bytearray(_encode(_pattern(), "PNG"))
     data[60:80] = b"\x00" * 20
-    with pytest.raises(DecodeError, match="bad.png"):
+    with pytest.raises(DecodeError, match=r"bad\.png"):
         decode_image(bytes(data), name="bad.png")
 
 
@@ -342,7 +347,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         decode_image(_raw_png(100_000, 100_000, 8, 2), name="huge.png")
     gif = bytearray(_encode(Image.new("P", (4, 4)), "GIF"))
     gif[6:10] = struct.pack("<HH", 30000, 30000)
-    with pytest.raises(ImageTooLarge, match="^bomb.gif: "):
+    with pytest.raises(ImageTooLarge, match=r"^bomb\.gif: "):
         decode_image(bytes(gif), name="bomb.gif")
 
 

@@ -150,7 +150,7 @@ def test_balanced_upload_keypoints_keep_a_quiet_corner() -> None:
     rng = np.random.default_rng(12)
     busy = cv2.resize(rng.integers(0, 256, (60, 80), dtype=np.uint8), (400, 300),
                       interpolation=cv2.INTER_NEAREST)
-    rgb = np.repeat(busy[:, :, None], 3, axis=2)
+    rgb = np.asarray(np.repeat(busy[:, :, None], 3, axis=2), dtype=np.uint8)
     quiet = smooth_image(13, 100, 75)
     rgb[225:, 300:] = (128 + (quiet.astype(np.int16) - 128) // 3).astype(np.uint8)
 
@@ -177,7 +177,7 @@ def test_one_sift_pass_and_two_give_the_same_upload_features(
     rgb = smooth_image(21, 480, 360)
     rgb[100:260, 120:360] = cv2.resize(np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8),
                                        (240, 160), interpolation=cv2.INTER_NEAREST)
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
     assert 0.0 < _busy_share(gray) < 1.0
     out = []
     for share in (0.0, 2.0):  # always two passes, always one

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from config.settings import Settings, load_settings
+from matching.decode import DecodedImage
 from matching.engine import Engine, ScoreModel, WorkRef, build_engine
 
 from .test_engine import encode, scene, textured
@@ -45,7 +46,7 @@ def test_registering_writes_clip_vectors_and_removing_deletes_them(clip_settings
     assert 3 not in engine.clip_candidates(_decoded(textured(3)))
 
 
-def _decoded(a: np.ndarray):  # type: ignore[no-untyped-def]
+def _decoded(a: np.ndarray) -> DecodedImage:
     from matching.decode import decode_image
 
     return decode_image(encode(a, "PNG"), max_side=768)

@@ -53,7 +53,8 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorInde
         ix = QdrantIndex(QdrantClient(url=url), f"test_{uuid.uuid4().hex[:8]}", SPECS)
     yield ix
     if request.param == "qdrant-server":
-        ix.client.delete_collection(ix.collection)  # type: ignore[attr-defined]
+        assert isinstance(ix, QdrantIndex)
+        ix.client.delete_collection(ix.collection)
     ix.close()
 
 

@@ -20,7 +20,8 @@ def _vec(seed: int) -> np.ndarray:
 
 
 def _point(work_id: int, owner: int = 1) -> IndexPoint:
-    return IndexPoint(point_id(work_id), {"clip": _vec(work_id)}, {"work_id": work_id, "owner_id": owner, "kind": "logo"})
+    payload = {"work_id": work_id, "owner_id": owner, "kind": "logo"}
+    return IndexPoint(point_id(work_id), {"clip": _vec(work_id)}, payload)
 
 
 def _searcher(directory: str, commands: Any, results: Any) -> None:

@@ -23,7 +23,8 @@ class W:
 
 def _img(seed: int, fmt: str = "PNG", alpha: bool = False) -> bytes:
     r = np.random.default_rng(seed)
-    a = np.asarray(Image.fromarray(r.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((256, 192), Image.Resampling.BICUBIC))
+    tiny = Image.fromarray(r.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    a = np.asarray(tiny.resize((256, 192), Image.Resampling.BICUBIC))
     im = Image.fromarray(a)
     if alpha:
         im = im.convert("RGBA")

@@ -12,7 +12,7 @@ import pytest
 
 from matching import local
 from matching.engine import Engine, WorkRef
-from matching.local import FeatureStore
+from matching.local import FeatureStore, StoredWork
 
 from .test_engine import OWNER, WORKS, encode, scene, textured
 
@@ -22,7 +22,7 @@ def _register_all(e: Engine) -> None:
         e.register(WorkRef(wid, OWNER[wid], "artwork"), encode(img, "PNG"))
 
 
-def _snapshotted(root: Path) -> tuple[Engine, dict]:  # type: ignore[type-arg]
+def _snapshotted(root: Path) -> tuple[Engine, dict[str, Any]]:
     """A registry of WORKS whose current state is snapshotted, and that snapshot's pointer."""
     writer = Engine(root)
     _register_all(writer)
@@ -38,7 +38,7 @@ def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     reads: list[int] = []
     real = FeatureStore.read
 
-    def counted(self: FeatureStore, work_id: int):  # type: ignore[no-untyped-def]
+    def counted(self: FeatureStore, work_id: int) -> StoredWork | None:
         reads.append(work_id)
         return real(self, work_id)
 
@@ -52,8 +52,9 @@ def _pointer(root: Path) -> Path:
     return pointers[0]
 
 
-def _meta(root: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads(_pointer(root).read_text())
+def _meta(root: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads(_pointer(root).read_text())
+    return meta
 
 
 UPLOADS = {
@@ -67,13 +68,16 @@ def test_a_new_process_restores_the_snapshot_without_reading_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer, meta = _snapshotted(tmp_path)
+    assert writer.index.vocab is not None
     assert meta["works"] == len(WORKS) and meta["vocab"] == writer.index.vocab.version
     reads = _count_reads(monkeypatch)
     reader = Engine(tmp_path)
     assert reads == []  # nothing re-read, nothing re-quantised
     assert reader.index.work_ids == sorted(WORKS)
-    assert reader.index.work(3).owner_id == OWNER[3]
-    np.testing.assert_array_equal(reader.index.work(3).pdq, writer.index.work(3).pdq)
+    restored, registered = reader.index.work(3), writer.index.work(3)
+    assert restored is not None and registered is not None
+    assert restored.owner_id == OWNER[3]
+    np.testing.assert_array_equal(restored.pdq, registered.pdq)
     for data in UPLOADS.values():
         assert _decisions(reader, data) == _decisions(writer, data)
     assert [c.work_id for c in reader.analyse(UPLOADS["crop"]) if c.match] == [1]
@@ -127,14 +131,14 @@ def test_a_retrain_snapshots_the_new_vocabulary_before_announcing_it(
     monkeypatch.setattr(local, "POSTINGS_PER_WORD", 2)  # the retrain adds sub-words
     writer.retrain()
     assert ready == [True]
-    assert writer.index.vocab.k3 == local.MAX_SUB_WORDS
+    assert writer.index.vocab is not None and writer.index.vocab.k3 == local.MAX_SUB_WORDS
     new = _meta(tmp_path)  # and the old vocabulary's snapshot is gone
     assert new["vocab"] == writer.index.vocab.version != old["vocab"]
     assert not any(p.name.startswith(old["vocab"]) for p in (tmp_path / "features" / "snapshots").iterdir())
     reads = _count_reads(monkeypatch)
     reader = Engine(tmp_path)
     assert reads == []
-    assert reader.index.vocab.version == new["vocab"]
+    assert reader.index.vocab is not None and reader.index.vocab.version == new["vocab"]
     for data in UPLOADS.values():
         assert _decisions(reader, data) == _decisions(writer, data)
 
@@ -150,7 +154,7 @@ def test_a_retrain_never_holds_the_journal_lock_while_it_reads_works(
     reads: list[int] = []
     real = FeatureStore.read
 
-    def read(self: FeatureStore, work_id: int):  # type: ignore[no-untyped-def]
+    def read(self: FeatureStore, work_id: int) -> StoredWork | None:
         reads.append(work_id)
         try:
             with portalocker.Lock(str(self.lock_path), timeout=0, fail_when_locked=True):

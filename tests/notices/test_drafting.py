@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from config.settings import NoticeSettings
 from notices import workflow
 from notices.drafting import content_for_notice, draft_for_match, open_key_for, save_owner_template
-from notices.errors import ProfileIncomplete, TemplateRejected
+from notices.errors import ApprovalRefused, ProfileIncomplete, TemplateRejected
 from notices.render import TEMPLATE_DIR
 from notices.validate import html_visible_text, missing_in_parts
 from storage.db import session_scope
@@ -113,7 +113,7 @@ def test_unknown_host_is_flagged_and_has_no_recipient(sessions: Any) -> None:
         n = draft_for_match(s, m, SETTINGS)
         assert n is not None
         assert n.flags == ["unknown_host"] and n.recipient == "" and n.host == "some-forum.test"
-        with pytest.raises(workflow.ApprovalRefused, match=r"recipient \(unknown host: choose the recipient\)"):
+        with pytest.raises(ApprovalRefused, match=r"recipient \(unknown host: choose the recipient\)"):
             workflow.approve(s, n.id, "rev@artwatch.test", YES_NO)
     with session_scope(sessions) as s:
         workflow.edit(s, n.id, "rev@artwatch.test", recipient="abuse@some-forum.test")
@@ -171,16 +171,16 @@ def test_approval_needs_the_profile_fields_of_every_part(sessions: Any) -> None:
     with session_scope(sessions) as s:
         dsa_only = draft_for_match(s, ms[0], SETTINGS)
         assert dsa_only is not None
-        acc = s.get(Account, acc_id)
-        assert acc is not None
-        acc.phone = ""  # a DSA notice does not need it, a trademark complaint does
+        owner = s.get(Account, acc_id)
+        assert owner is not None
+        owner.phone = ""  # a DSA notice does not need it, a trademark complaint does
         assert workflow.approval_gaps(s, dsa_only, YES_NO) == []
         with pytest.raises(ProfileIncomplete, match="phone number"):
             draft_for_match(s, ms[1], SETTINGS)
-        acc.phone = "+31 20 555 0101"
+        owner.phone = "+31 20 555 0101"
         both = draft_for_match(s, ms[1], SETTINGS)
         assert both is not None and both.id == dsa_only.id
-        acc.phone = ""
+        owner.phone = ""
         assert workflow.approval_gaps(s, both, YES_NO)[0] == "owner profile: phone number"
 
 

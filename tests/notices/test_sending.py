@@ -40,6 +40,14 @@ from storage.models import AuditEvent, NoticeItem, NoticeState, WorkKind
 from . import factory as f
 from .conftest import SmtpServer, WebServer
 
+
+def _rgb(im: Image.Image, xy: tuple[int, int]) -> tuple[int, ...]:
+    """The pixel of an RGB image (Pillow's getpixel is typed for every mode)."""
+    px = im.getpixel(xy)
+    assert isinstance(px, tuple)
+    return px
+
+
 OK = {"commentary_or_criticism": "no", "parody": "no", "small_portion": "no", "transformative": "no",
       "none_applies": "yes"}
 REVIEWER = "rev@artwatch.test"
@@ -119,7 +127,7 @@ def test_evidence_bundle_has_every_file_with_its_hash(sessions: Any, blobs: Fold
     overlay = Image.open(io.BytesIO(zf.read(item["files"]["overlay"]))).convert("RGB")
     assert overlay.size == (160, 120)
     assert overlay.getpixel((70, 10)) != overlay.getpixel((70, 50))  # outline on the region's top edge
-    r, g, _ = overlay.getpixel((70, 50))
+    r, g, _ = _rgb(overlay, (70, 50))
     assert r > 200 and g < 60                                         # red tint inside the region
     assert overlay.getpixel((150, 110)) == (200, 40, 10)              # untouched outside
 
@@ -154,7 +162,10 @@ def test_removed_logo_copy_leaves_a_one_part_notice_for_review(
 def test_missing_blob_is_a_clear_error(sessions: Any, blobs: FolderBlobStore, web_server: WebServer) -> None:
     nid = _approved_notice(sessions, blobs, web_server, ["/img/1.png"])
     with session_scope(sessions) as s:
-        up_sha = s.scalars(select(NoticeItem)).first().match.upload.blob_sha256  # type: ignore[union-attr]
+        item = s.scalars(select(NoticeItem)).first()
+        assert item is not None
+        up_sha = item.match.upload.blob_sha256
+    assert up_sha is not None
     blobs.delete(up_sha)
     with session_scope(sessions) as s, pytest.raises(EvidenceError, match="missing from the blob store"):
         build_bundle(s, blobs, nid)
@@ -346,7 +357,7 @@ def test_overlay_without_a_usable_region_outlines_the_whole_image() -> None:
 
     for region in (None, [[1, 2]], [["a", "b"], [1, 2], [3, 4]]):
         im = Image.open(io.BytesIO(overlay_png(f.png((0, 0, 255), (50, 40)), region))).convert("RGB")
-        r, _, b = im.getpixel((0, 20))
+        r, _, b = _rgb(im, (0, 20))
         assert r > 200 and b < 100  # red border on the left edge
-        r, _, b = im.getpixel((25, 20))
+        r, _, b = _rgb(im, (25, 20))
         assert b > 150              # the inside is only tinted

@@ -58,7 +58,10 @@ def test_dsa_article_16_elements() -> None:
     assert "Regulation (EU) 2022/2065" in text
     assert all(i.url in text for i in c.items)
     assert "Name: Ada Artist" in text and "Email: ada@artist.test" in text
-    assert "bona fide belief that the information and allegations contained in this notice are accurate and complete" in text
+    assert (
+        "bona fide belief that the information and allegations contained in this notice are accurate and complete"
+        in text
+    )
 
 
 def test_trademark_complaint_for_logos() -> None:
@@ -100,7 +103,7 @@ def test_crawled_strings_are_escaped_in_html() -> None:
     c = _content("dmca")
     evil = "<script>alert(1)</script>"
     item = dataclasses.replace(c.items[0], work_title=evil, url='https://h.test/x"><img src=x onerror=1>')
-    c = dataclasses.replace(c, items=(item,) + c.items[1:])
+    c = dataclasses.replace(c, items=(item, *c.items[1:]))
     r = render_notice(c)
     assert "<script>" not in r.html and "&lt;script&gt;" in r.html
     assert '"><img' not in r.html

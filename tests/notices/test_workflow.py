@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -167,8 +168,8 @@ def test_new_item_after_edit_must_be_added_by_the_reviewer(sessions: Any, notice
         n2 = draft_for_match(s, m, NoticeSettings())
         assert n2 is not None and n2.id == notice_id and "items_added_after_edit" in n2.flags
         assert "https://i.imgur.com/late.png" not in n2.body_text
-        with pytest.raises(ApprovalRefused, match="identification of the infringing material: "
-                                                  "https://i.imgur.com/late.png"):
+        with pytest.raises(ApprovalRefused, match=r"identification of the infringing material: "
+                                                  r"https://i\.imgur\.com/late\.png"):
             workflow.approve(s, notice_id, REVIEWER, OK)
 
 
@@ -184,10 +185,13 @@ def test_reject_needs_a_reason_and_illegal_steps_are_refused(sessions: Any, noti
         assert n.state == NoticeState.REJECTED and n.reject_reason.startswith("licensed")
         assert n.open_key is None
     with session_scope(sessions) as s:
-        for step in (lambda: workflow.submit(s, notice_id, REVIEWER),
-                     lambda: workflow.approve(s, notice_id, REVIEWER, OK),
-                     lambda: workflow.edit(s, notice_id, REVIEWER, subject="x"),
-                     lambda: workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 3))):
+        steps: list[Callable[[], object]] = [
+            lambda: workflow.submit(s, notice_id, REVIEWER),
+            lambda: workflow.approve(s, notice_id, REVIEWER, OK),
+            lambda: workflow.edit(s, notice_id, REVIEWER, subject="x"),
+            lambda: workflow.record_counter_notice(s, notice_id, REVIEWER, date(2026, 11, 3)),
+        ]
+        for step in steps:
             with pytest.raises(IllegalTransition):
                 step()
         with pytest.raises(NoticeNotFound):

@@ -25,7 +25,7 @@ class Inbox:
     def __init__(self) -> None:
         self.envelopes: list[tuple[list[str], EmailMessage]] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = email.message_from_bytes(
             envelope.original_content or envelope.content, policy=default_policy
         )
@@ -85,10 +85,12 @@ def _text(msg: EmailMessage) -> str:
 
 
 def _inline_images(msg: EmailMessage) -> dict[str, bytes]:
-    out = {}
+    out: dict[str, bytes] = {}
     for part in msg.walk():
         if part.get_content_type() == "image/png" and part.get("Content-ID"):
-            out[str(part["Content-ID"]).strip("<>")] = part.get_payload(decode=True)
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            out[str(part["Content-ID"]).strip("<>")] = payload
     return out
 
 

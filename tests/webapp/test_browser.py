@@ -86,7 +86,7 @@ def _path(page: Any) -> str:
     for "/works" too)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(page.url)
+    parts = urlsplit(str(page.url))
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 

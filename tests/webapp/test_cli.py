@@ -83,7 +83,7 @@ def test_secret_key_is_generated_once_per_data_dir_and_required_when_distributed
     distributed = make_settings(
         tmp_path, web={"secret_key": ""}, broker_url="redis://127.0.0.1:6379/0"
     )
-    with pytest.raises(ConfigError, match="web.secret_key"):
+    with pytest.raises(ConfigError, match=r"web\.secret_key"):
         resolve_secret_key(distributed)
 
 

@@ -203,15 +203,16 @@ def scene(world: World) -> Scene:
 def _a_state(world: World, scene: Scene) -> Any:
     with world.sessions() as s:
         notice = s.get(Notice, scene.ids["notice_id"])
-        assert notice is not None
+        account = s.get(Account, scene.a)
+        assert notice is not None and account is not None
         return (
             sorted(s.scalars(select(Work.id).where(Work.owner_id == scene.a)).all()),
             s.scalar(select(Match.id).where(Match.owner_id == scene.a)),
             notice.state,
             notice.subject,
             notice.reject_reason,
-            s.get(Account, scene.a).role,
-        )  # type: ignore[union-attr]
+            account.role,
+        )
 
 
 def test_owner_gets_404_for_another_owners_objects_at_every_owned_route(

@@ -86,7 +86,7 @@ def test_owner_registers_a_logo_and_sees_it_listed(world: World) -> None:
         work = s.scalars(select(Work)).one()
         assert work.licensed_sites == ["shop.example", "@acme"] and work.kind.value == "logo"
     # The engine knows the work: its own image is found again.
-    shot, _ = product_shot(logo_png(1))
+    _shot, _ = product_shot(logo_png(1))
     assert any(
         c.work_id == work.id
         for c in world.engine.analyse(logo_png(1), name="x", owner_ids=[work.owner_id])
@@ -240,7 +240,7 @@ def test_profile_saves_alert_mode_and_issues_an_api_token(world: World) -> None:
     r = client.post("/profile/token", data={"csrf_token": token})
     new = re.search(r'id="new-token">([^<]+)<', r.text)
     assert new
-    api = world.app and client  # same app
+    api = client  # the same app
     assert (
         api.get("/api/v1/works", headers={"Authorization": f"Bearer {new.group(1)}"}).status_code
         == 200
@@ -262,7 +262,7 @@ def test_reviewer_queue_is_ordered_by_confidence_then_age(world: World) -> None:
     owner = world.account("ann@example.com")
     world.account("rita@example.com", Role.REVIEWER)
     wid = world.work(owner, logo_png(1))
-    shot, region = product_shot(logo_png(1))
+    shot, _region = product_shot(logo_png(1))
     low_old = world.notice(
         owner,
         [world.match(wid, shot, url="https://a.example/1", score=0.6)],
@@ -375,6 +375,8 @@ def test_a_form_post_is_committed_before_its_response_starts(world: World) -> No
     goes out. Regression: the login's session row was committed after the response was
     sent, the redirected GET /works sometimes found no session and bounced back to login."""
     import asyncio
+    from collections.abc import MutableMapping
+    from typing import Any
     from urllib.parse import urlencode
 
     from storage.models import WebSession
@@ -391,9 +393,9 @@ def test_a_form_post_is_committed_before_its_response_starts(world: World) -> No
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            seen["status"] = int(message["status"])  # type: ignore[call-overload]
+            seen["status"] = int(message["status"])
             # Another connection, as the browser's next request would use.
             with world.sessions() as s:
                 seen["sessions"] = len(s.scalars(select(WebSession)).all())
@@ -440,6 +442,6 @@ def test_every_route_commits_its_database_work_before_responding() -> None:
     for module in (auth, owner, review, admin, api):
         for route in module.router.routes:
             assert isinstance(route, APIRoute)
-            walk(route.dependant, f"{sorted(route.methods)} {route.path}", uses)
+            walk(route.dependant, f"{sorted(route.methods or ())} {route.path}", uses)
     assert len(uses) > 30
     assert [u for u in uses if not u.endswith("scope='function'")] == []

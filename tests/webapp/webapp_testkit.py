@@ -166,7 +166,7 @@ class World:
                 email=email,
                 role=role,
                 password_hash=_password_hash(),
-                display_name=email.split("@")[0],
+                display_name=email.split("@", maxsplit=1)[0],
                 legal_name=f"{email} Ltd",
                 postal_address="1 Test Street, Testville",
                 phone="+1 555 0100",

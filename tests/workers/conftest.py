@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from PIL import Image
@@ -180,7 +180,7 @@ class Pipeline:
         except AssertionError:
             states = [(u.id, u.status.value, u.error) for u in self.uploads()]
             raise AssertionError(f"not settled: {states}\n" + "\n".join(
-                f"--- {p.args[-1] if p.args else ''}" for p in self.workers)) from None
+                f"--- {cast(list[str], p.args)[-1] if p.args else ''}" for p in self.workers)) from None
         time.sleep(1.0)  # let drafts queued by the last analysis land
 
     def assert_end_state(self, *, failed: set[str] = frozenset()) -> None:  # type: ignore[assignment]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from storage.db import make_engine, make_sessionmaker, session_scope
@@ -14,7 +16,8 @@ from storage.models import Source
 from workers import migrate
 
 
-def _setup(settings: Settings):  # type: ignore[no-untyped-def]
+def _setup(settings: Settings) -> tuple[Any, sessionmaker[Session]]:
+    """The configured Celery app (untyped) and a session factory on a fresh database."""
     from workers.app import configure
     from workers.runtime import set_runtime_settings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -226,10 +227,8 @@ def _hosts_page(
         error = error or str(exc)
     overridden = set()
     if override.exists():
-        try:
+        with contextlib.suppress(HostDirectoryError):
             overridden = set(load_host_directory(path=override).entries)
-        except HostDirectoryError:
-            pass
     return get_ctx(request).templates.TemplateResponse(
         request,
         "admin_hosts.html",
