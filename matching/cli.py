@@ -108,7 +108,7 @@ def _analyse_one(item: tuple[str, str]) -> tuple[str, list[tuple[int, float, boo
         return upload_id, [], str(exc)
     except OSError as exc:
         return upload_id, [], f"{path}: cannot read: {exc.strerror}"
-    except Exception as exc:  # noqa: BLE001 - one upload's failure is its error line; the scan goes on
+    except Exception as exc:
         log.exception("scan: %s failed", path)
         return upload_id, [], f"{path}: analysis failed ({type(exc).__name__}: {str(exc)[:200]})"
     return upload_id, [(c.work_id, float(c.score), bool(c.match)) for c in cands], None

@@ -16,6 +16,7 @@ import pytest
 
 from config.settings import Settings, load_settings
 
+
 def _pg_admin_url() -> str | None:
     return os.environ.get("ARTWATCH_TEST_POSTGRES_URL") or None
 

@@ -125,7 +125,7 @@ class ArtwatchGroup(click.Group):
                     continue
                 rows.append((name, known.get_short_help_str(limit)))
             else:
-                rows.append((name, click.utils.make_default_short_help(_LAZY[name][2], limit)))
+                rows.append((name, click.Command(name, help=_LAZY[name][2]).get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from config.settings import Settings
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Account, Base, Work, WorkKind
-from tests.foundation.test_cli_errors import artwatch, assert_clear_error
+from tests.cli_process import artwatch, assert_clear_error
 from workers.pipeline import PipelineError, normalise_email
 
 
@@ -49,7 +49,8 @@ def test_a_second_owner_reusing_an_id_gets_a_work_of_their_own(test_settings: Se
     removed = artwatch("works", "remove", "logo", "--owner", "bob@example.com", "--yes")
     assert removed.returncode == 0, removed.stderr
     assert [(r["owner"], r["title"]) for r in _listed()] == [("ann@example.com", "ann.png")]
-    assert_clear_error(artwatch("works", "remove", "logo", "--owner", "bob@example.com", "--yes"), "no work with id 'logo'")
+    assert_clear_error(artwatch("works", "remove", "logo", "--owner", "bob@example.com", "--yes"),
+                       "no work with id 'logo'")
 
 
 def test_an_import_manifest_scopes_ids_by_owner(test_settings: Settings, tmp_path: Path) -> None:
