@@ -264,7 +264,7 @@ def index_rebuild(ctx: click.Context) -> None:
     """Rebuild the index from the works in the database."""
     from matching import build_engine
     from matching.index.rebuild import rebuild_index
-    from storage.blobs import FolderBlobStore
+    from storage.blobs import build_blob_store
     from storage.db import make_engine, make_sessionmaker
 
     settings = _settings(ctx)
@@ -275,7 +275,7 @@ def index_rebuild(ctx: click.Context) -> None:
             bar.length = total
             bar.update(1)
 
-        report = rebuild_index(make_sessionmaker(db), FolderBlobStore(settings.blob_dir()), engine,
+        report = rebuild_index(make_sessionmaker(db), build_blob_store(settings), engine,
                                progress=progress)
     db.dispose()
     for wid, why in report.failed:

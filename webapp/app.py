@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
-from storage.blobs import BlobStore, FolderBlobStore
+from storage.blobs import BlobStore, build_blob_store
 from storage.db import make_engine, make_sessionmaker
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
 from webapp.errors import install_error_handlers
@@ -70,7 +70,7 @@ def create_app(
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     if blobs is None:
-        blobs = FolderBlobStore(settings.blob_dir())
+        blobs = build_blob_store(settings)
 
     def build_engine() -> Any:
         if engine is not None:
