@@ -282,6 +282,15 @@ def index_rebuild(ctx: click.Context) -> None:
         click.echo(f"work {wid}: {why}", err=True)
     click.echo(f"index rebuilt: {report.registered} works indexed, {report.removed} stale removed, "
                f"{len(report.failed)} failed")
+    if report.embed_later:
+        # No model here (workers.embed_stage): the GPU workers write the CLIP points.
+        from workers import tasks
+        from workers.app import configure
+
+        configure(settings)
+        for wid in report.embed_later:
+            tasks.embed_work.delay(wid)
+        click.echo(f"{len(report.embed_later)} works queued for CLIP embedding on the GPU workers")
     if report.failed:
         ctx.exit(1)
 

@@ -204,3 +204,28 @@ print(json.dumps({"work": wid, "torch": "torch" in sys.modules, "open_clip": "op
     p.start_worker("--role", "gpu", "-c", "4", name="gpu", extra_env={**CLIP_ON, **EMBED_STAGE})
     wait_for(lambda: index.count() > before, 240, "the GPU worker to write the work's CLIP points")
     assert "embed_work" in p.log("gpu")
+
+
+@pytest.mark.redis
+def test_index_rebuild_without_a_model_queues_the_works_embedding(make_pipeline: Any, redis_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`artwatch index rebuild` where no model is loaded re-indexes the local
+    features and PDQ at once and leaves the CLIP points to the GPU stage."""
+    from click.testing import CliRunner
+
+    from matching.cli import index_group
+    from matching.index import build_index
+    from matching.index.vectors import vector_specs
+    from matching.signals.clip import RemoteEmbedder
+
+    p: Pipeline = make_pipeline(redis_url, copies=0, others=0, env=CLIP_ON)
+    index = build_index(p.settings, vector_specs(RemoteEmbedder()))
+    assert index.count() > 0  # registered here, with this process's model
+    monkeypatch.setenv("ARTWATCH_WORKERS__EMBED_STAGE", "true")
+    monkeypatch.setenv("ARTWATCH_BLOBS__PATH", str(p.tmp / "work-blobs"))  # where the pipeline keeps the work
+    res = CliRunner().invoke(index_group, ["rebuild"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "1 works queued for CLIP embedding on the GPU workers" in res.output
+    queued = _embed_queue(redis_url)
+    assert [m["task"] for m in queued] == ["artwatch.embed_work"], queued
+    assert index.count() == 0  # until the GPU stage writes them again
