@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from storage.db import session_scope
 from storage.models import DeadLetter, Match, Upload, UploadStatus
 from workers.tasks import MAX_EMBED_REQUESTS, decode_embedding, encode_embedding
 
-from .conftest import Pipeline, wait_for
+from .conftest import Pipeline, RedisServer, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -32,6 +33,20 @@ EMBED_STAGE = {"ARTWATCH_WORKERS__EMBED_STAGE": "true"}
 # with its own model, so the work has CLIP points for the uploads' vectors to meet.
 CLIP_ON = {"ARTWATCH_MATCHING__USE_EMBEDDER": "true", "ARTWATCH_MATCHING__DEVICE": "cpu",
            "ARTWATCH_WORKERS__EMBED_MAX_WAIT_MS": "5"}
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server for each test: these tests read the broker's queues,
+    which a shared database would mix with other test runs' messages."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.kill()
 
 
 def _process_tree(pid: int) -> list[int]:
