@@ -28,7 +28,6 @@ from workers.app import RETRY_BACKOFF_MAX_S, app
 from workers.runtime import get_runtime
 
 __all__ = [
-    "EmbeddingMissing",
     "analyse_upload",
     "crawl_due_sources",
     "crawl_source",
@@ -204,10 +203,6 @@ _RETRY: dict[str, Any] = {
 #: How many times analyse_upload sends an upload back to the GPU stage for an
 #: embedding before it gives up (dead letter, upload failed with the reason).
 MAX_EMBED_REQUESTS = 3
-
-
-class EmbeddingMissing(Exception):
-    """The GPU stage did not hand over a usable embedding, after every request."""
 
 
 def _model_key(settings: Any) -> str:
@@ -422,9 +417,13 @@ def analyse_upload(upload_id: int, embedding: dict[str, Any] | None = None, requ
         if vec is None and sha is not None and not (embedding or {}).get("error"):
             if requests >= MAX_EMBED_REQUESTS:
                 got = "none" if not embedding else f"one from model {embedding.get('model')!r}"
-                raise EmbeddingMissing(
-                    f"no usable embedding after {requests} requests to the GPU stage (got {got}; this "
-                    f"worker wants model {_model_key(rt.settings)!r}): is a GPU worker consuming queue 'embed'?")
+                # Recorded with the bare upload id, so that a replay (once the GPU
+                # stage is fixed) starts the round again instead of stopping at once.
+                _dead_letter(analyse_upload, [upload_id], {},
+                             f"no usable embedding after {requests} requests to the GPU stage (got {got}; this "
+                             f"worker wants model {_model_key(rt.settings)!r}): is a GPU worker consuming queue "
+                             "'embed'?", requests)
+                return 0
             log.info("no embedding: sent back to the GPU stage (%d)", requests + 1, extra={"upload_id": upload_id})
             embed_upload.delay(upload_id, requests=requests + 1)
             return 0

@@ -166,6 +166,7 @@ def test_missing_embedding_goes_back_to_the_gpu_stage(make_pipeline: Any, redis_
     letters = wait_for(dead, 60, "the exhausted request to be dead-lettered")
     assert "no usable embedding after 3 requests" in letters[0].error
     assert "ViT-L-14-elsewhere" in letters[0].error
+    assert (letters[0].args, letters[0].kwargs) == ([first], {})  # a replay starts the round again
     assert not [m for m in _embed_queue(redis_url) if str(first) in (m["args"] or "")]  # not sent round again
 
 
