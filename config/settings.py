@@ -52,8 +52,19 @@ class _Section(BaseModel):
 
 
 class BlobSettings(_Section):
-    kind: Literal["folder"] = "folder"
+    """Where blobs live (``storage.blobs.build_blob_store``); see defaults.toml.
+
+    S3 credentials are not settings: boto3 reads them from the environment.
+    """
+
+    kind: Literal["folder", "s3"] = "folder"
     path: str = ""
+    url: str = ""
+    endpoint_url: str = ""
+    region: str = ""
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = 3
 
 
 class IndexSettings(_Section):

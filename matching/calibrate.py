@@ -406,7 +406,7 @@ def run_calibration(settings: Settings, *, target_precision: float = 0.99) -> Ca
     from sqlalchemy import select
 
     from matching.engine import build_engine
-    from storage.blobs import FolderBlobStore
+    from storage.blobs import build_blob_store
     from storage.db import make_engine, make_sessionmaker
     from storage.models import Work
 
@@ -417,7 +417,7 @@ def run_calibration(settings: Settings, *, target_precision: float = 0.99) -> Ca
                     for w in s.scalars(select(Work).order_by(Work.id))]
     finally:
         db.dispose()
-    blobs = FolderBlobStore(settings.blob_dir())
+    blobs = build_blob_store(settings)
     works = [(WorkRef(wid, owner, kind), blobs.get(sha)) for wid, owner, kind, sha in rows]
     if not works:
         raise ValueError("no registered works to calibrate on")

@@ -291,7 +291,7 @@ def index_rebuild(ctx: click.Context) -> None:
     """Rebuild the index from the works in the database."""
     from matching import build_engine
     from matching.index.rebuild import rebuild_index
-    from storage.blobs import FolderBlobStore
+    from storage.blobs import build_blob_store
     from storage.db import make_engine, make_sessionmaker
 
     settings = _settings(ctx)
@@ -302,13 +302,22 @@ def index_rebuild(ctx: click.Context) -> None:
             bar.length = total
             bar.update(1)
 
-        report = rebuild_index(make_sessionmaker(db), FolderBlobStore(settings.blob_dir()), engine,
+        report = rebuild_index(make_sessionmaker(db), build_blob_store(settings), engine,
                                progress=progress)
     db.dispose()
     for wid, why in report.failed:
         click.echo(f"work {wid}: {why}", err=True)
     click.echo(f"index rebuilt: {report.registered} works indexed, {report.removed} stale removed, "
                f"{len(report.failed)} failed")
+    if report.embed_later:
+        # No model here (workers.embed_stage): the GPU workers write the CLIP points.
+        from workers import tasks
+        from workers.app import configure
+
+        configure(settings)
+        for wid in report.embed_later:
+            tasks.embed_work.delay(wid)
+        click.echo(f"{len(report.embed_later)} works queued for CLIP embedding on the GPU workers")
     if report.failed:
         ctx.exit(1)
 

@@ -234,6 +234,13 @@ class Engine:
     def calibration_path(self) -> Path:
         return self.data_dir / "calibration.json"
 
+    @property
+    def defers_clip(self) -> bool:
+        """True when CLIP is on but computed elsewhere (``workers.embed_stage``): this
+        engine writes no CLIP vectors of works and wants uploads' embeddings handed in."""
+        embedder = self.vectors.embedder if self.vectors is not None else None
+        return embedder is not None and not getattr(embedder, "loads_model", True)
+
     def register(self, work: WorkRef, data: bytes, *, name: str = "") -> None:
         """Compute and persist every signal of ``work``; registering again replaces it.
 
@@ -308,7 +315,7 @@ class Engine:
     def analyse_batch(self, items: list[tuple[bytes, str]]) -> list[list[Candidate]]:
         """Analyse several uploads (one decode each, one CLIP batch); results in input order."""
         embedder = self.vectors.embedder if self.vectors is not None else None
-        if embedder is None:
+        if embedder is None or not embedder.loads_model:  # type: ignore[attr-defined]
             return [self.analyse(data, name=name) for data, name in items]
         imgs = [decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE) for data, name in items]
         vecs = np.asarray(embedder.embed(imgs))  # type: ignore[attr-defined]
@@ -324,9 +331,11 @@ class Engine:
         """Nearest works by CLIP cosine from the VectorIndex (empty when the embedder is off)."""
         if self.vectors is None or self.vectors.embedder is None:
             return {}
-        if embedding is None:
+        if embedding is None and not self.defers_clip:
             found = self.vectors.candidates(img, owner_ids=owner_ids, limit=self.clip_top)
             return {wid: d["clip"] for wid, d in found.items() if "clip" in d}
+        if embedding is None:  # no model here, and none handed in: no CLIP evidence
+            return {}
         best: dict[int, float] = {}
         for hit in self.vectors.index.search("clip", np.asarray(embedding, np.float32), self.clip_top * 2,
                                              owner_ids=owner_ids):
@@ -509,6 +518,8 @@ def build_engine(settings: Settings) -> Engine:
         from matching.index.vectors import WorkVectors, vector_specs
         from matching.signals.clip import build_embedder
 
-        embedder = build_embedder(settings.matching)
+        # With the embed stage on, CLIP runs on the GPU workers only: this
+        # process opens the index with the vectors' width and loads no model.
+        embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
         vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from notices.content import clean_inline, web_url
-from storage.blobs import BlobStore, FolderBlobStore
+from storage.blobs import BlobStore, build_blob_store
 from storage.db import make_engine, make_sessionmaker
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
 from webapp.errors import install_error_handlers
@@ -69,7 +69,7 @@ def create_app(
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
     if blobs is None:
-        blobs = FolderBlobStore(settings.blob_dir())
+        blobs = build_blob_store(settings)
 
     def build_engine() -> Any:
         if engine is not None:

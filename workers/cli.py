@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import ConfigError, Settings, load_settings
-from storage.blobs import BlobStoreError, FolderBlobStore
+from storage.blobs import BlobStore, BlobStoreError, build_blob_store
 from storage.db import (
     DatabaseUnavailable,
     check_database,
@@ -58,8 +58,8 @@ class CliContext:
         return make_sessionmaker(self.db)
 
     @cached_property
-    def blobs(self) -> FolderBlobStore:
-        return FolderBlobStore(self.settings.blob_dir())
+    def blobs(self) -> BlobStore:
+        return build_blob_store(self.settings)
 
     @property
     def matcher(self) -> Any:
@@ -179,7 +179,7 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
 def init(obj: CliContext, upgrade: bool) -> None:
     """Create the data folder and the database schema."""
     obj.settings.data_dir.mkdir(parents=True, exist_ok=True)
-    obj.blobs.root.mkdir(parents=True, exist_ok=True)
+    obj.blobs.check()
     done = migrate.init_database(obj.db, obj.settings, upgrade=upgrade)
     click.echo(f"{done}: {migrate.redact(obj.settings.resolved_database_url())}")
     click.echo(f"data folder: {obj.settings.data_dir.resolve()}")

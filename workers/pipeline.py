@@ -146,12 +146,27 @@ def register_work(
     ref = WorkRef(work_id=work.id, owner_id=owner_id, kind=work_kind.value)
     matcher.register(ref, data, name=filename)
     blobs.put(data)
+    if getattr(matcher, "defers_clip", False):
+        _embed_after_commit(session, work.id)
     return work
 
 
 def find_work(session: Session, owner_id: int, external_id: str) -> Work | None:
     """The owner's work that they call ``external_id``; never another owner's."""
     return session.scalar(select(Work).where(Work.owner_id == owner_id, Work.external_id == external_id))
+
+
+def _embed_after_commit(session: Session, work_id: int) -> None:
+    """Queue the work's CLIP embedding on the GPU stage once the row is committed
+    (before that the GPU worker could not load it; after a rollback there is nothing to embed)."""
+    from sqlalchemy import event
+
+    def queue(_session: Session) -> None:
+        from workers.tasks import embed_work
+
+        embed_work.delay(work_id)
+
+    event.listen(session, "after_commit", queue, once=True)
 
 
 def remove_work(session: Session, matcher: Matcher, work_id: int, *, owner_id: int | None = None) -> bool:

@@ -159,9 +159,9 @@ def _setup_demo(settings: Settings, sessions: Any, site_url: str, echo: Callable
     from workers.pipeline import ensure_owner, register_work
 
     matcher = build_engine(settings)
-    from storage.blobs import FolderBlobStore
+    from storage.blobs import build_blob_store
 
-    blobs = FolderBlobStore(settings.blob_dir())
+    blobs = build_blob_store(settings)
     with session_scope(sessions) as s:
         owner = ensure_owner(s, email=DEMO_OWNER, display_name="Bluefinch Studio")
         owner.legal_name = owner.legal_name or "Bluefinch Studio Ltd"
@@ -277,10 +277,10 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
             echo("serving the web UI; Ctrl-C to stop")
             import uvicorn
 
-            from storage.blobs import FolderBlobStore
+            from storage.blobs import build_blob_store
             from webapp.app import create_app
 
-            web_app = create_app(settings, sessions=sessions, blobs=FolderBlobStore(settings.blob_dir()))
+            web_app = create_app(settings, sessions=sessions, blobs=build_blob_store(settings))
             uvicorn.run(web_app, host=settings.web.host, port=settings.web.port,
                         log_level="warning", server_header=False)
     return summary

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
-from storage.blobs import FolderBlobStore
+from storage.blobs import BlobStore, build_blob_store
 from storage.db import make_engine, make_sessionmaker
 
 if TYPE_CHECKING:
@@ -30,13 +30,13 @@ class Runtime:
     settings: Settings
     db: SqlEngine
     sessions: sessionmaker[Session]
-    blobs: FolderBlobStore
+    blobs: BlobStore
     _matcher: Matcher | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         db = make_engine(settings.resolved_database_url())
-        return cls(settings=settings, db=db, sessions=make_sessionmaker(db), blobs=FolderBlobStore(settings.blob_dir()))
+        return cls(settings=settings, db=db, sessions=make_sessionmaker(db), blobs=build_blob_store(settings))
 
     @property
     def matcher(self) -> Matcher:

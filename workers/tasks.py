@@ -9,13 +9,13 @@ fails after its retries is written to the dead-letter table, from where
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,9 +36,11 @@ __all__ = [
     "analyse_upload",
     "crawl_due_sources",
     "crawl_source",
+    "decode_embedding",
     "draft_notice",
     "embed_upload",
-    "embedding_path",
+    "embed_work",
+    "encode_embedding",
     "fetch_upload",
     "notify_owner",
     "run_followups",
@@ -181,6 +183,22 @@ _RETRY: dict[str, Any] = {
 
 
 # ------------------------------------------------------------ embeddings
+#
+# The GPU -> CPU hand-off travels in the analyse_upload message, not through
+# a file or the blob store. Measured: a ViT-B-32 embedding is 512 float32 =
+# 2,048 bytes, 2,732 characters of base64, and the whole hand-off record
+# (model key, image hash, vector) about 2.9 KB of JSON (ViT-L-14, 768 wide:
+# about 4.2 KB); Redis and Celery carry that without noticing. In the message
+# the vector needs no shared disk and no store round trips (a PUT and a GET
+# per upload on S3), leaves nothing behind to clean up, and cannot go missing
+# between the two stages: a retry, a re-delivery after a crash and a
+# dead-letter replay all carry it again. What it gives up is reuse across
+# uploads of the same image, which re-embed (one GPU row each).
+
+
+#: How many times analyse_upload sends an upload back to the GPU stage for an
+#: embedding before it gives up (dead letter, upload failed with the reason).
+MAX_EMBED_REQUESTS = 3
 
 
 def _model_key(settings: Any) -> str:
@@ -189,23 +207,39 @@ def _model_key(settings: Any) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{m.clip_model}-{tag}")
 
 
-def embedding_path(settings: Any, blob_sha256: str) -> Path:
-    """Where the CLIP embedding of one image blob lives (keyed by content and
-    model, so uploads sharing an image share it and a rerun overwrites it)."""
-    root = Path(settings.blob_dir())
-    return root / "embeddings" / _model_key(settings) / blob_sha256[:2] / f"{blob_sha256}.f32"
+def encode_embedding(settings: Any, blob_sha256: str, vector: Any) -> dict[str, str]:
+    """The hand-off record: which model embedded which image, and the vector (float32, base64)."""
+    raw = np.asarray(vector, dtype="<f4").tobytes()
+    return {"model": _model_key(settings), "sha256": blob_sha256, "f32": base64.b64encode(raw).decode("ascii")}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def decode_embedding(settings: Any, blob_sha256: str, handoff: dict[str, Any] | None) -> np.ndarray | None:
+    """The handed-over vector, if this deployment's model computed it from this very
+    image (a GPU worker on another model, or an upload re-fetched since, gives None)."""
+    if not handoff or handoff.get("model") != _model_key(settings) or handoff.get("sha256") != blob_sha256:
+        return None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        vec = np.frombuffer(base64.b64decode(str(handoff.get("f32", "")), validate=True), dtype="<f4")
+    except (ValueError, binascii.Error):
+        return None
+    return vec.astype(np.float32) if vec.size else None
+
+
+_vectors: dict[int, Any] = {}  # process id -> WorkVectors (an index handle must not cross a fork)
+
+
+def _work_vectors(settings: Any) -> Any:
+    """This process's writer of works' CLIP points (the GPU stage opens the index only to write)."""
+    pid = os.getpid()
+    if pid not in _vectors:
+        from matching.index import build_index
+        from matching.index.vectors import WorkVectors, vector_specs
+        from matching.signals.clip import RemoteEmbedder
+
+        shape = RemoteEmbedder(settings.matching.clip_model, settings.matching.clip_pretrained)
+        _vectors.clear()
+        _vectors[pid] = WorkVectors(build_index(settings, vector_specs(shape)), shape)
+    return _vectors[pid]
 
 
 class _Matcher:
@@ -299,11 +333,11 @@ def fetch_upload(upload_id: int) -> bool:
 
 
 @app.task(name="artwatch.embed_upload", **_RETRY)
-def embed_upload(upload_id: int) -> bool:
-    """GPU stage: embed the upload's image in a batch, then queue its analysis.
-
-    Idempotent: an embedding already on disk is reused. A bad image is left to
-    the analysis, which marks the upload failed with the decoder's reason."""
+def embed_upload(upload_id: int, requests: int = 0) -> bool:
+    """GPU stage: embed the upload's image in a batch, then queue its analysis with
+    the vector in the message. ``requests`` counts the times the analysis asked
+    again (see :data:`MAX_EMBED_REQUESTS`). A bad image is left to the analysis,
+    which marks the upload failed with the decoder's reason."""
     from matching.errors import ImageError
     from workers.batching import get_clip
 
@@ -313,42 +347,86 @@ def embed_upload(upload_id: int) -> bool:
         if up is None or up.blob_sha256 is None or up.deleted_at is not None:
             return False
         sha = up.blob_sha256
-    path = embedding_path(rt.settings, sha)
-    if not path.exists():
-        data = rt.blobs.get(sha)
-        clip = get_clip(rt.settings)
-        try:
-            with metrics.stage("decode"):
-                crop = clip.prepare(data)
-        except ImageError as exc:
-            log.warning("not embedded: %s", exc, extra={"upload_id": upload_id})
-            analyse_upload.delay(upload_id)
-            return False
-        with metrics.stage("embed_wait"):
-            vec = clip.batcher(crop, 300.0)
-        _write_atomic(path, np.asarray(vec, np.float32).tobytes())
-    analyse_upload.delay(upload_id)
+    data = rt.blobs.get(sha)
+    clip = get_clip(rt.settings)
+    try:
+        with metrics.stage("decode"):
+            crop = clip.prepare(data)
+    except ImageError as exc:
+        log.warning("not embedded: %s", exc, extra={"upload_id": upload_id})
+        analyse_upload.delay(upload_id, embedding={"model": _model_key(rt.settings), "sha256": sha,
+                                                   "error": str(exc)}, requests=requests)
+        return False
+    with metrics.stage("embed_wait"):
+        vec = clip.batcher(crop, 300.0)
+    analyse_upload.delay(upload_id, embedding=encode_embedding(rt.settings, sha, vec), requests=requests)
     return True
 
 
+@app.task(name="artwatch.embed_work", **_RETRY)
+def embed_work(work_id: int) -> int:
+    """GPU stage for a work registered where no model is loaded (``embed_stage``):
+    embed each of its renderings in this process's batches and write them as the
+    work's CLIP points. Idempotent (the work's points are replaced); a work
+    removed meanwhile is skipped. Returns the points written."""
+    from matching.decode import decode_image
+    from matching.engine import WORK_MAX_SIDE, WorkRef
+    from storage.models import Work
+    from workers.batching import get_clip, preprocess_rgb
+
+    rt = get_runtime()
+    with session_scope(rt.sessions) as s:
+        work = s.get(Work, work_id)
+        if work is None:
+            return 0
+        ref = WorkRef(work.id, work.owner_id, work.kind.value)
+        sha, name = work.blob_sha256, work.filename
+    img = decode_image(rt.blobs.get(sha), name=name, max_side=WORK_MAX_SIDE)
+    clip = get_clip(rt.settings)
+    rows = [clip.batcher.submit(preprocess_rgb(np.asarray(r), clip.image_size)) for r in img.variants()]
+    with metrics.stage("embed_wait"):
+        vecs = [f.result(300.0) for f in rows]
+    n = int(_work_vectors(rt.settings).register(ref, img, clip=vecs))
+    log.info("work %s: %d CLIP points written", work_id, n)
+    return n
+
+
 @app.task(name="artwatch.analyse_upload", **_RETRY)
-def analyse_upload(upload_id: int) -> int:
-    """Match one upload against the registry; queue drafts and alerts."""
+def analyse_upload(upload_id: int, embedding: dict[str, Any] | None = None, requests: int = 0) -> int:
+    """Match one upload against the registry; queue drafts and alerts.
+
+    With ``workers.embed_stage`` on, ``embedding`` is the GPU stage's hand-off
+    (:func:`encode_embedding`) and this process never embeds: an upload that
+    arrives without a usable one goes back to ``embed_upload`` and is analysed
+    when it returns, at most :data:`MAX_EMBED_REQUESTS` times, after which the
+    upload is dead-lettered (failed, with the reason; ``deadletters replay``
+    sends it again)."""
     from workers.pipeline import analyse_upload as analyse
 
     rt = get_runtime()
-    embedding = None
-    if rt.settings.workers.embed_stage:
+    vec = None
+    if rt.settings.workers.embed_stage and rt.settings.matching.use_embedder:
         with session_scope(rt.sessions) as s:
             up = s.get(Upload, upload_id)
-            sha = up.blob_sha256 if up is not None else None
-        if sha is not None:
-            try:
-                embedding = np.frombuffer(embedding_path(rt.settings, sha).read_bytes(), np.float32)
-            except FileNotFoundError:
-                embedding = None  # the engine embeds on its own, if it embeds at all
+            sha = up.blob_sha256 if up is not None and up.deleted_at is None else None
+        vec = decode_embedding(rt.settings, sha, embedding) if sha is not None else None
+        # No image: the analysis below exits or fails the upload. A GPU stage that
+        # could not decode it says so ("error"): the analysis records the reason.
+        if vec is None and sha is not None and not (embedding or {}).get("error"):
+            if requests >= MAX_EMBED_REQUESTS:
+                got = "none" if not embedding else f"one from model {embedding.get('model')!r}"
+                # Recorded with the bare upload id, so that a replay (once the GPU
+                # stage is fixed) starts the round again instead of stopping at once.
+                _dead_letter(analyse_upload, [upload_id], {},
+                             f"no usable embedding after {requests} requests to the GPU stage (got {got}; this "
+                             f"worker wants model {_model_key(rt.settings)!r}): is a GPU worker consuming queue "
+                             "'embed'?", requests)
+                return 0
+            log.info("no embedding: sent back to the GPU stage (%d)", requests + 1, extra={"upload_id": upload_id})
+            embed_upload.delay(upload_id, requests=requests + 1)
+            return 0
     t0 = time.perf_counter()
-    matcher = _Matcher(rt.matcher, embedding)
+    matcher = _Matcher(rt.matcher, vec)
     with session_scope(rt.sessions) as s:
         result = analyse(s, rt.blobs, matcher, upload_id)  # type: ignore[arg-type]  # duck-typed Engine
     # Everything but the matcher: loading the upload, upserting matches, commit.

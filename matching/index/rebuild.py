@@ -32,6 +32,9 @@ class RebuildReport:
     registered: int = 0
     removed: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
+    #: Works indexed without CLIP points because this engine loads no model
+    #: (``workers.embed_stage``): the caller queues their embedding on the GPU stage.
+    embed_later: list[int] = field(default_factory=list)
 
 
 def rebuild_index(
@@ -63,6 +66,8 @@ def rebuild_index(
             data = blobs.get(sha)
             engine.register(WorkRef(work_id=wid, owner_id=owner_id, kind=kind), data)
             report.registered += 1
+            if getattr(engine, "defers_clip", False):
+                report.embed_later.append(wid)
         except (ImageError, BlobStoreError) as exc:
             log.warning("work %s (%s): %s", wid, filename, exc)
             report.failed.append((wid, f"{filename}: {exc}"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from matching.decode import DecodedImage
 from matching.index.base import MAX_POINTS_PER_WORK, IndexPoint, VectorIndex, VectorSpec, point_id
@@ -66,17 +66,25 @@ class WorkVectors:
         self.with_pdq = with_pdq
         self._pdq = PdqSignal()
 
-    def register(self, work: _Work, image: DecodedImage) -> int:
-        """Replace the work's points; returns how many were written."""
+    def register(self, work: _Work, image: DecodedImage, *, clip: Sequence[Any] | None = None) -> int:
+        """Replace the work's points; returns how many were written.
+
+        ``clip`` is one embedding per rendering (``image.variants()``) computed
+        elsewhere (the GPU stage); without it the embedder embeds, unless it
+        loads no model, in which case the work gets no CLIP points for now.
+        """
         import numpy as np
 
         from matching.index import pdq_to_vector
 
         base = {"work_id": int(work.work_id), "owner_id": int(work.owner_id), "kind": str(work.kind)}
         points: list[IndexPoint] = []
-        if self.embedder is not None:
-            vecs = np.asarray(self.embedder.embed(image.variants()))  # type: ignore[attr-defined]
-            for v in vecs:
+        if clip is None and self.embedder is not None and getattr(self.embedder, "loads_model", True):
+            clip = list(np.asarray(self.embedder.embed(image.variants())))  # type: ignore[attr-defined]
+        if clip is not None:
+            if "clip" not in {s.name for s in self.index.specs}:
+                raise ValueError("index has no 'clip' vector")
+            for v in clip:
                 points.append(IndexPoint(point_id(work.work_id, len(points)), {"clip": v},
                                          {**base, "signal": "clip", "variant": len(points)}))
         if self.with_pdq:

@@ -31,7 +31,7 @@ from matching.decode import DecodedImage
 from matching.errors import EmbedderError
 from matching.signals.base import Feature, Probe, Signal
 
-__all__ = ["ClipEmbedder", "Embedder", "build_embedder", "resolve_device"]
+__all__ = ["ClipEmbedder", "Embedder", "RemoteEmbedder", "build_embedder", "clip_dim", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ class Embedder(Signal):
 
     dtype = np.dtype(np.float32)
     metric = "cosine"
+    #: False for an embedder whose vectors are computed in another process
+    #: (:class:`RemoteEmbedder`): callers must hand it vectors, not images.
+    loads_model = True
 
     @abstractmethod
     def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
@@ -180,10 +183,57 @@ class ClipEmbedder(Embedder):
         return out
 
 
+def clip_dim(model_name: str) -> int:
+    """The embedding width of an open_clip architecture, read from open_clip's
+    model config file without importing open_clip (which imports torch)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        cfg = Path(folder) / "model_configs" / f"{model_name}.json"
+        if cfg.is_file():
+            return int(json.loads(cfg.read_text(encoding="utf-8"))["embed_dim"])
+    import open_clip  # a model registered at run time: ask open_clip itself
+
+    found = open_clip.get_model_config(model_name)
+    if not found:
+        raise EmbedderError(f"unknown CLIP model {model_name!r}")
+    return int(found["embed_dim"])
+
+
+class RemoteEmbedder(Embedder):
+    """The CLIP signal of a process that loads no model (``workers.embed_stage``).
+
+    It knows the vectors' width, so the index can be opened and searched with
+    vectors computed elsewhere (the GPU workers), and refuses to embed.
+    """
+
+    name = "clip"
+    loads_model = False
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str = "") -> None:
+        self.model_name = model
+        self.pretrained = pretrained
+        self._dim = clip_dim(model)
+
+    def _shape(self) -> tuple[int, ...]:
+        return (self._dim,)
+
+    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        raise EmbedderError("this process loads no CLIP model (workers.embed_stage is on): "
+                            "embeddings come from the GPU workers on queue 'embed'")
+
+
 def _rgb(im: ImageLike) -> np.ndarray:
     return im.rgb if isinstance(im, DecodedImage) else im
 
 
-def build_embedder(settings: MatchingSettings) -> ClipEmbedder | None:
-    """The configured embedder, or None when ``use_embedder`` is off."""
-    return ClipEmbedder.from_settings(settings) if settings.use_embedder else None
+def build_embedder(settings: MatchingSettings, *, remote: bool = False) -> Embedder | None:
+    """The configured embedder, or None when ``use_embedder`` is off; ``remote``
+    (``workers.embed_stage``) gives one that loads no model."""
+    if not settings.use_embedder:
+        return None
+    if remote:
+        return RemoteEmbedder(settings.clip_model, settings.clip_pretrained)
+    return ClipEmbedder.from_settings(settings)
