@@ -230,7 +230,7 @@ def test_default_architecture_random_weights() -> None:
     s = MatchingSettings(clip_pretrained="", device="cpu")
     assert s.clip_model == "ViT-B-32"
     emb = build_embedder(s)
-    assert emb is not None and emb.shape == (512,)
+    assert isinstance(emb, ClipEmbedder) and emb.shape == (512,)
     assert emb.pretrained == ""
     assert build_embedder(MatchingSettings(use_embedder=False)) is None
 
