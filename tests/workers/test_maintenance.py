@@ -35,7 +35,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str = "") -> Settings:
+def _settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str = "", *, schema: bool = True
+) -> Settings:
     for key in list(os.environ):
         if key.startswith("ARTWATCH_") and not key.startswith("ARTWATCH_TEST_"):
             monkeypatch.delenv(key)
@@ -49,6 +51,8 @@ def _settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str =
         monkeypatch.setenv(k, v)
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not schema:
+        return settings
     db = make_engine(settings.resolved_database_url())
     Base.metadata.create_all(db)
     db.dispose()
@@ -244,3 +248,46 @@ def test_a_searching_process_queues_the_snapshot_and_the_task_writes_it(
     got, want = restored.index.work(5), searcher.index.work(5)
     assert got is not None and want is not None
     np.testing.assert_array_equal(got.pdq, want.pdq)
+
+
+def test_works_import_without_a_worker_trains_once_at_the_end_as_main_ended_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmark harness's path (no broker consumer): per-work retrains are
+    deferred to the import's one retrain, which main also ran last; the
+    vocabulary and the decisions come out the same."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from workers.cli import cli
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    with (ds / "works.jsonl").open("w") as f:
+        for seed in range(1, 6):
+            Image.fromarray(textured(seed)).save(ds / f"w{seed}.png")
+            f.write(json.dumps({"id": f"w{seed}", "file": f"w{seed}.png", "owner": "o1"}) + "\n")
+    settings = _settings(tmp_path, monkeypatch, schema=False)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init"], catch_exceptions=False).exit_code == 0
+    res = runner.invoke(cli, ["works", "import", str(ds / "works.jsonl")], catch_exceptions=False)
+    assert res.exit_code == 0 and "imported 5 works" in res.output, res.output
+    lines = _vocab_lines(settings)
+    assert len(lines) == 1 and lines[0].endswith(" 5"), lines  # one retrain, on every work
+    # main's path: a retrain at each threshold while registering, then the final one.
+    old = Engine(tmp_path / "old")
+    from matching.engine import WorkRef
+
+    for seed in range(1, 6):
+        old.register(WorkRef(seed, 1, "artwork"), (ds / f"w{seed}.png").read_bytes())
+    assert len([ln for ln in (tmp_path / "old" / "features" / "journal.log").read_text().splitlines()
+                if ln.startswith("vocab ")]) == 2  # at 1 and at 4 works
+    old.retrain()
+    new = Engine(settings.data_dir)
+    assert new.index.vocab is not None and old.index.vocab is not None
+    np.testing.assert_array_equal(new.index.vocab.coarse, old.index.vocab.coarse)
+    np.testing.assert_array_equal(new.index.vocab.fine, old.index.vocab.fine)
+    for seed in (2, 4, 99):
+        data = encode(textured(seed)[30:320, 50:430], quality=80)
+        assert [(c.work_id, c.match, round(c.score, 6)) for c in new.analyse(data)] == \
+            [(c.work_id, c.match, round(c.score, 6)) for c in old.analyse(data)]
