@@ -187,8 +187,12 @@ def test_a_worker_runs_queued_retrains_one_at_a_time_and_other_processes_switch(
     proc, log = _start_worker(settings, tmp_path, "-c", "2")
     try:
         wait_for(lambda: len(_vocab_lines(settings)) > 1, 180, "the worker's retrain")
-        text = wait_for(lambda: (lambda t: t if "maintenance retrain: nothing due" in t else "")(
-            (tmp_path / "worker.log").read_text(errors="replace")), 120, "the second task")
+
+        def second_done() -> str:
+            text = (tmp_path / "worker.log").read_text(errors="replace")
+            return text if "maintenance retrain: nothing due" in text else ""
+
+        text = wait_for(second_done, 120, "the second task")
     finally:
         _stop(proc, log)
     assert "maintenance retrain: done" in text, text[-3000:]
