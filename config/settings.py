@@ -154,6 +154,7 @@ class WorkersSettings(_Section):
     restore_interval_s: int = 10
     max_deliveries: int = 3
     metrics_port: int = 0
+    maintenance: Literal["auto", "queue", "inline"] = "auto"
 
 
 class AlertSettings(_Section):

@@ -44,6 +44,7 @@ from matching.local import (
     Correspondences,
     FeatureStore,
     LocalIndex,
+    MaintenanceHook,
     StoredWork,
     extract_features,
     extract_work_features,
@@ -214,6 +215,9 @@ class Engine:
     #: CLIP named vectors in the VectorIndex; None when the embedder is off.
     vectors: WorkVectors | None = None
     clip_top: int = 10
+    #: Where the index's due retrains and snapshots go (:attr:`LocalIndex.maintenance`);
+    #: None runs them in this process, inside the call that made them due.
+    maintenance: MaintenanceHook | None = None
     index: LocalIndex = field(init=False)
     _model: ScoreModel = field(init=False)
     _model_mtime: float | None = field(default=None, init=False)
@@ -224,7 +228,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        self.index = LocalIndex(FeatureStore(self.data_dir / "features"))
+        self.index = LocalIndex(FeatureStore(self.data_dir / "features"), maintenance=self.maintenance)
         self._model = ScoreModel(threshold=self.default_threshold)
         self.index.refresh()
 
@@ -509,8 +513,9 @@ def _rank(v: Verification) -> tuple[bool, int, float]:
     return (v.plausible, v.inliers, v.inlier_ratio)
 
 
-def build_engine(settings: Settings) -> Engine:
-    """The engine for these settings (features under ``settings.data_dir``)."""
+def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = None) -> Engine:
+    """The engine for these settings (features under ``settings.data_dir``);
+    ``maintenance`` as in :attr:`Engine.maintenance`."""
     limit_native_threads()
     vectors = None
     if settings.matching.use_embedder:
@@ -522,4 +527,5 @@ def build_engine(settings: Settings) -> Engine:
         # process opens the index with the vectors' width and loads no model.
         embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
         vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
-    return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors)
+    return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
+                  maintenance=maintenance)

@@ -36,6 +36,13 @@ Persistence (``DIR`` = ``settings.data_dir/features``):
   processes switch in a fraction of a second. A snapshot is only a cache:
   when it is missing or unreadable the works are read again and a new
   snapshot is written.
+
+Maintenance (a retrain, a snapshot write) is due at thresholds a registration
+or a query crosses. :attr:`LocalIndex.maintenance` decides where it runs: left
+None, in this process at once (a library user, the benchmark harness); a
+service passes a hook that hands it to a queue of its own (``workers.maintenance``),
+and a worker runs it later with :meth:`LocalIndex.run_maintenance`, so no
+request waits for minutes of retraining.
 """
 
 from __future__ import annotations
@@ -46,11 +53,11 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -71,6 +78,8 @@ __all__ = [
     "FeatureStore",
     "LocalFeatures",
     "LocalIndex",
+    "MaintenanceHook",
+    "MaintenanceJob",
     "Vocabulary",
     "extract_features",
     "extract_work_features",
@@ -121,6 +130,12 @@ SUB_SAMPLE_PER_WORK = 200
 #: registry if that is more (a snapshot rewrites every posting).
 SNAPSHOT_EVERY = 64
 SNAPSHOT_FORMAT = 1
+
+#: The maintenance an index can find due.
+MaintenanceJob = Literal["retrain", "snapshot"]
+#: Called when a job falls due; True when it took the job (queued it, or noted
+#: it for later), False to have the index run it here and now.
+MaintenanceHook = Callable[[MaintenanceJob], bool]
 
 
 @dataclass(frozen=True)
@@ -704,6 +719,8 @@ class LocalIndex:
     _damaged_snapshot: str = ""
     #: Bumped whenever the set of searchable works changes.
     generation: int = 0
+    #: Where due maintenance goes (see the module doc); None: run it here.
+    maintenance: MaintenanceHook | None = None
 
     # ---- registration (writer side)
 
@@ -719,17 +736,59 @@ class LocalIndex:
         self.store.append([f"del {int(work_id)}"])
         self.refresh()
 
-    def _maybe_train(self) -> None:
-        """Train the vocabulary when absent, again each time the registry has grown
-        4x until it was trained on 256 works (enough for stable words), and after
-        that each time it has doubled, so the sub-words keep the postings per word
-        near :data:`POSTINGS_PER_WORD` (a retrain re-reads every work: minutes at
-        thousands of works)."""
-        self.refresh()
+    def retrain_due(self) -> bool:
+        """Whether the vocabulary should be trained again: when absent, again each
+        time the registry has grown 4x until it was trained on 256 works (enough
+        for stable words), and after that each time it has doubled, so the
+        sub-words keep the postings per word near :data:`POSTINGS_PER_WORD` (a
+        retrain re-reads every work: minutes at thousands of works)."""
         n_works = len(self.store.stored_ids())
         grow = 4 if self._trained_on < 256 else 2
-        if self.vocab is None or n_works >= grow * max(1, self._trained_on):
+        return n_works > 0 and (self.vocab is None or n_works >= grow * max(1, self._trained_on))
+
+    def _maybe_train(self) -> None:
+        self.refresh()
+        if self.retrain_due() and not self._hand_off("retrain"):
             self.retrain(wait=False)
+
+    def _hand_off(self, job: MaintenanceJob) -> bool:
+        """Give due maintenance to the hook; False when it must run here."""
+        return self.maintenance is not None and self.maintenance(job)
+
+    def run_maintenance(self, job: MaintenanceJob) -> bool:
+        """Run ``job`` here if it is still due (the maintenance task's body).
+
+        Nothing is handed off meanwhile. A retrain waits for one under way in
+        another process (``retrain.lock``), then runs only if the registry still
+        calls for one, so a second task queued behind the first is a no-op. A
+        snapshot is written when this process's postings are newer than the
+        current one. Returns whether it did anything.
+        """
+        hook, self.maintenance = self.maintenance, None
+        try:
+            if job == "retrain":
+                with portalocker.Lock(str(self.store.retrain_lock_path), timeout=3600):
+                    self.refresh()
+                    if not self.retrain_due():
+                        return False
+                    self._retrain_locked()
+                    return True
+            self.refresh()
+            before = self._snapshot_offset()
+            self._write_snapshot()
+            return self._snapshot_offset() != before
+        finally:
+            self.maintenance = hook
+
+    def _snapshot_offset(self) -> int | None:
+        """The journal offset the current snapshot of this vocabulary covers."""
+        if self.vocab is None:
+            return None
+        try:
+            return int(json.loads(self.store.snapshot_pointer(self.vocab.version).read_text(encoding="utf-8"))
+                       ["offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def retrain(self, *, wait: bool = True) -> None:
         """Train a new vocabulary from the stored works (sampled), quantise every
@@ -820,7 +879,7 @@ class LocalIndex:
                 restored = self._restore_snapshot()
                 if restored is None:
                     self._reload_all()
-                    self._write_snapshot()
+                    self._snapshot_due()
                     return
                 # The snapshot covers the journal up to its offset; replay the rest.
                 self._offset = restored
@@ -839,6 +898,16 @@ class LocalIndex:
                     self._insert(w)
         self._unsnapshotted += len(touched)
         if self._unsnapshotted >= max(SNAPSHOT_EVERY, len(self._works) // 4):
+            self._snapshot_due()
+
+    def _snapshot_due(self) -> None:
+        """Write a snapshot here, or hand it off. A handed-off snapshot is not
+        asked for again until as many changes again have been applied."""
+        if self.vocab is None or not self._works or self.vocab.version != self._published_vocab:
+            return  # nothing _write_snapshot would write
+        if self._hand_off("snapshot"):
+            self._unsnapshotted = 0
+        else:
             self._write_snapshot()
 
     def _reset(self, vocab: Vocabulary | None) -> None:

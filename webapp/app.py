@@ -75,8 +75,10 @@ def create_app(
         if engine is not None:
             return engine
         from matching import build_engine as build
+        from workers.maintenance import maintenance_hook
 
-        return build(settings)
+        # A registration returns without waiting for the retrain it makes due.
+        return build(settings, maintenance=maintenance_hook(settings))
 
     ctx = WebContext(
         settings=settings,

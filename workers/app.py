@@ -15,20 +15,29 @@ from kombu.entity import Queue
 
 from config.settings import ConfigError, Settings
 
-__all__ = ["QUEUES", "RETRY_BACKOFF_MAX_S", "app", "celery_config", "configure", "worker_prefetch"]
+__all__ = [
+    "MAINTENANCE_TIME_LIMIT_S", "QUEUES", "RETRY_BACKOFF_MAX_S", "app", "celery_config", "configure",
+    "worker_prefetch",
+]
 
 # Queue per kind of work, so crawlers, CPU analysis and GPU embedding can be
 # scaled and prefetched independently (routes: [workers.routes] in config).
-QUEUES = ("crawl", "fetch", "analyse", "embed", "notify")
+# "maintenance" takes the registry's retrains and snapshot writes
+# (workers.maintenance), so no request or analysis waits behind them.
+QUEUES = ("crawl", "fetch", "analyse", "embed", "notify", "maintenance")
 
 # The longest task (a crawl page, an analysis, a GPU batch) finishes in well
 # under a minute, and the longest retry countdown is RETRY_BACKOFF_MAX_S.
+# Maintenance tasks are the exception (MAINTENANCE_TIME_LIMIT_S, their own
+# limit): a retrain re-reads every work. One redelivered while it still runs
+# waits for its cluster lock, then finds nothing due.
 # Redis re-delivers an unacked message after the visibility timeout, and a
 # retry waiting for its countdown is held unacked by a worker, so the timeout
 # must exceed both or a slow task (or a scheduled retry) would run twice at
 # once. [workers] visibility_timeout_s (default 3600) is checked against it.
 RETRY_BACKOFF_MAX_S = 300
 LONGEST_TASK_S = 600
+MAINTENANCE_TIME_LIMIT_S = 4 * 3600
 
 app = Celery("artwatch")
 

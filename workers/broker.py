@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from config.settings import Settings
 from workers.app import QUEUES
 
 __all__ = [
-    "BrokerUnavailable", "check_broker", "in_flight", "queue_depths", "start_heartbeat", "worker_liveness",
+    "BrokerUnavailable", "check_broker", "in_flight", "live_consumers", "queue_depths", "start_heartbeat",
+    "worker_liveness",
 ]
 
 HEARTBEAT_EVERY_S = 5.0
@@ -84,16 +86,20 @@ def _heartbeat_dir(settings: Settings) -> Path:
     return settings.broker_dir() / "workers"
 
 
-def start_heartbeat(settings: Settings, name: str) -> threading.Event:
-    """Embedded broker only: write DATA_DIR/broker/workers/NAME every few seconds."""
+def start_heartbeat(settings: Settings, name: str, queues: Sequence[str] = ()) -> threading.Event:
+    """Embedded broker only: write DATA_DIR/broker/workers/NAME every few
+    seconds, naming the queues the worker consumes."""
     stop = threading.Event()
     folder = _heartbeat_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
+    tmp = folder / f".{name}.tmp"
 
     def beat() -> None:
         while not stop.is_set():
-            path.write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
+            # Replaced atomically: a reader never sees a half-written beat.
+            tmp.write_text(json.dumps({"pid": os.getpid(), "at": time.time(), "queues": list(queues)}))
+            os.replace(tmp, path)
             stop.wait(HEARTBEAT_EVERY_S)
         path.unlink(missing_ok=True)
 
@@ -101,18 +107,31 @@ def start_heartbeat(settings: Settings, name: str) -> threading.Event:
     return stop
 
 
+def _live_beats(settings: Settings) -> dict[str, Any]:
+    """Embedded broker: the fresh heartbeats, by worker name."""
+    alive: dict[str, Any] = {}
+    folder = _heartbeat_dir(settings)
+    if folder.exists():
+        for f in folder.iterdir():
+            if f.name.startswith("."):
+                continue
+            try:
+                beat = json.loads(f.read_text())
+                if time.time() - beat["at"] < 3 * HEARTBEAT_EVERY_S:
+                    alive[f.name] = beat
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return alive
+
+
+def live_consumers(settings: Settings, queue: str) -> list[str]:
+    """Embedded broker: the live workers that consume ``queue`` (from their heartbeats)."""
+    return sorted(name for name, beat in _live_beats(settings).items() if queue in beat.get("queues", ()))
+
+
 def worker_liveness(app: Any, settings: Settings) -> list[str]:
     if settings.embedded_broker:
-        alive = []
-        folder = _heartbeat_dir(settings)
-        if folder.exists():
-            for f in folder.iterdir():
-                try:
-                    if time.time() - json.loads(f.read_text())["at"] < 3 * HEARTBEAT_EVERY_S:
-                        alive.append(f.name)
-                except (OSError, ValueError, KeyError):
-                    continue
-        return sorted(alive)
+        return sorted(_live_beats(settings))
     try:
         replies = app.control.ping(timeout=1.0)
     except Exception:  # noqa: BLE001 - no reply from the broker means no live workers

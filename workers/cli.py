@@ -63,10 +63,13 @@ class CliContext:
 
     @property
     def matcher(self) -> Any:
+        """The engine; due retrains and snapshots go to the maintenance queue
+        when a worker will take them (:mod:`workers.maintenance`)."""
         if self._matcher is None:
             from matching import build_engine
+            from workers.maintenance import maintenance_hook
 
-            self._matcher = build_engine(self.settings)
+            self._matcher = build_engine(self.settings, maintenance=maintenance_hook(self.settings))
         return self._matcher
 
 
@@ -264,6 +267,14 @@ def works_import(obj: CliContext, manifest: Path) -> None:
         raise PipelineError(f"{manifest}: cannot read: {exc.strerror}") from None
     base = manifest.parent
     ok = failed = 0
+    from workers.maintenance import DeferredMaintenance, queues_maintenance
+
+    # With a worker to take it, maintenance that falls due is queued (once);
+    # without one, it waits for the end of the import instead of running at
+    # each doubling of the registry.
+    queued = queues_maintenance(obj.settings)
+    if not queued:
+        obj.matcher.index.maintenance = DeferredMaintenance()
     with click.progressbar(list(enumerate(lines, 1)), label="importing works", file=sys.stderr) as bar:
         for lineno, line in bar:
             if not line.strip():
@@ -285,9 +296,11 @@ def works_import(obj: CliContext, manifest: Path) -> None:
             except (json.JSONDecodeError, PipelineError, ImageError, BlobStoreError) as exc:
                 failed += 1
                 click.echo(f"\n{manifest}:{lineno}: {exc}", err=True)
-    if ok:
-        # Works registered one by one leave the local-feature vocabulary trained on
-        # an early part of the registry; train it once on the whole registry now.
+    if ok and queued:
+        click.echo("the matching index is retrained by a worker (queue 'maintenance') when it is due", err=True)
+    elif ok:
+        # Train the local-feature vocabulary once on the whole registry (this
+        # also writes its snapshot, so the next process starts from it).
         click.echo(f"training the matching index on the registry ({ok} new works)", err=True)
         obj.matcher.retrain()
     click.echo(f"imported {ok} works, {failed} failed")
@@ -413,12 +426,13 @@ def owners_list(obj: CliContext) -> None:
 
 
 _ROLES = {
-    # CPU workers: crawling, fetching, analysis (decode, hashes, local features), notices.
-    "cpu": ("crawl,fetch,analyse,notify", "prefork"),
+    # CPU workers: crawling, fetching, analysis (decode, hashes, local features), notices,
+    # and the registry's maintenance (retrains, snapshots; one at a time cluster-wide).
+    "cpu": ("crawl,fetch,analyse,notify,maintenance", "prefork"),
     # GPU workers: batched CLIP embedding; one thread per in-flight image.
     "gpu": ("embed", "threads"),
     # Everything in one worker (the embedded default, small installs).
-    "all": ("crawl,fetch,analyse,embed,notify", "prefork"),
+    "all": ("crawl,fetch,analyse,embed,notify,maintenance", "prefork"),
 }
 
 
@@ -474,7 +488,7 @@ def worker(obj: CliContext, role: str, queues: str | None, concurrency: int | No
     if settings.embedded_broker:
         from workers.broker import default_worker_name, start_heartbeat
 
-        start_heartbeat(settings, hostname or default_worker_name())
+        start_heartbeat(settings, hostname or default_worker_name(), queue_list)
     if (role == "gpu" or "embed" in queue_list) and pool in ("threads", "solo") and settings.workers.embed_stage:
         # Load the model before consuming: the first batch must not wait for
         # it (and with it the messages' visibility timeout).

@@ -42,8 +42,11 @@ class Runtime:
     def matcher(self) -> Matcher:
         if self._matcher is None:
             from matching import build_engine
+            from workers.maintenance import maintenance_hook
 
-            self._matcher = build_engine(self.settings)
+            # A searching process never writes a snapshot or retrains during a
+            # query: it queues the maintenance task (workers.maintenance).
+            self._matcher = build_engine(self.settings, maintenance=maintenance_hook(self.settings))
         return self._matcher
 
 

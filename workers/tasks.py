@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from storage.db import session_scope
 from storage.models import DeadLetter, Source, Upload, UploadStatus
 from workers import metrics
-from workers.app import RETRY_BACKOFF_MAX_S, app
+from workers.app import MAINTENANCE_TIME_LIMIT_S, RETRY_BACKOFF_MAX_S, app
 from workers.runtime import get_runtime
 
 __all__ = [
@@ -43,8 +43,10 @@ __all__ = [
     "encode_embedding",
     "fetch_upload",
     "notify_owner",
+    "retrain_vocabulary",
     "run_followups",
     "send_digests",
+    "write_snapshot",
 ]
 
 log = logging.getLogger(__name__)
@@ -486,3 +488,37 @@ def run_followups() -> int:
     rt = get_runtime()
     with build_client(rt.settings.crawler, host_limits(rt.settings)) as client, session_scope(rt.sessions) as s:
         return len(followups(s, client, rt.settings))
+
+
+# ------------------------------------------------------------ maintenance
+
+
+def _maintain(job: Any) -> bool:
+    from workers.maintenance import clear_pending, cluster_lock
+
+    rt = get_runtime()
+    # The index first: a process that starts with no snapshot finds one due,
+    # and the pending flag, still set, keeps it from queueing a second task.
+    index = rt.matcher.index
+    clear_pending(rt.settings, job)
+    with cluster_lock(rt.settings):
+        done = index.run_maintenance(job)
+    log.info("maintenance %s: %s", job, "done" if done else "nothing due")
+    return done
+
+
+@app.task(name="artwatch.retrain_vocabulary", time_limit=MAINTENANCE_TIME_LIMIT_S, **_RETRY)
+def retrain_vocabulary() -> bool:
+    """Retrain the local-feature vocabulary if the registry still calls for it.
+
+    Queued by a registration that crossed a doubling (``workers.maintenance``);
+    other processes switch to the new vocabulary from its snapshot on their
+    next query. A second task queued meanwhile finds nothing due."""
+    return _maintain("retrain")
+
+
+@app.task(name="artwatch.write_snapshot", time_limit=MAINTENANCE_TIME_LIMIT_S, **_RETRY)
+def write_snapshot() -> bool:
+    """Write the postings snapshot of the current vocabulary, covering the
+    journal so far, unless a current one covers it already."""
+    return _maintain("snapshot")
