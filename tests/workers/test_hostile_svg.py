@@ -61,7 +61,7 @@ def test_works_add_refuses_a_hostile_svg_with_a_clear_error(
     assert artwatch("init").returncode == 0
     path = tmp_path / f"{kind}.svg"
     path.write_bytes(HOSTILE[kind]())
-    proc = artwatch("works", "add", str(path), "--owner", "o@example.com")
+    proc = artwatch("works", "add", str(path), "--owner", "o@example.com", "--create-owner")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and f"{kind}.svg: SVG " in proc.stderr
