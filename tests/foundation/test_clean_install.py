@@ -17,9 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+
+from tests.matching.test_scan import _picture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,16 +42,6 @@ def test_the_dockerfile_installs_with_the_tested_script() -> None:
     assert re.search(r'^ARG EXTRAS=""$', text, re.M), "the image's default install must have no extras"
     assert re.search(r'^RUN sh docker/install\.sh python "\$EXTRAS"', text, re.M)
     assert not re.search(r"pip install", text), "the Dockerfile must install only through docker/install.sh"
-
-
-def _picture(seed: int, w: int = 400, h: int = 300) -> np.ndarray:
-    r = np.random.default_rng(seed)
-    base = Image.fromarray(r.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
-    a = np.asarray(base).copy()
-    for _ in range(40):
-        x, y = int(r.integers(0, w - 30)), int(r.integers(0, h - 30))
-        a[y : y + int(r.integers(5, 30)), x : x + int(r.integers(5, 30))] = r.integers(0, 256, 3)
-    return a
 
 
 def test_plain_install_registers_and_scans(tmp_path: Path) -> None:
