@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
-from webapp_testkit import World, login, make_settings
+from webapp_testkit import World, login, make_settings, start_web_command, wait_until_answering
 
 from config.settings import ConfigError
 from storage.models import Account, Role
@@ -95,49 +89,12 @@ def _free_port() -> int:
 
 def test_web_command_serves_and_prints_the_url(tmp_path: Path) -> None:
     port = _free_port()
-    script = textwrap.dedent(f"""
-        import sys
-        from types import SimpleNamespace
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from webapp_testkit import make_settings
-        from storage.db import make_engine, make_sessionmaker
-        from storage.blobs import FolderBlobStore
-        from storage.models import Base
-        from webapp.cli import web_command
-        from pathlib import Path
-        settings = make_settings(Path({str(tmp_path)!r}), web={{"port": {port}}})
-        engine = make_engine(settings.resolved_database_url())
-        Base.metadata.create_all(engine)
-        obj = SimpleNamespace(settings=settings, sessions=make_sessionmaker(engine),
-                              blobs=FolderBlobStore(settings.blob_dir()))
-        web_command.main([], obj=obj, standalone_mode=True)
-    """)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        text=True,
-    )
+    proc = start_web_command(tmp_path, port, capture=True)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert f"serving on http://127.0.0.1:{port}/" in first, first
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/login", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        r = wait_until_answering(f"http://127.0.0.1:{port}/login", proc, timeout=30)
         assert r.status_code == 200 and "Log in" in r.text
         assert r.headers["content-security-policy"].startswith("default-src 'self'")
     finally:

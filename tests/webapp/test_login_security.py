@@ -3,12 +3,7 @@ forwarded addresses only from configured proxies."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import textwrap
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +14,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from webapp_testkit import PASSWORD, World, csrf_from, login, make_settings
+from webapp_testkit import PASSWORD, World, csrf_from, login, make_settings, start_web_command, wait_until_answering
 
 from storage.models import LoginFailure
 from webapp import create_app
@@ -187,37 +182,10 @@ def test_the_served_app_ignores_forwarded_for_from_a_local_client(tmp_path: Path
     Before the fix uvicorn trusted the header from any local client, so each
     try counted under a made-up address and was never slowed down."""
     port = _free_port()
-    script = textwrap.dedent(f"""
-        import sys
-        from types import SimpleNamespace
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from webapp_testkit import make_settings
-        from storage.db import make_engine, make_sessionmaker
-        from storage.blobs import FolderBlobStore
-        from storage.models import Base
-        from webapp.cli import web_command
-        from pathlib import Path
-        settings = make_settings(Path({str(tmp_path)!r}), web={{"port": {port}}})
-        engine = make_engine(settings.resolved_database_url())
-        Base.metadata.create_all(engine)
-        obj = SimpleNamespace(settings=settings, sessions=make_sessionmaker(engine),
-                              blobs=FolderBlobStore(settings.blob_dir()))
-        web_command.main([], obj=obj, standalone_mode=True)
-    """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, cwd=ROOT)
+    proc = start_web_command(tmp_path, port, capture=False)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        wait_until_answering(f"{base}/healthz", proc, timeout=60)
         statuses: list[int] = []
         with httpx.Client(base_url=base, timeout=30) as browser:
             token = csrf_from(browser.get("/login").text)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -347,3 +352,44 @@ def world(tmp_path: Path, db_engine: Engine, engine_factory: Any) -> World:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def start_web_command(data_dir: Path, port: int, *, capture: bool) -> subprocess.Popen[str]:
+    """``artwatch web`` (the real click command, real uvicorn) in a child process
+    on 127.0.0.1:``port``, over a fresh schema in ``data_dir``; only the test
+    servers' ``ARTWATCH_TEST_*`` variables reach it. ``capture`` pipes its
+    output (stdout and stderr together) for the caller to read."""
+    script = textwrap.dedent(f"""
+        import sys
+        from types import SimpleNamespace
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from webapp_testkit import make_settings
+        from storage.db import make_engine, make_sessionmaker
+        from storage.blobs import FolderBlobStore
+        from storage.models import Base
+        from webapp.cli import web_command
+        from pathlib import Path
+        settings = make_settings(Path({str(data_dir)!r}), web={{"port": {port}}})
+        engine = make_engine(settings.resolved_database_url())
+        Base.metadata.create_all(engine)
+        obj = SimpleNamespace(settings=settings, sessions=make_sessionmaker(engine),
+                              blobs=FolderBlobStore(settings.blob_dir()))
+        web_command.main([], obj=obj, standalone_mode=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")}
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-c", script], stdout=out,
+                            stderr=subprocess.STDOUT if capture else subprocess.DEVNULL, env=env,
+                            cwd=Path(__file__).resolve().parents[2], text=True)
+
+
+def wait_until_answering(url: str, proc: subprocess.Popen[str], timeout: float) -> httpx.Response:
+    """GET ``url`` until the server answers; raise if ``proc`` died or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
