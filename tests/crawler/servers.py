@@ -105,6 +105,25 @@ class PayloadServer:
         return Handler
 
 
+def concurrency_route(server: PayloadServer, path: str, hold_s: float) -> dict[str, int]:
+    """Serve ``path`` holding each request ``hold_s``; the returned dict's ``max`` is
+    the most requests the server ever had in flight at once (``now``: at present)."""
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    def slow(p: str, q: dict[str, str], h: dict[str, str]) -> Reply:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(hold_s)
+        with lock:
+            state["now"] -= 1
+        return Reply(200, {"Content-Type": "text/plain"}, b"ok")
+
+    server.routes[path] = slow
+    return state
+
+
 class DripServer:
     """A raw TCP server on 127.0.0.1 that answers every connection by writing
     ``pieces`` one at a time, ``interval`` seconds apart: each write lands well

@@ -18,7 +18,7 @@ from crawler.service import build_client
 from crawler.sources.rss import FeedSource
 
 from .conftest import SITES
-from .servers import PayloadServer, Reply
+from .servers import PayloadServer, Reply, concurrency_route
 
 ROBOTS = SITES / "robots"
 AGENT = "artwatch/0.1 (+https://artwatch.test)"
@@ -145,19 +145,7 @@ def test_per_host_rate_limit(http: PayloadServer) -> None:
 
 
 def test_per_host_concurrency_cap(http: PayloadServer) -> None:
-    lock = threading.Lock()
-    state = {"now": 0, "max": 0}
-
-    def slow(p: str, q: dict[str, str], h: dict[str, str]) -> Reply:
-        with lock:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
-        time.sleep(0.15)
-        with lock:
-            state["now"] -= 1
-        return Reply(200, {"Content-Type": "text/plain"}, b"ok")
-
-    http.routes["/slow"] = slow
+    state = concurrency_route(http, "/slow", 0.15)
     with build_client(_settings(max_concurrency_per_host=2, obey_robots=False)) as client:
         threads = [
             threading.Thread(target=fetch_page, args=(client, http.url + "/slow")) for _ in range(6)

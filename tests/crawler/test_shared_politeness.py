@@ -13,15 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from config.settings import Settings
 
-from .servers import PayloadServer, Reply
+from .servers import PayloadServer, concurrency_route
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 20.0
@@ -106,29 +104,12 @@ def test_two_processes_with_local_limits_take_twice_the_rate(test_settings: Sett
     assert _rate(http) > RATE * 1.5
 
 
-def _concurrency_route(http: PayloadServer) -> dict[str, int]:
-    lock = threading.Lock()
-    state = {"now": 0, "max": 0}
-
-    def slow(p: str, q: dict[str, str], h: dict[str, str]) -> Reply:
-        with lock:
-            state["now"] += 1
-            state["max"] = max(state["max"], state["now"])
-        time.sleep(0.2)
-        with lock:
-            state["now"] -= 1
-        return Reply(200, {"Content-Type": "text/plain"}, b"ok")
-
-    http.routes["/p"] = slow
-    return state
-
-
 @pytest.mark.redis
 @pytest.mark.slow
 def test_two_processes_share_the_concurrency_limit_through_redis(
     test_settings: Settings, http: PayloadServer, redis_server_url: str, redis_prefix: str
 ) -> None:
-    state = _concurrency_route(http)
+    state = concurrency_route(http, "/p", 0.2)
     env = {
         "CRAWLER__POLITENESS_URL": redis_server_url,
         "CRAWLER__REQUESTS_PER_SECOND": "0",
