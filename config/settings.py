@@ -35,6 +35,7 @@ __all__ = [
     "MatchingSettings",
     "NoticeSettings",
     "Settings",
+    "SharedSettings",
     "WebSettings",
     "WorkersSettings",
     "load_settings",
@@ -65,6 +66,16 @@ class BlobSettings(_Section):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     max_attempts: int = 3
+
+
+class SharedSettings(_Section):
+    """Where the state that processes share lives, besides blobs (see defaults.toml).
+
+    "folder": under DATA_DIR (one machine). "services": database tables and
+    blob-store objects, so any number of machines can share it.
+    """
+
+    kind: Literal["folder", "services"] = "folder"
 
 
 class IndexSettings(_Section):
@@ -199,6 +210,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     blobs: BlobSettings = BlobSettings()
+    shared: SharedSettings = SharedSettings()
     index: IndexSettings = IndexSettings()
     matching: MatchingSettings = MatchingSettings()
     crawler: CrawlerSettings = CrawlerSettings()
