@@ -15,8 +15,10 @@ own work is positive, every other pair negative. The decision threshold is
 then the lowest score whose pairs reach ``target_precision`` on this
 calibration set, and the logistic bias is shifted so that this threshold
 reads 0.5: *a score of 0.5 or more means the pair is at or above the target
-precision on the calibration distribution*. The result is written to
-``DATA_DIR/calibration.json``, which every engine process picks up.
+precision on the calibration distribution*. The result is written to the
+engine's document store (:data:`storage.documents.CALIBRATION`: the file
+``DATA_DIR/calibration.json``, or a database row in "services" mode), which
+every engine process picks up.
 """
 
 from __future__ import annotations
@@ -286,8 +288,8 @@ def calibrate(
     """Fit the score model and threshold on synthetic copies of ``works``.
 
     ``works`` must be registered in ``engine`` already (the CLI passes the
-    registry's works and their stored images). Writes
-    ``engine.data_dir/calibration.json`` unless ``write`` is false.
+    registry's works and their stored images). Writes the calibration
+    document to ``engine.documents`` unless ``write`` is false.
     """
     if not 0.5 < target_precision < 1.0:
         raise ValueError("target_precision must be in (0.5, 1)")
@@ -350,9 +352,10 @@ def calibrate(
     model = ScoreModel(local=local, pdq=pdq, clip=clip, threshold=0.5, target_precision=target_precision)
     cal = Calibration(model, int(labels.sum()), int((labels == 0).sum()), recall, precision)
     if write:
-        tmp = engine.calibration_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(cal.to_json(), indent=1), encoding="utf-8")
-        tmp.replace(engine.calibration_path)
+        from storage.documents import CALIBRATION
+
+        assert engine.documents is not None  # set by Engine.__post_init__
+        engine.documents.put(CALIBRATION, json.dumps(cal.to_json(), indent=1).encode("utf-8"))
     log.info("calibration: %d true / %d wrong pairs; threshold keeps precision %.4f, recall %.3f",
              cal.positives, cal.negatives, precision, recall)
     return cal

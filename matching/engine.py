@@ -14,7 +14,7 @@ VectorIndex (Qdrant); an upload's nearest works join the candidates, their
 cosine similarity is kept for the reviewer, and it enters the score only
 through a logistic model that ``artwatch calibrate`` fitted for the deployed
 model (none until then, so uncalibrated or random weights never decide). The models and the
-decision threshold come from ``DATA_DIR/calibration.json`` written by
+decision threshold come from the shared calibration document written by
 :func:`matching.calibrate.calibrate`; without that file the built-in
 coefficients (fitted the same way on synthetic copies, see docs) and
 ``settings.matching.threshold`` apply. ``score`` estimates the probability
@@ -56,6 +56,7 @@ from matching.verify import Verification, verify
 if TYPE_CHECKING:
     from config.settings import Settings
     from matching.index.vectors import WorkVectors
+    from storage.documents import DocumentCache, DocumentStore
 
 __all__ = ["Candidate", "Engine", "ScoreModel", "WorkRef", "build_engine"]
 
@@ -218,9 +219,11 @@ class Engine:
     #: Where the index's due retrains and snapshots go (:attr:`LocalIndex.maintenance`);
     #: None runs them in this process, inside the call that made them due.
     maintenance: MaintenanceHook | None = None
+    #: Where the score calibration lives (:data:`storage.documents.CALIBRATION`);
+    #: None means the file in ``data_dir``.
+    documents: DocumentStore | None = None
     index: LocalIndex = field(init=False)
-    _model: ScoreModel = field(init=False)
-    _model_mtime: float | None = field(default=None, init=False)
+    _calibration: DocumentCache[ScoreModel] = field(init=False)
     #: PDQ hashes of the registered works (all dihedral variants), rebuilt
     #: when the local index's generation changes.
     _pdq: PdqIndex = field(default_factory=PdqIndex, init=False)
@@ -229,14 +232,18 @@ class Engine:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.index = LocalIndex(FeatureStore(self.data_dir / "features"), maintenance=self.maintenance)
-        self._model = ScoreModel(threshold=self.default_threshold)
+        # storage imports SQLAlchemy: not at module level, so `import matching` stays light.
+        from storage.documents import CALIBRATION, DocumentCache, FolderDocumentStore
+
+        if self.documents is None:
+            self.documents = FolderDocumentStore(self.data_dir)
+        self._calibration = DocumentCache(
+            self.documents, CALIBRATION,
+            lambda data: ScoreModel.from_json(json.loads(data.decode("utf-8")), self.default_threshold),
+            lambda: ScoreModel(threshold=self.default_threshold))
         self.index.refresh()
 
     # ------------------------------------------------------------ registration
-
-    @property
-    def calibration_path(self) -> Path:
-        return self.data_dir / "calibration.json"
 
     @property
     def defers_clip(self) -> bool:
@@ -291,18 +298,8 @@ class Engine:
 
     @property
     def model(self) -> ScoreModel:
-        try:
-            mtime: float | None = self.calibration_path.stat().st_mtime
-        except FileNotFoundError:
-            mtime = None
-        if mtime != self._model_mtime:
-            self._model_mtime = mtime
-            if mtime is None:
-                self._model = ScoreModel(threshold=self.default_threshold)
-            else:
-                d = json.loads(self.calibration_path.read_text(encoding="utf-8"))
-                self._model = ScoreModel.from_json(d, self.default_threshold)
-        return self._model
+        """The calibrated score model, reread when another process calibrates again."""
+        return self._calibration.get()
 
     def analyse(self, data: bytes, *, name: str = "", owner_ids: list[int] | None = None,
                 embedding: npt.NDArray[np.float32] | None = None) -> list[Candidate]:
@@ -513,9 +510,13 @@ def _rank(v: Verification) -> tuple[bool, int, float]:
     return (v.plausible, v.inliers, v.inlier_ratio)
 
 
-def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = None) -> Engine:
+def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = None,
+                 documents: DocumentStore | None = None) -> Engine:
     """The engine for these settings (features under ``settings.data_dir``);
-    ``maintenance`` as in :attr:`Engine.maintenance`."""
+    ``maintenance`` as in :attr:`Engine.maintenance`; the calibration from
+    ``documents``, by default the store ``settings.shared.kind`` names."""
+    from storage.documents import build_document_store
+
     limit_native_threads()
     vectors = None
     if settings.matching.use_embedder:
@@ -528,4 +529,5 @@ def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = No
         embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
         vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
-                  maintenance=maintenance)
+                  maintenance=maintenance,
+                  documents=documents if documents is not None else build_document_store(settings))

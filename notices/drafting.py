@@ -48,12 +48,13 @@ from notices.content import ItemRef, NoticeContent, Notifier, WorkRef, clean_blo
 from notices.errors import DraftingBlocked, ProfileIncomplete, TemplateRejected
 from notices.hosts import (
     DEFAULT_HOSTS_FILE,
-    OVERRIDE_FILE_NAME,
     HostDirectory,
     load_host_directory,
     merge_directories,
+    parse_host_directory,
 )
 from notices.render import check_template, render_notice
+from storage.documents import HOSTS_OVERRIDE, DocumentStore, build_document_store
 from storage.models import (
     Account,
     AuditEvent,
@@ -108,10 +109,13 @@ def notice_settings(settings: Settings | NoticeSettings) -> NoticeSettings:
 
 
 @lru_cache(maxsize=8)
-def _cached_directory(path: str, mtime_ns: int, override: str, override_mtime_ns: int) -> HostDirectory:
+def _cached_directory(path: str, mtime_ns: int, override: DocumentStore | None,
+                      override_version: str | None) -> HostDirectory:
     directory = load_host_directory(path=Path(path))
-    if override:
-        directory = merge_directories(directory, load_host_directory(path=Path(override)))
+    doc = override.get(HOSTS_OVERRIDE) if override is not None and override_version is not None else None
+    if doc is not None and override is not None:
+        extra = parse_host_directory(doc.data.decode("utf-8"), override.location(HOSTS_OVERRIDE))
+        directory = merge_directories(directory, extra)
     return directory
 
 
@@ -119,19 +123,22 @@ def _mtime(path: Path) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
-        return -1  # missing: the loader reports it (or there is no override)
+        return -1  # missing: the loader reports it
 
 
-def host_directory(settings: Settings | NoticeSettings) -> HostDirectory:
-    """The configured host directory, plus ``DATA_DIR/hosts.override.toml`` when
-    full Settings are given and the file exists; reloaded when either changes."""
+def host_directory(settings: Settings | NoticeSettings, documents: DocumentStore | None = None) -> HostDirectory:
+    """The configured host directory, plus the admin's override document when full
+    Settings are given and it exists; reloaded when either changes.
+
+    The override comes from ``documents``, by default the store that
+    ``settings.shared.kind`` names (``DATA_DIR/hosts.override.toml``, or the
+    database in "services" mode)."""
     ns = notice_settings(settings)
     path = Path(ns.hosts_file) if ns.hosts_file else DEFAULT_HOSTS_FILE
-    override = Path(settings.data_dir) / OVERRIDE_FILE_NAME if isinstance(settings, Settings) else None
-    if override is not None and not override.exists():
-        override = None
-    return _cached_directory(str(path), _mtime(path), str(override or ""),
-                             _mtime(override) if override else -1)
+    if documents is None and isinstance(settings, Settings):
+        documents = build_document_store(settings)
+    version = documents.version(HOSTS_OVERRIDE) if documents is not None else None
+    return _cached_directory(str(path), _mtime(path), documents if version is not None else None, version)
 
 
 def missing_profile_fields(owner: Account, *laws: str) -> list[str]:

@@ -19,11 +19,12 @@ from config.settings import NoticeSettings
 from notices.errors import HostDirectoryError
 
 __all__ = ["DEFAULT_HOSTS_FILE", "OVERRIDE_FILE_NAME", "HostDirectory", "HostEntry", "load_host_directory",
-           "merge_directories"]
+           "merge_directories", "parse_host_directory"]
 
 DEFAULT_HOSTS_FILE = Path(__file__).resolve().parents[1] / "config" / "hosts.toml"
-# An administrator's additions and corrections, kept in DATA_DIR and edited
-# from the web app's admin page; its entries replace bundled ones by key.
+# An administrator's additions and corrections, edited from the web app's admin
+# page and kept as a shared document (storage.documents.HOSTS_OVERRIDE: a file in
+# DATA_DIR, or a database row); its entries replace bundled ones by key.
 OVERRIDE_FILE_NAME = "hosts.override.toml"
 
 _KEYS = {"name", "domains", "law", "email", "web_form", "verify", "notes"}
@@ -86,11 +87,20 @@ def load_host_directory(settings: NoticeSettings | None = None, path: Path | Non
     if path is None:
         path = Path(settings.hosts_file) if settings is not None and settings.hosts_file else DEFAULT_HOSTS_FILE
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise HostDirectoryError(f"host directory not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HostDirectoryError(f"cannot read the host directory {path}: {exc}") from None
+    return parse_host_directory(text, str(path))
+
+
+def parse_host_directory(text: str, source: str) -> HostDirectory:
+    """Validate a directory's TOML text; every problem names ``source`` (a file, or the shared
+    override document) and the entry."""
+    path = source
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise HostDirectoryError(f"{path}: not valid TOML: {exc}") from None
     extra = set(data) - {"hosts"}
@@ -108,7 +118,7 @@ def load_host_directory(settings: NoticeSettings | None = None, path: Path | Non
         raise HostDirectoryError(f"{path}: {exc}") from None
 
 
-def _entry(path: Path, key: str, raw: object) -> HostEntry:
+def _entry(path: str, key: str, raw: object) -> HostEntry:
     where = f"{path}: [hosts.{key!r}]"
     if not isinstance(raw, dict):
         raise HostDirectoryError(f"{where} must be a table")

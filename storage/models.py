@@ -27,6 +27,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -46,6 +47,7 @@ __all__ = [
     "NoticeState",
     "NoticeTemplate",
     "Role",
+    "SharedDocument",
     "Sighting",
     "Source",
     "Upload",
@@ -383,3 +385,20 @@ class WebJob(Base):
     errors: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- Shared state in "services" mode (storage.documents.SqlDocumentStore) ---
+
+
+class SharedDocument(Base):
+    """One whole shared document (score calibration, host override, secret key) by name.
+
+    ``version`` is a random token rewritten with every put, so readers check it
+    alone and reread the data only when it changed."""
+
+    __tablename__ = "shared_documents"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    version: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

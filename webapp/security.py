@@ -15,7 +15,6 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -24,6 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from config.settings import ConfigError, Settings
+from storage.documents import SECRET_KEY, DocumentStore, build_document_store
 from storage.models import Account, LoginFailure, WebSession
 
 __all__ = [
@@ -177,36 +177,30 @@ def end_session(session: Session, key: str) -> None:
     session.execute(delete(WebSession).where(WebSession.key_hash == token_digest(key)))
 
 
-def resolve_secret_key(settings: Settings) -> str:
-    """settings.web.secret_key, or a random key kept in DATA_DIR (embedded use only).
+def resolve_secret_key(settings: Settings, documents: DocumentStore | None = None) -> str:
+    """settings.web.secret_key, or a random key kept as a shared document.
 
     The key signs CSRF tokens and the unsubscribe links in alert emails, so the
-    web server and the workers that send alerts must see the same key.
+    web server and the workers that send alerts must see the same key. The
+    generated key lives in ``documents`` (by default the store that
+    ``settings.shared.kind`` names): ``DATA_DIR/web_secret_key`` (mode 0600),
+    which only the processes of one machine share, so a non-embedded broker
+    needs an explicit key; or, with ``shared.kind = "services"``, the database,
+    which every process of every machine reaches.
     """
     if settings.web.secret_key:
         return settings.web.secret_key
-    if not settings.embedded_broker:
+    if settings.shared.kind == "folder" and not settings.embedded_broker:
         raise ConfigError(
-            "set web.secret_key (ARTWATCH_WEB__SECRET_KEY): the web server and the workers "
-            "that send alert emails must share it, so a per-machine random key cannot be used"
+            "set web.secret_key (ARTWATCH_WEB__SECRET_KEY) or shared.kind = \"services\": the web server "
+            "and the workers that send alert emails must share it, so a per-machine random key cannot be used"
         )
-    path = Path(settings.data_dir) / "web_secret_key"
-    try:
-        existing = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        existing = ""
-    if existing:
-        return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: when two processes race, the loser reads the winner's key.
-    try:
-        with open(path, "x", encoding="utf-8") as fh:
-            fh.write(key)
-        path.chmod(0o600)
-        return key
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
+    store = documents if documents is not None else build_document_store(settings)
+    existing = store.get(SECRET_KEY)
+    if existing is not None and existing.data.strip():
+        return existing.data.decode("utf-8").strip()
+    # When two processes race, the loser gets the winner's key.
+    return store.put_if_absent(SECRET_KEY, secrets.token_urlsafe(48).encode("utf-8")).decode("utf-8").strip()
 
 
 class Signer:

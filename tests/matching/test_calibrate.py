@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +52,51 @@ def test_calibrate_writes_file_the_engine_reads(tmp_path: Path) -> None:
     assert len(saved["local"]) == 5 and saved["local"][4] > 0.1
     # Copies of registered works still match under the calibrated model.
     assert e.analyse(encode(textured(2), quality=85))[0].work_id == 2
+
+
+_CALIBRATE_ELSEWHERE = """
+import json
+from config.settings import load_settings
+from matching.calibrate import calibrate
+from matching.engine import WorkRef, build_engine
+from tests.matching.test_engine import encode, textured
+engine = build_engine(load_settings())
+refs = []
+for wid in (1, 2, 3):
+    data = encode(textured(wid), "PNG")
+    ref = WorkRef(wid, 1, "artwork")
+    engine.register(ref, data)
+    refs.append((ref, data))
+cal = calibrate(engine, refs, 0.99, copies_whole=2, copies_partial=1, negatives=4, seed=3)
+print(json.dumps(cal.model.to_json()))
+"""
+
+
+def test_services_mode_calibration_reaches_an_engine_with_another_data_dir(database_url: str,
+                                                                            tmp_path: Path) -> None:
+    """`calibrate` in one process, on one machine's DATA_DIR; an engine in this process, with
+    an empty DATA_DIR of its own, scores with that model because both read the database."""
+    from config.settings import load_settings
+    from matching.engine import ScoreModel, build_engine
+    from storage.db import make_engine
+    from storage.models import Base
+
+    db = make_engine(database_url)
+    Base.metadata.create_all(db)
+    db.dispose()
+    reader_dir, writer_dir = tmp_path / "reader", tmp_path / "writer"
+    reader = build_engine(load_settings(data_dir=reader_dir, database_url=database_url, shared={"kind": "services"},
+                                        matching={"use_embedder": False, "threshold": 0.4}))
+    assert reader.model == ScoreModel(threshold=0.4)  # nothing calibrated yet
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")}
+    env.update(ARTWATCH_DATA_DIR=str(writer_dir), ARTWATCH_DATABASE_URL=database_url,
+               ARTWATCH_SHARED__KIND="services", ARTWATCH_MATCHING__USE_EMBEDDER="false")
+    proc = subprocess.run([sys.executable, "-c", _CALIBRATE_ELSEWHERE], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reader.model == ScoreModel.from_json(written, 0.4)  # the engine that was already running
+    assert reader.model.local == tuple(written["local"]) and reader.model.target_precision == 0.99
+    assert reader.model != ScoreModel(threshold=0.4)
+    # Nothing went through either DATA_DIR.
+    assert not (writer_dir / "calibration.json").exists() and not (reader_dir / "calibration.json").exists()

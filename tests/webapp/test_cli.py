@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,6 +82,40 @@ def test_secret_key_is_generated_once_per_data_dir_and_required_when_distributed
     )
     with pytest.raises(ConfigError, match=r"web\.secret_key"):
         resolve_secret_key(distributed)
+
+
+_RESOLVE_KEY = """
+from config.settings import load_settings
+from webapp.security import resolve_secret_key
+print(resolve_secret_key(load_settings()))
+"""
+
+
+def test_services_processes_with_different_data_dirs_resolve_one_secret_key(database_url: str,
+                                                                            tmp_path: Path) -> None:
+    """Two machines (here: processes with DATA_DIRs of their own and a Redis broker) with no
+    web.secret_key: in services mode both generate one at once and end up with the same."""
+    from storage.db import make_engine
+    from storage.models import Base
+
+    db = make_engine(database_url)
+    Base.metadata.create_all(db)
+    db.dispose()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")}
+    base.update(ARTWATCH_DATABASE_URL=database_url, ARTWATCH_SHARED__KIND="services",
+                ARTWATCH_BROKER_URL="redis://127.0.0.1:6379/15")
+    procs = [subprocess.Popen([sys.executable, "-c", _RESOLVE_KEY],
+                              env={**base, "ARTWATCH_DATA_DIR": str(tmp_path / d)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in ("web", "worker")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    keys = {out.strip() for out, _ in outs}
+    assert len(keys) == 1 and len(keys.pop()) >= 32
+    assert not (tmp_path / "web" / "web_secret_key").exists() and not (tmp_path / "worker" / "web_secret_key").exists()
+    later = make_settings(tmp_path / "third", web={"secret_key": ""}, database_url=database_url,
+                          shared={"kind": "services"}, broker_url="redis://127.0.0.1:6379/15")
+    assert resolve_secret_key(later) == outs[0][0].strip()
 
 
 def _free_port() -> int:

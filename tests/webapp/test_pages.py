@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select
-from webapp_testkit import PASSWORD, World, csrf_from, login, logo_png, product_shot
+from sqlalchemy.engine import Engine
+from webapp_testkit import PASSWORD, World, csrf_from, login, logo_png, make_settings, product_shot
 
 from storage.models import Account, Role, Source, WebJob, Work
 
@@ -359,6 +361,53 @@ def test_admin_manages_sources_users_and_hosts(world: World) -> None:
 
     entry = effective_host_directory(world.settings).lookup("https://pics.example/p/1")
     assert entry is not None and entry.law == "dsa" and entry.recipient == "legal@pics.example"
+
+
+def test_services_mode_override_saved_on_the_web_reaches_drafting_elsewhere(
+    tmp_path: Path, db_engine: Engine
+) -> None:
+    """The web app saves the admin's override; a worker with another DATA_DIR drafts with it,
+    because in services mode the override is a database row, not a file in either DATA_DIR."""
+    from matching import build_engine
+    from notices.drafting import draft_for_match
+    from storage.blobs import FolderBlobStore
+    from storage.db import make_sessionmaker, session_scope
+    from storage.models import Notice
+    from webapp import create_app
+
+    url = db_engine.url.render_as_string(hide_password=False)
+    services = {"shared": {"kind": "services"}, "database_url": url}
+    web_settings = make_settings(tmp_path / "web", **services)
+    worker_settings = make_settings(tmp_path / "worker", **services)
+    sessions = make_sessionmaker(db_engine)
+    blobs = FolderBlobStore(web_settings.blob_dir())
+    matcher = build_engine(web_settings)
+    world = World(web_settings, sessions, blobs, matcher,
+                  create_app(web_settings, sessions=sessions, blobs=blobs, engine=matcher))
+
+    def drafted(owner_email: str, page: str) -> tuple[str, str]:
+        owner = world.account(owner_email)
+        work = world.work(owner, logo_png(3), kind="artwork")
+        match_id = world.match(work, logo_png(3), url=page)
+        with session_scope(sessions) as s:
+            notice = draft_for_match(s, match_id, worker_settings)
+            assert isinstance(notice, Notice)
+            return notice.law, notice.recipient
+
+    assert drafted("ann@example.com", "https://pics.example/p/1") == ("dmca", "dmca-agent@pics.example")
+    world.account("root@example.com", Role.ADMIN)
+    client = world.client("root@example.com")
+    token = csrf_from(client.get("/admin/hosts").text)
+    good = (
+        '[hosts."pics.example"]\nname = "Pics (override)"\n'
+        'domains = ["pics.example"]\nlaw = "dsa"\n'
+        'email = "legal@pics.example"\nverify = false\n'
+    )
+    saved = client.post("/admin/hosts", data={"csrf_token": token, "override": good})
+    assert saved.status_code == 200 and "Override saved." in saved.text and "shared_documents" in saved.text
+    assert drafted("bob@example.com", "https://pics.example/p/2") == ("dsa", "legal@pics.example")
+    for data_dir in (tmp_path / "web", tmp_path / "worker"):
+        assert not (data_dir / "hosts.override.toml").exists()
 
 
 def test_other_roles_cannot_use_admin_or_review_pages(world: World) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
+from storage.documents import HOSTS_OVERRIDE, DocumentStore, build_document_store
 from storage.models import Account, Role, Source
 from webapp.deps import DB, csrf_protect, get_ctx, require_page_role
 from webapp.errors import InvalidInput, NotFound, WebError
@@ -22,7 +23,7 @@ from webapp.security import hash_password
 router = APIRouter(include_in_schema=False, prefix="/admin", dependencies=[Depends(csrf_protect)])
 
 ADMIN = require_page_role(Role.ADMIN)
-HOSTS_OVERRIDE_NAME = "hosts.override.toml"
+HOSTS_OVERRIDE_NAME = HOSTS_OVERRIDE
 
 
 def source_kinds() -> tuple[str, ...]:
@@ -31,28 +32,34 @@ def source_kinds() -> tuple[str, ...]:
     return tuple(SOURCE_KINDS)
 
 
-def hosts_paths(settings: Settings) -> tuple[Path, Path]:
-    """The configured (or bundled) host directory and the admin's override file in DATA_DIR."""
+def bundled_hosts_file(settings: Settings) -> Path:
+    """The configured (or bundled) host directory that the admin's override amends."""
     from notices.hosts import DEFAULT_HOSTS_FILE
 
-    bundled = (
-        Path(settings.notices.hosts_file) if settings.notices.hosts_file else DEFAULT_HOSTS_FILE
-    )
-    return bundled, Path(settings.data_dir) / HOSTS_OVERRIDE_NAME
+    return Path(settings.notices.hosts_file) if settings.notices.hosts_file else DEFAULT_HOSTS_FILE
 
 
-def effective_host_directory(settings: Settings) -> Any:
-    """The bundled directory with the override file's entries replacing (or adding) entries by key.
+def effective_host_directory(settings: Settings, documents: DocumentStore | None = None) -> Any:
+    """The bundled directory with the override's entries replacing (or adding) entries by key.
 
-    Raises notices.errors.HostDirectoryError naming the file and entry at fault.
+    The override comes from ``documents``, by default the store that
+    ``settings.shared.kind`` names. Raises notices.errors.HostDirectoryError
+    naming the file (or document) and entry at fault.
     """
-    from notices.hosts import HostDirectory, load_host_directory
+    from notices.hosts import HostDirectory, load_host_directory, parse_host_directory
 
-    bundled, override = hosts_paths(settings)
-    entries = dict(load_host_directory(path=bundled).entries)
-    if override.exists():
-        entries.update(load_host_directory(path=override).entries)
+    if documents is None:
+        documents = build_document_store(settings)
+    entries = dict(load_host_directory(path=bundled_hosts_file(settings)).entries)
+    doc = documents.get(HOSTS_OVERRIDE_NAME)
+    if doc is not None:
+        entries.update(parse_host_directory(doc.data.decode("utf-8"), documents.location(HOSTS_OVERRIDE_NAME)).entries)
     return HostDirectory(list(entries.values()))
+
+
+def _documents(request: Request) -> DocumentStore:
+    ctx = get_ctx(request)
+    return build_document_store(ctx.settings, ctx.sessions)
 
 
 def _sources_page(
@@ -213,28 +220,30 @@ def _hosts_page(
     status: int = 200,
 ) -> Response:
     from notices.errors import HostDirectoryError
-    from notices.hosts import load_host_directory
+    from notices.hosts import load_host_directory, parse_host_directory
 
     settings = get_ctx(request).settings
-    bundled, override = hosts_paths(settings)
+    documents = _documents(request)
+    bundled = bundled_hosts_file(settings)
+    stored = documents.get(HOSTS_OVERRIDE_NAME)
     if override_text is None:
-        override_text = override.read_text(encoding="utf-8") if override.exists() else ""
+        override_text = stored.data.decode("utf-8") if stored is not None else ""
     try:
         bundled_keys = set(load_host_directory(path=bundled).entries)
-        entries = sorted(effective_host_directory(settings).entries.values(), key=lambda e: e.key)
+        entries = sorted(effective_host_directory(settings, documents).entries.values(), key=lambda e: e.key)
     except HostDirectoryError as exc:
         bundled_keys, entries = set(), []
         error = error or str(exc)
     overridden = set()
-    if override.exists():
+    if stored is not None:
         with contextlib.suppress(HostDirectoryError):
-            overridden = set(load_host_directory(path=override).entries)
+            overridden = set(parse_host_directory(stored.data.decode("utf-8"), HOSTS_OVERRIDE_NAME).entries)
     return get_ctx(request).templates.TemplateResponse(
         request,
         "admin_hosts.html",
         {
             "bundled": str(bundled),
-            "override_path": str(override),
+            "override_path": documents.location(HOSTS_OVERRIDE_NAME),
             "entries": entries,
             "bundled_keys": bundled_keys,
             "overridden": overridden,
@@ -253,26 +262,17 @@ def hosts(request: Request, account: Account = ADMIN) -> Response:
 
 @router.post("/hosts", response_class=HTMLResponse)
 def save_hosts(request: Request, account: Account = ADMIN, override: str = Form("")) -> Response:
-    """Validate the override with the notices package's loader, then replace the file atomically."""
-    import tempfile
-
+    """Validate the override with the notices package's loader, then replace the shared document at once."""
     from notices.errors import HostDirectoryError
-    from notices.hosts import HostDirectory, load_host_directory
+    from notices.hosts import HostDirectory, load_host_directory, parse_host_directory
 
     text = override.replace("\r\n", "\n")
-    bundled, path = hosts_paths(get_ctx(request).settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        candidate = Path(tmp) / HOSTS_OVERRIDE_NAME
-        candidate.write_text(text, encoding="utf-8")
-        try:
-            entries = dict(load_host_directory(path=bundled).entries)
-            entries.update(load_host_directory(path=candidate).entries)
-            HostDirectory(list(entries.values()))
-        except HostDirectoryError as exc:
-            message = str(exc).replace(str(candidate), HOSTS_OVERRIDE_NAME)
-            return _hosts_page(request, text, message, status=422)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(text, encoding="utf-8")
-    tmp_path.replace(path)
+    bundled = bundled_hosts_file(get_ctx(request).settings)
+    try:
+        entries = dict(load_host_directory(path=bundled).entries)
+        entries.update(parse_host_directory(text, HOSTS_OVERRIDE_NAME).entries)
+        HostDirectory(list(entries.values()))
+    except HostDirectoryError as exc:
+        return _hosts_page(request, text, str(exc), status=422)
+    _documents(request).put(HOSTS_OVERRIDE_NAME, text.encode("utf-8"))
     return _hosts_page(request, saved=True)
