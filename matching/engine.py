@@ -1,10 +1,11 @@
 """The matching engine: register works, analyse uploads, decide.
 
 One upload is decoded once. Its RootSIFT keypoints query the local-feature
-inverted file (:mod:`matching.local`); the best-voted works are verified
-geometrically (:mod:`matching.verify`), which also gives the polygon where
-the work sits. PDQ with the works' dihedral variants catches near-exact
-copies whose keypoints were destroyed (heavy blur, pixelisation).
+inverted file (:mod:`matching.postings`, kept in step with the shared registry
+by :mod:`registry.index`); the best-voted works are verified geometrically
+(:mod:`matching.verify`), which also gives the polygon where the work sits.
+PDQ with the works' dihedral variants catches near-exact copies whose
+keypoints were destroyed (heavy blur, pixelisation).
 
 Every (upload, work) pair gets one score in [0, 1]: a logistic model over
 the verification evidence (distinct inliers, inlier ratio, coverage) combined
@@ -39,19 +40,13 @@ import pdqhash
 
 from matching.decode import DecodedImage, decode_image
 from matching.dense import dense_agreement, work_thumbnails
+from matching.features import StoredWork, extract_features, extract_work_features, limit_native_threads
 from matching.index.pdq import PdqIndex
-from matching.local import (
-    Correspondences,
-    FeatureStore,
-    LocalIndex,
-    MaintenanceHook,
-    StoredWork,
-    extract_features,
-    extract_work_features,
-    limit_native_threads,
-)
+from matching.postings import Correspondences
 from matching.signals.pdq import DIHEDRAL
 from matching.verify import Verification, verify
+from registry.index import LocalIndex, MaintenanceHook
+from registry.store import FeatureStore
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -204,7 +199,7 @@ class _Analysis:
 class Engine:
     """Registers works and analyses uploads; safe to use from several processes.
 
-    Work features persist under ``data_dir/features``; each call first picks
+    Work features persist in :attr:`feature_store`; each call first picks
     up works that other processes registered or removed.
     """
 
@@ -218,6 +213,9 @@ class Engine:
     #: Where the index's due retrains and snapshots go (:attr:`LocalIndex.maintenance`);
     #: None runs them in this process, inside the call that made them due.
     maintenance: MaintenanceHook | None = None
+    #: Where the registry lives (:func:`registry.store.build_feature_store`); None: the
+    #: folder store under ``data_dir/features``.
+    feature_store: FeatureStore | None = None
     index: LocalIndex = field(init=False)
     _model: ScoreModel = field(init=False)
     _model_mtime: float | None = field(default=None, init=False)
@@ -228,7 +226,12 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        self.index = LocalIndex(FeatureStore(self.data_dir / "features"), maintenance=self.maintenance)
+        store = self.feature_store
+        if store is None:
+            from registry.folder import FolderFeatureStore
+
+            store = FolderFeatureStore(self.data_dir / "features")
+        self.index = LocalIndex(store, maintenance=self.maintenance)
         self._model = ScoreModel(threshold=self.default_threshold)
         self.index.refresh()
 
@@ -513,9 +516,12 @@ def _rank(v: Verification) -> tuple[bool, int, float]:
     return (v.plausible, v.inliers, v.inlier_ratio)
 
 
-def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = None) -> Engine:
-    """The engine for these settings (features under ``settings.data_dir``);
-    ``maintenance`` as in :attr:`Engine.maintenance`."""
+def build_engine(
+    settings: Settings, *, maintenance: MaintenanceHook | None = None, feature_store: FeatureStore | None = None,
+) -> Engine:
+    """The engine for these settings; ``maintenance`` as in :attr:`Engine.maintenance`.
+    Its local-feature registry is ``feature_store``, or the one
+    :func:`registry.store.build_feature_store` builds for ``settings.shared.kind``."""
     limit_native_threads()
     vectors = None
     if settings.matching.use_embedder:
@@ -527,5 +533,9 @@ def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = No
         # process opens the index with the vectors' width and loads no model.
         embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
         vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
+    if feature_store is None:
+        from registry.store import build_feature_store
+
+        feature_store = build_feature_store(settings)
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
-                  maintenance=maintenance)
+                  maintenance=maintenance, feature_store=feature_store)
