@@ -161,5 +161,4 @@ def build_feature_store(
         from storage.blobs import build_blob_store
 
         blobs = build_blob_store(settings)
-    return SqlFeatureStore(sessions, blobs, cache_dir=data_dir / "cache" / "feature-snapshots",
-                           lock_dir=data_dir / "cache" / "feature-locks")
+    return SqlFeatureStore(sessions, blobs, cache_dir=data_dir / "cache" / "feature-snapshots")

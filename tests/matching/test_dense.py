@@ -378,12 +378,9 @@ def test_sub_words_partition_words_without_changing_signatures(tmp_path: Path) -
     for i in range(0, rows.shape[0], 97):
         d = ((x[rows[i]][None] - three.sub[words[i]]) ** 2).sum(1)
         assert (w2[2 * i : 2 * i + 2] % three.k3).tolist() == np.argsort(d, kind="stable")[:2].tolist()
-    path = tmp_path / "vocab.npz"
-    three.save(path)
-    back = Vocabulary.load(path)
+    back = Vocabulary.from_bytes(three.to_bytes())
     assert back.version == three.version and back.sub is not None and np.array_equal(back.sub, three.sub)
-    voc.save(path)
-    assert Vocabulary.load(path).sub is None
+    assert Vocabulary.from_bytes(voc.to_bytes()).sub is None
 
 
 def _wgc_reference(d_angle: np.ndarray, d_log: np.ndarray, bins: int = 18, sb: float = 0.5) -> tuple[int, np.ndarray]:
