@@ -33,7 +33,7 @@ import os
 import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,10 +148,8 @@ class SqlFeatureStore:
             return [int(i) for i in s.scalars(select(FeatureWork.work_id).order_by(FeatureWork.work_id))]
 
     def _delete_blob(self, key: str) -> None:
-        try:
+        with suppress(BlobNotFound):  # another process removed it first
             self.blobs.delete(key)
-        except BlobNotFound:
-            pass
 
     # ---- change feed
 

@@ -238,9 +238,8 @@ def test_locks_are_exclusive_across_processes(spec: Spec) -> None:
         orders.put("release")
         proc.join(timeout=60)
         assert proc.exitcode == 0
-        with store.lock("retrain", timeout=30):  # free again
-            with pytest.raises(Locked), open_store(spec).lock("retrain", timeout=0.2):
-                pass  # waited its timeout
+        with store.lock("retrain", timeout=30), pytest.raises(Locked), open_store(spec).lock("retrain", timeout=0.2):
+            pass  # free again here, so the other instance waits its timeout and gives up
     finally:
         if proc.is_alive():
             proc.kill()
@@ -325,3 +324,33 @@ def test_a_work_registered_on_one_machine_is_found_on_another(
     a.register(WorkRef(7, 30, "artwork"), encode(textured(7), "PNG"))
     assert not any(c.work_id == 1 and c.match for c in b.analyse(crop))
     assert 7 in b.index.work_ids and reads == [7]
+
+
+def test_the_settings_choose_the_store_and_build_engine_uses_it(tmp_path: Path, postgres_url: str) -> None:
+    from config.settings import load_settings
+    from matching.engine import build_engine
+    from registry.sql import SqlFeatureStore
+    from registry.store import build_feature_store
+    from storage.db import make_engine
+    from storage.models import Base
+
+    off = {"use_embedder": False}
+    folder = build_feature_store(load_settings(data_dir=tmp_path / "f", matching=off))
+    assert isinstance(folder, FolderFeatureStore) and folder.root == tmp_path / "f" / "features"
+    db = make_engine(postgres_url)
+    Base.metadata.create_all(db)
+    db.dispose()
+    settings = load_settings(data_dir=tmp_path / "s", database_url=postgres_url, shared={"kind": "services"},
+                             matching=off)
+    engine = build_engine(settings)
+    store = engine.index.store
+    try:
+        assert isinstance(store, SqlFeatureStore)
+        assert store.cache_dir == tmp_path / "s" / "cache" / "feature-snapshots"
+        store.append(["add 5"])
+        assert store.changes(0)[0] == ["add 5"]
+        given = FolderFeatureStore(tmp_path / "given")
+        assert build_engine(settings, feature_store=given).index.store is given
+    finally:
+        if isinstance(store, SqlFeatureStore):
+            store.engine.dispose()
