@@ -160,7 +160,7 @@ class PostingsIndex:
                 self._alive[img] = False
 
     def _insert(self, w: StoredWork) -> None:
-        # Descriptors stay on disk (for retraining); memory keeps postings only.
+        # Descriptors stay in the store (for retraining); memory keeps postings only.
         self._works[w.work_id] = replace(
             w, direct=LocalFeatures.empty(w.width, w.height),
             mirrored=LocalFeatures.empty(w.width, w.height), thumbs=np.zeros((0, 0, 0), np.uint8))

@@ -52,7 +52,7 @@ THUMB_CACHE = 2048
 #: Descriptors sampled per work to train the sub-words.
 SUB_SAMPLE_PER_WORK = 200
 #: A process writes a new postings snapshot once it has applied this many
-#: journal changes since its state was last snapshotted, or a quarter of the
+#: change-feed lines since its state was last snapshotted, or a quarter of the
 #: registry if that is more (a snapshot rewrites every posting).
 SNAPSHOT_EVERY = 64
 SNAPSHOT_FORMAT = 1
@@ -131,7 +131,7 @@ class LocalIndex(PostingsIndex):
         """Run ``job`` here if it is still due (the maintenance task's body).
 
         Nothing is handed off meanwhile. A retrain waits for one under way in
-        another process (``retrain.lock``), then runs only if the registry still
+        another process (the ``retrain`` lock), then runs only if the registry still
         calls for one, so a second task queued behind the first is a no-op. A
         snapshot is written when this process's postings are newer than the
         current one. Returns whether it did anything.
@@ -153,7 +153,7 @@ class LocalIndex(PostingsIndex):
             self.maintenance = hook
 
     def _snapshot_offset(self) -> int | None:
-        """The journal offset the current snapshot of this vocabulary covers."""
+        """The feed cursor the current snapshot of this vocabulary covers."""
         if self.vocab is None:
             return None
         try:
@@ -166,9 +166,9 @@ class LocalIndex(PostingsIndex):
         work under it, snapshot the postings, and only then publish it.
 
         Other processes keep searching under the old vocabulary meanwhile, and
-        restore the snapshot when the journal announces the new one. The
-        journal lock is taken only to publish, so registrations elsewhere never
-        wait for a retrain. One retrain runs at a time (``retrain.lock``); with
+        restore the snapshot when the feed announces the new one. The
+        feed is written only to publish, so registrations elsewhere never
+        wait for a retrain. One retrain runs at a time (the ``retrain`` lock); with
         ``wait=False`` one already under way elsewhere makes this call a no-op.
         """
         try:
@@ -201,7 +201,7 @@ class LocalIndex(PostingsIndex):
         if not sample:
             return
         vocab = Vocabulary.train(np.concatenate(sample)).with_sublevel(np.concatenate(sample_sub), postings)
-        # Every work under the new vocabulary, covering the journal this process
+        # Every work under the new vocabulary, covering the feed this process
         # has read; what others append meanwhile is replayed on top.
         self._reload_all(vocab)
         self._write_snapshot(publishing=True)
@@ -238,7 +238,7 @@ class LocalIndex(PostingsIndex):
                     self._reload_all()
                     self._snapshot_due()
                     return
-                # The snapshot covers the journal up to its offset; replay the rest.
+                # The snapshot covers the feed up to its cursor; replay the rest.
                 self._offset = restored
                 self.refresh()
                 return
@@ -287,9 +287,9 @@ class LocalIndex(PostingsIndex):
     # ---- snapshots (a cache of the postings; see the module doc)
 
     def _write_snapshot(self, *, publishing: bool = False) -> None:
-        """Save this process's postings with the journal offset they cover.
+        """Save this process's postings with the feed cursor they cover.
 
-        Only for the vocabulary the journal announced last, or the one this
+        Only for the vocabulary the feed announced last, or the one this
         process is about to announce (``publishing``: a retrain, which waits
         for another writer to finish). Otherwise skipped when another process
         is writing one. Failures only log: the works stay the source of truth.
@@ -298,7 +298,7 @@ class LocalIndex(PostingsIndex):
         if vocab is None or not self._works:
             return
         if vocab.version != self._published_vocab and not publishing:
-            # An older vocabulary than the journal's, or one that lives in memory
+            # An older vocabulary than the feed's, or one that lives in memory
             # only (the speed benchmark).
             return
         try:
@@ -368,7 +368,7 @@ class LocalIndex(PostingsIndex):
         return offset
 
     def thumbs(self, work_id: int) -> U8:
-        """A searchable work's thumbnails, read from disk on first use (bounded cache)."""
+        """A searchable work's thumbnails, read from the store on first use (bounded cache)."""
         found = self._thumbs.pop(work_id, None)
         if found is None:
             found = self.store.get_thumbs(work_id)
