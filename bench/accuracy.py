@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from matching.decode import decode_image
 from matching.engine import UPLOAD_MAX_SIDE, Engine, WorkRef
-from matching.local import StoredWork, limit_native_threads
+from matching.features import StoredWork, limit_native_threads
 
 _engine: Engine | None = None
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from matching.decode import decode_image
 from matching.engine import UPLOAD_MAX_SIDE, Engine
-from matching.local import LocalFeatures, StoredWork, limit_native_threads
+from matching.features import LocalFeatures, StoredWork, limit_native_threads
 
 
 def rotate_desc(desc: np.ndarray, k: int) -> np.ndarray:

@@ -110,7 +110,7 @@ def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, l
 
 def _grow(engine: Any, target: int, seed: int) -> int:
     """Add synthetic works (see the module doc) until the registry holds ``target``."""
-    from matching.local import SUB_SAMPLE_PER_WORK
+    from registry.index import SUB_SAMPLE_PER_WORK
 
     idx = engine.index
     # The index keeps postings in memory; descriptors are read from the store.
@@ -137,7 +137,7 @@ def _grow(engine: Any, target: int, seed: int) -> int:
 
 def synthetic_works(real: list[Any], pool: np.ndarray, n: int, rng: np.random.Generator) -> Any:
     """``n`` synthetic works (see the module doc), numbered after the real ones."""
-    from matching.local import LocalFeatures, StoredWork
+    from matching.features import LocalFeatures, StoredWork
 
     next_id = max(w.work_id for w in real) + 1
     for _ in range(n):

@@ -65,7 +65,10 @@ def main() -> None:
 
     from config.settings import load_settings
     from matching.engine import Engine, WorkRef
-    from matching.local import FeatureStore, LocalIndex, Vocabulary, limit_native_threads
+    from matching.features import limit_native_threads
+    from matching.vocabulary import Vocabulary
+    from registry.folder import FolderFeatureStore
+    from registry.index import LocalIndex
     from workers.demo import painting
     from workers.maintenance import maintenance_hook
 
@@ -78,30 +81,27 @@ def main() -> None:
     seed_engine = Engine(data)
     real = [seed_engine.prepare(WorkRef(i, 1000 + i, "artwork"), _png(painting(100 + i)))
             for i in range(1, args.real + 1)]
-    store = FeatureStore(data / "features")
+    store = FolderFeatureStore(data / "features")
     for w in real:
-        store.write(w)
+        store.put_work(w)
     pool = np.concatenate([f.desc for w in real for f in (w.direct, w.mirrored) if len(f)])
     rng = np.random.default_rng(args.seed)
     for w in synthetic_works(real, pool, args.works - len(real), rng):
-        store.write(w)
-    ids = store.stored_ids()
-    store.append(f"add {i}" for i in ids)
+        store.put_work(w)
+    ids = store.work_ids()
+    store.append([f"add {i}" for i in ids])
     # Quantise and snapshot the registry under a vocabulary trained on the real
     # works, announced as trained on half the registry plus one: the next
     # registration reaches twice that and makes a retrain due.
     index = LocalIndex(store)
-    index._offset = store.journal.stat().st_size  # the snapshot covers every add line
+    index._offset = store.end()  # the snapshot covers every add line
     vocab = Vocabulary.train(pool)
     index._reload_all(vocab)
     index._write_snapshot(publishing=True)
     trained_on = (len(ids) + 1) // 2
     if trained_on < 256:  # below 256 works the vocabulary is retrained at 4x, not 2x
         trained_on = (len(ids) + 1) // 4
-    with store.lock():
-        vocab.save(store.vocab_path)
-        with open(store.journal, "a", encoding="utf-8") as fh:
-            fh.write(f"vocab {vocab.version} {trained_on}\n")
+    store.publish_vocab(vocab.to_bytes(), vocab.version, trained_on)
     del index
     print(f"built a registry of {len(ids)} works in {time.perf_counter() - t:.0f}s", file=sys.stderr)
 

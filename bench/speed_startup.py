@@ -60,25 +60,27 @@ def main() -> None:
 
     from matching.decode import decode_image
     from matching.engine import UPLOAD_MAX_SIDE
-    from matching.local import FeatureStore, LocalIndex, extract_features, limit_native_threads
+    from matching.features import extract_features, limit_native_threads
+    from registry.folder import FolderFeatureStore
+    from registry.index import LocalIndex
 
     limit_native_threads()
     root = args.scratch / "features"
     if args.scratch.exists():
         shutil.rmtree(args.scratch)
     (root / "works").mkdir(parents=True)
-    src = FeatureStore(args.src / "features")
-    store = FeatureStore(root)
-    real = [w for w in (src.read(i) for i in src.stored_ids()) if w is not None]
+    src = FolderFeatureStore(args.src / "features")
+    store = FolderFeatureStore(root)
+    real = [w for w in (src.get_work(i) for i in src.work_ids()) if w is not None]
     t = time.perf_counter()
     for w in real:
-        store.write(w)
+        store.put_work(w)
     pool = np.concatenate([f.desc for w in real for f in (w.direct, w.mirrored) if len(f)])
     rng = np.random.default_rng(args.seed)
     for w in synthetic_works(real, pool, args.grow_to - len(real), rng):
-        store.write(w)
-    ids = store.stored_ids()
-    store.append(f"add {i}" for i in ids)
+        store.put_work(w)
+    ids = store.work_ids()
+    store.append([f"add {i}" for i in ids])
     size = sum(p.stat().st_size for p in store.works_dir.iterdir())
     print(f"wrote {len(ids)} works ({size / 2**30:.1f} GiB of feature files) in "
           f"{time.perf_counter() - t:.0f}s", file=sys.stderr)

@@ -1,8 +1,8 @@
 """CPU per upload of engine variants, measured interleaved in one process.
 
     python bench/speed_variants.py DATA_DIR --uploads 200 \\
-        --variant "a320:matching.local.UPLOAD_AREA=320*240" \\
-        --variant "a320k:matching.local.UPLOAD_AREA=320*240,matching.local.UPLOAD_MAX_KP=1100"
+        --variant "a320:matching.features.UPLOAD_AREA=320*240" \\
+        --variant "a320k:matching.features.UPLOAD_AREA=320*240,matching.features.UPLOAD_MAX_KP=1100"
 
 DATA_DIR holds a registry (``artwatch init`` and ``artwatch works import``).
 Each variant sets module constants (Python expressions) before its turn; the

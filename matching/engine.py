@@ -1,10 +1,11 @@
 """The matching engine: register works, analyse uploads, decide.
 
 One upload is decoded once. Its RootSIFT keypoints query the local-feature
-inverted file (:mod:`matching.local`); the best-voted works are verified
-geometrically (:mod:`matching.verify`), which also gives the polygon where
-the work sits. PDQ with the works' dihedral variants catches near-exact
-copies whose keypoints were destroyed (heavy blur, pixelisation).
+inverted file (:mod:`matching.postings`, kept in step with the shared registry
+by :mod:`registry.index`); the best-voted works are verified geometrically
+(:mod:`matching.verify`), which also gives the polygon where the work sits.
+PDQ with the works' dihedral variants catches near-exact copies whose
+keypoints were destroyed (heavy blur, pixelisation).
 
 Every (upload, work) pair gets one score in [0, 1]: a logistic model over
 the verification evidence (distinct inliers, inlier ratio, coverage) combined
@@ -39,19 +40,13 @@ import pdqhash
 
 from matching.decode import DecodedImage, decode_image
 from matching.dense import dense_agreement, work_thumbnails
+from matching.features import StoredWork, extract_features, extract_work_features, limit_native_threads
 from matching.index.pdq import PdqIndex
-from matching.local import (
-    Correspondences,
-    FeatureStore,
-    LocalIndex,
-    MaintenanceHook,
-    StoredWork,
-    extract_features,
-    extract_work_features,
-    limit_native_threads,
-)
+from matching.postings import Correspondences
 from matching.signals.pdq import DIHEDRAL
 from matching.verify import Verification, verify
+from registry.index import LocalIndex, MaintenanceHook
+from registry.store import FeatureStore
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -205,7 +200,7 @@ class _Analysis:
 class Engine:
     """Registers works and analyses uploads; safe to use from several processes.
 
-    Work features persist under ``data_dir/features``; each call first picks
+    Work features persist in :attr:`feature_store`; each call first picks
     up works that other processes registered or removed.
     """
 
@@ -222,6 +217,9 @@ class Engine:
     #: Where the score calibration lives (:data:`storage.documents.CALIBRATION`);
     #: None means the file in ``data_dir``.
     documents: DocumentStore | None = None
+    #: Where the registry lives (:func:`registry.store.build_feature_store`); None: the
+    #: folder store under ``data_dir/features``.
+    feature_store: FeatureStore | None = None
     index: LocalIndex = field(init=False)
     _calibration: DocumentCache[ScoreModel] = field(init=False)
     #: PDQ hashes of the registered works (all dihedral variants), rebuilt
@@ -231,7 +229,12 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        self.index = LocalIndex(FeatureStore(self.data_dir / "features"), maintenance=self.maintenance)
+        store = self.feature_store
+        if store is None:
+            from registry.folder import FolderFeatureStore
+
+            store = FolderFeatureStore(self.data_dir / "features")
+        self.index = LocalIndex(store, maintenance=self.maintenance)
         # storage imports SQLAlchemy: not at module level, so `import matching` stays light.
         from storage.documents import CALIBRATION, DocumentCache, FolderDocumentStore
 
@@ -510,11 +513,15 @@ def _rank(v: Verification) -> tuple[bool, int, float]:
     return (v.plausible, v.inliers, v.inlier_ratio)
 
 
-def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = None,
-                 documents: DocumentStore | None = None) -> Engine:
-    """The engine for these settings (features under ``settings.data_dir``);
-    ``maintenance`` as in :attr:`Engine.maintenance`; the calibration from
-    ``documents``, by default the store ``settings.shared.kind`` names."""
+def build_engine(
+    settings: Settings, *, maintenance: MaintenanceHook | None = None, feature_store: FeatureStore | None = None,
+    documents: DocumentStore | None = None,
+) -> Engine:
+    """The engine for these settings; ``maintenance`` as in :attr:`Engine.maintenance`.
+    Its local-feature registry is ``feature_store``, or the one
+    :func:`registry.store.build_feature_store` builds for ``settings.shared.kind``;
+    the calibration comes from ``documents``, by default the store
+    ``settings.shared.kind`` names."""
     from storage.documents import build_document_store
 
     limit_native_threads()
@@ -528,6 +535,10 @@ def build_engine(settings: Settings, *, maintenance: MaintenanceHook | None = No
         # process opens the index with the vectors' width and loads no model.
         embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
         vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
+    if feature_store is None:
+        from registry.store import build_feature_store
+
+        feature_store = build_feature_store(settings)
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
-                  maintenance=maintenance,
+                  maintenance=maintenance, feature_store=feature_store,
                   documents=documents if documents is not None else build_document_store(settings))

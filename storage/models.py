@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -39,6 +40,10 @@ __all__ = [
     "AuditEvent",
     "Base",
     "DeadLetter",
+    "FeatureChange",
+    "FeatureSnapshot",
+    "FeatureVocab",
+    "FeatureWork",
     "LoginFailure",
     "Match",
     "MatchStatus",
@@ -402,3 +407,63 @@ class SharedDocument(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     version: Mapped[str] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --- Local-feature registry with [shared] kind = "services" (owned by registry.sql) ---
+# Arrays (work features, vocabularies, snapshot arrays) are blob-store objects;
+# these rows name them.
+
+#: A bigserial on PostgreSQL; SQLite only autoincrements an INTEGER primary key.
+_BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class FeatureChange(Base):
+    """One line of the registry's change feed; ``id`` is the cursor readers keep."""
+
+    __tablename__ = "feature_changes"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    op: Mapped[str] = mapped_column(String(8))  # add, del, vocab
+    work_id: Mapped[int | None] = mapped_column(BigInteger)
+    vocab: Mapped[str | None] = mapped_column(String(64))
+    works: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureWork(Base):
+    """A registered work's local features: the blob holding its arrays."""
+
+    __tablename__ = "feature_works"
+
+    work_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureVocab(Base):
+    """A published vocabulary; the current one has the highest id."""
+
+    __tablename__ = "feature_vocabs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    blob_key: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    works: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureSnapshot(Base):
+    """A postings snapshot of one vocabulary; its current one has the highest id.
+    ``arrays`` maps each array's name to its blob key."""
+
+    __tablename__ = "feature_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    vocab: Mapped[str] = mapped_column(String(64), index=True)
+    cursor: Mapped[int] = mapped_column(BigInteger)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    arrays: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

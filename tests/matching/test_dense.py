@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from matching.dense import THUMB_SIDE, dense_agreement, work_thumbnails
-from matching.local import extract_features
+from matching.features import extract_features
 from tests.matching.conftest import smooth_image
 
 
@@ -171,8 +171,8 @@ def test_one_sift_pass_and_two_give_the_same_upload_features(
 ) -> None:
     """Quiet uploads are described in one SIFT pass, busy ones detect first and describe
     the balanced selection: the keypoints and descriptors must not depend on the path."""
-    from matching import local
-    from matching.local import _busy_share
+    from matching import features as local
+    from matching.features import _busy_share
 
     rgb = smooth_image(21, 480, 360)
     rgb[100:260, 120:360] = cv2.resize(np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8),
@@ -299,7 +299,7 @@ def test_nearest_by_cell_agrees_with_brute_force() -> None:
 
 
 def test_vocabulary_assignment_matches_brute_force() -> None:
-    from matching.local import HE_BITS, Vocabulary
+    from matching.vocabulary import HE_BITS, Vocabulary
 
     rng = np.random.default_rng(5)
     desc = rng.integers(0, 120, (3000, 128)).astype(np.uint8)
@@ -356,7 +356,7 @@ def test_group_kmeans_matches_a_reference_lloyd_per_group() -> None:
 
 
 def test_sub_words_partition_words_without_changing_signatures(tmp_path: Path) -> None:
-    from matching.local import MAX_SUB_WORDS, POSTINGS_PER_WORD, Vocabulary
+    from matching.vocabulary import MAX_SUB_WORDS, POSTINGS_PER_WORD, Vocabulary
 
     rng = np.random.default_rng(6)
     desc = rng.integers(0, 120, (6000, 128)).astype(np.uint8)
@@ -378,12 +378,9 @@ def test_sub_words_partition_words_without_changing_signatures(tmp_path: Path) -
     for i in range(0, rows.shape[0], 97):
         d = ((x[rows[i]][None] - three.sub[words[i]]) ** 2).sum(1)
         assert (w2[2 * i : 2 * i + 2] % three.k3).tolist() == np.argsort(d, kind="stable")[:2].tolist()
-    path = tmp_path / "vocab.npz"
-    three.save(path)
-    back = Vocabulary.load(path)
+    back = Vocabulary.from_bytes(three.to_bytes())
     assert back.version == three.version and back.sub is not None and np.array_equal(back.sub, three.sub)
-    voc.save(path)
-    assert Vocabulary.load(path).sub is None
+    assert Vocabulary.from_bytes(voc.to_bytes()).sub is None
 
 
 def _wgc_reference(d_angle: np.ndarray, d_log: np.ndarray, bins: int = 18, sb: float = 0.5) -> tuple[int, np.ndarray]:
@@ -443,7 +440,7 @@ def test_limit_native_threads_leaves_every_openblas_with_one_thread() -> None:
     import sys
 
     script = """
-import ctypes, json, matching.local as l
+import ctypes, json, matching.features as l
 l.limit_native_threads()
 paths = {ln.split()[-1] for ln in open('/proc/self/maps') if 'openblas' in ln.lower() and '.so' in ln}
 out = []

@@ -218,7 +218,7 @@ def test_busy_words_are_split_into_sub_words_and_copies_still_match(
     """A registry whose words hold more postings than POSTINGS_PER_WORD gets a third
     vocabulary level at its next retrain; crops, pastes and flips are still found, and
     other processes pick the new vocabulary up from disk."""
-    from matching import local
+    from matching import vocabulary as local
 
     e = Engine(tmp_path)
     for wid, img in WORKS.items():

@@ -10,9 +10,11 @@ import numpy as np
 import portalocker
 import pytest
 
-from matching import local
+from matching import vocabulary
 from matching.engine import Engine, WorkRef
-from matching.local import FeatureStore, StoredWork
+from matching.features import StoredWork
+from registry import index
+from registry.folder import FolderFeatureStore
 
 from .test_engine import OWNER, WORKS, encode, scene, textured
 
@@ -36,13 +38,13 @@ def _decisions(e: Engine, data: bytes) -> list[tuple[int, bool, float]]:
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     reads: list[int] = []
-    real = FeatureStore.read
+    real = FolderFeatureStore.get_work
 
-    def counted(self: FeatureStore, work_id: int) -> StoredWork | None:
+    def counted(self: FolderFeatureStore, work_id: int) -> StoredWork | None:
         reads.append(work_id)
         return real(self, work_id)
 
-    monkeypatch.setattr(FeatureStore, "read", counted)
+    monkeypatch.setattr(FolderFeatureStore, "get_work", counted)
     return reads
 
 
@@ -103,7 +105,7 @@ def test_changes_after_the_snapshot_are_replayed(tmp_path: Path, monkeypatch: py
 
 
 def test_a_snapshot_is_rewritten_after_enough_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local, "SNAPSHOT_EVERY", 2)
+    monkeypatch.setattr(index, "SNAPSHOT_EVERY", 2)
     writer = Engine(tmp_path)
     _register_all(writer)
     first = _meta(tmp_path)
@@ -121,17 +123,17 @@ def test_a_retrain_snapshots_the_new_vocabulary_before_announcing_it(
 ) -> None:
     writer, old = _snapshotted(tmp_path)
     ready: list[bool] = []
-    real_save = local.Vocabulary.save
+    real_publish = FolderFeatureStore.publish_vocab
 
-    def save(self: local.Vocabulary, path: Path) -> None:  # the vocabulary is published here
-        ready.append(writer.index.store.snapshot_pointer(self.version).exists())
-        real_save(self, path)
+    def publish(self: FolderFeatureStore, data: bytes, version: str, works: int) -> int:
+        ready.append(self.snapshot_pointer(version).exists())
+        return real_publish(self, data, version, works)
 
-    monkeypatch.setattr(local.Vocabulary, "save", save)
-    monkeypatch.setattr(local, "POSTINGS_PER_WORD", 2)  # the retrain adds sub-words
+    monkeypatch.setattr(FolderFeatureStore, "publish_vocab", publish)
+    monkeypatch.setattr(vocabulary, "POSTINGS_PER_WORD", 2)  # the retrain adds sub-words
     writer.retrain()
     assert ready == [True]
-    assert writer.index.vocab is not None and writer.index.vocab.k3 == local.MAX_SUB_WORDS
+    assert writer.index.vocab is not None and writer.index.vocab.k3 == vocabulary.MAX_SUB_WORDS
     new = _meta(tmp_path)  # and the old vocabulary's snapshot is gone
     assert new["vocab"] == writer.index.vocab.version != old["vocab"]
     assert not any(p.name.startswith(old["vocab"]) for p in (tmp_path / "features" / "snapshots").iterdir())
@@ -152,9 +154,9 @@ def test_a_retrain_never_holds_the_journal_lock_while_it_reads_works(
     _register_all(writer)
     blocked: list[int] = []
     reads: list[int] = []
-    real = FeatureStore.read
+    real = FolderFeatureStore.get_work
 
-    def read(self: FeatureStore, work_id: int) -> StoredWork | None:
+    def read(self: FolderFeatureStore, work_id: int) -> StoredWork | None:
         reads.append(work_id)
         try:
             with portalocker.Lock(str(self.lock_path), timeout=0, fail_when_locked=True):
@@ -163,7 +165,7 @@ def test_a_retrain_never_holds_the_journal_lock_while_it_reads_works(
             blocked.append(work_id)
         return real(self, work_id)
 
-    monkeypatch.setattr(FeatureStore, "read", read)
+    monkeypatch.setattr(FolderFeatureStore, "get_work", read)
     writer.retrain()
     assert reads and blocked == []
 
@@ -191,7 +193,7 @@ def test_a_damaged_snapshot_is_ignored_and_replaced(
     _, meta = _snapshotted(tmp_path)
     damage(tmp_path, meta)
     reads = _count_reads(monkeypatch)
-    with caplog.at_level("WARNING", logger="matching.local"):
+    with caplog.at_level("WARNING", logger="registry.index"):
         reader = Engine(tmp_path)
     assert "unreadable postings snapshot" in caplog.text
     assert sorted(reads) == sorted(WORKS)  # fell back to reading every work

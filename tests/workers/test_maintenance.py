@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from config.settings import Settings, load_settings
-from matching import local
 from matching.engine import Engine
+from matching.vocabulary import Vocabulary
+from registry import index as local
 from storage.blobs import FolderBlobStore
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Base
@@ -220,7 +221,7 @@ def test_a_searching_process_queues_the_snapshot_and_the_task_writes_it(
     writes: list[int] = []
     real = local.LocalIndex._write_snapshot_locked
 
-    def counted(self: local.LocalIndex, vocab: local.Vocabulary) -> None:
+    def counted(self: local.LocalIndex, vocab: Vocabulary) -> None:
         writes.append(self._offset)
         real(self, vocab)
 

@@ -1,0 +1,367 @@
+"""The in-memory postings index over registered works' local features.
+
+An upload's descriptors look up their words (:mod:`matching.vocabulary`),
+keep postings within a Hamming radius (at most about
+:data:`HITS_PER_KEYPOINT` of the closest per keypoint), and vote for
+(work, mirror) *images*. The surviving correspondences of the best-voted
+images go straight to geometric verification (:mod:`matching.verify`), so no
+work's descriptors are read at query time.
+
+Postings live in a main segment (CSR by word), a delta segment and a list of
+pending parts; :meth:`PostingsIndex.export_state` and
+:meth:`PostingsIndex.import_state` turn that state into a dict of numpy arrays
+and back (what a snapshot holds). Nothing here touches files, locks or a
+change feed: that is :mod:`registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from matching._scan import distinct_best, hamming_hits, rotation_scale_peak
+from matching.features import LocalFeatures, StoredWork
+from matching.vocabulary import Vocabulary
+
+__all__ = ["AMBIGUITY_MARGIN", "HE_RADIUS", "HITS_PER_KEYPOINT", "SAME_PLACE_PX", "Correspondences",
+           "PostingsIndex"]
+
+F32 = npt.NDArray[np.float32]
+I32 = npt.NDArray[np.int32]
+U64 = npt.NDArray[np.uint64]
+
+#: Postings farther than this (of 64 bits) from the query signature are ignored.
+HE_RADIUS = 22
+#: A query keypoint keeps about this many of its closest postings (per segment).
+#: Only busy words in a large registry reach it: there, most postings within the
+#: radius are chance ones.
+HITS_PER_KEYPOINT = 64
+#: Postings of one work closer than this (work pixels) are the same place
+#: (the work is described at several scales and on two backgrounds).
+SAME_PLACE_PX = 6.0
+AMBIGUITY_MARGIN = 3
+
+
+@dataclass
+class Correspondences:
+    """Tentative matches between an upload and one (work, mirror) image."""
+
+    work_id: int
+    mirrored: bool
+    votes: float
+    q_xy: F32  # upload keypoints (upload frame)
+    w_xy: F32  # work keypoints (work frame, mirrored if ``mirrored``)
+    hamming: I32
+    d_angle: F32  # keypoint orientation difference, degrees in [0, 360)
+    d_logscale: F32  # log2(upload keypoint size / work keypoint size)
+
+    def consistent(self, *, angle_bins: int = 18, scale_bin: float = 0.5) -> tuple[int, npt.NDArray[np.bool_]]:
+        """Weak geometric consistency: the densest (rotation, scale) cell.
+
+        Returns the number of correspondences agreeing with the dominant
+        rotation and scale change (3x3 neighbourhood of histogram cells), and
+        their mask. A true copy concentrates there; chance matches spread out.
+        """
+        if self.q_xy.shape[0] == 0:
+            return 0, np.zeros(0, bool)
+        return rotation_scale_peak(self.d_angle, self.d_logscale, angle_bins, scale_bin)
+
+
+@dataclass
+class _Segment:
+    """Postings sorted by word (CSR)."""
+
+    offsets: npt.NDArray[np.int64]
+    image: I32
+    sig: U64
+    xy: F32
+    scale_angle: npt.NDArray[np.float16]
+
+    @staticmethod
+    def build(n_words: int, words: I32, image: I32, sig: U64, xy: F32,
+              scale_angle: npt.NDArray[np.float16]) -> _Segment:
+        order = np.argsort(words, kind="stable")
+        w = words[order]
+        offsets = np.searchsorted(w, np.arange(n_words + 1)).astype(np.int64)
+        return _Segment(offsets, image[order], sig[order], xy[order], scale_angle[order])
+
+    @property
+    def n(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass
+class _Quantised:
+    words: I32
+    sig: U64
+    image: I32
+    xy: F32
+    scale_angle: npt.NDArray[np.float16]
+
+
+@dataclass
+class _ImageInfo:
+    work_id: int
+    owner_id: int
+    mirrored: bool
+    n_kp: int
+
+
+
+@dataclass(kw_only=True)
+class PostingsIndex:
+    """Postings of registered works under one vocabulary, in memory only.
+
+    :attr:`generation` is bumped whenever the set of searchable works changes.
+    """
+
+    n_coarse: int = 2
+    n_fine: int = 2
+    n_sub: int = 2
+    vocab: Vocabulary | None = None
+    _works: dict[int, StoredWork] = field(default_factory=dict)
+    _images: list[_ImageInfo] = field(default_factory=list)
+    _image_of: dict[tuple[int, bool], int] = field(default_factory=dict)
+    _alive: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    _owner: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
+    _nkp: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    _pending: list[_Quantised] = field(default_factory=list)
+    _main: _Segment | None = None
+    _delta: _Segment | None = None
+    _delta_parts: list[_Quantised] = field(default_factory=list)
+    #: Bumped whenever the set of searchable works changes.
+    generation: int = 0
+
+    def _reset(self, vocab: Vocabulary | None) -> None:
+        """Forget every work; ``vocab`` becomes the vocabulary."""
+        self.vocab = vocab
+        self._works.clear()
+        self.generation += 1
+        self._images.clear()
+        self._image_of.clear()
+        self._alive = np.zeros(0, bool)
+        self._owner = np.zeros(0, np.int32)
+        self._nkp = np.zeros(0, np.int64)
+        self._main = self._delta = None
+        self._delta_parts.clear()
+        self._pending.clear()
+
+    def _drop(self, work_id: int) -> None:
+        if self._works.pop(work_id, None) is None:
+            return
+        self.generation += 1
+        for m in (False, True):
+            img = self._image_of.pop((work_id, m), None)
+            if img is not None:
+                self._alive[img] = False
+
+    def _insert(self, w: StoredWork) -> None:
+        # Descriptors stay in the store (for retraining); memory keeps postings only.
+        self._works[w.work_id] = replace(
+            w, direct=LocalFeatures.empty(w.width, w.height),
+            mirrored=LocalFeatures.empty(w.width, w.height), thumbs=np.zeros((0, 0, 0), np.uint8))
+        self.generation += 1
+        if self.vocab is None:
+            return
+        for mirrored, f in ((False, w.direct), (True, w.mirrored)):
+            img = len(self._images)
+            self._images.append(_ImageInfo(w.work_id, w.owner_id, mirrored, len(f)))
+            self._image_of[(w.work_id, mirrored)] = img
+            self._alive = np.append(self._alive, True)
+            self._owner = np.append(self._owner, np.int32(w.owner_id))
+            self._nkp = np.append(self._nkp, np.int64(len(f)))
+            if not len(f):
+                continue
+            rows, sig, words = self.vocab.assign(f.desc)
+            sa = np.stack([f.scale, f.angle], axis=1).astype(np.float16)
+            self._pending.append(_Quantised(words, sig, np.full(rows.shape[0], img, np.int32),
+                                            f.xy[rows], sa[rows]))
+
+    def _compact(self, *, merge: bool = False) -> None:
+        """Move pending postings into the delta segment, or everything into a
+        new main segment when the delta has grown (or ``merge``)."""
+        if self.vocab is None or not (self._pending or (merge and self._delta_parts)):
+            return
+        self._delta_parts.extend(self._pending)
+        self._pending.clear()
+        main_n = self._main.n if self._main is not None else 0
+        delta_n = sum(p.words.shape[0] for p in self._delta_parts)
+        parts = list(self._delta_parts)
+        if merge or delta_n * 4 > main_n:
+            # Merge everything into a new main segment (drops dead postings).
+            if self._main is not None:
+                m = self._main
+                words = np.repeat(np.arange(m.offsets.shape[0] - 1, dtype=np.int32), np.diff(m.offsets))
+                parts.insert(0, _Quantised(words, m.sig, m.image, m.xy, m.scale_angle))
+            self._delta_parts.clear()
+            self._delta = None
+            self._main = self._build(parts, drop_dead=True)
+        else:
+            self._delta = self._build(parts, drop_dead=False)
+
+    def _pending_to_main(self) -> None:
+        """Every posting in the main segment (an empty one when there are none)."""
+        assert self.vocab is not None
+        self._compact(merge=True)
+        if self._main is None:
+            empty = _Quantised(np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32),
+                               np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float16))
+            self._main = self._build([empty], drop_dead=False)
+
+    def _build(self, parts: list[_Quantised], *, drop_dead: bool) -> _Segment:
+        assert self.vocab is not None
+        words = np.concatenate([p.words for p in parts])
+        image = np.concatenate([p.image for p in parts])
+        sig = np.concatenate([p.sig for p in parts])
+        xy = np.concatenate([p.xy for p in parts])
+        sa = np.concatenate([p.scale_angle for p in parts])
+        if drop_dead and self._alive.shape[0]:
+            keep = self._alive[image]
+            words, image, sig, xy, sa = words[keep], image[keep], sig[keep], xy[keep], sa[keep]
+        return _Segment.build(self.vocab.size, words, image, sig, xy, sa)
+
+    @property
+    def work_ids(self) -> list[int]:
+        return sorted(self._works)
+
+    def work(self, work_id: int) -> StoredWork | None:
+        return self._works.get(work_id)
+
+    def search(
+        self, q: LocalFeatures, *, top: int = 24, owner_ids: Sequence[int] | None = None,
+    ) -> list[Correspondences]:
+        """Best-voted (work, mirror) images with their tentative correspondences."""
+        if self.vocab is None or not len(q):
+            return []
+        self._compact()
+        rows, qsig, words = self.vocab.assign(q.desc, n_coarse=self.n_coarse, n_fine=self.n_fine,
+                                              n_sub=self.n_sub)
+        # Each query keypoint's entries (one per assigned word) side by side, so
+        # its hits come out contiguous.
+        by_row = np.argsort(rows, kind="stable")
+        rows, qsig, words = rows[by_row], qsig[by_row], words[by_row]
+        alive = self._alive
+        if owner_ids is not None:
+            alive = alive & np.isin(self._owner, np.asarray(list(owner_ids), np.int32))
+        parts_q: list[I32] = []
+        parts_h: list[npt.NDArray[np.uint8]] = []
+        parts_i: list[I32] = []
+        parts_s: list[npt.NDArray[np.int64]] = []
+        parts_l: list[npt.NDArray[np.int64]] = []
+        segs = [s for s in (self._main, self._delta) if s is not None]
+        for si, seg in enumerate(segs):
+            at, pos, ham, image = hamming_hits(seg.offsets, seg.sig, words, qsig, rows, HE_RADIUS,
+                                               HITS_PER_KEYPOINT, seg.image, alive)
+            # One correspondence per (image, query keypoint): the closest
+            # signature, kept only when it is distinctive. A query keypoint that
+            # matches several places of the same work about equally well (arcs
+            # of circles, repeated strokes) is ambiguous: its second-best
+            # posting at another location must be AMBIGUITY_MARGIN bits farther.
+            # (A work's postings all live in one segment.)
+            sel = distinct_best(rows[at], image, ham, pos, seg.xy, SAME_PLACE_PX, AMBIGUITY_MARGIN)
+            parts_q.append(rows[at[sel]])
+            parts_h.append(ham[sel])
+            parts_i.append(image[sel])
+            parts_s.append(np.full(sel.shape[0], si, np.int64))
+            parts_l.append(pos[sel])
+        if not parts_q:
+            return []
+        qi, hh, image = np.concatenate(parts_q), np.concatenate(parts_h), np.concatenate(parts_i)
+        seg_of, local = np.concatenate(parts_s), np.concatenate(parts_l)
+        if qi.shape[0] == 0:
+            return []
+        # Gaussian-weighted votes, normalised by the image's keypoint count.
+        weight = np.exp(-((hh.astype(np.float32) / 16.0) ** 2))
+        n_img = len(self._images)
+        votes = np.bincount(image, weights=weight, minlength=n_img)
+        nkp = np.maximum(self._nkp, 1).astype(np.float64)
+        rank = votes / np.sqrt(nkp / 1000.0 + 1.0)
+        cand = np.argsort(-rank)[:top]
+        cand = cand[votes[cand] > 0]
+        # The hits of the candidate images, grouped by image (original order
+        # within), with their work-side geometry, in one pass.
+        keep = np.flatnonzero(np.isin(image, cand))
+        keep = keep[np.argsort(image[keep], kind="stable")]
+        k_img, k_seg, k_loc = image[keep], seg_of[keep], local[keep]
+        w_xy = np.empty((keep.shape[0], 2), np.float32)
+        w_sa = np.empty((keep.shape[0], 2), np.float32)
+        for si, seg in enumerate(segs):
+            m = k_seg == si
+            w_xy[m] = seg.xy[k_loc[m]]
+            w_sa[m] = seg.scale_angle[k_loc[m]]
+        qk = qi[keep]
+        q_xy = q.xy[qk]
+        k_ham = hh[keep].astype(np.int32)
+        d_angle = np.mod(q.angle[qk] - w_sa[:, 1], 360.0).astype(np.float32)
+        d_log = np.log2(np.maximum(q.scale[qk], 1e-3) / np.maximum(w_sa[:, 0], 1e-3)).astype(np.float32)
+        lows = np.searchsorted(k_img, cand, side="left")
+        highs = np.searchsorted(k_img, cand, side="right")
+        out: list[Correspondences] = []
+        for c, lo, hi in zip(cand.tolist(), lows.tolist(), highs.tolist(), strict=True):
+            info = self._images[c]
+            out.append(Correspondences(info.work_id, info.mirrored, float(votes[c]), q_xy[lo:hi], w_xy[lo:hi],
+                                       k_ham[lo:hi], d_angle[lo:hi], d_log[lo:hi]))
+        return out
+
+    # ---- state as arrays (what a snapshot holds)
+
+    def export_state(self) -> dict[str, npt.NDArray[Any]]:
+        """Every work and posting as named arrays (pending postings are merged
+        into the main segment first)."""
+        self._pending_to_main()
+        main = self._main
+        assert main is not None
+        ids = sorted(self._works)
+        works = [self._works[i] for i in ids]
+        return {
+            "works": np.array([[w.work_id, w.owner_id, w.width, w.height] for w in works], np.int64),
+            "kinds": np.array([w.kind for w in works], dtype=str),
+            "pdq_counts": np.array([w.pdq.shape[0] for w in works], np.int64),
+            "pdq": (np.concatenate([w.pdq for w in works]) if works else np.zeros((0, 32), np.uint8)),
+            "img_work": np.array([i.work_id for i in self._images], np.int64),
+            "img_owner": np.array([i.owner_id for i in self._images], np.int64),
+            "img_mirrored": np.array([i.mirrored for i in self._images], bool),
+            "img_nkp": np.array([i.n_kp for i in self._images], np.int64),
+            "alive": self._alive,
+            "offsets": main.offsets,
+            "image": main.image,
+            "sig": main.sig,
+            "xy": main.xy,
+            "scale_angle": main.scale_angle,
+        }
+
+    #: The arrays of :meth:`export_state` worth memory-mapping (the postings).
+    MAPPED = ("offsets", "image", "sig", "xy", "scale_angle")
+
+    def import_state(self, vocab: Vocabulary, arrays: Mapping[str, Any]) -> None:
+        """Replace the state with ``arrays`` (from :meth:`export_state`) under
+        ``vocab``. Raises ValueError (changing nothing) when they do not fit."""
+        a = {k: np.asarray(v) for k, v in arrays.items()}
+        works, kinds = a["works"], a["kinds"]
+        pdq, pdq_counts = a["pdq"], a["pdq_counts"]
+        img_work, img_owner = a["img_work"], a["img_owner"]
+        img_mirrored, img_nkp, alive = a["img_mirrored"], a["img_nkp"], a["alive"]
+        seg = _Segment(a["offsets"], a["image"], a["sig"], a["xy"], a["scale_angle"])
+        if seg.offsets.shape[0] != vocab.size + 1 or not (
+                img_work.shape[0] == img_owner.shape[0] == img_mirrored.shape[0] == img_nkp.shape[0]
+                == alive.shape[0]) or pdq_counts.shape[0] != works.shape[0]:
+            raise ValueError("inconsistent array shapes")
+        self._reset(vocab)
+        starts = np.concatenate([[0], np.cumsum(pdq_counts)])
+        for i, (wid, owner, width, height) in enumerate(works.tolist()):
+            empty = LocalFeatures.empty(width, height)
+            self._works[wid] = StoredWork(wid, owner, str(kinds[i]), width, height, empty, empty,
+                                          pdq[starts[i]:starts[i + 1]])
+        for i, (wid, owner, mirrored, n_kp) in enumerate(zip(
+                img_work.tolist(), img_owner.tolist(), img_mirrored.tolist(), img_nkp.tolist(), strict=True)):
+            self._images.append(_ImageInfo(wid, owner, bool(mirrored), n_kp))
+            if alive[i]:
+                self._image_of[(wid, bool(mirrored))] = i
+        self._alive = alive.astype(bool)
+        self._owner = img_owner.astype(np.int32)
+        self._nkp = img_nkp.astype(np.int64)
+        self._main = seg

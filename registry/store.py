@@ -1,0 +1,164 @@
+"""What the local-feature registry keeps, behind one interface.
+
+:class:`registry.index.LocalIndex` works only through a :class:`FeatureStore`:
+
+- work arrays: one :class:`~matching.features.StoredWork` per work (npz bytes,
+  :func:`work_to_bytes`), the source of truth;
+- the change feed: lines ``add <id>``, ``del <id>``, ``vocab <version> <works>``
+  in order, read after an int cursor (a byte offset for the folder store, the
+  last row id for the SQL one);
+- the vocabulary (npz bytes), published together with its ``vocab`` line;
+- postings snapshots: a named set of arrays per vocabulary plus a pointer to
+  the current one (a cache: the works stay the source of truth);
+- named locks, exclusive across processes (and machines, for the SQL store on
+  PostgreSQL).
+
+Two implementations, chosen by ``settings.shared.kind``
+(:func:`build_feature_store`): :class:`registry.folder.FolderFeatureStore`
+(files under ``DATA_DIR/features``) and :class:`registry.sql.SqlFeatureStore`
+(database rows plus blob-store objects).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from matching.features import LocalFeatures, StoredWork
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from config.settings import Settings
+    from storage.blobs import BlobStore
+
+__all__ = [
+    "FeatureStore",
+    "Locked",
+    "build_feature_store",
+    "thumbs_from_bytes",
+    "work_from_bytes",
+    "work_to_bytes",
+]
+
+U8 = npt.NDArray[np.uint8]
+
+
+class Locked(Exception):
+    """A named lock is held elsewhere (and the caller would not wait, or waited its timeout)."""
+
+
+class FeatureStore(Protocol):
+    """Everything :class:`registry.index.LocalIndex` persists or shares."""
+
+    # ---- work arrays
+    def put_work(self, work: StoredWork) -> None: ...
+    def get_work(self, work_id: int) -> StoredWork | None: ...
+    def get_thumbs(self, work_id: int) -> U8:
+        """Only the thumbnails of a stored work (empty when absent)."""
+    def remove_work(self, work_id: int) -> None: ...
+    def work_ids(self) -> list[int]: ...
+
+    # ---- change feed
+    def append(self, lines: Sequence[str]) -> int:
+        """Append lines (in order, none lost or interleaved); the cursor after them."""
+    def changes(self, after: int) -> tuple[list[str], int]:
+        """Complete lines after cursor ``after`` and the cursor after them. Never skips
+        a line that becomes visible later (cursors grow in commit order)."""
+    def end(self) -> int:
+        """The cursor after the last line."""
+
+    # ---- vocabulary
+    def get_vocab(self) -> bytes | None:
+        """The published vocabulary's npz bytes, or None before the first."""
+    def publish_vocab(self, data: bytes, version: str, works: int) -> int:
+        """Store the vocabulary and append ``vocab <version> <works>`` atomically; the new cursor."""
+
+    # ---- snapshots
+    def snapshot_meta(self, version: str) -> dict[str, Any] | None:
+        """The current snapshot pointer of vocabulary ``version`` (None: none, or unreadable)."""
+    def put_snapshot(self, version: str, arrays: Mapping[str, npt.NDArray[Any]], meta: Mapping[str, Any]) -> str:
+        """Store ``arrays`` and make them ``version``'s current snapshot; ``meta`` plus
+        ``dir`` (the snapshot's name, returned) becomes the pointer."""
+    def get_snapshot(self, version: str, mapped: Collection[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``version``'s current (pointer, arrays), the ``mapped`` ones memory-mapped
+        read-only. FileNotFoundError when there is none; any other error when damaged."""
+    def remove_snapshots(self, version: str, stale: Collection[str]) -> None:
+        """Delete ``version``'s snapshots other than its current one, and every
+        snapshot of the ``stale`` vocabularies."""
+
+    # ---- locks
+    def lock(self, name: str, *, timeout: float, wait: bool = True) -> AbstractContextManager[None]:
+        """Hold the lock ``name`` for the block: :class:`Locked` at once when ``wait``
+        is False and it is held, or after ``timeout`` seconds."""
+
+
+def work_to_bytes(w: StoredWork) -> bytes:
+    """A stored work as npz bytes (the folder store's ``works/<id>.npz``)."""
+    buf = io.BytesIO()
+    arrays: dict[str, npt.NDArray[np.generic]] = {
+        "meta": np.array([w.work_id, w.owner_id, w.width, w.height], np.int64),
+        "kind": np.array(w.kind),
+        "pdq": w.pdq,
+        "thumbs": w.thumbs,
+    }
+    for tag, f in (("d", w.direct), ("m", w.mirrored)):
+        arrays[f"{tag}_xy"] = f.xy
+        arrays[f"{tag}_scale"] = f.scale
+        arrays[f"{tag}_angle"] = f.angle
+        arrays[f"{tag}_desc"] = f.desc
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _open(source: bytes | Path) -> Any:
+    return np.load(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def work_from_bytes(source: bytes | Path) -> StoredWork:
+    """The work in npz bytes (or an npz file) from :func:`work_to_bytes`."""
+    with _open(source) as z:
+        wid, owner, width, height = (int(v) for v in z["meta"])
+        feats = []
+        for tag in ("d", "m"):
+            feats.append(LocalFeatures(z[f"{tag}_xy"], z[f"{tag}_scale"], z[f"{tag}_angle"],
+                                       z[f"{tag}_desc"], width, height))
+        thumbs = z["thumbs"] if "thumbs" in z.files else np.zeros((0, 0, 0), np.uint8)
+        return StoredWork(wid, owner, str(z["kind"]), width, height, feats[0], feats[1], z["pdq"], thumbs)
+
+
+def thumbs_from_bytes(source: bytes | Path) -> U8:
+    """Only the thumbnails of a work in npz bytes (or an npz file)."""
+    with _open(source) as z:
+        found: U8 = z["thumbs"] if "thumbs" in z.files else np.zeros((0, 0, 0), np.uint8)
+        return found
+
+
+def build_feature_store(
+    settings: Settings, *, sessions: sessionmaker[Session] | None = None, blobs: BlobStore | None = None,
+) -> FeatureStore:
+    """The store ``settings.shared.kind`` names: "folder" (``DATA_DIR/features``) or
+    "services" (tables through ``sessions``, arrays in ``blobs``; both built from
+    the settings when not given)."""
+    data_dir = Path(settings.data_dir)
+    if settings.shared.kind == "folder":
+        from registry.folder import FolderFeatureStore
+
+        return FolderFeatureStore(data_dir / "features")
+    from registry.sql import SqlFeatureStore
+
+    if sessions is None:
+        from storage.db import make_engine, make_sessionmaker
+
+        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+    if blobs is None:
+        from storage.blobs import build_blob_store
+
+        blobs = build_blob_store(settings)
+    return SqlFeatureStore(sessions, blobs, cache_dir=data_dir / "cache" / "feature-snapshots")
