@@ -1,4 +1,4 @@
-"""Matching commands: ``scan``, ``calibrate`` and ``index rebuild``.
+"""Matching commands: ``scan``, ``calibrate``, ``index rebuild`` and ``index status``.
 
 Mounted into the main ``artwatch`` CLI by ``workers/cli.py`` (or with
 :func:`register_commands`). They take their settings from ``ctx.obj.settings``
@@ -320,6 +320,28 @@ def index_rebuild(ctx: click.Context) -> None:
         click.echo(f"{len(report.embed_later)} works queued for CLIP embedding on the GPU workers")
     if report.failed:
         ctx.exit(1)
+
+
+@index_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def index_status(ctx: click.Context, as_json: bool) -> None:
+    """Show the local-feature index as this node sees it: vocabulary version and works.
+
+    The engine is built the way a worker builds its replica (from the stored
+    registry), so two nodes that share their state print the same vocabulary.
+    """
+    from matching import build_engine
+
+    engine = build_engine(_without_embedder(_settings(ctx)))
+    index = engine.index
+    index.refresh()
+    report = {"vocabulary": index.vocab.version if index.vocab is not None else None,
+              "works": len(index.work_ids)}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"vocabulary: {report['vocabulary'] or 'none yet'}; works: {report['works']}")
 
 
 def register_commands(group: click.Group) -> None:

@@ -152,6 +152,17 @@ def test_index_rebuild_from_database(cli: CliRunner, dataset: Path, tmp_path: Pa
     assert all(c.work_id != w2 for c in engine.analyse((dataset / "uploads" / "u2.jpg").read_bytes()))
 
 
+def test_index_status_shows_the_vocabulary_a_rebuild_replaces(cli: CliRunner, dataset: Path) -> None:
+    assert json.loads(_run(cli, "index", "status", "--json")) == {"vocabulary": None, "works": 0}
+    _register(dataset)
+    before = json.loads(_run(cli, "index", "status", "--json"))
+    assert before["works"] == 3 and isinstance(before["vocabulary"], str) and before["vocabulary"], before
+    _run(cli, "index", "rebuild")
+    after = json.loads(_run(cli, "index", "status", "--json"))
+    assert after["works"] == 3 and after["vocabulary"] not in (None, before["vocabulary"]), (before, after)
+    assert _run(cli, "index", "status") == f"vocabulary: {after['vocabulary']}; works: 3\n"
+
+
 def test_index_rebuild_reports_a_missing_blob(cli: CliRunner, dataset: Path) -> None:
     from config.settings import load_settings
     from matching.cli import index_group
