@@ -10,7 +10,6 @@ nothing, and a vocabulary retrain run on A is what B's engine then sees.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 
@@ -28,13 +27,6 @@ pytestmark = [pytest.mark.multinode, pytest.mark.postgres, pytest.mark.redis, py
 class NotShared(AssertionError):
     """Node B could not see a work registered on node A: some state is still under a DATA_DIR."""
 
-
-# Until the local-feature registry moves into the services (package registry/,
-# ARTWATCH_SHARED__KIND=services), works registered on the web node stay in its
-# DATA_DIR/features and this test fails, with NotShared only, at "found on node
-# B". Strict: once registry/ exists the marker is off, and should the test pass
-# without it, the XPASS fails the run so the marker gets removed.
-_REGISTRY_PENDING = importlib.util.find_spec("registry") is None
 
 OWNER = "artist@example.com"
 PASSWORD = "correct horse battery"
@@ -71,8 +63,6 @@ def index_status(node: Node) -> dict[str, object]:
     return got
 
 
-@pytest.mark.xfail(_REGISTRY_PENDING, raises=NotShared, strict=True,
-                   reason="the local-feature registry still lives under DATA_DIR (no registry/ package)")
 def test_two_nodes_share_only_the_services(cluster: Cluster) -> None:
     a, b = cluster.node("a"), cluster.node("b")
     a.cli("init")
