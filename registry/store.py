@@ -154,9 +154,9 @@ def build_feature_store(
     from registry.sql import SqlFeatureStore
 
     if sessions is None:
-        from storage.db import make_engine, make_sessionmaker
+        from storage.db import shared_sessionmaker
 
-        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
+        sessions = shared_sessionmaker(settings.resolved_database_url())
     if blobs is None:
         from storage.blobs import build_blob_store
 

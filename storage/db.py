@@ -7,6 +7,9 @@ distributed choice; the same models and migrations serve both.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,7 +19,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["DatabaseUnavailable", "check_database", "make_engine", "make_sessionmaker", "session_scope"]
+__all__ = [
+    "DatabaseUnavailable",
+    "check_database",
+    "make_engine",
+    "make_sessionmaker",
+    "session_scope",
+    "shared_sessionmaker",
+]
 
 
 class DatabaseUnavailable(Exception):
@@ -43,6 +53,34 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+_shared: dict[str, sessionmaker[Session]] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_sessionmaker(url: str) -> sessionmaker[Session]:
+    """One engine per database URL per process, for a store built without the
+    composition root's sessions (a library caller, a one-off script): building
+    a fresh engine each time would leave its pooled connections to the garbage
+    collector."""
+    with _shared_lock:
+        factory = _shared.get(url)
+        if factory is None:
+            factory = _shared[url] = make_sessionmaker(make_engine(url))
+        return factory
+
+
+def _after_fork() -> None:
+    # A forked child (Celery prefork) must not reuse the parent's connections.
+    for factory in _shared.values():
+        bind = factory.kw.get("bind")
+        if bind is not None:
+            bind.dispose(close=False)
+
+
+with contextlib.suppress(AttributeError):  # no fork on this platform
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _redact(url: str) -> str:

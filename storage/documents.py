@@ -21,7 +21,6 @@ the winner's data back.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import uuid
@@ -272,33 +271,6 @@ class SqlDocumentStore(DocumentStore):
             s.execute(delete(SharedDocument).where(SharedDocument.name == _check(name)))
 
 
-_shared_sessions: dict[str, sessionmaker[Session]] = {}
-_shared_lock = threading.Lock()
-
-
-def _sessions_for(url: str) -> sessionmaker[Session]:
-    """One engine per database URL per process, for callers that hold no sessions of their own."""
-    from storage.db import make_engine, make_sessionmaker
-
-    with _shared_lock:
-        factory = _shared_sessions.get(url)
-        if factory is None:
-            factory = _shared_sessions[url] = make_sessionmaker(make_engine(url))
-        return factory
-
-
-def _after_fork() -> None:
-    # A forked child (Celery prefork) must not reuse the parent's connections.
-    for factory in _shared_sessions.values():
-        bind = factory.kw.get("bind")
-        if bind is not None:
-            bind.dispose(close=False)
-
-
-with contextlib.suppress(AttributeError):  # no fork on this platform
-    os.register_at_fork(after_in_child=_after_fork)
-
-
 def build_document_store(settings: Settings, sessions: sessionmaker[Session] | None = None) -> DocumentStore:
     """The store ``settings.shared.kind`` names: DATA_DIR files, or the database's table.
 
@@ -306,7 +278,11 @@ def build_document_store(settings: Settings, sessions: sessionmaker[Session] | N
     one, "services" shares one engine per database URL in this process.
     """
     if settings.shared.kind == "services":
-        return SqlDocumentStore(sessions if sessions is not None else _sessions_for(settings.resolved_database_url()))
+        from storage.db import shared_sessionmaker
+
+        if sessions is None:
+            sessions = shared_sessionmaker(settings.resolved_database_url())
+        return SqlDocumentStore(sessions)
     return FolderDocumentStore(settings.data_dir)
 
 

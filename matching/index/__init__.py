@@ -71,6 +71,16 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -
             raise IndexError_("index.backend is 'server' but index.url is empty")
         client = QdrantClient(url=settings.index.url, api_key=settings.index.api_key or None)
         return QdrantIndex(client, settings.index.collection, specs)
+    if settings.shared.kind == "services":
+        from matching.errors import IndexError_
+
+        # The embedded index is a folder: machines sharing only the services
+        # would each hold a different set of CLIP points.
+        raise IndexError_(
+            "shared.kind is 'services' but index.backend is 'embedded', which keeps the CLIP vectors in "
+            "DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
+            "(ARTWATCH_INDEX__BACKEND=server, ARTWATCH_INDEX__URL=http://qdrant:6333), "
+            "or turn the embedder off (matching.use_embedder = false)")
     return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs)
 
 

@@ -161,6 +161,16 @@ def test_build_index_from_settings(tmp_path: Path) -> None:
     ix.close()
 
 
+def test_services_mode_refuses_the_folder_index(tmp_path: Path) -> None:
+    """Machines that share only the services must not each keep CLIP points in their own folder."""
+    from matching.errors import IndexError_
+
+    s = load_settings(data_dir=tmp_path, shared={"kind": "services"})
+    with pytest.raises(IndexError_, match="ARTWATCH_INDEX__BACKEND=server"):
+        build_index(s, SPECS)
+    assert not (tmp_path / "index").exists()
+
+
 def test_embedded_index_refuses_other_vector_layout(tmp_path: Path) -> None:
     from matching.errors import IndexError_
 
