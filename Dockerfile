@@ -10,6 +10,7 @@ COPY config ./config
 COPY crawler ./crawler
 COPY matching ./matching
 COPY notices ./notices
+COPY registry ./registry
 COPY storage ./storage
 COPY webapp ./webapp
 COPY workers ./workers

@@ -15,16 +15,15 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from config.settings import ConfigError, Settings
+from config.secret_key import UNSUBSCRIBE_SALT, resolve_secret_key
 from storage.models import Account, LoginFailure, WebSession
+from storage.passwords import PASSWORD_HASHER, hash_password
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -47,10 +46,7 @@ TOKEN_PREFIX = "aw_"
 SESSION_DAYS = 14
 DEVICE_DAYS = 365
 
-# Parameters near argon2-cffi's RFC 9106 "low memory" profile, cheap enough for
-# tests and a small server; the hash string records them, so raising them later
-# still verifies old hashes.
-_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+_hasher = PASSWORD_HASHER  # storage.passwords: one set of parameters for hashing and verifying
 # A hash to compare against when the account does not exist, so a missing
 # account costs the same time as a wrong password.
 _DUMMY_HASH = _hasher.hash("artwatch-dummy-password")
@@ -77,10 +73,6 @@ def security_headers(https: bool) -> dict[str, str]:
     if https:
         headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     return headers
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
@@ -177,44 +169,12 @@ def end_session(session: Session, key: str) -> None:
     session.execute(delete(WebSession).where(WebSession.key_hash == token_digest(key)))
 
 
-def resolve_secret_key(settings: Settings) -> str:
-    """settings.web.secret_key, or a random key kept in DATA_DIR (embedded use only).
-
-    The key signs CSRF tokens and the unsubscribe links in alert emails, so the
-    web server and the workers that send alerts must see the same key.
-    """
-    if settings.web.secret_key:
-        return settings.web.secret_key
-    if not settings.embedded_broker:
-        raise ConfigError(
-            "set web.secret_key (ARTWATCH_WEB__SECRET_KEY): the web server and the workers "
-            "that send alert emails must share it, so a per-machine random key cannot be used"
-        )
-    path = Path(settings.data_dir) / "web_secret_key"
-    try:
-        existing = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        existing = ""
-    if existing:
-        return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: when two processes race, the loser reads the winner's key.
-    try:
-        with open(path, "x", encoding="utf-8") as fh:
-            fh.write(key)
-        path.chmod(0o600)
-        return key
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
-
-
 class Signer:
     """Signed, expiring tokens for CSRF and for links that work without logging in."""
 
     def __init__(self, secret_key: str) -> None:
         self._csrf = URLSafeTimedSerializer(secret_key, salt="artwatch.csrf")
-        self._unsub = URLSafeTimedSerializer(secret_key, salt="artwatch.unsubscribe")
+        self._unsub = URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT)
         self._device = URLSafeTimedSerializer(secret_key, salt="artwatch.device")
 
     def device_token(self, account_id: int) -> str:

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from config.settings import Settings
+from registry.service import PipelineError, normalise_email
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Account, Base, Work, WorkKind
 from tests.cli_process import artwatch, assert_clear_error
-from workers.pipeline import PipelineError, normalise_email
 
 
 def _listed() -> list[dict[str, object]]:
