@@ -25,11 +25,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import click
 
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["calibrate", "register_commands", "scan"]
 
@@ -149,7 +152,7 @@ def _read_manifest(manifest: Path) -> list[tuple[str, str]]:
     return items
 
 
-def _work_names(sessions: Any) -> dict[int, str]:
+def _work_names(sessions: sessionmaker[Session]) -> dict[int, str]:
     """The name each work has in the predictions file.
 
     A work's external id (the manifest's ``id``), else its database id. External
