@@ -9,7 +9,7 @@ every work quantised and snapshotted under a vocabulary that the journal says
 was trained on half the registry plus one. The next registration therefore
 crosses a doubling and makes a retrain due. Then, in this one process, the
 same new work (a real painting) is registered twice through
-:meth:`matching.Engine.register` (the step of ``workers.pipeline.register_work``
+:meth:`matching.Engine.register` (the step of ``registry.service.register_work``
 that the web form, the API and ``artwatch works add`` share; the SQL row and
 the blob copy add milliseconds):
 

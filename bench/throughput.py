@@ -282,10 +282,10 @@ def stages_bench(n: int, with_clip: bool = True) -> dict[str, Any]:
     from config.settings import load_settings
     from matching import build_engine, decode_image
     from matching.engine import UPLOAD_MAX_SIDE
+    from registry.service import ensure_owner, record_matches, register_work
     from storage.blobs import FolderBlobStore
     from storage.db import make_engine, make_sessionmaker, session_scope
     from storage.models import Base, Upload, UploadStatus
-    from workers.pipeline import ensure_owner, record_matches, register_work
 
     tmp = Path(tempfile.mkdtemp(prefix="aw-bench-"))
     settings = load_settings(data_dir=tmp)
@@ -354,11 +354,11 @@ def e2e_bench(n: int, concurrency: int) -> dict[str, Any]:
     from config.settings import load_settings
     from crawler.localsite import LocalSite
     from matching import build_engine
+    from registry.service import ensure_owner, register_work
     from storage.blobs import FolderBlobStore
     from storage.db import make_engine, make_sessionmaker, session_scope
     from storage.models import Base, Match, Source, Upload, UploadStatus
     from workers.migrate import alembic_config
-    from workers.pipeline import ensure_owner, register_work
 
     tmp = Path(tempfile.mkdtemp(prefix="aw-e2e-"))
     with socket.socket() as sk:

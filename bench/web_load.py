@@ -49,12 +49,12 @@ def prepare(data_dir: Path, port: int, works: int, matches: int) -> tuple[str, b
     from PIL import Image
 
     from matching import build_engine
+    from registry.service import register_work
     from storage.blobs import FolderBlobStore
     from storage.db import make_engine, make_sessionmaker, session_scope
     from storage.models import Account, Base, Match, Upload, UploadStatus
     from webapp.security import issue_api_token
     from workers.demo import logo, painting, photo
-    from workers.pipeline import register_work
 
     settings = _settings(data_dir, port)
     engine = make_engine(settings.resolved_database_url())

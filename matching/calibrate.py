@@ -404,23 +404,17 @@ def _threshold_for(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64
     return thr, float(prec[best]), float(tp[best] / max(1, n_true))
 
 
-def run_calibration(settings: Settings, *, target_precision: float = 0.99) -> Calibration:
-    """``artwatch calibrate``: calibrate on the registry in the database and blob store."""
+def run_calibration(settings: Settings, *, sessions: Any, blobs: Any, target_precision: float = 0.99) -> Calibration:
+    """``artwatch calibrate``: calibrate on the registry in the database (``sessions``, a
+    sessionmaker) and the blob store (``blobs``), both from the command line's services."""
     from sqlalchemy import select
 
     from matching.engine import build_engine
-    from storage.blobs import build_blob_store
-    from storage.db import make_engine, make_sessionmaker
     from storage.models import Work
 
-    db = make_engine(settings.resolved_database_url())
-    try:
-        with make_sessionmaker(db)() as s:
-            rows = [(w.id, w.owner_id, w.kind.value, w.blob_sha256)
-                    for w in s.scalars(select(Work).order_by(Work.id))]
-    finally:
-        db.dispose()
-    blobs = build_blob_store(settings)
+    with sessions() as s:
+        rows = [(w.id, w.owner_id, w.kind.value, w.blob_sha256)
+                for w in s.scalars(select(Work).order_by(Work.id))]
     works = [(WorkRef(wid, owner, kind), blobs.get(sha)) for wid, owner, kind, sha in rows]
     if not works:
         raise ValueError("no registered works to calibrate on")

@@ -1,4 +1,4 @@
-"""Matching commands: ``scan``, ``calibrate``, ``index rebuild`` and ``index status``.
+"""Matching commands: ``scan`` and ``calibrate`` (``index rebuild`` is the registry's: ``registry.cli``).
 
 Mounted into the main ``artwatch`` CLI by ``workers/cli.py`` (or with
 :func:`register_commands`). They take their settings from ``ctx.obj.settings``
@@ -25,13 +25,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import click
 
 from config.settings import Settings
 
-__all__ = ["calibrate", "index_group", "register_commands", "scan"]
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["calibrate", "register_commands", "scan"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,21 @@ def _settings(ctx: click.Context) -> Settings:
     from config.settings import load_settings
 
     return load_settings()
+
+
+def _shared(ctx: click.Context) -> tuple[Any, Any]:
+    """The sessionmaker and blob store: the ``artwatch`` command line's (its one
+    composition root, ``registry.root.Services``, through ``ctx.obj``), or, when
+    these commands are mounted elsewhere (:func:`register_commands`), opened here
+    from the settings."""
+    obj = ctx.find_object(object)
+    if hasattr(obj, "sessions") and hasattr(obj, "blobs"):
+        return obj.sessions, obj.blobs
+    from storage.blobs import build_blob_store
+    from storage.db import make_engine, make_sessionmaker
+
+    settings = _settings(ctx)
+    return make_sessionmaker(make_engine(settings.resolved_database_url())), build_blob_store(settings)
 
 
 def _without_embedder(settings: Settings) -> Settings:
@@ -134,7 +152,7 @@ def _read_manifest(manifest: Path) -> list[tuple[str, str]]:
     return items
 
 
-def _work_names(settings: Settings) -> dict[int, str]:
+def _work_names(sessions: sessionmaker[Session]) -> dict[int, str]:
     """The name each work has in the predictions file.
 
     A work's external id (the manifest's ``id``), else its database id. External
@@ -147,18 +165,13 @@ def _work_names(settings: Settings) -> dict[int, str]:
 
     from sqlalchemy import select
 
-    from storage.db import make_engine
     from storage.models import Account, Work
 
-    db = make_engine(settings.resolved_database_url())
-    try:
-        with db.connect() as conn:
-            rows = conn.execute(
-                select(Work.id, Work.external_id, Account.external_id, Account.email)
-                .join(Account, Work.owner_id == Account.id)
-            ).all()
-    finally:
-        db.dispose()
+    with sessions() as session:
+        rows = session.execute(
+            select(Work.id, Work.external_id, Account.external_id, Account.email)
+            .join(Account, Work.owner_id == Account.id)
+        ).all()
     shared = Counter(ext for _wid, ext, _o, _e in rows if ext)
     names = {}
     for wid, ext, owner_ext, email in rows:
@@ -218,7 +231,7 @@ def scan(ctx: click.Context, manifest: Path, out_path: Path, no_embedder: bool, 
     if no_embedder:
         settings = _without_embedder(settings)
     items = _read_manifest(manifest)
-    names = _work_names(settings)
+    names = _work_names(_shared(ctx)[0])
     if not names:
         click.echo("warning: no works are registered; every upload will have no candidates", err=True)
     errors = candidates = matched = 0
@@ -270,81 +283,15 @@ def calibrate(ctx: click.Context, target_precision: float) -> None:
 
     click.echo(f"calibrating on the registered works for precision {target_precision}...", err=True)
     try:
-        result = run_calibration(settings, target_precision=target_precision)
+        sessions, blobs = _shared(ctx)
+        result = run_calibration(settings, sessions=sessions, blobs=blobs, target_precision=target_precision)
     except (ValueError, BlobStoreError) as exc:
         raise click.ClickException(str(exc)) from None
     to_json = getattr(result, "to_json", None)
     click.echo(json.dumps(to_json()) if callable(to_json) else str(result))
 
 
-# ------------------------------------------------------------------ index
-
-
-@click.group("index")
-def index_group() -> None:
-    """Maintain the matching index."""
-
-
-@index_group.command("rebuild")
-@click.pass_context
-def index_rebuild(ctx: click.Context) -> None:
-    """Rebuild the index from the works in the database."""
-    from matching import build_engine
-    from matching.index.rebuild import rebuild_index
-    from storage.blobs import build_blob_store
-    from storage.db import make_engine, make_sessionmaker
-
-    settings = _settings(ctx)
-    db = make_engine(settings.resolved_database_url())
-    engine = build_engine(settings)
-    with click.progressbar(length=0, label="rebuilding index", file=sys.stderr) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.length = total
-            bar.update(1)
-
-        report = rebuild_index(make_sessionmaker(db), build_blob_store(settings), engine,
-                               progress=progress)
-    db.dispose()
-    for wid, why in report.failed:
-        click.echo(f"work {wid}: {why}", err=True)
-    click.echo(f"index rebuilt: {report.registered} works indexed, {report.removed} stale removed, "
-               f"{len(report.failed)} failed")
-    if report.embed_later:
-        # No model here (workers.embed_stage): the GPU workers write the CLIP points.
-        from workers import tasks
-        from workers.app import configure
-
-        configure(settings)
-        for wid in report.embed_later:
-            tasks.embed_work.delay(wid)
-        click.echo(f"{len(report.embed_later)} works queued for CLIP embedding on the GPU workers")
-    if report.failed:
-        ctx.exit(1)
-
-
-@index_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def index_status(ctx: click.Context, as_json: bool) -> None:
-    """Show the local-feature index as this node sees it: vocabulary version and works.
-
-    The engine is built the way a worker builds its replica (from the stored
-    registry), so two nodes that share their state print the same vocabulary.
-    """
-    from matching import build_engine
-
-    engine = build_engine(_without_embedder(_settings(ctx)))
-    index = engine.index
-    index.refresh()
-    report = {"vocabulary": index.vocab.version if index.vocab is not None else None,
-              "works": len(index.work_ids)}
-    if as_json:
-        click.echo(json.dumps(report))
-        return
-    click.echo(f"vocabulary: {report['vocabulary'] or 'none yet'}; works: {report['works']}")
-
-
 def register_commands(group: click.Group) -> None:
-    """Mount ``scan``, ``calibrate`` and ``index`` on a click group."""
-    for cmd in (scan, calibrate, index_group):
+    """Mount ``scan`` and ``calibrate`` on a click group (``index`` is ``registry.cli``'s)."""
+    for cmd in (scan, calibrate):
         group.add_command(cmd)

@@ -5,6 +5,7 @@ is written for that person (the CLI prints it as one line, the web app shows
 it). The hierarchy::
 
     NoticeError
+    ├── AddressError              an account email is not exactly one mailbox address
     ├── MailError                 SMTP refused, unreachable or misconfigured
     ├── TemplateRejected          syntax error or unsafe construct (has .lineno)
     ├── HostDirectoryError        config/hosts.toml unreadable or invalid
@@ -27,6 +28,7 @@ from __future__ import annotations
 from datetime import datetime
 
 __all__ = [
+    "AddressError",
     "ApprovalRefused",
     "DraftingBlocked",
     "EvidenceError",
@@ -52,6 +54,10 @@ class NoticeError(Exception):
 
 class MailError(NoticeError):
     """An email could not be handed to the SMTP server."""
+
+
+class AddressError(NoticeError):
+    """An account's email is not exactly one mailbox address (``notices.mail.single_address``)."""
 
 
 class TemplateRejected(NoticeError):

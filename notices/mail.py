@@ -22,15 +22,34 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from config.settings import NoticeSettings
-from notices.errors import MailError
+from notices.errors import AddressError, MailError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Attachment", "MailError", "build_message", "safe_header", "send_email"]
+__all__ = ["AddressError", "Attachment", "MailError", "build_message", "safe_header", "send_email", "single_address"]
 
 # C0 and C1 controls, DEL, and the Unicode line/paragraph separators. All of
 # them can break a header or hide text from the person who reads it.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+
+
+def single_address(text: str) -> str:
+    """One mailbox address, lower-cased, or AddressError saying what is wrong.
+
+    Account emails become the To: of alert emails and the contact in notices,
+    so a value must be exactly one address: no list (``a@x, b@y``), no display
+    name, no quoting, no whitespace or control characters (email-validator's
+    syntax check, without DNS). Reserved test domains (``.test``) are allowed.
+    """
+    from email_validator import EmailNotValidError, validate_email
+
+    value = text.strip()
+    try:
+        checked = validate_email(value, check_deliverability=False, test_environment=True,
+                                 allow_quoted_local=False, allow_display_name=False, allow_domain_literal=False)
+    except EmailNotValidError as exc:
+        raise AddressError(f"not a single email address: {value[:100]!r} ({exc})") from None
+    return checked.normalized.lower()
 
 
 def safe_header(value: object, max_length: int = 900) -> str:

@@ -128,7 +128,7 @@ class Account(Base):
     phone: Mapped[str] = mapped_column(String(64), default="")
     alert_mode: Mapped[str] = mapped_column(String(16), default="instant")
     unsubscribe_token: Mapped[str | None] = mapped_column(String(64), unique=True)
-    # When the last daily digest went out (webapp.alerts sends at most one per day).
+    # When the last daily digest went out (notices.alerts sends at most one per day).
     last_digest_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -1,7 +1,6 @@
 """The web app: server-rendered pages for owners, reviewers and admins, and the JSON API.
 
 - :func:`create_app` builds the FastAPI app (``webapp.app``).
-- :mod:`webapp.alerts`: owner email alerts (instant and daily digest).
 - :mod:`webapp.cli`: the ``web`` command and the ``users`` group.
 """
 

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from notices.content import clean_inline, web_url
-from storage.blobs import BlobStore, build_blob_store
-from storage.db import make_engine, make_sessionmaker
+from registry.root import Services
+from storage.blobs import BlobStore
 from webapp.deps import PRE_COOKIE, SESSION_COOKIE, WebContext, csrf_binding
 from webapp.errors import install_error_handlers
 from webapp.gate import RequestGate
@@ -58,33 +58,31 @@ def create_app(
     sessions: sessionmaker[Session] | None = None,
     blobs: BlobStore | None = None,
     engine: Any = None,
+    services: Services | None = None,
 ) -> FastAPI:
-    """Build the app. Anything not passed in is built from the settings.
+    """Build the app. Anything not passed in comes from ``services``, else from
+    one :class:`registry.root.Services` built from the settings.
 
     ``engine`` is the matching engine; when omitted it is built on first use
-    with :func:`matching.build_engine`, so pages that never match start fast.
+    (with the maintenance hook: a registration returns without waiting for the
+    retrain it makes due), so pages that never match start fast.
     """
     from webapp.routes import admin, api, auth, owner, review
 
-    if sessions is None:
-        sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
-    if blobs is None:
-        blobs = build_blob_store(settings)
+    if services is None:
+        services = Services.build(settings, sessions=sessions, blobs=blobs, matcher=engine)
+    shared = services
+    sessions = sessions if sessions is not None else shared.sessions
+    blobs = blobs if blobs is not None else shared.blobs
 
     def build_engine() -> Any:
-        if engine is not None:
-            return engine
-        from matching import build_engine as build
-        from workers.maintenance import maintenance_hook
-
-        # A registration returns without waiting for the retrain it makes due.
-        return build(settings, maintenance=maintenance_hook(settings))
+        return engine if engine is not None else shared.matcher
 
     ctx = WebContext(
         settings=settings,
         sessions=sessions,
         blobs=blobs,
-        signer=Signer(resolve_secret_key(settings)),
+        signer=Signer(resolve_secret_key(settings, services.documents)),
         templates=_templates(),
         engine_factory=build_engine,
         max_upload_bytes=settings.crawler.max_image_bytes,

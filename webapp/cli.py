@@ -30,8 +30,10 @@ class UserError(click.ClickException):
 @click.command("web")
 @click.option("--host", default=None, help="Address to bind (default: settings web.host).")
 @click.option("--port", type=int, default=None, help="Port (default: settings web.port).")
+@click.option("--quiet", is_flag=True, hidden=True,
+              help="No banner, warnings only (`artwatch run --web` serves after its own summary).")
 @click.pass_context
-def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
+def web_command(ctx: click.Context, host: str | None, port: int | None, quiet: bool) -> None:
     """Serve the web app and the JSON API."""
     import uvicorn
 
@@ -39,18 +41,19 @@ def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
 
     obj: Any = ctx.obj
     settings = obj.settings
-    app = create_app(settings, sessions=obj.sessions, blobs=obj.blobs)
+    app = create_app(settings, sessions=obj.sessions, blobs=obj.blobs, services=getattr(obj, "services", None))
     host = host or settings.web.host
     port = port if port is not None else settings.web.port
     shown = f"[{host}]" if ":" in host else host
-    click.echo(
-        f"artwatch web: serving on http://{shown}:{port}/ (public URL {settings.web.base_url})"
-    )
+    if not quiet:
+        click.echo(
+            f"artwatch web: serving on http://{shown}:{port}/ (public URL {settings.web.base_url})"
+        )
     uvicorn.run(
         app,
         host=host,
         port=port,
-        log_level=settings.log_level.lower(),
+        log_level="warning" if quiet else settings.log_level.lower(),
         # The app reads X-Forwarded-For itself, and only from web.trusted_proxies
         # (webapp.deps.client_ip); uvicorn's own handling trusts any local client.
         proxy_headers=False,
@@ -78,7 +81,7 @@ def add_user(
     ctx: click.Context, email: str, role: str, display_name: str, password_stdin: bool
 ) -> None:
     """Create an account."""
-    from workers.pipeline import PipelineError, normalise_email
+    from registry.service import PipelineError, normalise_email
 
     try:
         email = normalise_email(email)

@@ -16,15 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from config.settings import ConfigError, Settings
-from storage.documents import SECRET_KEY, DocumentStore, build_document_store
 from storage.models import Account, LoginFailure, WebSession
+from storage.passwords import PASSWORD_HASHER, hash_password
+from storage.secret_key import UNSUBSCRIBE_SALT, resolve_secret_key
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -47,10 +46,7 @@ TOKEN_PREFIX = "aw_"
 SESSION_DAYS = 14
 DEVICE_DAYS = 365
 
-# Parameters near argon2-cffi's RFC 9106 "low memory" profile, cheap enough for
-# tests and a small server; the hash string records them, so raising them later
-# still verifies old hashes.
-_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+_hasher = PASSWORD_HASHER  # storage.passwords: one set of parameters for hashing and verifying
 # A hash to compare against when the account does not exist, so a missing
 # account costs the same time as a wrong password.
 _DUMMY_HASH = _hasher.hash("artwatch-dummy-password")
@@ -77,10 +73,6 @@ def security_headers(https: bool) -> dict[str, str]:
     if https:
         headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
     return headers
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
@@ -177,38 +169,12 @@ def end_session(session: Session, key: str) -> None:
     session.execute(delete(WebSession).where(WebSession.key_hash == token_digest(key)))
 
 
-def resolve_secret_key(settings: Settings, documents: DocumentStore | None = None) -> str:
-    """settings.web.secret_key, or a random key kept as a shared document.
-
-    The key signs CSRF tokens and the unsubscribe links in alert emails, so the
-    web server and the workers that send alerts must see the same key. The
-    generated key lives in ``documents`` (by default the store that
-    ``settings.shared.kind`` names): ``DATA_DIR/web_secret_key`` (mode 0600),
-    which only the processes of one machine share, so a non-embedded broker
-    needs an explicit key; or, with ``shared.kind = "services"``, the database,
-    which every process of every machine reaches.
-    """
-    if settings.web.secret_key:
-        return settings.web.secret_key
-    if settings.shared.kind == "folder" and not settings.embedded_broker:
-        raise ConfigError(
-            "set web.secret_key (ARTWATCH_WEB__SECRET_KEY) or shared.kind = \"services\": the web server "
-            "and the workers that send alert emails must share it, so a per-machine random key cannot be used"
-        )
-    store = documents if documents is not None else build_document_store(settings)
-    existing = store.get(SECRET_KEY)
-    if existing is not None and existing.data.strip():
-        return existing.data.decode("utf-8").strip()
-    # When two processes race, the loser gets the winner's key.
-    return store.put_if_absent(SECRET_KEY, secrets.token_urlsafe(48).encode("utf-8")).decode("utf-8").strip()
-
-
 class Signer:
     """Signed, expiring tokens for CSRF and for links that work without logging in."""
 
     def __init__(self, secret_key: str) -> None:
         self._csrf = URLSafeTimedSerializer(secret_key, salt="artwatch.csrf")
-        self._unsub = URLSafeTimedSerializer(secret_key, salt="artwatch.unsubscribe")
+        self._unsub = URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT)
         self._device = URLSafeTimedSerializer(secret_key, salt="artwatch.device")
 
     def device_token(self, account_id: int) -> str:

@@ -1,7 +1,7 @@
 """Registering, importing and removing works from the web, through the shared pipeline.
 
-The CLI and the web call the same :func:`workers.pipeline.register_work` and
-:func:`workers.pipeline.remove_work`; this module adds what only the web needs:
+The CLI and the web call the same :func:`registry.service.register_work` and
+:func:`registry.service.remove_work`; this module adds what only the web needs:
 input checks with messages fit for a form or a problem document, the engine
 lock, and import jobs with progress.
 """
@@ -21,11 +21,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from notices.images import ACCEPTED_TYPES, sniff
 from storage.db import session_scope
 from storage.models import WebJob, Work, WorkKind
 from webapp.deps import WebContext
 from webapp.errors import InvalidInput, PayloadTooLarge, UnsupportedImage
-from webapp.images import ACCEPTED_TYPES, sniff
 
 __all__ = [
     "WorkForm",
@@ -92,7 +92,7 @@ def register(
     ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str, form: WorkForm
 ) -> Work:
     """Register one work for the owner; a bad image raises UnsupportedImage with the reason."""
-    from workers.pipeline import PipelineError, register_work
+    from registry.service import PipelineError, register_work
 
     check_image(data, filename)
     form = form.validated(filename)
@@ -121,7 +121,7 @@ def register(
 
 
 def remove(ctx: WebContext, session: Session, work: Work) -> None:
-    from workers.pipeline import remove_work
+    from registry.service import remove_work
 
     with ctx.engine_lock:
         remove_work(session, ctx.engine, work.id, owner_id=work.owner_id)

@@ -20,14 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import ConfigError, Settings, load_settings
-from storage.blobs import BlobStore, BlobStoreError, build_blob_store
-from storage.db import (
-    DatabaseUnavailable,
-    check_database,
-    make_engine,
-    make_sessionmaker,
-    session_scope,
-)
+from registry.root import Services
+from storage.blobs import BlobStore, BlobStoreError
+from storage.db import DatabaseUnavailable, check_database, session_scope
 from storage.models import Account, Match, Notice, NoticeState, Source, Upload, UploadStatus, Work
 from workers import migrate
 
@@ -36,11 +31,21 @@ __all__ = ["CliContext", "cli", "main"]
 
 @dataclass
 class CliContext:
-    """What every subcommand may use; built lazily so --help needs nothing."""
+    """What every subcommand may use; built lazily so --help needs nothing.
+
+    The parts come from one :class:`registry.root.Services`; this adds the
+    command line's checks (an initialised data folder, a database that answers).
+    """
 
     settings: Settings
     verbose: bool = False
-    _matcher: Any = field(default=None, repr=False)
+    _services: Services | None = field(default=None, repr=False)
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            self._services = Services.build(self.settings)
+        return self._services
 
     @cached_property
     def db(self) -> Any:
@@ -48,29 +53,24 @@ class CliContext:
         if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).parent.exists():
             raise migrate.NotInitialised(f"no artwatch data folder at {self.settings.data_dir.resolve()}: "
                                          "run `artwatch init` first")
-        engine = make_engine(url)
+        engine = self.services.db
         check_database(engine)
         return engine
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
         migrate.require_initialised(self.db, self.settings)
-        return make_sessionmaker(self.db)
+        return self.services.sessions
 
-    @cached_property
+    @property
     def blobs(self) -> BlobStore:
-        return build_blob_store(self.settings)
+        return self.services.blobs
 
     @property
     def matcher(self) -> Any:
         """The engine; due retrains and snapshots go to the maintenance queue
         when a worker will take them (:mod:`workers.maintenance`)."""
-        if self._matcher is None:
-            from matching import build_engine
-            from workers.maintenance import maintenance_hook
-
-            self._matcher = build_engine(self.settings, maintenance=maintenance_hook(self.settings))
-        return self._matcher
+        return self.services.matcher
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -78,7 +78,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ConfigError, DatabaseUnavailable, BlobStoreError, migrate.NotInitialised,
         migrate.AlreadyInitialised,
     ]
-    from workers.pipeline import PipelineError
+    from registry.service import PipelineError
 
     errors.append(PipelineError)
     from workers.broker import BrokerUnavailable
@@ -197,7 +197,7 @@ def works() -> None:
 
 
 def _read_image(path: Path) -> bytes:
-    from workers.pipeline import PipelineError
+    from registry.service import PipelineError
 
     try:
         return path.read_bytes()
@@ -227,7 +227,7 @@ def works_add(obj: CliContext, image: Path, owner: str, create_owner: bool, titl
     The owner must exist (``artwatch owners set``) unless --create-owner is
     given: a mistyped email would otherwise make a new owner with none of the
     details a notice needs."""
-    from workers.pipeline import PipelineError, ensure_owner, register_work
+    from registry.service import PipelineError, ensure_owner, register_work
 
     data = _read_image(image)
     with session_scope(obj.sessions) as s:
@@ -259,7 +259,7 @@ def works_import(obj: CliContext, manifest: Path) -> None:
     status is 1 when any failed.
     """
     from matching.errors import ImageError
-    from workers.pipeline import PipelineError, ensure_owner, register_work
+    from registry.service import PipelineError, ensure_owner, register_work
 
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
@@ -345,7 +345,7 @@ def works_remove(obj: CliContext, work: str, owner: str | None, yes: bool) -> No
     id for the work (external ids are unique per owner only). Without --yes
     the answer is read from stdin, terminal or not; no answer (end of input)
     or any answer but yes removes nothing and exits 2."""
-    from workers.pipeline import PipelineError, find_work, remove_work
+    from registry.service import PipelineError, find_work, remove_work
 
     with session_scope(obj.sessions) as s:
         if owner is None:
@@ -396,7 +396,7 @@ def owners() -> None:
 def owners_set(obj: CliContext, email: str, display_name: str | None, legal_name: str | None,
                address: str | None, phone: str | None, alerts: str | None) -> None:
     """Create an owner or update their profile."""
-    from workers.pipeline import ensure_owner
+    from registry.service import ensure_owner
 
     with session_scope(obj.sessions) as s:
         acct = ensure_owner(s, email=email)
@@ -523,10 +523,9 @@ def beat(obj: CliContext) -> None:
 
 
 def _configured_app(settings: Settings) -> Any:
-    import workers.tasks  # noqa: F401  (registers the tasks)
-    from workers.app import configure
+    from workers.tasks import configured_app
 
-    return configure(settings)
+    return configured_app(settings)
 
 
 @cli.command()
@@ -568,8 +567,8 @@ def _run_stream(obj: CliContext, name: str) -> None:
     from crawler.limits import host_limits
     from crawler.service import build_client
     from crawler.stream import run_stream
+    from registry.service import PipelineError
     from workers import tasks
-    from workers.pipeline import PipelineError
 
     with session_scope(obj.sessions) as s:
         src = s.scalar(select(Source).where(Source.name == name))
@@ -653,12 +652,22 @@ def status(obj: CliContext, as_json: bool) -> None:
 @click.option("--web/--no-web", default=True, show_default=True, help="Serve the web UI after the run.")
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="Give up waiting after this many seconds.")
-@click.pass_obj
-def run(obj: CliContext, demo: bool, web: bool, timeout: float) -> None:
+@click.pass_context
+def run(ctx: click.Context, demo: bool, web: bool, timeout: float) -> None:
     """Run the whole job on this machine: crawl, analyse, match, draft notices."""
     from workers.run import run_job
 
-    run_job(obj.settings, demo=demo, web=web, timeout=timeout, echo=click.echo)
+    obj: CliContext = ctx.obj
+
+    def serve_web() -> None:
+        # The mounted `web` command (webapp.cli, through _LAZY like every mounted group).
+        root = ctx.find_root()
+        command = root.command.get_command(root, "web") if isinstance(root.command, click.Group) else None
+        if command is None:
+            raise click.ClickException("the web app is not installed: run with --no-web")
+        ctx.invoke(command, host=None, port=None, quiet=True)
+
+    run_job(obj.settings, demo=demo, web=web, timeout=timeout, echo=click.echo, serve_web=serve_web if web else None)
 
 
 # ---------------------------------------------------------------- mounted groups
@@ -671,7 +680,7 @@ _LAZY: dict[str, tuple[str, str, str]] = {
     "notices": ("notices.cli", "notices_group", "Review, send and follow up takedown notices."),
     "scan": ("matching.cli", "scan", "Analyse every upload in a manifest against the registered works."),
     "calibrate": ("matching.cli", "calibrate", "Set the match threshold from the registry itself."),
-    "index": ("matching.cli", "index_group", "Maintain the matching index."),
+    "index": ("registry.cli", "index_group", "Maintain the matching index."),
     "web": ("webapp.cli", "web_command", "Serve the web app and the JSON API."),
     "users": ("webapp.cli", "users_group", "Manage accounts (owners, reviewers, admins) and API tokens."),
     "deadletters": ("workers.deadletters", "deadletters_group", "Tasks that failed after all their retries."),

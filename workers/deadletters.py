@@ -56,7 +56,7 @@ def list_cmd(obj: Any, show_all: bool) -> None:
 @click.pass_obj
 def replay_cmd(obj: Any, ids: tuple[int, ...]) -> None:
     """Queue dead letters again (all waiting ones, or the given ids)."""
-    from workers.cli import _configured_app
+    from workers.tasks import configured_app
 
-    n = replay(obj.sessions, _configured_app(obj.settings), list(ids) or None)
+    n = replay(obj.sessions, configured_app(obj.settings), list(ids) or None)
     click.echo(f"replayed {n} dead letters")

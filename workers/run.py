@@ -22,7 +22,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from storage.db import check_database, make_engine, make_sessionmaker, session_scope
+from registry.root import Services
+from storage.db import check_database, session_scope
 from storage.models import (
     Account,
     Match,
@@ -140,9 +141,10 @@ def _summary(sessions: Any, since: datetime) -> RunSummary:
         )
 
 
-def _ensure_initialised(settings: Settings, echo: Callable[[str], None]) -> Any:
+def _ensure_initialised(services: Services, echo: Callable[[str], None]) -> Any:
+    settings = services.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = make_engine(settings.resolved_database_url())
+    db = services.db
     check_database(db)
     try:
         migrate.require_initialised(db, settings)
@@ -153,15 +155,15 @@ def _ensure_initialised(settings: Settings, echo: Callable[[str], None]) -> Any:
     return db
 
 
-def _setup_demo(settings: Settings, sessions: Any, site_url: str, echo: Callable[[str], None]) -> None:
+def _setup_demo(services: Services, site_url: str, echo: Callable[[str], None]) -> None:
     from matching import build_engine
+    from registry.service import ensure_owner, register_work
     from workers.demo import sample_works
-    from workers.pipeline import ensure_owner, register_work
 
-    matcher = build_engine(settings)
-    from storage.blobs import build_blob_store
-
-    blobs = build_blob_store(settings)
+    # No maintenance hook: the worker is not started yet, so the registry's
+    # first vocabulary is trained here, in this process, as it always was.
+    matcher = build_engine(services.settings)
+    sessions, blobs = services.sessions, services.blobs
     with session_scope(sessions) as s:
         owner = ensure_owner(s, email=DEMO_OWNER, display_name="Bluefinch Studio")
         owner.legal_name = owner.legal_name or "Bluefinch Studio Ltd"
@@ -190,10 +192,8 @@ def _set_password(session: Any, account: Account, password: str, role: str) -> N
     account.role = Role(role)
     if account.password_hash:
         return
-    try:
-        from webapp.security import hash_password
-    except ImportError:  # web app not installed: accounts work without logins
-        return
+    from storage.passwords import hash_password
+
     account.password_hash = hash_password(password)
 
 
@@ -213,7 +213,13 @@ def _demo_site() -> Iterator[Any]:
 
 
 def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
-            echo: Callable[[str], None] = print) -> RunSummary:
+            echo: Callable[[str], None] = print,
+            serve_web: Callable[[], None] | None = None) -> RunSummary:
+    """Crawl, analyse, match and draft on this machine, then print a summary.
+
+    With ``web``, ``serve_web()`` serves the web UI afterwards (the ``run``
+    command passes the mounted ``web`` command: this module imports no web code).
+    """
     extra_env: dict[str, str] = {}
     if demo:
         # The demo site lives on 127.0.0.1, which the crawler refuses unless told.
@@ -221,11 +227,12 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
         crawler_settings = settings.crawler.model_copy(update={"allow_internal": allow})
         settings = settings.model_copy(update={"crawler": crawler_settings})
         extra_env["ARTWATCH_CRAWLER__ALLOW_INTERNAL"] = json.dumps(allow)
-    db = _ensure_initialised(settings, echo)
-    sessions = make_sessionmaker(db)
-    from workers.cli import _configured_app
+    services = Services.build(settings)
+    _ensure_initialised(services, echo)
+    sessions = services.sessions
+    from workers.tasks import configured_app
 
-    app = _configured_app(settings)
+    app = configured_app(settings)
     from workers.broker import check_broker
 
     check_broker(app, settings)
@@ -234,7 +241,7 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
         if demo:
             assert site is not None
             echo(f"demo image site: {site.url}")
-            _setup_demo(settings, sessions, site.url, echo)
+            _setup_demo(services, site.url, echo)
         since = datetime.now(UTC)
         with worker_process(settings, extra_env) as proc:
             from workers import tasks
@@ -275,12 +282,6 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
             login = f"  (log in as {DEMO_REVIEWER} / {DEMO_PASSWORD})" if demo else ""
             echo(f"  web UI:                 {url}{login}")
             echo("serving the web UI; Ctrl-C to stop")
-            import uvicorn
-
-            from storage.blobs import build_blob_store
-            from webapp.app import create_app
-
-            web_app = create_app(settings, sessions=sessions, blobs=build_blob_store(settings))
-            uvicorn.run(web_app, host=settings.web.host, port=settings.web.port,
-                        log_level="warning", server_header=False)
+            if serve_web is not None:
+                serve_web()
     return summary

@@ -34,6 +34,7 @@ from workers.runtime import get_runtime
 
 __all__ = [
     "analyse_upload",
+    "configured_app",
     "crawl_due_sources",
     "crawl_source",
     "decode_embedding",
@@ -50,6 +51,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def configured_app(settings: Any) -> Any:
+    """The Celery app configured for ``settings``, with every task registered
+    (importing this module registers them): what the commands that queue or run tasks use."""
+    from workers.app import configure
+
+    return configure(settings)
 
 # Errors worth retrying: the network, the broker or the database blinked, or
 # two deliveries of one message raced on a unique key (IntegrityError: the
@@ -403,7 +412,7 @@ def analyse_upload(upload_id: int, embedding: dict[str, Any] | None = None, requ
     when it returns, at most :data:`MAX_EMBED_REQUESTS` times, after which the
     upload is dead-lettered (failed, with the reason; ``deadletters replay``
     sends it again)."""
-    from workers.pipeline import analyse_upload as analyse
+    from registry.service import analyse_upload as analyse
 
     rt = get_runtime()
     vec = None
@@ -461,7 +470,7 @@ def draft_notice(match_id: int) -> int | None:
 @app.task(name="artwatch.notify_owner", **_RETRY)
 def notify_owner(match_id: int) -> bool:
     """Send the owner an instant alert, if that is what they chose."""
-    from webapp.alerts import send_instant_alert
+    from notices.alerts import send_instant_alert
 
     rt = get_runtime()
     with session_scope(rt.sessions) as s:
@@ -471,7 +480,7 @@ def notify_owner(match_id: int) -> bool:
 @app.task(name="artwatch.send_digests", **_RETRY)
 def send_digests() -> int:
     """Beat entry: send daily digests that are due."""
-    from webapp.alerts import send_digests as send
+    from notices.alerts import send_digests as send
 
     rt = get_runtime()
     with session_scope(rt.sessions) as s:

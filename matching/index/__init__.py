@@ -8,8 +8,9 @@
   (``backend = "server"``, ``settings.index.url``); also runs on the client's
   local mode, which the contract tests use.
 
-:func:`build_index` picks one from the settings. :func:`rebuild_index`
-re-registers every work in the database (``artwatch index rebuild``).
+:func:`build_index` picks one from the settings. Rebuilding the index from the
+database (``artwatch index rebuild``) is the registry's:
+:func:`registry.service.rebuild_index`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ __all__ = [
     "default_specs",
     "pdq_to_vector",
     "point_id",
-    "rebuild_index",
 ]
 
 #: PDQ as a named vector: its 256 bits as 0/1 floats; Euclidean distance is
@@ -82,12 +82,4 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -
             "(ARTWATCH_INDEX__BACKEND=server, ARTWATCH_INDEX__URL=http://qdrant:6333), "
             "or turn the embedder off (matching.use_embedder = false)")
     return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs)
-
-
-def __getattr__(name: str) -> object:
-    if name == "rebuild_index":
-        from matching.index.rebuild import rebuild_index
-
-        return rebuild_index
-    raise AttributeError(f"module 'matching.index' has no attribute {name!r}")
 

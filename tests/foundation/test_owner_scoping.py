@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from config.settings import Settings
+from registry.service import PipelineError, normalise_email
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Account, Base, Work, WorkKind
 from tests.cli_process import artwatch, assert_clear_error
-from workers.pipeline import PipelineError, normalise_email
 
 
 def _listed() -> list[dict[str, object]]:
@@ -121,8 +121,8 @@ def test_scan_names_a_shared_external_id_with_its_owner(test_settings: Settings)
             s.add(Work(owner_id=owner.id, external_id=ext, kind=WorkKind.LOGO, blob_sha256="a" * 64))
     with session_scope(make_sessionmaker(engine)) as s:
         ids = {(w.owner_id, w.external_id): w.id for w in s.scalars(select(Work))}
+    names = _work_names(make_sessionmaker(engine))
     engine.dispose()
-    names = _work_names(test_settings)
     assert names == {
         ids[(1, "logo")]: "ann@example.com/logo",
         ids[(2, "logo")]: "o02/logo",

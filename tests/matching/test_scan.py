@@ -61,10 +61,10 @@ def _register(dataset: Path) -> None:
     """Create the schema and register the dataset's works the way `works import` does."""
     from config.settings import load_settings
     from matching import build_engine
+    from registry.service import ensure_owner, register_work
     from storage.blobs import FolderBlobStore
     from storage.db import make_sessionmaker, session_scope
     from storage.models import Base
-    from workers.pipeline import ensure_owner, register_work
 
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,8 @@ def _register(dataset: Path) -> None:
 
 
 def _run(runner: CliRunner, *args: str) -> str:
-    from matching.cli import index_group, scan
+    from matching.cli import scan
+    from registry.cli import index_group
 
     cmd = {"scan": scan, "index": index_group}[args[0]]
     res = runner.invoke(cmd, list(args[1:]), catch_exceptions=False)
@@ -165,7 +166,7 @@ def test_index_status_shows_the_vocabulary_a_rebuild_replaces(cli: CliRunner, da
 
 def test_index_rebuild_reports_a_missing_blob(cli: CliRunner, dataset: Path) -> None:
     from config.settings import load_settings
-    from matching.cli import index_group
+    from registry.cli import index_group
 
     _register(dataset)
     settings = load_settings()

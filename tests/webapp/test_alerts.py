@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from webapp_testkit import World, logo_png, make_settings, product_shot
 
+from notices.alerts import digest_due_since, send_digests, send_instant_alert
 from storage.models import Account, Match, MatchStatus
 from webapp import create_app
-from webapp.alerts import digest_due_since, send_digests, send_instant_alert
 
 
 class Inbox:

@@ -125,7 +125,7 @@ def test_admin_cannot_create_an_account_with_more_than_one_address(world: World,
 
 def test_no_alert_goes_to_a_stored_address_list(world: World) -> None:
     """An account row from before the address check, holding a list, gets no email (it would add recipients)."""
-    from webapp.alerts import send_instant_alert
+    from notices.alerts import send_instant_alert
 
     owner = world.account("ann@example.com, eve@evil.test")
     work = world.work(owner, logo_png(2))

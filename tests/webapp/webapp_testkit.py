@@ -204,7 +204,7 @@ class World:
         """A registered work. indexed=True goes through the real pipeline and matching engine
         (about 2 s per work on the test machine); otherwise only the rows and blob are written,
         which is all a page that lists or shows the work needs."""
-        from workers.pipeline import register_work
+        from registry.service import register_work
 
         with session_scope(self.sessions) as s:
             if indexed:

@@ -246,8 +246,8 @@ def build_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: 
         command.stamp(cfg, "head")
 
     from matching import build_engine
+    from registry.service import ensure_owner, register_work
     from storage.blobs import FolderBlobStore
-    from workers.pipeline import ensure_owner, register_work
 
     site = LocalSite().start()
     matcher = build_engine(settings)

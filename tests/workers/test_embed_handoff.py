@@ -192,7 +192,7 @@ from workers.demo import painting
 from webapp.app import create_app
 from matching import build_engine
 from storage.blobs import build_blob_store
-from workers.pipeline import ensure_owner, register_work
+from registry.service import ensure_owner, register_work
 from workers.app import configure
 
 settings = load_settings()
@@ -229,10 +229,10 @@ def test_index_rebuild_without_a_model_queues_the_works_embedding(make_pipeline:
     features and PDQ at once and leaves the CLIP points to the GPU stage."""
     from click.testing import CliRunner
 
-    from matching.cli import index_group
     from matching.index import build_index
     from matching.index.vectors import vector_specs
     from matching.signals.clip import RemoteEmbedder
+    from registry.cli import index_group
 
     p: Pipeline = make_pipeline(redis_url, copies=0, others=0, env=CLIP_ON)
     index = build_index(p.settings, vector_specs(RemoteEmbedder()))

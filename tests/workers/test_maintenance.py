@@ -70,7 +70,7 @@ def _web_engine(settings: Settings) -> Engine:
 
 def _register(settings: Settings, engine: Any, seeds: range) -> None:
     """Register works through the same domain function the web, the API and the CLI call."""
-    from workers.pipeline import ensure_owner, register_work
+    from registry.service import ensure_owner, register_work
 
     db = make_engine(settings.resolved_database_url())
     with session_scope(make_sessionmaker(db)) as s:

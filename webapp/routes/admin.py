@@ -166,7 +166,7 @@ def add_user(
     password: str = Form(""),
     display_name: str = Form(""),
 ) -> Response:
-    from workers.pipeline import PipelineError, normalise_email
+    from registry.service import PipelineError, normalise_email
 
     try:
         try:

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from notices.images import image_size, media_type
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
 from webapp.access import match_query, visible_job, visible_match, visible_work, work_rows
@@ -23,7 +24,6 @@ from webapp.deps import (
     run_heavy,
 )
 from webapp.errors import InvalidInput, NotFound, WebError
-from webapp.images import image_size, media_type
 from webapp.security import issue_api_token
 from webapp.works import WorkForm, parse_licensed, register, remove, spool_uploads, start_import
 

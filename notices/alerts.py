@@ -23,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from notices.content import clean_inline
+from notices.images import thumbnail_png
 from storage.blobs import BlobNotFound, BlobStore
 from storage.models import Account, Match, MatchStatus
-from webapp.images import thumbnail_png
-from webapp.security import Signer, resolve_secret_key
+from storage.secret_key import UNSUBSCRIBE_SALT, resolve_secret_key
 
 __all__ = [
     "ALERT_MODES",
@@ -58,7 +59,8 @@ _env.filters["oneline"] = clean_inline
 
 
 def unsubscribe_url(settings: Settings, account_id: int) -> str:
-    token = Signer(resolve_secret_key(settings)).unsubscribe_token(account_id)
+    # The token webapp.security.Signer.unsubscribe_account reads back.
+    token = URLSafeTimedSerializer(resolve_secret_key(settings), salt=UNSUBSCRIBE_SALT).dumps({"a": account_id})
     return f"{settings.web.base_url.rstrip('/')}/unsubscribe/{token}"
 
 
@@ -177,12 +179,11 @@ def _deliver(
     digest: bool,
     now: datetime,
 ) -> bool:
-    from notices.mail import send_email
-    from workers.pipeline import PipelineError, normalise_email
+    from notices.mail import AddressError, send_email, single_address
 
     try:
-        normalise_email(account.email)
-    except PipelineError:
+        single_address(account.email)
+    except AddressError:
         # Rows older than the address check may hold a list ("a@x, b@y") that
         # would add recipients; such an owner gets no email until it is fixed.
         log.warning("no alert for account %s: its email is not one valid address", account.id,

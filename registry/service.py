@@ -1,23 +1,25 @@
-"""Plain domain functions the tasks, the CLI and the web app share.
+"""The registry service: the domain steps the tasks, the CLI and the web app share.
 
-Each takes only what it needs (a session, the blob store, the matcher) and is
-idempotent: running it twice leaves the same rows.
+Registering, finding and removing works, the licensed-site check, analysing an
+upload and recording its matches, and rebuilding the index from the database.
+Each takes only what it needs (a session or the sessionmaker, the blob store,
+the matcher) and is idempotent: running it twice leaves the same rows.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from storage.blobs import BlobStore, sha256_hex
+from storage.blobs import BlobStore, BlobStoreError, sha256_hex
 from storage.models import Account, Match, MatchStatus, Upload, UploadStatus, Work, WorkKind
 
 if TYPE_CHECKING:
@@ -27,11 +29,13 @@ if TYPE_CHECKING:
 __all__ = [
     "AnalysisResult",
     "PipelineError",
+    "RebuildReport",
     "analyse_upload",
     "ensure_owner",
     "find_work",
     "is_licensed",
     "normalise_email",
+    "rebuild_index",
     "record_matches",
     "register_work",
     "remove_work",
@@ -54,15 +58,13 @@ def normalise_email(text: str) -> str:
     the placeholder owners' ``.invalid`` addresses are made by
     :func:`ensure_owner`, never typed.
     """
-    from email_validator import EmailNotValidError, validate_email
+    from notices.errors import AddressError
+    from notices.mail import single_address
 
-    value = text.strip()
     try:
-        checked = validate_email(value, check_deliverability=False, test_environment=True,
-                                 allow_quoted_local=False, allow_display_name=False, allow_domain_literal=False)
-    except EmailNotValidError as exc:
-        raise PipelineError(f"not a single email address: {value[:100]!r} ({exc})") from None
-    return checked.normalized.lower()
+        return single_address(text)
+    except AddressError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 _OWNER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -162,9 +164,9 @@ def _embed_after_commit(session: Session, work_id: int) -> None:
     from sqlalchemy import event
 
     def queue(_session: Session) -> None:
-        from workers.tasks import embed_work
+        from registry.root import queue_embedding
 
-        embed_work.delay(work_id)
+        queue_embedding(None, work_id)
 
     event.listen(session, "after_commit", queue, once=True)
 
@@ -276,3 +278,65 @@ def analyse_upload(session: Session, blobs: BlobStore, matcher: Matcher, upload_
     upload.error = None
     upload.analysed_at = datetime.now(UTC)
     return AnalysisResult(upload.id, created, [c.work_id for c in candidates if c.match])
+
+
+@dataclass
+class RebuildReport:
+    registered: int = 0
+    removed: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    #: Works indexed without CLIP points because this engine loads no model
+    #: (``workers.embed_stage``): the caller queues their embedding on the GPU stage.
+    embed_later: list[int] = field(default_factory=list)
+
+
+def rebuild_index(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    engine: Any,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> RebuildReport:
+    """Make ``engine``'s index hold exactly the works in the database (``artwatch index rebuild``).
+
+    The database is the system of record: every ``works`` row names its image
+    by SHA-256 in the blob store. Each work is re-registered with the engine
+    (which recomputes every signal and rewrites its index entries), works the
+    engine knows but the database does not are forgotten, and finally the
+    engine retrains what it learns from the whole registry (the local-feature
+    vocabulary), when it has such a step.
+
+    ``engine`` is a :class:`matching.Engine` (anything with ``register`` and
+    ``unregister``). A work whose blob is missing or unreadable is reported
+    in ``failed`` and left out; the others are still indexed.
+    """
+    from matching import WorkRef
+    from matching.errors import ImageError
+    from matching.index.rebuild import known_work_ids
+
+    with sessions() as s:
+        rows = [(w.id, w.owner_id, w.kind.value, w.blob_sha256, w.filename)
+                for w in s.scalars(select(Work).order_by(Work.id))]
+    report = RebuildReport()
+    known = set(known_work_ids(engine))
+    wanted = {r[0] for r in rows}
+    for wid in sorted(known - wanted):
+        engine.unregister(wid)
+        report.removed += 1
+    for i, (wid, owner_id, kind, sha, filename) in enumerate(rows, 1):
+        try:
+            data = blobs.get(sha)
+            engine.register(WorkRef(work_id=wid, owner_id=owner_id, kind=kind), data)
+            report.registered += 1
+            if getattr(engine, "defers_clip", False):
+                report.embed_later.append(wid)
+        except (ImageError, BlobStoreError) as exc:
+            log.warning("work %s (%s): %s", wid, filename, exc)
+            report.failed.append((wid, f"{filename}: {exc}"))
+            engine.unregister(wid)
+        if progress is not None:
+            progress(i, len(rows))
+    retrain = getattr(engine, "retrain", None)
+    if callable(retrain) and rows:
+        retrain()
+    return report
