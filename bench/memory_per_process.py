@@ -8,7 +8,8 @@ separate interpreters after fork) that each build the engine a worker builds
 settings name: ``ARTWATCH_*`` variables choose the folder or the services
 registry, ``--data-dir`` is each process's DATA_DIR (give ``--separate-dirs``
 for one empty DATA_DIR per process, as on separate machines). Once all of them
-have loaded it, the parent reads each child's ``/proc/PID/smaps_rollup``:
+have loaded it and analysed ``--queries`` demo uploads (so the postings
+their searches touch are resident), the parent reads each child's ``/proc/PID/smaps_rollup``:
 
 - RSS counts the pages a process maps, shared ones included;
 - PSS divides each shared page among the processes mapping it, so the sum of
@@ -42,16 +43,25 @@ def _rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def _child(data_dir: str, ready: Any, done: Any, results: Any) -> None:
+def _child(data_dir: str, queries: int, ready: Any, done: Any, results: Any) -> None:
+    import io
+
     from config.settings import load_settings
     from matching import build_engine
+    from workers.demo import painting, photo
 
     t = time.perf_counter()
     settings = load_settings(data_dir=data_dir, matching={"use_embedder": False})
     engine = build_engine(settings)
     engine.index.refresh()
-    results.put({"pid": os.getpid(), "load_s": round(time.perf_counter() - t, 2),
-                 "works": len(engine.index.work_ids)})
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(queries):  # touch the postings a worker's searches touch
+        buf = io.BytesIO()
+        (painting(i) if i % 2 else photo(i)).save(buf, "JPEG", quality=90)
+        engine.analyse(buf.getvalue())
+    results.put({"pid": os.getpid(), "load_s": round(load_s, 2), "works": len(engine.index.work_ids),
+                 "queries_s": round(time.perf_counter() - t, 2)})
     ready.release()
     done.wait()
 
@@ -60,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--processes", type=int, default=4)
+    ap.add_argument("--queries", type=int, default=50, help="uploads each process analyses before measuring")
     ap.add_argument("--separate-dirs", action="store_true",
                     help="one empty DATA_DIR per process under --data-dir (services registry only)")
     args = ap.parse_args()
@@ -69,7 +80,7 @@ def main() -> None:
     for i in range(args.processes):
         d = args.data_dir / f"node{i}" if args.separate_dirs else args.data_dir
         d.mkdir(parents=True, exist_ok=True)
-        p = ctx.Process(target=_child, args=(str(d), ready, done, results))
+        p = ctx.Process(target=_child, args=(str(d), args.queries, ready, done, results))
         p.start()
         procs.append(p)
     for _ in procs:

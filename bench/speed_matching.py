@@ -110,7 +110,7 @@ def _measure(engine: Any, uploads: list[bytes], names: list[str]) -> dict[str, l
 
 def _grow(engine: Any, target: int, seed: int) -> int:
     """Add synthetic works (see the module doc) until the registry holds ``target``."""
-    from registry.index import SUB_SAMPLE_PER_WORK
+    from matching.replica import SUB_SAMPLE_PER_WORK
 
     idx = engine.index
     # The index keeps postings in memory; descriptors are read from the store.

@@ -66,9 +66,9 @@ def main() -> None:
     from config.settings import load_settings
     from matching.engine import Engine, WorkRef
     from matching.features import limit_native_threads
+    from matching.replica import LocalIndex
+    from matching.store.folder import FolderFeatureStore
     from matching.vocabulary import Vocabulary
-    from registry.folder import FolderFeatureStore
-    from registry.index import LocalIndex
     from workers.demo import painting
     from workers.maintenance import maintenance_hook
 

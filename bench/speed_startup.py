@@ -61,8 +61,8 @@ def main() -> None:
     from matching.decode import decode_image
     from matching.engine import UPLOAD_MAX_SIDE
     from matching.features import extract_features, limit_native_threads
-    from registry.folder import FolderFeatureStore
-    from registry.index import LocalIndex
+    from matching.replica import LocalIndex
+    from matching.store.folder import FolderFeatureStore
 
     limit_native_threads()
     root = args.scratch / "features"

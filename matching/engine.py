@@ -2,7 +2,7 @@
 
 One upload is decoded once. Its RootSIFT keypoints query the local-feature
 inverted file (:mod:`matching.postings`, kept in step with the shared registry
-by :mod:`registry.index`); the best-voted works are verified geometrically
+by :mod:`matching.replica`); the best-voted works are verified geometrically
 (:mod:`matching.verify`), which also gives the polygon where the work sits.
 PDQ with the works' dihedral variants catches near-exact copies whose
 keypoints were destroyed (heavy blur, pixelisation).
@@ -43,10 +43,10 @@ from matching.dense import dense_agreement, work_thumbnails
 from matching.features import StoredWork, extract_features, extract_work_features, limit_native_threads
 from matching.index.pdq import PdqIndex
 from matching.postings import Correspondences
+from matching.replica import LocalIndex, MaintenanceHook
 from matching.signals.pdq import DIHEDRAL
+from matching.store import FeatureStore
 from matching.verify import Verification, verify
-from registry.index import LocalIndex, MaintenanceHook
-from registry.store import FeatureStore
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -217,7 +217,7 @@ class Engine:
     #: Where the score calibration lives (:data:`storage.documents.CALIBRATION`);
     #: None means the file in ``data_dir``.
     documents: DocumentStore | None = None
-    #: Where the registry lives (:func:`registry.store.build_feature_store`); None: the
+    #: Where the registry lives (:func:`matching.store.build_feature_store`); None: the
     #: folder store under ``data_dir/features``.
     feature_store: FeatureStore | None = None
     index: LocalIndex = field(init=False)
@@ -231,7 +231,7 @@ class Engine:
         self.data_dir = Path(self.data_dir)
         store = self.feature_store
         if store is None:
-            from registry.folder import FolderFeatureStore
+            from matching.store.folder import FolderFeatureStore
 
             store = FolderFeatureStore(self.data_dir / "features")
         self.index = LocalIndex(store, maintenance=self.maintenance)
@@ -519,7 +519,7 @@ def build_engine(
 ) -> Engine:
     """The engine for these settings; ``maintenance`` as in :attr:`Engine.maintenance`.
     Its local-feature registry is ``feature_store``, or the one
-    :func:`registry.store.build_feature_store` builds for ``settings.shared.kind``;
+    :func:`matching.store.build_feature_store` builds for ``settings.shared.kind``;
     the calibration comes from ``documents``, by default the store
     ``settings.shared.kind`` names."""
     from storage.documents import build_document_store
@@ -536,7 +536,7 @@ def build_engine(
         embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
         vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
     if feature_store is None:
-        from registry.store import build_feature_store
+        from matching.store import build_feature_store
 
         feature_store = build_feature_store(settings)
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,

@@ -1,12 +1,16 @@
-"""The registry of works.
+"""The registry of works: the service every entry point calls and the one
+composition root.
 
 - :mod:`registry.service`: the steps every entry point calls (register,
   remove, rebuild, analyse and record);
-- :mod:`registry.root`: the one composition root that builds what they share;
-- :mod:`registry.store`, :mod:`registry.folder`, :mod:`registry.sql`: the
-  local-feature registry (work features, the change feed, the vocabulary and
-  postings snapshots) behind :class:`registry.store.FeatureStore`, a folder on
-  one machine or PostgreSQL plus the blob store;
-- :mod:`registry.index`: :class:`registry.index.LocalIndex`, which keeps a
-  process's in-memory postings in step with that store.
+- :mod:`registry.root`: the one composition root that builds what they share
+  (settings, sessions, blobs, the feature store, the shared documents, the
+  matcher);
+- :mod:`registry.cli`: ``artwatch index rebuild`` and ``index status``.
+
+The local-feature store itself (work features, the change feed, the
+vocabulary and postings snapshots) is a lower layer that the matcher reads:
+:mod:`matching.store` (folder or PostgreSQL plus the blob store) and
+:mod:`matching.replica`, which keeps a process's in-memory postings in step
+with it.
 """

@@ -31,7 +31,7 @@ from storage.blobs import BlobStore
 
 if TYPE_CHECKING:
     from matching import Engine as Matcher
-    from registry.store import FeatureStore
+    from matching.store import FeatureStore
     from storage.documents import DocumentStore
 
 __all__ = ["Services", "queue_embedding"]
@@ -136,7 +136,7 @@ class Services:
         """The local-feature registry ``[shared] kind`` names: ``DATA_DIR/features``,
         or tables through :attr:`sessions` with arrays in :attr:`blobs`."""
         if self._features is None:
-            from registry.store import build_feature_store
+            from matching.store import build_feature_store
 
             if self.settings.shared.kind == "folder":
                 self._features = build_feature_store(self.settings)

@@ -409,7 +409,7 @@ class SharedDocument(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-# --- Local-feature registry with [shared] kind = "services" (owned by registry.sql) ---
+# --- Local-feature registry with [shared] kind = "services" (owned by matching.store.sql) ---
 # Arrays (work features, vocabularies, snapshot arrays) are blob-store objects;
 # these rows name them.
 

@@ -4,7 +4,7 @@ A registration that crosses a doubling of the registry makes a vocabulary
 retrain due (minutes at thousands of works), and a process that has applied
 enough changes makes a postings snapshot due (seconds to tens of seconds).
 Neither belongs inside a web request or a query. :func:`maintenance_hook` is
-the :data:`registry.index.MaintenanceHook` that services (the web app, the
+the :data:`matching.replica.MaintenanceHook` that services (the web app, the
 workers, the CLI) give the engine: it queues ``artwatch.retrain_vocabulary`` or
 ``artwatch.write_snapshot`` on the ``maintenance`` queue, which CPU workers
 consume, and returns at once. The work registered meanwhile is searchable on
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from config.settings import Settings
 
 if TYPE_CHECKING:
-    from registry.index import MaintenanceJob
+    from matching.replica import MaintenanceJob
 
 __all__ = [
     "LEASE_S",

@@ -213,4 +213,4 @@ def test_healthy_commands_print_nothing_on_stderr(test_settings: Settings, tmp_p
     # Our own INFO records are still there for whoever asks for them.
     painting(3).save(tmp_path / "3.png")
     verbose = artwatch("-v", "works", "add", str(tmp_path / "3.png"), "--owner", "ada@studio.example")
-    assert verbose.returncode == 0 and "INFO registry.index: local index:" in verbose.stderr, verbose.stderr
+    assert verbose.returncode == 0 and "INFO matching.replica: local index:" in verbose.stderr, verbose.stderr

@@ -10,11 +10,11 @@ import numpy as np
 import portalocker
 import pytest
 
+from matching import replica as index
 from matching import vocabulary
 from matching.engine import Engine, WorkRef
 from matching.features import StoredWork
-from registry import index
-from registry.folder import FolderFeatureStore
+from matching.store.folder import FolderFeatureStore
 
 from .test_engine import OWNER, WORKS, encode, scene, textured
 
@@ -193,7 +193,7 @@ def test_a_damaged_snapshot_is_ignored_and_replaced(
     _, meta = _snapshotted(tmp_path)
     damage(tmp_path, meta)
     reads = _count_reads(monkeypatch)
-    with caplog.at_level("WARNING", logger="registry.index"):
+    with caplog.at_level("WARNING", logger="matching.replica"):
         reader = Engine(tmp_path)
     assert "unreadable postings snapshot" in caplog.text
     assert sorted(reads) == sorted(WORKS)  # fell back to reading every work

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from config.settings import Settings, load_settings
+from matching import replica as local
 from matching.engine import Engine
 from matching.vocabulary import Vocabulary
-from registry import index as local
 from storage.blobs import FolderBlobStore
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Base

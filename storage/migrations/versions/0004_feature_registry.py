@@ -4,7 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02 06:00:00
 
-``registry.sql.SqlFeatureStore`` keeps the change feed (``feature_changes``,
+``matching.store.sql.SqlFeatureStore`` keeps the change feed (``feature_changes``,
 whose id is the readers' cursor), one row per work's feature blob, the
 published vocabularies and the postings snapshots' pointers here; the arrays
 themselves are blob-store objects. The folder store uses none of them.

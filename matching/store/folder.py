@@ -30,7 +30,7 @@ import numpy.typing as npt
 import portalocker
 
 from matching.features import StoredWork
-from registry.store import Locked, thumbs_from_bytes, work_from_bytes, work_to_bytes
+from matching.store import Locked, thumbs_from_bytes, work_from_bytes, work_to_bytes
 
 __all__ = ["FolderFeatureStore"]
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from matching.features import LocalFeatures, StoredWork
-from registry.folder import FolderFeatureStore
-from registry.store import FeatureStore, Locked
+from matching.store import FeatureStore, Locked
+from matching.store.folder import FolderFeatureStore
 from tests.matching.test_engine import OWNER, WORKS, encode, textured
 
 CTX = mp.get_context("spawn")  # fresh interpreters, like separate machines' processes
@@ -40,7 +40,7 @@ def open_store(spec: Spec) -> FeatureStore:
     if spec.kind == "folder":
         return FolderFeatureStore(Path(spec.root) / "features")
     from config.settings import BlobSettings
-    from registry.sql import SqlFeatureStore
+    from matching.store.sql import SqlFeatureStore
     from storage.blobs import BlobStore, FolderBlobStore
     from storage.db import make_engine, make_sessionmaker
 
@@ -193,7 +193,7 @@ def test_a_late_commit_is_never_skipped(spec: Spec) -> None:
     id could commit after a higher one and a reader at the higher cursor would skip it."""
     if spec.kind != "sql":
         pytest.skip("the folder journal is appended under a file lock")
-    from registry.sql import SqlFeatureStore
+    from matching.store.sql import SqlFeatureStore
     from storage.models import FeatureChange
 
     store = open_store(spec)
@@ -329,8 +329,8 @@ def test_a_work_registered_on_one_machine_is_found_on_another(
 def test_the_settings_choose_the_store_and_build_engine_uses_it(tmp_path: Path, postgres_url: str) -> None:
     from config.settings import load_settings
     from matching.engine import build_engine
-    from registry.sql import SqlFeatureStore
-    from registry.store import build_feature_store
+    from matching.store import build_feature_store
+    from matching.store.sql import SqlFeatureStore
     from storage.db import make_engine
     from storage.models import Base
 

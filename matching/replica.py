@@ -1,7 +1,7 @@
 """A process's postings index kept in step with the shared feature registry.
 
 Every process that matches holds a :class:`~matching.postings.PostingsIndex`
-in memory and replays the store's change feed (:mod:`registry.store`) from
+in memory and replays the store's change feed (:mod:`matching.store`) from
 the cursor it has read, so works registered by another process become
 searchable on its next query.
 
@@ -38,8 +38,8 @@ import numpy.typing as npt
 
 from matching.features import LocalFeatures, StoredWork
 from matching.postings import Correspondences, PostingsIndex
+from matching.store import FeatureStore, Locked
 from matching.vocabulary import Vocabulary
-from registry.store import FeatureStore, Locked
 
 __all__ = ["LocalIndex", "MaintenanceHook", "MaintenanceJob"]
 
@@ -73,7 +73,7 @@ SNAPSHOT_LOCK = "snapshot"
 @dataclass
 class LocalIndex(PostingsIndex):
     """Inverted file over registered works' descriptors, shared through a
-    :class:`~registry.store.FeatureStore`.
+    :class:`~matching.store.FeatureStore`.
 
     ``refresh()`` is cheap (one ``stat`` or one query) when nothing changed;
     the engine calls it before each query.

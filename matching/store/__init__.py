@@ -1,6 +1,6 @@
 """What the local-feature registry keeps, behind one interface.
 
-:class:`registry.index.LocalIndex` works only through a :class:`FeatureStore`:
+:class:`matching.replica.LocalIndex` works only through a :class:`FeatureStore`:
 
 - work arrays: one :class:`~matching.features.StoredWork` per work (npz bytes,
   :func:`work_to_bytes`), the source of truth;
@@ -14,8 +14,8 @@
   PostgreSQL).
 
 Two implementations, chosen by ``settings.shared.kind``
-(:func:`build_feature_store`): :class:`registry.folder.FolderFeatureStore`
-(files under ``DATA_DIR/features``) and :class:`registry.sql.SqlFeatureStore`
+(:func:`build_feature_store`): :class:`matching.store.folder.FolderFeatureStore`
+(files under ``DATA_DIR/features``) and :class:`matching.store.sql.SqlFeatureStore`
 (database rows plus blob-store objects).
 """
 
@@ -55,7 +55,7 @@ class Locked(Exception):
 
 
 class FeatureStore(Protocol):
-    """Everything :class:`registry.index.LocalIndex` persists or shares."""
+    """Everything :class:`matching.replica.LocalIndex` persists or shares."""
 
     # ---- work arrays
     def put_work(self, work: StoredWork) -> None: ...
@@ -148,10 +148,10 @@ def build_feature_store(
     the settings when not given)."""
     data_dir = Path(settings.data_dir)
     if settings.shared.kind == "folder":
-        from registry.folder import FolderFeatureStore
+        from matching.store.folder import FolderFeatureStore
 
         return FolderFeatureStore(data_dir / "features")
-    from registry.sql import SqlFeatureStore
+    from matching.store.sql import SqlFeatureStore
 
     if sessions is None:
         from storage.db import shared_sessionmaker

@@ -4,7 +4,7 @@ Machines that share nothing but the database and the blob store share the
 registry through this store:
 
 - ``feature_works``: one row per work naming the blob (npz bytes,
-  :func:`registry.store.work_to_bytes`) that holds its arrays;
+  :func:`matching.store.work_to_bytes`) that holds its arrays;
 - ``feature_changes``: the change feed, one row per line; a reader's cursor is
   the last row id it has applied. Appends take a transaction-scoped advisory
   lock on PostgreSQL (``pg_advisory_xact_lock``) before inserting, so ids are
@@ -42,7 +42,7 @@ import numpy.typing as npt
 from sqlalchemy import delete, func, select, text
 
 from matching.features import StoredWork
-from registry.store import Locked, thumbs_from_bytes, work_from_bytes, work_to_bytes
+from matching.store import Locked, thumbs_from_bytes, work_from_bytes, work_to_bytes
 from storage.blobs import BlobNotFound, sha256_hex
 from storage.db import session_scope
 from storage.models import FeatureChange, FeatureSnapshot, FeatureVocab, FeatureWork
