@@ -211,8 +211,8 @@ class LocalIndex(PostingsIndex):
         self._published_vocab = vocab.version
         with self.store.lock(SNAPSHOT_LOCK, timeout=600):
             self._remove_old_snapshots(vocab.version)
-        log.info("local index: trained a %d-word vocabulary%s on %d works", vocab.size // vocab.k3,
-                 f" with {vocab.k3} sub-words per word" if vocab.k3 > 1 else "", len(ids))
+        log.info("local index: trained a %d-word vocabulary%s on %d works (vocabulary %s)", vocab.size // vocab.k3,
+                 f" with {vocab.k3} sub-words per word" if vocab.k3 > 1 else "", len(ids), vocab.version)
 
     # ---- reader side
 
@@ -236,6 +236,8 @@ class LocalIndex(PostingsIndex):
                 restored = self._restore_snapshot()
                 if restored is None:
                     self._reload_all()
+                    log.info("local index: switched to vocabulary %s by reading %d works", parts[1],
+                             len(self._works))
                     self._snapshot_due()
                     return
                 # The snapshot covers the feed up to its cursor; replay the rest.
@@ -363,8 +365,8 @@ class LocalIndex(PostingsIndex):
             return None
         self._trained_on = int(meta.get("trained_on", self._trained_on))
         self._unsnapshotted = 0
-        log.info("local index: restored %d works (%d postings) from a snapshot", len(self._works),
-                 self._main.n if self._main is not None else 0)
+        log.info("local index: restored %d works (%d postings) of vocabulary %s from a snapshot",
+                 len(self._works), self._main.n if self._main is not None else 0, vocab.version)
         return offset
 
     def thumbs(self, work_id: int) -> U8:

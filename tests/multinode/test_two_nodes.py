@@ -140,7 +140,9 @@ def test_two_nodes_share_only_the_services(cluster: Cluster) -> None:
     assert after_a["vocabulary"] != before["vocabulary"], (before, after_a)
     after_b = index_status(b)
     assert after_b == after_a, f"node B sees {after_b}, node A retrained to {after_a}"
-    # And node B's running worker analyses with it: a new copy is still found.
+    # And node B's running worker switches to it before its next analysis
+    # (its log names the vocabulary it restored), and a new copy is still found.
+    before_copy3 = b_log.stat().st_size
     copy3_url = cluster.site.media_url(cluster.site.add_post(copy_of(work, 2), content_type="image/jpeg",
                                                              text="copy 2", author="copier"))
     a.cli("crawl")
@@ -148,3 +150,6 @@ def test_two_nodes_share_only_the_services(cluster: Cluster) -> None:
     assert cluster.matches() == {(copy_url, work_id): 1, (copy2_url, work_id): 1,
                                  (copy3_url, work_id): 1}, cluster.state()
     assert cluster.dead_letters() == [], cluster.state()
+    switched = b_log.read_bytes()[before_copy3:].decode(errors="replace")
+    assert f"of vocabulary {after_a['vocabulary']} from a snapshot" in switched \
+        or f"switched to vocabulary {after_a['vocabulary']}" in switched, cluster.logs()
