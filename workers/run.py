@@ -127,8 +127,14 @@ def wait_until_settled(settings: Settings, sessions: Any, since: datetime, *, ti
 
 
 def _summary(sessions: Any, since: datetime) -> RunSummary:
+    """Counts, and the sources whose poll failed during this run (each with its reason and hint)."""
+    from crawler.health import source_health
+
     with session_scope(sessions) as s:
+        failed = [h for h in source_health(s) if h.enabled and h.failed_since(since)]
         return RunSummary(
+            sources_failed=[{"name": h.name, "kind": h.kind, "error": h.last_error, "hint": h.hint} for h in failed],
+            sources_failed_lines=[h.describe() for h in failed],
             uploads_seen=s.scalar(select(func.count(Upload.id))) or 0,
             uploads_new=s.scalar(select(func.count(Upload.id)).where(Upload.created_at >= since)) or 0,
             analysed=s.scalar(select(func.count(Upload.id)).where(Upload.status == UploadStatus.ANALYSED)) or 0,
@@ -263,12 +269,19 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
                 sys.stderr.write("\n")
             summary = _summary(sessions, since)
             echo("")
-            echo("summary" + ("" if ok else f" (stopped waiting after {timeout:.0f} s; work may still be queued)"))
+            failed_note = (f" - {len(summary['sources_failed'])} of {len(ids)} sources failed, see below"
+                           if summary["sources_failed"] else "")
+            echo("summary" + ("" if ok else f" (stopped waiting after {timeout:.0f} s; work may still be queued)")
+                 + failed_note)
             echo(f"  uploads seen:           {summary['uploads_seen']} ({summary['uploads_new']} new this run)")
             echo(f"  analysed / failed:      {summary['analysed']} / {summary['failed']}")
             echo(f"  matches:                {summary['matches']}" +
                  (f" (+{summary['suppressed']} on licensed sites, not flagged)" if summary["suppressed"] else ""))
             echo(f"  drafts waiting review:  {summary['drafts']}")
+            if summary["sources_failed"]:
+                echo(f"  sources failed:         {len(summary['sources_failed'])} of {len(ids)}")
+                for line in summary["sources_failed_lines"]:
+                    echo(f"    - {line}")
             echo("  where to look:          `artwatch notices list`, `artwatch status`")
         if web:
             url = settings.web.base_url
