@@ -64,7 +64,7 @@ def create_app(
     ``engine`` is the matching engine; when omitted it is built on first use
     with :func:`matching.build_engine`, so pages that never match start fast.
     """
-    from webapp.routes import admin, api, auth, owner, review
+    from webapp.routes import admin, api, auth, dashboard, owner, review
 
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
@@ -138,7 +138,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, owner, review, admin, api):
+    for module in (auth, dashboard, owner, review, admin, api):
         app.include_router(module.router)
     api.install_problem_schema(app)
     return app
