@@ -159,7 +159,7 @@ def bar_chart_svg(title: str, days: list[date], values: list[int], css_class: st
         label += f", most on {days[peak].isoformat()} ({values[peak]})"
     parts = [
         f'<svg class="chart {escape(css_class)}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(label)}" preserveAspectRatio="none">',
+        f'aria-label="{escape(label)}">',
         f"<title>{escape(label)}</title>",
         f'<line class="axis" x1="{pad_left}" y1="{height - pad_bottom}" x2="{width}" y2="{height - pad_bottom}"/>',
         f'<text class="tick" x="{pad_left - 4}" y="{pad_top + 8}" text-anchor="end">{top}</text>',
@@ -173,10 +173,11 @@ def bar_chart_svg(title: str, days: list[date], values: list[int], css_class: st
             f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}">'
             f"<title>{day.isoformat()}: {value}</title></rect>"
         )
-    for i in (0, len(days) // 2, len(days) - 1) if days else ():
-        x = pad_left + i * slot + slot / 2
+    ticks = ((0, "start"), (len(days) // 2, "middle"), (len(days) - 1, "end")) if days else ()
+    for i, anchor in ticks:
+        x = pad_left + i * slot + (0 if anchor == "start" else slot if anchor == "end" else slot / 2)
         parts.append(
-            f'<text class="tick" x="{x:.1f}" y="{height - 5}" text-anchor="middle">{days[i].strftime("%d %b")}</text>'
+            f'<text class="tick" x="{x:.1f}" y="{height - 5}" text-anchor="{anchor}">{days[i].strftime("%d %b")}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))
