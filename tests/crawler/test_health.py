@@ -4,7 +4,9 @@ and ``artwatch run``'s summary lists the sources that failed during the run."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,3 +79,27 @@ def test_failure_hints() -> None:
     assert failure_hint(None) == "" and failure_hint("SomethingNew: x") == ""
     assert "robots.txt" in failure_hint("RobotsDisallowed: /api/ is disallowed")
     assert "allow_internal" in failure_hint("BlockedAddress: refusing to connect to x at non-public address 10.0.0.1")
+
+
+def test_artwatch_status_prints_the_opt_in_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from config.settings import load_settings
+    from storage.db import make_engine, make_sessionmaker, session_scope
+    from workers.cli import cli
+
+    monkeypatch.setenv("ARTWATCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ARTWATCH_CONFIG", raising=False)
+    runner = CliRunner()
+    init = runner.invoke(cli, ["init"], catch_exceptions=False)
+    assert init.exit_code == 0, init.output
+    settings = load_settings()
+    db = make_engine(settings.resolved_database_url())
+    with session_scope(make_sessionmaker(db)) as s:
+        s.add(Source(name="intranet", kind="mastodon", url="http://10.0.0.5/",
+                     last_error="BlockedAddress: refusing to connect to 10.0.0.5 at non-public address 10.0.0.5",
+                     last_error_at=datetime.now(UTC)))
+    db.dispose()
+    out = runner.invoke(cli, ["status"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "last error: BlockedAddress" in out.output and "crawler.allow_internal" in out.output
