@@ -35,7 +35,7 @@ from storage.models import (
 )
 from workers import migrate
 
-__all__ = ["RunSummary", "run_job", "worker_process"]
+__all__ = ["RunSummary", "run_job", "summary_lines", "worker_process"]
 
 DEMO_OWNER = "studio@bluefinch.example"
 DEMO_REVIEWER = "reviewer@artwatch.example"
@@ -144,6 +144,28 @@ def _summary(sessions: Any, since: datetime) -> RunSummary:
             drafts=s.scalar(select(func.count(Notice.id)).where(
                 Notice.state.in_([NoticeState.DRAFT, NoticeState.IN_REVIEW]))) or 0,
         )
+
+
+def summary_lines(summary: RunSummary, *, sources: int, settled: bool, timeout: float) -> list[str]:
+    """What ``artwatch run`` prints after the crawl: never an all-clear when a source failed."""
+    failed = summary["sources_failed"]
+    head = "summary"
+    if not settled:
+        head += f" (stopped waiting after {timeout:.0f} s; work may still be queued)"
+    if failed:
+        head += f" - {len(failed)} of {sources} sources failed, see below"
+    lines = [
+        head,
+        f"  uploads seen:           {summary['uploads_seen']} ({summary['uploads_new']} new this run)",
+        f"  analysed / failed:      {summary['analysed']} / {summary['failed']}",
+        f"  matches:                {summary['matches']}"
+        + (f" (+{summary['suppressed']} on licensed sites, not flagged)" if summary["suppressed"] else ""),
+        f"  drafts waiting review:  {summary['drafts']}",
+    ]
+    if failed:
+        lines.append(f"  sources failed:         {len(failed)} of {sources}")
+        lines += [f"    - {line}" for line in summary["sources_failed_lines"]]
+    return lines
 
 
 def _ensure_initialised(settings: Settings, echo: Callable[[str], None]) -> Any:
@@ -269,19 +291,8 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
                 sys.stderr.write("\n")
             summary = _summary(sessions, since)
             echo("")
-            failed_note = (f" - {len(summary['sources_failed'])} of {len(ids)} sources failed, see below"
-                           if summary["sources_failed"] else "")
-            echo("summary" + ("" if ok else f" (stopped waiting after {timeout:.0f} s; work may still be queued)")
-                 + failed_note)
-            echo(f"  uploads seen:           {summary['uploads_seen']} ({summary['uploads_new']} new this run)")
-            echo(f"  analysed / failed:      {summary['analysed']} / {summary['failed']}")
-            echo(f"  matches:                {summary['matches']}" +
-                 (f" (+{summary['suppressed']} on licensed sites, not flagged)" if summary["suppressed"] else ""))
-            echo(f"  drafts waiting review:  {summary['drafts']}")
-            if summary["sources_failed"]:
-                echo(f"  sources failed:         {len(summary['sources_failed'])} of {len(ids)}")
-                for line in summary["sources_failed_lines"]:
-                    echo(f"    - {line}")
+            for out_line in summary_lines(summary, sources=len(ids), settled=ok, timeout=timeout):
+                echo(out_line)
             echo("  where to look:          `artwatch notices list`, `artwatch status`")
         if web:
             url = settings.web.base_url

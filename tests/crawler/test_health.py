@@ -15,7 +15,7 @@ from crawler.health import ALLOW_INTERNAL_HINT, failure_hint, source_health
 from crawler.localsite import LocalSite
 from crawler.service import build_client, poll_source
 from storage.models import Base, Source, Upload, UploadStatus
-from workers.run import _summary
+from workers.run import _summary, summary_lines
 
 from .conftest import png
 
@@ -55,8 +55,14 @@ def test_internal_address_refusal_is_reported_with_how_to_opt_in(site: LocalSite
     assert [f["name"] for f in summary["sources_failed"]] == ["local-refused"]
     assert summary["sources_failed"][0]["hint"] == ALLOW_INTERNAL_HINT
     assert "crawler.allow_internal" in summary["sources_failed_lines"][0]
+    printed = summary_lines(summary, sources=2, settled=True, timeout=60)
+    assert printed[0] == "summary - 1 of 2 sources failed, see below"
+    assert "  sources failed:         1 of 2" in printed
+    assert any("local-refused (mastodon) failed: BlockedAddress" in ln and "allow_internal" in ln for ln in printed)
     # A failure recorded before the run started is not this run's failure.
-    assert _summary(sessions, datetime.now(UTC) + timedelta(seconds=5))["sources_failed"] == []
+    later = _summary(sessions, datetime.now(UTC) + timedelta(seconds=5))
+    assert later["sources_failed"] == []
+    assert summary_lines(later, sources=2, settled=True, timeout=60)[0] == "summary"
 
 
 def test_backlog_counts_only_pending_uploads_per_source() -> None:
