@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from webapp_testkit import World, csrf_from, logo_png, product_shot
+from fastapi.testclient import TestClient
+from webapp_testkit import World, csrf_from, login, logo_png, make_settings, product_shot
 
 from storage.db import session_scope
 from storage.models import AuditEvent, Match, MatchStatus, NoticeItem, Role, Source
@@ -118,3 +121,39 @@ def test_everyone_lands_on_the_dashboard_and_the_favicon_is_served(world: World)
     assert icon.text.startswith("<svg")
     legacy = world.client().get("/favicon.ico")
     assert legacy.status_code == 301 and legacy.headers["location"] == "/static/favicon.svg"
+
+
+def test_with_a_redis_broker_the_overview_reads_queue_lengths_and_crawl_now_sends_there(
+    world: World, redis_server_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    from webapp import create_app
+
+    settings = make_settings(tmp_path / "redis-data", broker_url=redis_server_url)
+    app = create_app(settings, sessions=world.sessions, blobs=world.blobs, engine=world.engine)
+    world.account("rev@example.com", Role.REVIEWER)
+    with session_scope(world.sessions) as s:
+        src = Source(name="feed-on-redis", kind="mastodon", url="https://m.example/")
+        s.add(src)
+        s.flush()
+        sid = src.id
+    rev = TestClient(app, follow_redirects=False)
+    login(rev, "rev@example.com")
+    page = rev.get("/dashboard").text
+    assert "(redis broker)" in page and "The broker did not answer" not in page
+    assert re.search(r"<th scope=\"row\">crawl</th><td class=\"num\">\d+ queued", page), "no Redis queue length"
+    r = rev.post(f"/admin/sources/{sid}/crawl", data={"csrf_token": csrf_from(page)})
+    assert r.status_code == 303 and "queued=feed-on-redis" in r.headers["location"]
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        ours = [raw for raw in client.lrange("crawl", 0, -1)
+                if json.loads(raw)["headers"]["task"] == "artwatch.crawl_source"
+                and json.loads(raw)["headers"]["argsrepr"] == f"[{sid}]"]
+        assert len(ours) == 1, "the crawl message is not on the Redis crawl queue"
+    finally:
+        for raw in client.lrange("crawl", 0, -1):
+            if json.loads(raw)["headers"].get("argsrepr") == f"[{sid}]":
+                client.lrem("crawl", 1, raw)
+        client.close()
+        configure(world.settings)  # the Celery app is process-wide: back to the folder broker
