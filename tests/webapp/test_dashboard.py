@@ -145,7 +145,7 @@ def test_with_a_redis_broker_the_overview_reads_queue_lengths_and_crawl_now_send
     assert re.search(r"<th scope=\"row\">crawl</th><td class=\"num\">\d+ queued", page), "no Redis queue length"
     r = rev.post(f"/admin/sources/{sid}/crawl", data={"csrf_token": csrf_from(page)})
     assert r.status_code == 303 and "queued=feed-on-redis" in r.headers["location"]
-    client = redis.Redis.from_url(redis_server_url)
+    client = redis.Redis.from_url(redis_server_url, decode_responses=True)
     try:
         ours = [raw for raw in client.lrange("crawl", 0, -1)
                 if json.loads(raw)["headers"]["task"] == "artwatch.crawl_source"
@@ -154,6 +154,6 @@ def test_with_a_redis_broker_the_overview_reads_queue_lengths_and_crawl_now_send
     finally:
         for raw in client.lrange("crawl", 0, -1):
             if json.loads(raw)["headers"].get("argsrepr") == f"[{sid}]":
-                client.lrem("crawl", 1, raw)
+                client.lrem("crawl", 1, str(raw))
         client.close()
         configure(world.settings)  # the Celery app is process-wide: back to the folder broker
