@@ -75,7 +75,8 @@ def page(server: str) -> Iterator[Any]:  # noqa: F811
         yield pg
         context.close()
         browser.close()
-        assert not errors, errors
+        # The missing work in the tour is a 404 on purpose; anything else (a CSP violation) is not.
+        assert not [e for e in errors if "404" not in e], errors
 
 
 def _serious(page: Any, axe: Path) -> list[str]:
@@ -133,7 +134,7 @@ def test_pages_fit_390_px_and_pass_axe(world: World, page: Any, axe_script: Path
     tours = {
         "ann@example.com": ["/dashboard", "/works", f"/works/{ids['work']}", "/works/new", "/works/import",
                             "/matches", f"/matches/{ids['match']}", "/notices", f"/notices/{ids['notice']}",
-                            "/profile"],
+                            "/profile", "/works/99999"],
         "rev@example.com": ["/dashboard", "/review", "/notices", f"/notices/{ids['notice']}", "/matches"],
         "root@example.com": ["/dashboard", "/admin/sources", "/admin/users", "/admin/hosts"],
     }
