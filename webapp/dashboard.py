@@ -214,16 +214,20 @@ def worker_health(settings: Any) -> dict[str, Any]:
     With Redis: a Celery ping with a one-second timeout and ``LLEN`` per queue;
     with the folder broker: the workers' heartbeat files and message files.
     Call it off the event loop (a sync route runs in the thread pool)."""
-    from workers.broker import in_flight, queue_depths, worker_liveness
+    from workers.app import QUEUES
+    from workers.broker import check_broker, in_flight, queue_depths, worker_liveness
     from workers.cli import _configured_app
 
     try:
         app = _configured_app(settings)
+        # One bounded connection attempt first: the ping and LLENs below would
+        # each retry against a broker that is down.
+        check_broker(app, settings)
         workers = worker_liveness(app, settings)
         queues = queue_depths(app, settings)
         unacked = in_flight(app, settings)
     except Exception as exc:  # noqa: BLE001 - the dashboard reports the broker's trouble, it does not fail
-        return {"error": f"{type(exc).__name__}: {exc}", "workers": [], "queues": {}, "in_flight": None,
+        return {"error": str(exc), "workers": [], "queues": {q: None for q in QUEUES}, "in_flight": None,
                 "broker": "embedded" if settings.embedded_broker else "redis"}
     return {
         "error": "",

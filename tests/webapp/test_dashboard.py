@@ -96,7 +96,7 @@ def test_staff_overview_shows_failing_sources_with_the_reason_and_crawl_now_queu
     assert rev.post(f"/admin/sources/{sid}/crawl").status_code == 403
     assert (queue_depths(app, world.settings)["crawl"] or 0) == before
     r = rev.post(f"/admin/sources/{sid}/crawl", data={"csrf_token": csrf_from(page.text)})
-    assert r.status_code == 303 and r.headers["location"].startswith("/dashboard?queued=intranet")
+    assert r.status_code == 303 and r.headers["location"] == f"/dashboard?queued={sid}#sources"
     assert queue_depths(app, world.settings)["crawl"] == before + 1
     assert "Crawl of intranet queued" in rev.get(r.headers["location"]).text
     with world.sessions() as s:
@@ -144,7 +144,7 @@ def test_with_a_redis_broker_the_overview_reads_queue_lengths_and_crawl_now_send
     assert "(redis broker)" in page and "The broker did not answer" not in page
     assert re.search(r"<th scope=\"row\">crawl</th><td class=\"num\">\d+ queued", page), "no Redis queue length"
     r = rev.post(f"/admin/sources/{sid}/crawl", data={"csrf_token": csrf_from(page)})
-    assert r.status_code == 303 and "queued=feed-on-redis" in r.headers["location"]
+    assert r.status_code == 303 and r.headers["location"] == f"/dashboard?queued={sid}#sources"
     client = redis.Redis.from_url(redis_server_url, decode_responses=True)
     try:
         ours = [raw for raw in client.lrange("crawl", 0, -1)
@@ -157,3 +157,33 @@ def test_with_a_redis_broker_the_overview_reads_queue_lengths_and_crawl_now_send
                 client.lrem("crawl", 1, str(raw))
         client.close()
         configure(world.settings)  # the Celery app is process-wide: back to the folder broker
+
+
+def test_an_unreachable_broker_is_reported_not_fatal(world: World, tmp_path: Path) -> None:
+    import socket
+
+    from webapp import create_app
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(tmp_path / "down-data", broker_url=f"redis://127.0.0.1:{port}/0")
+    app = create_app(settings, sessions=world.sessions, blobs=world.blobs, engine=world.engine)
+    world.account("rev@example.com", Role.REVIEWER)
+    with session_scope(world.sessions) as s:
+        src = Source(name="feed", kind="mastodon", url="https://m.example/")
+        s.add(src)
+        s.flush()
+        sid = src.id
+    rev = TestClient(app, follow_redirects=False)
+    login(rev, "rev@example.com")
+    try:
+        page = rev.get("/dashboard")
+        assert page.status_code == 200 and "No live workers" in page.text
+        assert '<th scope="row">crawl</th><td class="num">? queued' in page.text
+        r = rev.post(f"/admin/sources/{sid}/crawl", data={"csrf_token": csrf_from(page.text)})
+        assert r.status_code == 503 and "Could not queue the crawl: feed:" in r.text
+        with world.sessions() as s:
+            assert s.query(AuditEvent).filter_by(action="crawl_now").count() == 0
+    finally:
+        configure(world.settings)

@@ -17,11 +17,8 @@ router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)]
 STAFF = require_page_role(Role.REVIEWER, Role.ADMIN)
 
 
-@router.get("/dashboard", response_class=HTMLResponse)
-def dashboard(
-    request: Request, queued: str = "", failed: str = "",
-    account: Account = Depends(page_user), session: Session = DB,
-) -> Response:
+def _dashboard_page(request: Request, account: Account, session: Session, *, queued: Source | None = None,
+                    failed: str = "", status: int = 200) -> Response:
     from webapp.dashboard import bar_chart_svg, build_dashboard, hbar_chart_svg, worker_health
 
     ctx = get_ctx(request)
@@ -33,36 +30,45 @@ def dashboard(
         "matches_chart": bar_chart_svg("Matches per day", board.days, board.matches_per_day, "matches"),
         "removals_chart": bar_chart_svg("Removals per day", board.days, board.removals_per_day, "removals"),
         "sites_chart": hbar_chart_svg("Matches by site", board.matches_by_site),
-        "queued": queued[:100],
-        "failed": failed[:300],
+        "queued": queued.name if queued is not None and staff else "",
+        "failed": failed,
     }
     if staff:
         from crawler.health import source_health
 
         context["sources"] = source_health(session)
         context["health"] = worker_health(ctx.settings)
-    return ctx.templates.TemplateResponse(request, "dashboard.html", context)
+    return ctx.templates.TemplateResponse(request, "dashboard.html", context, status_code=status)
 
 
-@router.post("/admin/sources/{source_id}/crawl")
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard(
+    request: Request, queued: int = 0, account: Account = Depends(page_user), session: Session = DB
+) -> Response:
+    # ``queued`` is a source id (after "crawl now"), so a link cannot put words on the page.
+    return _dashboard_page(request, account, session, queued=session.get(Source, queued) if queued else None)
+
+
+@router.post("/admin/sources/{source_id}/crawl", response_class=HTMLResponse)
 def crawl_now(request: Request, source_id: int, account: Account = STAFF, session: Session = DB) -> Response:
-    """Queue ``crawl_source`` for one source now (the worker polls it from its cursor)."""
-    from urllib.parse import quote
-
+    """Queue ``crawl_source`` for one source now (a worker polls it from its cursor)."""
     source = session.get(Source, source_id)
     if source is None:
         raise NotFound("no such source")
     settings = get_ctx(request).settings
     try:
+        from workers.broker import check_broker
         from workers.cli import _configured_app
 
-        _configured_app(settings).send_task("artwatch.crawl_source", args=[source.id])
+        app = _configured_app(settings)
+        check_broker(app, settings)  # one bounded attempt, not the publisher's retries
+        app.send_task("artwatch.crawl_source", args=[source.id], retry=False)
     except Exception as exc:  # noqa: BLE001 - the broker's error is shown to the person who asked
-        return RedirectResponse(f"/dashboard?failed={quote(f'{source.name}: {type(exc).__name__}: {exc}'[:300])}",
-                                status_code=303)
+        return _dashboard_page(request, account, session, failed=f"{source.name}: {type(exc).__name__}: {exc}",
+                               status=503)
     session.add(AuditEvent(actor=account.email, action="crawl_now", entity="source", entity_id=source.id,
                            detail={"name": source.name}))
-    return RedirectResponse(f"/dashboard?queued={quote(source.name)}#sources", status_code=303)
+    return RedirectResponse(f"/dashboard?queued={source.id}#sources", status_code=303)
 
 
 @router.get("/favicon.ico")
