@@ -64,6 +64,15 @@ def _day(value: Any) -> date | None:
     return date.fromisoformat(str(value)[:10])
 
 
+def _utc_day(session: Session, column: Any) -> Any:
+    """The UTC calendar day of a timestamp column, in SQL. PostgreSQL's date() of a
+    timestamptz follows the session's time zone, so convert to UTC first; SQLite
+    stores the UTC time as written."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.date(func.timezone("UTC", column))
+    return func.date(column)
+
+
 def _per_day(session: Session, stmt: Select[Any], days: list[date]) -> list[int]:
     counts: dict[date, int] = {}
     for raw, n in session.execute(stmt):
@@ -103,7 +112,7 @@ def build_dashboard(session: Session, owner_id: int | None, *, now: datetime | N
     )
     removals = session.scalar(_scoped(removed, Notice.owner_id, owner_id)) or 0
 
-    match_day = func.date(Match.created_at)
+    match_day = _utc_day(session, Match.created_at)
     matches_per_day = _per_day(
         session,
         _scoped(select(match_day, func.count(Match.id)), Match.owner_id, owner_id)
@@ -111,7 +120,7 @@ def build_dashboard(session: Session, owner_id: int | None, *, now: datetime | N
         .group_by(match_day),
         days,
     )
-    removal_day = func.date(NoticeItem.checked_at)
+    removal_day = _utc_day(session, NoticeItem.checked_at)
     removals_per_day = _per_day(
         session,
         _scoped(

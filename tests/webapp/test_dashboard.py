@@ -187,3 +187,19 @@ def test_an_unreachable_broker_is_reported_not_fatal(world: World, tmp_path: Pat
             assert s.query(AuditEvent).filter_by(action="crawl_now").count() == 0
     finally:
         configure(world.settings)
+
+
+def test_days_are_utc_days_whatever_the_database_session_time_zone(world: World) -> None:
+    from sqlalchemy import text
+
+    ann = world.account("ann@example.com")
+    work = world.work(ann, logo_png(5, "TZ"), "tz")
+    shot, _ = product_shot(logo_png(5, "TZ"))
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    late_yesterday = today - timedelta(minutes=30)
+    world.match(work, shot, url="https://pics.example/tz", age=datetime.now(UTC) - late_yesterday)
+    with world.sessions() as s:
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SET TIME ZONE 'Pacific/Kiritimati'"))  # UTC+14: yesterday 23:30 is "today" there
+        board = build_dashboard(s, ann)
+    assert board.matches_per_day[-2:] == [1, 0]
