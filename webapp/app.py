@@ -67,7 +67,7 @@ def create_app(
     (with the maintenance hook: a registration returns without waiting for the
     retrain it makes due), so pages that never match start fast.
     """
-    from webapp.routes import admin, api, auth, owner, review
+    from webapp.routes import admin, api, auth, dashboard, owner, review
 
     if services is None:
         services = Services.build(settings, sessions=sessions, blobs=blobs, matcher=engine)
@@ -136,7 +136,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, owner, review, admin, api):
+    for module in (auth, dashboard, owner, review, admin, api):
         app.include_router(module.router)
     api.install_problem_schema(app)
     return app

@@ -633,10 +633,14 @@ def status(obj: CliContext, as_json: bool) -> None:
     )
     click.echo(f"notices: {waiting} waiting for review; " +
                ", ".join(f"{k} {v}" for k, v in sorted(report["notices"].items())))
+    from crawler.health import failure_hint
+
     click.echo("sources:" if report["sources"] else "sources: none")
     for src in report["sources"]:
         click.echo(f"  {src['name']:<20} {src['kind']:<10} last success {src['last_success'] or 'never'}; "
                    f"backlog {src['backlog']}" + (f"; last error: {src['last_error']}" if src["last_error"] else ""))
+        if failure_hint(src["last_error"]):
+            click.echo(f"    {failure_hint(src['last_error'])}")
     click.echo("queues: " + ", ".join(f"{q} {n if n is not None else '?'}" for q, n in report["queues"].items())
                + (f"; in flight {report['in_flight']}" if report["in_flight"] is not None else "")
                + (f"; dead letters {report['dead_letters']} (`artwatch deadletters list`)"

@@ -36,7 +36,7 @@ from storage.models import (
 )
 from workers import migrate
 
-__all__ = ["RunSummary", "run_job", "worker_process"]
+__all__ = ["RunSummary", "run_job", "summary_lines", "worker_process"]
 
 DEMO_OWNER = "studio@bluefinch.example"
 DEMO_REVIEWER = "reviewer@artwatch.example"
@@ -128,8 +128,14 @@ def wait_until_settled(settings: Settings, sessions: Any, since: datetime, *, ti
 
 
 def _summary(sessions: Any, since: datetime) -> RunSummary:
+    """Counts, and the sources whose poll failed during this run (each with its reason and hint)."""
+    from crawler.health import source_health
+
     with session_scope(sessions) as s:
+        failed = [h for h in source_health(s) if h.enabled and h.failed_since(since)]
         return RunSummary(
+            sources_failed=[{"name": h.name, "kind": h.kind, "error": h.last_error, "hint": h.hint} for h in failed],
+            sources_failed_lines=[h.describe() for h in failed],
             uploads_seen=s.scalar(select(func.count(Upload.id))) or 0,
             uploads_new=s.scalar(select(func.count(Upload.id)).where(Upload.created_at >= since)) or 0,
             analysed=s.scalar(select(func.count(Upload.id)).where(Upload.status == UploadStatus.ANALYSED)) or 0,
@@ -139,6 +145,28 @@ def _summary(sessions: Any, since: datetime) -> RunSummary:
             drafts=s.scalar(select(func.count(Notice.id)).where(
                 Notice.state.in_([NoticeState.DRAFT, NoticeState.IN_REVIEW]))) or 0,
         )
+
+
+def summary_lines(summary: RunSummary, *, sources: int, settled: bool, timeout: float) -> list[str]:
+    """What ``artwatch run`` prints after the crawl: never an all-clear when a source failed."""
+    failed = summary["sources_failed"]
+    head = "summary"
+    if not settled:
+        head += f" (stopped waiting after {timeout:.0f} s; work may still be queued)"
+    if failed:
+        head += f" - {len(failed)} of {sources} sources failed, see below"
+    lines = [
+        head,
+        f"  uploads seen:           {summary['uploads_seen']} ({summary['uploads_new']} new this run)",
+        f"  analysed / failed:      {summary['analysed']} / {summary['failed']}",
+        f"  matches:                {summary['matches']}"
+        + (f" (+{summary['suppressed']} on licensed sites, not flagged)" if summary["suppressed"] else ""),
+        f"  drafts waiting review:  {summary['drafts']}",
+    ]
+    if failed:
+        lines.append(f"  sources failed:         {len(failed)} of {sources}")
+        lines += [f"    - {line}" for line in summary["sources_failed_lines"]]
+    return lines
 
 
 def _ensure_initialised(services: Services, echo: Callable[[str], None]) -> Any:
@@ -270,12 +298,8 @@ def run_job(settings: Settings, *, demo: bool, web: bool, timeout: float,
                 sys.stderr.write("\n")
             summary = _summary(sessions, since)
             echo("")
-            echo("summary" + ("" if ok else f" (stopped waiting after {timeout:.0f} s; work may still be queued)"))
-            echo(f"  uploads seen:           {summary['uploads_seen']} ({summary['uploads_new']} new this run)")
-            echo(f"  analysed / failed:      {summary['analysed']} / {summary['failed']}")
-            echo(f"  matches:                {summary['matches']}" +
-                 (f" (+{summary['suppressed']} on licensed sites, not flagged)" if summary["suppressed"] else ""))
-            echo(f"  drafts waiting review:  {summary['drafts']}")
+            for out_line in summary_lines(summary, sources=len(ids), settled=ok, timeout=timeout):
+                echo(out_line)
             echo("  where to look:          `artwatch notices list`, `artwatch status`")
         if web:
             url = settings.web.base_url

@@ -107,6 +107,9 @@ def test_owner_logs_in_registers_a_logo_and_sees_it_listed(
     assert _path(page) == "/login?next=/works"
     page.screenshot(path=str(artifacts / "1-login.png"))
     _login(page, "ann@example.com")
+    assert _path(page) == "/dashboard"  # everyone lands on the dashboard
+    with page.expect_navigation():
+        page.click("header nav >> text=Works")
     assert _path(page) == "/works"
     page.click("text=Register a work")
     logo_file = tmp_path / "acme-logo.png"
@@ -147,6 +150,9 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(
     )
     nid = world.draft(mid)
     _login(page, "rita@example.com")
+    assert _path(page) == "/dashboard"
+    with page.expect_navigation():
+        page.click("header nav >> text=Review queue")
     assert _path(page) == "/review"
     page.screenshot(path=str(artifacts / "2-review-queue.png"), full_page=True)
     with page.expect_navigation():

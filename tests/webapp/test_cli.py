@@ -39,7 +39,7 @@ def test_users_add_list_and_token(world: World) -> None:
         assert acct.role == Role.ADMIN and verify_password(acct.password_hash, "a long password")
     assert (
         login(world.client(), "root@example.com", "a long password").headers["location"]
-        == "/admin/users"
+        == "/dashboard"
     )
 
     dup = runner.invoke(

@@ -108,7 +108,7 @@ def test_a_locked_account_still_lets_its_owner_in_from_a_known_browser(world: Wo
 
     # The owner's browser holds the known-device cookie: the right password still works...
     back = login(owner, "ann@example.com")
-    assert back.status_code == 303 and back.headers["location"] == "/works"
+    assert back.status_code == 303 and back.headers["location"] == "/dashboard"
     # ...and a wrong one from it is still counted and still refused.
     assert login(owner, "ann@example.com", "typo").status_code == 400
     # A forged device cookie does not pass.

@@ -20,7 +20,7 @@ def test_login_sets_session_and_wrong_password_is_refused(world: World) -> None:
     bad = login(client, "ann@example.com", "wrong password")
     assert bad.status_code == 400 and "Wrong email or password" in bad.text
     ok = login(client, "ann@example.com")
-    assert ok.status_code == 303 and ok.headers["location"] == "/works"
+    assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
     cookie = ok.headers["set-cookie"]
     assert "aw_session=" in cookie and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
     assert client.get("/works").status_code == 200
@@ -326,7 +326,7 @@ def test_admin_manages_sources_users_and_hosts(world: World) -> None:
     )
     assert r.status_code == 303
     assert (
-        login(world.client(), "new@example.com", "long enough pw").headers["location"] == "/review"
+        login(world.client(), "new@example.com", "long enough pw").headers["location"] == "/dashboard"
     )
 
     hosts = client.get("/admin/hosts")

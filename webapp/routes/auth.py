@@ -14,7 +14,8 @@ from webapp.security import DEVICE_DAYS, end_session, new_session, session_accou
 
 router = APIRouter(include_in_schema=False)
 
-HOME = {Role.OWNER: "/works", Role.REVIEWER: "/review", Role.ADMIN: "/admin/users"}
+# Everyone lands on the dashboard: an owner sees their own numbers, staff the overview.
+HOME = {Role.OWNER: "/dashboard", Role.REVIEWER: "/dashboard", Role.ADMIN: "/dashboard"}
 
 
 def _safe_next(value: str) -> str:
