@@ -86,7 +86,7 @@ def test_approve_prompts_for_missing_answers(env: SimpleNamespace) -> None:
 def test_approve_without_answers_lists_them(env: SimpleNamespace) -> None:
     out = run(env, "approve", str(env.nid), "--reviewer", "r@a.test", "--no-interactive")
     assert out.exit_code == 2
-    assert "answer yes or no to commentary_or_criticism, parody" in out.output
+    assert "answer yes or no to “Is the use commentary or criticism of the work?”, “Is the use a parody" in out.output
     out = run(env, "approve", str(env.nid), "--fair-use", "parody", "--no-interactive")
     assert out.exit_code == 2 and "expected key=yes or key=no" in out.output
 

@@ -66,10 +66,14 @@ def test_full_path_is_audited_with_who_and_when(sessions: Any, notice_id: int) -
 
 
 FAIR_USE_CASES = [
-    ({}, "answer yes or no to commentary_or_criticism, parody, small_portion, transformative, none_applies"),
-    ({**OK, "parody": "maybe"}, "answer yes or no to parody"),
-    ({**OK, "parody": "yes", "none_applies": "no"}, "found parody to apply"),
-    ({**OK, "none_applies": "no"}, "none_applies must be yes"),
+    ({}, 'answer yes or no to “Is the use commentary or criticism of the work?”, “Is the use a parody of the '
+         'work?”, “Does the use take only a small portion of the work?”, “Does the use transform the work (new '
+         'expression, meaning or purpose)?”, “Having considered the questions above, are you satisfied that none '
+         'of them applies?”'),
+    ({**OK, "parody": "maybe"}, 'answer yes or no to “Is the use a parody of the work?”'),
+    ({**OK, "parody": "yes", "none_applies": "no"}, 'answered yes to “Is the use a parody of the work?”; the use '
+                                                    "may be fair"),
+    ({**OK, "none_applies": "no"}, 'are you satisfied that none of them applies?” must be yes'),
     ({**OK, "vibes": "no"}, "unknown question(s) vibes"),
 ]
 
