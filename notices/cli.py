@@ -327,6 +327,7 @@ def export_cmd(ctx: click.Context, notice_id: int, eml: Path | None, pdf: Path |
     """Export the notice as .eml, PDF and/or the evidence bundle."""
     from notices.evidence import build_bundle
     from notices.sending import export_eml, export_pdf
+    from notices.workflow import record_export
 
     if not (eml or pdf or bundle):
         raise click.UsageError("give at least one of --eml, --pdf, --bundle")
@@ -335,10 +336,13 @@ def export_cmd(ctx: click.Context, notice_id: int, eml: Path | None, pdf: Path |
         outputs = []
         if eml:
             outputs.append((eml, export_eml(s, obj.blobs, notice_id, obj.settings)))
+            record_export(s, notice_id, _default_actor(), "eml")
         if pdf:
             outputs.append((pdf, export_pdf(s, notice_id)))
+            record_export(s, notice_id, _default_actor(), "pdf")
         if bundle:
             outputs.append((bundle, build_bundle(s, obj.blobs, notice_id)))
+            record_export(s, notice_id, _default_actor(), "bundle")
     for path, data in outputs:
         try:
             path.write_bytes(data)

@@ -125,8 +125,11 @@ def describe(event: AuditEvent) -> str:
 
 
 def _entries(events: Iterable[AuditEvent], notice_ids: set[int]) -> list[TimelineEntry]:
-    out = []
+    out: list[TimelineEntry] = []
     for e in events:
+        if (e.action == "edited" and set((e.detail or {}).get("diff") or {}) == {"recipient"} and out
+                and out[-1].action == "recipient_confirmed"):
+            continue  # the same step as "chose the recipient" just above
         if e.entity == "notice":
             item, href = f"notice #{e.entity_id}", f"/notices/{e.entity_id}"
             url = (e.detail or {}).get("url")

@@ -113,6 +113,9 @@ def test_reject_edit_and_unknown_ids(env: SimpleNamespace, monkeypatch: pytest.M
 
 def test_export_followup_and_counter(env: SimpleNamespace) -> None:
     run(env, "edit", str(env.nid), "--recipient", "https://host.test/form")
+    draft = env.tmp / "draft.eml"
+    assert run(env, "export", str(env.nid), "--eml", str(draft)).exit_code == 0
+    assert b"Subject: [DRAFT - NOT APPROVED, DO NOT SEND] DMCA notice" in draft.read_bytes()
     assert run(env, "approve", str(env.nid), "--reviewer", "r@a.test", *FAIR).exit_code == 0
     out = run(env, "send", str(env.nid))
     assert out.exit_code == 2 and "goes to a web form" in out.output
@@ -122,6 +125,13 @@ def test_export_followup_and_counter(env: SimpleNamespace) -> None:
     assert b"Subject: DMCA notice" in eml.read_bytes() and pdf.read_bytes().startswith(b"%PDF")
     assert json.loads(zipfile.ZipFile(io.BytesIO(bundle.read_bytes())).read("manifest.json"))["notice"]["id"] == env.nid
     assert run(env, "export", str(env.nid)).exit_code == 2
+    with session_scope(env.obj.sessions) as s:
+        from sqlalchemy import select
+
+        from storage.models import AuditEvent
+        exports = s.scalars(select(AuditEvent).where(AuditEvent.action == "exported").order_by(AuditEvent.id)).all()
+        assert [(e.detail["format"], e.detail["draft"]) for e in exports] == [
+            ("eml", True), ("eml", False), ("pdf", False), ("bundle", False)]
     assert run(env, "mark-sent", str(env.nid)).exit_code == 0
     assert run(env, "followup").output.strip() == "no follow-ups due"
     with session_scope(env.obj.sessions) as s:

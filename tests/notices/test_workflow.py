@@ -257,3 +257,42 @@ def test_reviewer_chooses_the_law_for_an_unknown_host_and_confirms_recipients(se
         assert k.flags == []
         actions = [e.action for e in _events(s, k.id)]
         assert actions[-1] == "recipient_confirmed" and "edited" not in actions
+
+
+def _match_status(s: Any, notice_id: int) -> str:
+    n = workflow.get_notice(s, notice_id)
+    return str(n.items[0].match.status.value)
+
+
+def test_match_status_follows_its_notice_and_each_change_is_audited(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        assert _match_status(s, notice_id) == "new"
+        workflow.approve(s, notice_id, REVIEWER, OK)
+        assert _match_status(s, notice_id) == "notice_approved"
+        workflow.reject(s, notice_id, REVIEWER, "licensed after all")
+        assert _match_status(s, notice_id) == "new"  # the notice's own status is undone, nothing else
+        mid = workflow.get_notice(s, notice_id).items[0].match_id
+        changes = s.scalars(select(AuditEvent).where(AuditEvent.entity == "match", AuditEvent.entity_id == mid)
+                            .order_by(AuditEvent.id)).all()
+        assert [(e.actor, e.detail["from"], e.detail["to"], e.detail["notice"]) for e in changes] == [
+            (REVIEWER, "new", "notice_approved", notice_id), (REVIEWER, "notice_approved", "new", notice_id)]
+
+
+def test_host_reply_resolves_or_waits_and_a_dismissed_match_keeps_its_status(sessions: Any, notice_id: int) -> None:
+    from storage.models import MatchStatus
+
+    with session_scope(sessions) as s:
+        workflow.approve(s, notice_id, REVIEWER, OK)
+        workflow.mark_sent(s, notice_id, REVIEWER, via="web_form", followup_days=7)
+        assert _match_status(s, notice_id) == "notice_sent"
+        with pytest.raises(IllegalTransition, match="unknown reply"):
+            workflow.record_reply(s, notice_id, REVIEWER, "maybe")
+        workflow.record_reply(s, notice_id, REVIEWER, "no_answer", note="chased on Monday")
+        assert workflow.get_notice(s, notice_id).state == NoticeState.SENT
+        workflow.get_notice(s, notice_id).items[0].match.status = MatchStatus.DISMISSED
+        workflow.record_reply(s, notice_id, REVIEWER, "refused")
+        n = workflow.get_notice(s, notice_id)
+        assert n.state == NoticeState.RESOLVED and n.resolution == "still_online"
+        assert _match_status(s, notice_id) == "dismissed"
+        replies = [e.detail for e in _events(s, notice_id) if e.action == "host_replied"]
+        assert replies == [{"reply": "no_answer", "note": "chased on Monday"}, {"reply": "refused", "note": ""}]
