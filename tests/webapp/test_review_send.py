@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import email
 import html
+import threading
 from datetime import date
 from email.message import EmailMessage
 from email.policy import default as default_policy
 
+import httpx
 from fastapi.testclient import TestClient
 from review_kit import Inbox, Pages
 from sqlalchemy import select
@@ -183,8 +185,17 @@ def test_send_finds_the_content_gone_and_closes_the_case(
     _post(client, f"/notices/{nid}/recipient", entry="pics.example")
     _post(client, f"/notices/{nid}/approve", **ANSWERS)
     pages.status["/p/gone"] = 404
+    threads: list[str] = []
+
+    def client_factory() -> httpx.Client:
+        threads.append(threading.current_thread().name)
+        return httpx.Client(timeout=10)
+
+    world.app.state.ctx.notice_client = client_factory
     page = _post(client, f"/notices/{nid}/send")
     assert "the content is already gone" in page
+    # the re-fetch (and the SMTP exchange after it) runs on the heavy-work threads, not the event loop's
+    assert len(threads) == 1 and threads[0].startswith("artwatch-heavy")
     assert box.messages == []
     assert _state(world, nid, mid) == (NoticeState.RESOLVED, MatchStatus.REMOVED)
 
