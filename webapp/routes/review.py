@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from storage.models import Account, AuditEvent, Notice, NoticeState, Role
 from webapp.access import is_staff, notice_query, visible_notice
 from webapp.deps import DB, WebContext, csrf_protect, get_ctx, page_user, require_page_role, run_heavy
-from webapp.errors import Conflict, Forbidden, InvalidInput
+from webapp.errors import Conflict, Forbidden
 from webapp.routes.owner import evidence_view
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
@@ -260,7 +260,7 @@ def reject(
 
     notice = _staff_notice(session, account, notice_id)
     if not reason.strip():
-        raise InvalidInput("give a reason for rejecting the notice")
+        return _back(request, notice.id, error="give a reason for rejecting the notice")
     return _act(
         request,
         session,
