@@ -372,6 +372,22 @@ def followup_cmd(ctx: click.Context, actor: str | None) -> None:
         click.echo(line)
 
 
+@notices_group.command("reply")
+@click.argument("notice_id", type=int)
+@click.argument("reply", type=click.Choice(["removed", "refused", "no_answer"]))
+@click.option("--note", default="", help="What the host wrote, briefly.")
+@_actor_option
+@click.pass_context
+def reply_cmd(ctx: click.Context, notice_id: int, reply: str, note: str, actor: str | None) -> None:
+    """Record the host's reply to a sent notice: removed, refused (still online) or no_answer."""
+    from notices.workflow import record_reply
+
+    with session_scope(_obj(ctx).sessions) as s:
+        n = record_reply(s, notice_id, _actor(s, actor, notice_id), reply, note)
+        state, resolution = n.state.value, n.resolution
+    click.echo(f"notice {notice_id}: reply recorded; {state}" + (f" ({resolution})" if resolution else ""))
+
+
 @notices_group.command("counter")
 @click.argument("notice_id", type=int)
 @click.option("--date", "received", required=True, type=click.DateTime(["%Y-%m-%d"]),

@@ -133,6 +133,8 @@ def test_export_followup_and_counter(env: SimpleNamespace) -> None:
         assert [(e.detail["format"], e.detail["draft"]) for e in exports] == [
             ("eml", True), ("eml", False), ("pdf", False), ("bundle", False)]
     assert run(env, "mark-sent", str(env.nid)).exit_code == 0
+    out = run(env, "reply", str(env.nid), "no_answer", "--note", "chased")
+    assert out.exit_code == 0 and out.output.strip() == f"notice {env.nid}: reply recorded; sent"
     assert run(env, "followup").output.strip() == "no follow-ups due"
     with session_scope(env.obj.sessions) as s:
         from notices.workflow import get_notice
