@@ -225,7 +225,7 @@ def send_instant_alert(
     is released first, so a retry sends it). Commits the session.
     """
     match = session.get(Match, match_id)
-    if match is None or match.status != MatchStatus.NEW or match.alerted_at is not None:
+    if match is None or match.status in (MatchStatus.SUPPRESSED, MatchStatus.DISMISSED) or match.alerted_at is not None:
         return False
     account = session.get(Account, match.owner_id)
     if account is None or account.alert_mode != "instant":
@@ -262,7 +262,7 @@ def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: da
             Account.id.in_(
                 select(Match.owner_id).where(
                     Match.alerted_at.is_(None),
-                    Match.status == MatchStatus.NEW,
+                    Match.status.notin_((MatchStatus.SUPPRESSED, MatchStatus.DISMISSED)),
                     Match.created_at <= now,
                 )
             )
@@ -278,7 +278,7 @@ def send_digests(session: Session, blobs: BlobStore, settings: Settings, now: da
                 .where(
                     Match.owner_id == account.id,
                     Match.alerted_at.is_(None),
-                    Match.status == MatchStatus.NEW,
+                    Match.status.notin_((MatchStatus.SUPPRESSED, MatchStatus.DISMISSED)),
                     Match.created_at <= now,
                 )
                 .order_by(Match.id)

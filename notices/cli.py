@@ -327,6 +327,7 @@ def export_cmd(ctx: click.Context, notice_id: int, eml: Path | None, pdf: Path |
     """Export the notice as .eml, PDF and/or the evidence bundle."""
     from notices.evidence import build_bundle
     from notices.sending import export_eml, export_pdf
+    from notices.workflow import record_export
 
     if not (eml or pdf or bundle):
         raise click.UsageError("give at least one of --eml, --pdf, --bundle")
@@ -335,10 +336,13 @@ def export_cmd(ctx: click.Context, notice_id: int, eml: Path | None, pdf: Path |
         outputs = []
         if eml:
             outputs.append((eml, export_eml(s, obj.blobs, notice_id, obj.settings)))
+            record_export(s, notice_id, _default_actor(), "eml")
         if pdf:
             outputs.append((pdf, export_pdf(s, notice_id)))
+            record_export(s, notice_id, _default_actor(), "pdf")
         if bundle:
             outputs.append((bundle, build_bundle(s, obj.blobs, notice_id)))
+            record_export(s, notice_id, _default_actor(), "bundle")
     for path, data in outputs:
         try:
             path.write_bytes(data)
@@ -366,6 +370,22 @@ def followup_cmd(ctx: click.Context, actor: str | None) -> None:
         if r.error:
             line += f": {r.error}"
         click.echo(line)
+
+
+@notices_group.command("reply")
+@click.argument("notice_id", type=int)
+@click.argument("reply", type=click.Choice(["removed", "refused", "no_answer"]))
+@click.option("--note", default="", help="What the host wrote, briefly.")
+@_actor_option
+@click.pass_context
+def reply_cmd(ctx: click.Context, notice_id: int, reply: str, note: str, actor: str | None) -> None:
+    """Record the host's reply to a sent notice: removed, refused (still online) or no_answer."""
+    from notices.workflow import record_reply
+
+    with session_scope(_obj(ctx).sessions) as s:
+        n = record_reply(s, notice_id, _actor(s, actor, notice_id), reply, note)
+        state, resolution = n.state.value, n.resolution
+    click.echo(f"notice {notice_id}: reply recorded; {state}" + (f" ({resolution})" if resolution else ""))
 
 
 @notices_group.command("counter")

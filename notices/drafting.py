@@ -319,7 +319,7 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     Returns the notice listing the match's (work, URL), or None when the match
     is not to be drafted. Raises ProfileIncomplete / DraftingBlocked."""
     match = session.get(Match, match_id)
-    if match is None or match.status != MatchStatus.NEW:
+    if match is None or match.status in (MatchStatus.SUPPRESSED, MatchStatus.DISMISSED):
         return None
     upload, work = match.upload, match.work
     if upload is None or work is None or upload.deleted_at is not None:
@@ -330,6 +330,8 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     existing = session.scalar(select(NoticeItem).where(NoticeItem.work_id == work.id, NoticeItem.url == url))
     if existing is not None:
         return existing.notice
+    if match.status != MatchStatus.NEW:  # a status its notice gave it (notices.workflow.follow_notice)
+        return None
 
     directory = host_directory(settings)
     entry = directory.lookup(upload.page_url or "") or directory.lookup(upload.image_url or "") \

@@ -47,11 +47,12 @@ from notices.errors import IllegalTransition, ManualSubmission, RateLimited, Ref
 from notices.evidence import build_bundle
 from notices.mail import build_message, safe_header, send_email
 from notices.sanitise import safe_html
-from notices.workflow import get_notice, mark_sent, resolve
+from notices.workflow import follow_notice, get_notice, is_draft, mark_sent, resolve
 from storage.blobs import BlobStore
 from storage.models import Account, Notice, NoticeState, utcnow
 
 __all__ = [
+    "DRAFT_MARK",
     "FollowupResult",
     "SendResult",
     "build_email",
@@ -65,6 +66,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+DRAFT_MARK = "DRAFT - NOT APPROVED, DO NOT SEND"
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _GONE = {404, 410, 451}
 
@@ -116,14 +118,24 @@ def build_email(session: Session, blobs: BlobStore, notice_id: int,
     notice = get_notice(session, notice_id)
     owner = session.get(Account, notice.owner_id)
     bundle = build_bundle(session, blobs, notice.id)
-    to = notice.recipient if _EMAIL.match(notice.recipient) else "undisclosed-recipients:;"
+    draft = is_draft(notice)
+    to = notice.recipient if _EMAIL.match(notice.recipient) and not draft else "undisclosed-recipients:;"
+    subject, text, body_html = notice.subject, notice.body_text, safe_html(notice.body_html)
+    if draft:  # marked on every part, and addressed to nobody: it cannot go out by mistake
+        subject = f"[{DRAFT_MARK}] {subject}"
+        text = f"{DRAFT_MARK}\n\n{text}"
+        mark = f"<p><strong>{DRAFT_MARK}</strong></p>"
+        body_html = (re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + mark, body_html, count=1)
+                     if "<body" in body_html else mark + body_html)
     msg = build_message(
-        ns, to, safe_header(notice.subject), notice.body_text, html=safe_html(notice.body_html),
+        ns, to, safe_header(subject), text, html=body_html,
         attachments=[(f"evidence-notice-{notice.id}.zip", bundle, "application/zip")],
         reply_to=owner.email if owner is not None else None,
         cc=owner.email if owner is not None else None,
     )
     msg["X-Artwatch-Notice"] = str(notice.id)
+    if draft:
+        msg["X-Artwatch-Draft"] = "not approved; do not send"
     return msg
 
 
@@ -139,9 +151,30 @@ def export_pdf(session: Session, notice_id: int) -> bytes:
     from fpdf import FPDF
 
     notice = get_notice(session, notice_id)
-    pdf = FPDF(format="A4")
+    draft = is_draft(notice)
+
+    class _Pdf(FPDF):
+        def header(self) -> None:
+            """On a draft, every page carries a large diagonal DRAFT and a banner."""
+            if not draft:
+                return
+            family, size = self.font_family, self.font_size_pt
+            self.set_font("Helvetica", "B", 96)
+            self.set_text_color(235, 160, 160)
+            with self.rotation(45, self.w / 2, self.h / 2):
+                self.text(self.w / 2 - 75, self.h / 2 + 12, "DRAFT")
+            self.set_font("Helvetica", "B", 11)
+            self.set_text_color(170, 0, 0)
+            self.cell(0, 8, DRAFT_MARK, align="C", new_x="LMARGIN", new_y="NEXT")
+            self.set_text_color(0, 0, 0)
+            if family:
+                self.set_font(family, size=size)
+
+    pdf = _Pdf(format="A4")
     pdf.set_auto_page_break(auto=True, margin=15)
-    pdf.set_title(safe_header(notice.subject, 200))
+    pdf.set_title(safe_header((f"[{DRAFT_MARK}] " if draft else "") + notice.subject, 200))
+    if draft:
+        pdf.set_keywords("DRAFT")
     pdf.set_creator("artwatch")
     if _FONT.exists():
         pdf.add_font("body", "", str(_FONT))
@@ -245,6 +278,7 @@ def _return_to_review(session: Session, notice: Notice, actor: str, removed: lis
     record(session, notice, actor, "returned_to_review", now, **{
         "from": "approved", "to": "in_review", "removed": removed,
         "reason": "some content was already removed; the approved text no longer matches what is online"})
+    follow_notice(session, notice, actor, now)
     session.flush()
 
 

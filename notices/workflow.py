@@ -42,18 +42,23 @@ from notices.drafting import (
 )
 from notices.errors import ApprovalRefused, IllegalTransition, NoticeNotFound
 from notices.validate import missing_in_parts
-from storage.models import Account, Notice, NoticeState, utcnow
+from storage.models import Account, AuditEvent, MatchStatus, Notice, NoticeState, utcnow
 
 __all__ = [
     "FAIR_USE_QUESTIONS",
+    "REPLIES",
     "RESOLUTIONS",
     "approval_gaps",
     "approve",
     "edit",
+    "follow_notice",
     "get_notice",
+    "is_draft",
     "mark_sent",
     "parse_answer",
     "record_counter_notice",
+    "record_export",
+    "record_reply",
     "reject",
     "resolve",
     "submit",
@@ -64,11 +69,23 @@ FAIR_USE_QUESTIONS: dict[str, str] = {
     "parody": "Is the use a parody of the work?",
     "small_portion": "Does the use take only a small portion of the work?",
     "transformative": "Does the use transform the work (new expression, meaning or purpose)?",
-    "none_applies": "Having considered the above, does no fair-use factor apply?",
+    "none_applies": "Having considered the questions above, are you satisfied that none of them applies?",
 }
 FACTORS = tuple(k for k in FAIR_USE_QUESTIONS if k != "none_applies")
 RESOLUTIONS = ("removed", "still_online", "counter_noticed")
 SEND_VIA = ("smtp", "export", "web_form")
+# What the host answered a sent notice: removed and refused resolve it (removed /
+# still_online); no_answer is recorded and the notice stays sent for the follow-up.
+REPLIES = ("removed", "refused", "no_answer")
+EXPORT_FORMATS = ("eml", "pdf", "bundle")
+
+# The match statuses a notice sets; moving back to review (or a rejection)
+# returns these, and only these, to "new". Any other status (suppressed,
+# dismissed) is a decision about the match itself and is left alone.
+_FOLLOWED = frozenset({MatchStatus.NOTICE_APPROVED, MatchStatus.NOTICE_SENT, MatchStatus.REMOVED,
+                       MatchStatus.STILL_ONLINE, MatchStatus.COUNTER_NOTICED})
+_RESOLVED_AS = {"removed": MatchStatus.REMOVED, "still_online": MatchStatus.STILL_ONLINE,
+                "counter_noticed": MatchStatus.COUNTER_NOTICED}
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
@@ -90,7 +107,50 @@ def _move(session: Session, notice: Notice, actor: str, action: str, to: NoticeS
     if to not in OPEN_STATES:
         notice.open_key = None
     record(session, notice, actor, action, now, **{"from": before.value, "to": to.value, **detail})
+    if to == NoticeState.RESOLVED and "resolution" in detail:
+        notice.resolution = str(detail["resolution"])
+    follow_notice(session, notice, actor, now)
     session.flush()
+
+
+def _status_for(notice: Notice, item_online: str, current: MatchStatus) -> MatchStatus:
+    state = notice.state
+    if item_online == "removed" and state != NoticeState.REJECTED and notice.resolution != "counter_noticed":
+        return MatchStatus.REMOVED
+    if state == NoticeState.APPROVED:
+        return MatchStatus.NOTICE_APPROVED
+    if state == NoticeState.SENT:
+        return MatchStatus.NOTICE_SENT
+    if state == NoticeState.RESOLVED:
+        if notice.resolution == "counter_noticed":
+            return MatchStatus.COUNTER_NOTICED
+        if item_online == "removed" or notice.resolution == "removed":
+            return MatchStatus.REMOVED
+        return _RESOLVED_AS.get(notice.resolution, MatchStatus.STILL_ONLINE)
+    # draft, in review, rejected: back to new, if the notice had moved it
+    return MatchStatus.NEW if current in _FOLLOWED else current
+
+
+def follow_notice(session: Session, notice: Notice, actor: str, now: datetime | None = None) -> None:
+    """Move each listed match's status along with its notice, auditing each change.
+
+    approved -> notice_approved, sent -> notice_sent, resolved -> removed /
+    still_online / counter_noticed (an item found removed is removed whatever
+    the resolution); back in review or rejected -> new again. A match a person
+    suppressed or dismissed keeps that status."""
+    for item in notice.items:
+        match = item.match
+        if match is None or match.status in (MatchStatus.SUPPRESSED, MatchStatus.DISMISSED):
+            continue
+        to = _status_for(notice, item.online, match.status)
+        if to == match.status:
+            continue
+        before = match.status
+        match.status = to
+        match.status_reason = f"notice {notice.id} {notice.state.value}"
+        session.add(AuditEvent(actor=clean_inline(actor, 320) or "unknown", action="status_changed", entity="match",
+                               entity_id=match.id, at=now or utcnow(),
+                               detail={"from": before.value, "to": to.value, "notice": notice.id}))
 
 
 def submit(session: Session, notice_id: int, actor: str) -> Notice:
@@ -112,6 +172,11 @@ def parse_answer(value: object) -> bool | None:
     return None
 
 
+def _questions(keys: list[str]) -> str:
+    """The questions themselves, quoted, for messages a reviewer reads (not the form keys)."""
+    return ", ".join(f"“{FAIR_USE_QUESTIONS[k]}”" for k in keys)
+
+
 def approval_gaps(session: Session, notice: Notice, fair_use: Mapping[str, object] | None = None) -> list[str]:
     """Everything that stands between the notice and approval (empty: none)."""
     gaps: list[str] = []
@@ -122,13 +187,14 @@ def approval_gaps(session: Session, notice: Notice, fair_use: Mapping[str, objec
             gaps.append("fair-use checklist: unknown question(s) " + ", ".join(unknown))
         unanswered = [k for k, v in answers.items() if v is None]
         if unanswered:
-            gaps.append("fair-use checklist: answer yes or no to " + ", ".join(unanswered))
+            gaps.append("fair-use checklist: answer yes or no to " + _questions(unanswered))
         applying = [k for k in FACTORS if answers[k] is True]
         if applying:
-            gaps.append("fair-use checklist: the reviewer found " + ", ".join(applying)
-                        + " to apply; a notice must not be sent for a use that may be fair (reject it instead)")
+            gaps.append("fair-use checklist: the reviewer answered yes to " + _questions(applying)
+                        + "; the use may be fair, and a notice must not be sent for it (reject it instead)")
         elif not unanswered and answers["none_applies"] is not True:
-            gaps.append("fair-use checklist: none_applies must be yes when no factor applies")
+            gaps.append("fair-use checklist: the answer to " + _questions(["none_applies"])
+                        + " must be yes when no factor applies")
     if not notice.recipient.strip():
         reason = " (unknown host: choose the recipient)" if "unknown_host" in notice.flags else ""
         gaps.append(f"recipient{reason}")
@@ -302,5 +368,44 @@ def record_counter_notice(session: Session, notice_id: int, actor: str, received
     record(session, notice, actor, "counter_notice", now, **{"from": before.value, "to": "resolved",
            "received": received.isoformat(), "restore_not_before": earliest.isoformat(),
            "restore_deadline": latest.isoformat()})
+    follow_notice(session, notice, actor, now)
     session.flush()
     return notice
+
+
+def record_reply(session: Session, notice_id: int, actor: str, reply: str, note: str = "",
+                 now: datetime | None = None) -> Notice:
+    """Record the host's answer to a sent notice.
+
+    ``removed`` resolves it as removed, ``refused`` as still online; ``no_answer``
+    is only recorded (the notice stays sent and the follow-up re-checks it)."""
+    if reply not in REPLIES:
+        raise IllegalTransition(f"unknown reply {reply!r}; expected one of {', '.join(REPLIES)}")
+    notice = get_notice(session, notice_id, lock=True)
+    if notice.state != NoticeState.SENT:
+        raise IllegalTransition(f"notice {notice.id} is {notice.state.value}; a host's reply can only be recorded "
+                                "for a sent notice")
+    note = clean_inline(note, 1000)
+    record(session, notice, actor, "host_replied", now, reply=reply, note=note)
+    if reply == "removed":
+        resolve(session, notice.id, actor, "removed", now, reply=reply)
+    elif reply == "refused":
+        resolve(session, notice.id, actor, "still_online", now, reply=reply)
+    session.flush()
+    return notice
+
+
+def record_export(session: Session, notice_id: int, actor: str, fmt: str, now: datetime | None = None) -> Notice:
+    """Audit an export (.eml, PDF or evidence bundle); a notice not yet approved is exported as a DRAFT."""
+    if fmt not in EXPORT_FORMATS:
+        raise IllegalTransition(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    notice = get_notice(session, notice_id)
+    record(session, notice, actor, "exported", now, format=fmt, state=notice.state.value,
+           draft=is_draft(notice))
+    session.flush()
+    return notice
+
+
+def is_draft(notice: Notice) -> bool:
+    """True until a reviewer approved the notice: its exports are marked DRAFT and cannot be sent."""
+    return notice.state in (NoticeState.DRAFT, NoticeState.IN_REVIEW, NoticeState.REJECTED)

@@ -100,6 +100,12 @@ class MatchStatus(str, enum.Enum):
     NEW = "new"
     SUPPRESSED = "suppressed"  # licensed site: recorded, never flagged
     DISMISSED = "dismissed"
+    # Following the match's notice (notices.workflow.follow_notice):
+    NOTICE_APPROVED = "notice_approved"
+    NOTICE_SENT = "notice_sent"
+    REMOVED = "removed"
+    STILL_ONLINE = "still_online"
+    COUNTER_NOTICED = "counter_noticed"
 
 
 class NoticeState(str, enum.Enum):

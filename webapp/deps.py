@@ -79,6 +79,10 @@ class WebContext:
     engine_lock: threading.RLock = field(default_factory=threading.RLock)
     heavy_threads: int = 4
     _heavy: ThreadPoolExecutor | None = None
+    # Builds the httpx client that re-fetches a notice's URLs before it is sent;
+    # None: the crawler's client, which refuses internal addresses (tests point
+    # this at a client for their local servers).
+    notice_client: Callable[[], Any] | None = None
 
     @property
     def heavy(self) -> ThreadPoolExecutor:

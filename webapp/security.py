@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -176,6 +177,19 @@ class Signer:
         self._csrf = URLSafeTimedSerializer(secret_key, salt="artwatch.csrf")
         self._unsub = URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT)
         self._device = URLSafeTimedSerializer(secret_key, salt="artwatch.device")
+        self._flash = URLSafeTimedSerializer(secret_key, salt="artwatch.flash")
+
+    def flash_token(self, payload: dict[str, Any]) -> str:
+        """A one-page message (an outcome, a refusal and its reasons) carried across a redirect,
+        so that the page after a POST is a GET (post/redirect/get) and shows only what we wrote."""
+        return self._flash.dumps(payload)
+
+    def flash_payload(self, token: str, max_age: int = 3600) -> dict[str, Any]:
+        try:
+            value = self._flash.loads(token, max_age=max_age)
+        except BadSignature:
+            return {}
+        return value if isinstance(value, dict) else {}
 
     def device_token(self, account_id: int) -> str:
         """The known-device cookie a browser gets when it logs in to the account.

@@ -140,7 +140,8 @@ def _summary(sessions: Any, since: datetime) -> RunSummary:
             uploads_new=s.scalar(select(func.count(Upload.id)).where(Upload.created_at >= since)) or 0,
             analysed=s.scalar(select(func.count(Upload.id)).where(Upload.status == UploadStatus.ANALYSED)) or 0,
             failed=s.scalar(select(func.count(Upload.id)).where(Upload.status == UploadStatus.FAILED)) or 0,
-            matches=s.scalar(select(func.count(Match.id)).where(Match.status == MatchStatus.NEW)) or 0,
+            matches=s.scalar(select(func.count(Match.id)).where(
+                Match.status.notin_((MatchStatus.SUPPRESSED, MatchStatus.DISMISSED)))) or 0,
             suppressed=s.scalar(select(func.count(Match.id)).where(Match.status == MatchStatus.SUPPRESSED)) or 0,
             drafts=s.scalar(select(func.count(Notice.id)).where(
                 Notice.state.in_([NoticeState.DRAFT, NoticeState.IN_REVIEW]))) or 0,

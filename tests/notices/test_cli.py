@@ -86,7 +86,7 @@ def test_approve_prompts_for_missing_answers(env: SimpleNamespace) -> None:
 def test_approve_without_answers_lists_them(env: SimpleNamespace) -> None:
     out = run(env, "approve", str(env.nid), "--reviewer", "r@a.test", "--no-interactive")
     assert out.exit_code == 2
-    assert "answer yes or no to commentary_or_criticism, parody" in out.output
+    assert "answer yes or no to “Is the use commentary or criticism of the work?”, “Is the use a parody" in out.output
     out = run(env, "approve", str(env.nid), "--fair-use", "parody", "--no-interactive")
     assert out.exit_code == 2 and "expected key=yes or key=no" in out.output
 
@@ -113,6 +113,9 @@ def test_reject_edit_and_unknown_ids(env: SimpleNamespace, monkeypatch: pytest.M
 
 def test_export_followup_and_counter(env: SimpleNamespace) -> None:
     run(env, "edit", str(env.nid), "--recipient", "https://host.test/form")
+    draft = env.tmp / "draft.eml"
+    assert run(env, "export", str(env.nid), "--eml", str(draft)).exit_code == 0
+    assert b"Subject: [DRAFT - NOT APPROVED, DO NOT SEND] DMCA notice" in draft.read_bytes()
     assert run(env, "approve", str(env.nid), "--reviewer", "r@a.test", *FAIR).exit_code == 0
     out = run(env, "send", str(env.nid))
     assert out.exit_code == 2 and "goes to a web form" in out.output
@@ -122,7 +125,16 @@ def test_export_followup_and_counter(env: SimpleNamespace) -> None:
     assert b"Subject: DMCA notice" in eml.read_bytes() and pdf.read_bytes().startswith(b"%PDF")
     assert json.loads(zipfile.ZipFile(io.BytesIO(bundle.read_bytes())).read("manifest.json"))["notice"]["id"] == env.nid
     assert run(env, "export", str(env.nid)).exit_code == 2
+    with session_scope(env.obj.sessions) as s:
+        from sqlalchemy import select
+
+        from storage.models import AuditEvent
+        exports = s.scalars(select(AuditEvent).where(AuditEvent.action == "exported").order_by(AuditEvent.id)).all()
+        assert [(e.detail["format"], e.detail["draft"]) for e in exports] == [
+            ("eml", True), ("eml", False), ("pdf", False), ("bundle", False)]
     assert run(env, "mark-sent", str(env.nid)).exit_code == 0
+    out = run(env, "reply", str(env.nid), "no_answer", "--note", "chased")
+    assert out.exit_code == 0 and out.output.strip() == f"notice {env.nid}: reply recorded; sent"
     assert run(env, "followup").output.strip() == "no follow-ups due"
     with session_scope(env.obj.sessions) as s:
         from notices.workflow import get_notice

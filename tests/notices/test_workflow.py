@@ -66,10 +66,14 @@ def test_full_path_is_audited_with_who_and_when(sessions: Any, notice_id: int) -
 
 
 FAIR_USE_CASES = [
-    ({}, "answer yes or no to commentary_or_criticism, parody, small_portion, transformative, none_applies"),
-    ({**OK, "parody": "maybe"}, "answer yes or no to parody"),
-    ({**OK, "parody": "yes", "none_applies": "no"}, "found parody to apply"),
-    ({**OK, "none_applies": "no"}, "none_applies must be yes"),
+    ({}, 'answer yes or no to “Is the use commentary or criticism of the work?”, “Is the use a parody of the '
+         'work?”, “Does the use take only a small portion of the work?”, “Does the use transform the work (new '
+         'expression, meaning or purpose)?”, “Having considered the questions above, are you satisfied that none '
+         'of them applies?”'),
+    ({**OK, "parody": "maybe"}, 'answer yes or no to “Is the use a parody of the work?”'),
+    ({**OK, "parody": "yes", "none_applies": "no"}, 'answered yes to “Is the use a parody of the work?”; the use '
+                                                    "may be fair"),
+    ({**OK, "none_applies": "no"}, 'are you satisfied that none of them applies?” must be yes'),
     ({**OK, "vibes": "no"}, "unknown question(s) vibes"),
 ]
 
@@ -253,3 +257,42 @@ def test_reviewer_chooses_the_law_for_an_unknown_host_and_confirms_recipients(se
         assert k.flags == []
         actions = [e.action for e in _events(s, k.id)]
         assert actions[-1] == "recipient_confirmed" and "edited" not in actions
+
+
+def _match_status(s: Any, notice_id: int) -> str:
+    n = workflow.get_notice(s, notice_id)
+    return str(n.items[0].match.status.value)
+
+
+def test_match_status_follows_its_notice_and_each_change_is_audited(sessions: Any, notice_id: int) -> None:
+    with session_scope(sessions) as s:
+        assert _match_status(s, notice_id) == "new"
+        workflow.approve(s, notice_id, REVIEWER, OK)
+        assert _match_status(s, notice_id) == "notice_approved"
+        workflow.reject(s, notice_id, REVIEWER, "licensed after all")
+        assert _match_status(s, notice_id) == "new"  # the notice's own status is undone, nothing else
+        mid = workflow.get_notice(s, notice_id).items[0].match_id
+        changes = s.scalars(select(AuditEvent).where(AuditEvent.entity == "match", AuditEvent.entity_id == mid)
+                            .order_by(AuditEvent.id)).all()
+        assert [(e.actor, e.detail["from"], e.detail["to"], e.detail["notice"]) for e in changes] == [
+            (REVIEWER, "new", "notice_approved", notice_id), (REVIEWER, "notice_approved", "new", notice_id)]
+
+
+def test_host_reply_resolves_or_waits_and_a_dismissed_match_keeps_its_status(sessions: Any, notice_id: int) -> None:
+    from storage.models import MatchStatus
+
+    with session_scope(sessions) as s:
+        workflow.approve(s, notice_id, REVIEWER, OK)
+        workflow.mark_sent(s, notice_id, REVIEWER, via="web_form", followup_days=7)
+        assert _match_status(s, notice_id) == "notice_sent"
+        with pytest.raises(IllegalTransition, match="unknown reply"):
+            workflow.record_reply(s, notice_id, REVIEWER, "maybe")
+        workflow.record_reply(s, notice_id, REVIEWER, "no_answer", note="chased on Monday")
+        assert workflow.get_notice(s, notice_id).state == NoticeState.SENT
+        workflow.get_notice(s, notice_id).items[0].match.status = MatchStatus.DISMISSED
+        workflow.record_reply(s, notice_id, REVIEWER, "refused")
+        n = workflow.get_notice(s, notice_id)
+        assert n.state == NoticeState.RESOLVED and n.resolution == "still_online"
+        assert _match_status(s, notice_id) == "dismissed"
+        replies = [e.detail for e in _events(s, notice_id) if e.action == "host_replied"]
+        assert replies == [{"reply": "no_answer", "note": "chased on Monday"}, {"reply": "refused", "note": ""}]

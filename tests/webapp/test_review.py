@@ -9,7 +9,7 @@ import zipfile
 from sqlalchemy import select
 from webapp_testkit import World, csrf_from, logo_png, product_shot
 
-from storage.models import AuditEvent, Notice, NoticeState, Role
+from storage.models import AuditEvent, Match, MatchStatus, Notice, NoticeState, Role
 
 YES_NO_NONE = {
     "commentary_or_criticism": "no",
@@ -48,21 +48,31 @@ def test_notice_page_shows_evidence_side_by_side_with_signals_and_capture(world:
 
 
 def test_approve_needs_the_whole_checklist_and_records_who(world: World) -> None:
-    _, _, nid = _setup(world)
+    _, mid, nid = _setup(world)
     client = world.client("rita@example.com")
     token = csrf_from(client.get(f"/notices/{nid}").text)
-    partial = client.post(f"/notices/{nid}/approve", data={"csrf_token": token, "parody": "no"})
-    assert partial.status_code == 409
+    refused = client.post(f"/notices/{nid}/approve", data={"csrf_token": token, "parody": "no"})
+    # post/redirect/get: the refusal is a redirect to the notice page, which shows it
+    assert refused.status_code == 303 and refused.headers["location"].startswith(f"/notices/{nid}?flash=")
+    partial = client.get(refused.headers["location"])
     assert "Still missing" in partial.text and "answer yes or no to" in partial.text
-    fair = client.post(
-        f"/notices/{nid}/approve",
-        data={"csrf_token": token, **YES_NO_NONE, "parody": "yes", "none_applies": "no"},
+    assert "“Is the use commentary or criticism of the work?”" in partial.text
+    assert "commentary_or_criticism," not in partial.text  # the questions, not the form keys
+    assert 'name="parody" value="no" checked' in partial.text  # the answer given is kept
+    assert 'name="small_portion" value="no" checked' not in partial.text
+    fair = client.get(
+        client.post(
+            f"/notices/{nid}/approve",
+            data={"csrf_token": token, **YES_NO_NONE, "parody": "yes", "none_applies": "no"},
+        ).headers["location"]
     )
-    assert fair.status_code == 409 and "may be fair" in fair.text
+    assert "may be fair" in fair.text
+    assert 'name="parody" value="yes" checked' in fair.text
+    assert 'name="transformative" value="no" checked' in fair.text
     with world.sessions() as s:
         assert s.get(Notice, nid).state == NoticeState.DRAFT  # type: ignore[union-attr]
     ok = client.post(f"/notices/{nid}/approve", data={"csrf_token": token, **YES_NO_NONE})
-    assert ok.status_code == 303 and ok.headers["location"] == f"/notices/{nid}"
+    assert ok.status_code == 303 and ok.headers["location"].startswith(f"/notices/{nid}?flash=")
     with world.sessions() as s:
         notice = s.get(Notice, nid)
         assert notice is not None and notice.state == NoticeState.APPROVED
@@ -71,9 +81,13 @@ def test_approve_needs_the_whole_checklist_and_records_who(world: World) -> None
             and notice.fair_use["none_applies"] is True
         )
         actions = s.scalars(
-            select(AuditEvent.action).where(AuditEvent.entity_id == nid).order_by(AuditEvent.id)
+            select(AuditEvent.action)
+            .where(AuditEvent.entity == "notice", AuditEvent.entity_id == nid)
+            .order_by(AuditEvent.id)
         ).all()
         assert actions[-2:] == ["submitted", "approved"]
+        match = s.get(Match, mid)
+        assert match is not None and match.status == MatchStatus.NOTICE_APPROVED  # follows its notice
     page = client.get(f"/notices/{nid}").text
     assert (
         "approved" in page and "Approve notice" not in page
@@ -107,11 +121,11 @@ def test_edit_keeps_a_diff_and_reject_needs_a_reason(world: World) -> None:
     bad = client.post(
         f"/notices/{nid}/edit", data={"csrf_token": token, "recipient": "not an address"}
     )
-    assert bad.status_code == 409 and "neither an email address" in bad.text
-    assert (
-        client.post(f"/notices/{nid}/reject", data={"csrf_token": token, "reason": " "}).status_code
-        == 422
-    )
+    assert bad.status_code == 303
+    assert "neither an email address" in client.get(bad.headers["location"]).text
+    blank = client.post(f"/notices/{nid}/reject", data={"csrf_token": token, "reason": " "})
+    assert blank.status_code == 303
+    assert "give a reason for rejecting the notice" in client.get(blank.headers["location"]).text
     r = client.post(
         f"/notices/{nid}/reject", data={"csrf_token": token, "reason": "licensed reseller"}
     )

@@ -236,6 +236,7 @@ def match_page(
 ) -> Response:
     ctx = get_ctx(request)
     match = visible_match(session, account, match_id)
+    from notices.timeline import match_timeline
     from storage.models import NoticeItem
 
     notice_ids = session.scalars(
@@ -244,7 +245,11 @@ def match_page(
     return ctx.templates.TemplateResponse(
         request,
         "match.html",
-        {"ev": evidence_view(ctx, match), "notice_ids": sorted(set(notice_ids))},
+        {
+            "ev": evidence_view(ctx, match),
+            "notice_ids": sorted(set(notice_ids)),
+            "timeline": match_timeline(session, match),
+        },
     )
 
 
