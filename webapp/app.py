@@ -49,6 +49,11 @@ def _templates() -> Jinja2Templates:
     env.filters["points"] = lambda region: " ".join(
         f"{float(x):.1f},{float(y):.1f}" for x, y in region or []
     )
+    from webapp.evidence_text import human_number, signal_label, signal_value
+
+    env.filters["signal_label"] = signal_label
+    env.filters["signal_value"] = signal_value
+    env.filters["num"] = human_number
     return Jinja2Templates(env=env, context_processors=[_template_context])
 
 
@@ -64,7 +69,7 @@ def create_app(
     ``engine`` is the matching engine; when omitted it is built on first use
     with :func:`matching.build_engine`, so pages that never match start fast.
     """
-    from webapp.routes import admin, api, auth, owner, review
+    from webapp.routes import admin, api, auth, lists, owner, review
 
     if sessions is None:
         sessions = make_sessionmaker(make_engine(settings.resolved_database_url()))
@@ -138,7 +143,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, owner, review, admin, api):
+    for module in (auth, lists, owner, review, admin, api):
         app.include_router(module.router)
     api.install_problem_schema(app)
     return app
