@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from webapp_testkit import World, csrf_from, logo_png, png, product_shot
 
-from storage.models import Account, Match, Notice, NoticeState, Role, Source, WebJob, Work
+from storage.models import Account, Match, MatchStatus, Notice, NoticeState, Role, Source, WebJob, Work
 from webapp.app import route_table
 from workers.demo import painting
 
@@ -280,7 +280,7 @@ def test_listings_never_show_another_owners_data(world: World) -> None:
             )
     # B's bulk decision named A's match and changed nothing.
     with world.sessions() as s:
-        assert s.scalar(select(Match.status).where(Match.id == scene.ids["match_id"])).value == "new"
+        assert s.scalar(select(Match.status).where(Match.id == scene.ids["match_id"])) == MatchStatus.NEW
     # B's own API listings are empty of A's ids; A's contain them.
     assert scene.ids["match_id"] not in [m["id"] for m in scene.b_api.get("/api/v1/matches").json()]
     assert scene.ids["match_id"] in [m["id"] for m in scene.a_api.get("/api/v1/matches").json()]
