@@ -208,3 +208,43 @@ def test_thumbnails_are_small_pngs_from_the_same_routes(world: World) -> None:
         with Image.open(io.BytesIO(r.content)) as im:
             assert max(im.size) <= 96
     assert world.client("bob@example.com").get(f"/matches/{mids[0]}/image?thumb=1").status_code in (303, 404)
+
+
+def test_infringing_waits_for_an_incomplete_profile_then_drafts(world: World) -> None:
+    from notices.drafting import draft_pending
+    from storage.db import session_scope
+    from storage.models import Account
+
+    owner = world.account("ann@example.com")
+    with world.sessions() as s:
+        acct = s.get(Account, owner)
+        assert acct is not None
+        acct.postal_address = ""
+        s.commit()
+    wid = world.work(owner, logo_png(1), "Acme")
+    shot, region = product_shot(logo_png(1))
+    mid = world.match(wid, shot, url="https://pics.example/p/1", region=region)
+    client = world.client("ann@example.com")
+    token = csrf_from(client.get("/matches").text)
+    r = client.post(f"/matches/{mid}/decide", data={"csrf_token": token, "decision": "infringing"})
+    assert r.status_code == 303 and "blocked=profile" in r.headers["location"]
+    assert "complete your" in client.get(r.headers["location"]).text
+    with world.sessions() as s:
+        assert s.get(Match, mid).status == MatchStatus.INFRINGING  # type: ignore[union-attr]
+        assert s.scalar(select(NoticeItem.id).where(NoticeItem.match_id == mid)) is None
+    with session_scope(world.sessions) as s:
+        acct = s.get(Account, owner)
+        assert acct is not None
+        acct.postal_address = "1 Test Street"
+        touched, blocked = draft_pending(s, world.settings)
+        assert touched and not blocked
+    with world.sessions() as s:
+        assert s.scalar(select(NoticeItem.id).where(NoticeItem.match_id == mid)) is not None
+
+
+def test_the_summary_after_a_decision_echoes_only_numbers_and_known_words(world: World) -> None:
+    _, _, mids = _owner_with_matches(world, 1)
+    html = world.client("ann@example.com").get(
+        f"/matches/{mids[0]}?done=1&decision=<b>pwned</b>&blocked=<i>x</i>"
+    ).text
+    assert "pwned" not in html and "<i>x</i>" not in html and "1 match marked decided" in html
