@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, false, func, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from storage.models import (
@@ -193,7 +193,7 @@ def _match_select(account: Account, lq: ListQuery, work_id: int | None) -> Selec
         select(Match)
         .join(Upload, Upload.id == Match.upload_id)
         .join(Work, Work.id == Match.work_id)
-        .where(and_(*_match_where(account, lq, work_id)))
+        .where(*_match_where(account, lq, work_id))
     )
 
 
@@ -236,7 +236,7 @@ def _notice_select(account: Account, lq: ListQuery, states: Sequence[NoticeState
     return (
         select(Notice, func.coalesce(best.c.best, 0.0), best.c.first)
         .outerjoin(best, best.c.notice_id == Notice.id)
-        .where(and_(*where))
+        .where(*where)
     )
 
 
@@ -271,7 +271,7 @@ def work_page(session: Session, owner_id: int, lq: ListQuery) -> Page:
         where.append(Work.kind == WorkKind(lq.kind))
     if lq.q:
         where.append(_search(lq.q, Work.title, Work.filename, Work.registration_number))
-    base: Any = select(Work, n).outerjoin(counts, counts.c.work_id == Work.id).where(and_(*where))
+    base: Any = select(Work, n).outerjoin(counts, counts.c.work_id == Work.id).where(*where)
     col: Any = n if lq.sort == "score" else Work.created_at
     order = [col.asc() if lq.order == "asc" else col.desc(), Work.id.desc()]
     return _page(session, base.order_by(*order), base.with_only_columns(Work.id), lq)
@@ -292,7 +292,7 @@ def source_page(session: Session, lq: ListQuery) -> Page:
         where.append(func.lower(Source.url).like(_like(lq.site), escape="\\"))
     if lq.q:
         where.append(_search(lq.q, Source.name, Source.url))
-    base = select(Source).where(and_(*where))
+    base = select(Source).where(*where)
     col: Any = Source.uploads_seen if lq.sort == "score" else Source.last_success_at
     order = [col.asc() if lq.order == "asc" else col.desc(), Source.name.asc()]
     return _page(session, base.order_by(*order), base.with_only_columns(Source.id), lq)

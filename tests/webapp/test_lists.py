@@ -248,3 +248,11 @@ def test_the_summary_after_a_decision_echoes_only_numbers_and_known_words(world:
         f"/matches/{mids[0]}?done=1&decision=<b>pwned</b>&blocked=<i>x</i>"
     ).text
     assert "pwned" not in html and "<i>x</i>" not in html and "1 match marked decided" in html
+
+
+def test_staff_see_every_owners_matches_unfiltered(world: World) -> None:
+    world.account("root@example.com", Role.ADMIN)
+    _, _, mids = _owner_with_matches(world, 2)
+    admin = world.client("root@example.com")
+    assert sorted(_ids(admin.get("/matches?status=all").text)) == mids  # no filter at all still works
+    assert admin.get("/matches.csv?status=all").text.count("\n") == 3

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
 from webapp import evidence_text
-from webapp.access import match_query, visible_job, visible_match, visible_work
+from webapp.access import visible_job, visible_match, visible_work
 from webapp.deps import (
     DB,
     csrf_protect,
@@ -217,18 +217,23 @@ def work_page(
     account: Account = Depends(page_user),
     session: Session = DB,
 ) -> Response:
+    from webapp.listing import ListQuery, match_page
+    from webapp.routes.lists import MATCH_FILTERS
+
     work = visible_work(session, account, work_id)
-    matches = session.scalars(match_query(account, work_id=work.id, include_suppressed=True)).all()
+    page = match_page(session, account, ListQuery.parse(request.query_params, sort="score"), work_id=work.id)
     return get_ctx(request).templates.TemplateResponse(
         request,
         "work.html",
         {
             "work": work,
-            "matches": matches,
+            "matches": page.rows,
+            "page": page,
+            "filters": {"status": [("", "all"), *MATCH_FILTERS["status"][2:]]},
             "created": bool(created),
             "decisions": DECISIONS,
             "triage": True,
-            "back": f"/works/{work.id}",
+            "back": f"/works/{work.id}" + (f"?{request.url.query}" if request.url.query else ""),
             "summary": summary(request.query_params),
         },
     )
