@@ -319,7 +319,9 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     Returns the notice listing the match's (work, URL), or None when the match
     is not to be drafted. Raises ProfileIncomplete / DraftingBlocked."""
     match = session.get(Match, match_id)
-    if match is None or match.status in (MatchStatus.SUPPRESSED, MatchStatus.DISMISSED):
+    # Triage's "ignore" and "not sure", and licensed sites, are not drafted; a
+    # match whose notice has moved on returns that notice.
+    if match is None or match.status in (MatchStatus.SUPPRESSED, MatchStatus.DISMISSED, MatchStatus.UNSURE):
         return None
     upload, work = match.upload, match.work
     if upload is None or work is None or upload.deleted_at is not None:
@@ -406,7 +408,7 @@ def draft_pending(session: Session, settings: Settings | NoticeSettings,
     Each match is drafted in its own savepoint, so one blocked owner does not
     stop the others."""
     listed = select(NoticeItem.id).where(NoticeItem.match_id == Match.id).exists()
-    q = select(Match.id).where(Match.status == MatchStatus.NEW, ~listed).order_by(Match.id)
+    q = select(Match.id).where(Match.status.in_((MatchStatus.NEW, MatchStatus.INFRINGING)), ~listed).order_by(Match.id)
     if owner_id is not None:
         q = q.where(Match.owner_id == owner_id)
     touched: list[int] = []

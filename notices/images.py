@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import re
 from functools import lru_cache
+from typing import Any
 
 from PIL import Image
 
-__all__ = ["ACCEPTED_TYPES", "image_size", "media_type", "sniff", "thumbnail_png"]
+__all__ = ["ACCEPTED_TYPES", "image_size", "media_type", "rgba_pixels", "sniff", "thumbnail_png"]
 
 ACCEPTED_TYPES = ("png", "jpeg", "webp", "svg")
 _MEDIA = {
@@ -108,5 +109,28 @@ def thumbnail_png(data: bytes, box: int = 240) -> bytes | None:
             out = io.BytesIO()
             flat.save(out, "PNG", optimize=True)
             return out.getvalue()
+    except Exception:  # noqa: BLE001 - a display helper never fails the page
+        return None
+
+
+def rgba_pixels(data: bytes, box: int = 512) -> Any | None:
+    """The image as an RGBA numpy array no larger than box x box, or None if unreadable.
+
+    For comparing colours on the evidence page; the caller scales coordinates
+    by the returned width over :func:`image_size`'s.
+    """
+    import numpy as np
+
+    if sniff(data) == "svg":
+        png = _svg_png(data, side=box)
+        if png is None:
+            return None
+        data = png
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (box, box))
+            frame = im.convert("RGBA")
+            frame.thumbnail((box, box))
+            return np.asarray(frame)
     except Exception:  # noqa: BLE001 - a display helper never fails the page
         return None

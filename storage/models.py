@@ -99,7 +99,9 @@ class UploadStatus(str, enum.Enum):
 class MatchStatus(str, enum.Enum):
     NEW = "new"
     SUPPRESSED = "suppressed"  # licensed site: recorded, never flagged
-    DISMISSED = "dismissed"
+    DISMISSED = "dismissed"  # triage: ignore
+    INFRINGING = "infringing"  # triage: confirmed by a person, drafted like a new match
+    UNSURE = "unsure"  # triage: not sure, kept for a second look
     # Following the match's notice (notices.workflow.follow_notice):
     NOTICE_APPROVED = "notice_approved"
     NOTICE_SENT = "notice_sent"

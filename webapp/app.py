@@ -49,6 +49,11 @@ def _templates() -> Jinja2Templates:
     env.filters["points"] = lambda region: " ".join(
         f"{float(x):.1f},{float(y):.1f}" for x, y in region or []
     )
+    from webapp.evidence_text import human_number, signal_label, signal_value
+
+    env.filters["signal_label"] = signal_label
+    env.filters["signal_value"] = signal_value
+    env.filters["num"] = human_number
     return Jinja2Templates(env=env, context_processors=[_template_context])
 
 
@@ -67,7 +72,7 @@ def create_app(
     (with the maintenance hook: a registration returns without waiting for the
     retrain it makes due), so pages that never match start fast.
     """
-    from webapp.routes import admin, api, auth, dashboard, owner, review
+    from webapp.routes import admin, api, auth, dashboard, lists, owner, review
 
     if services is None:
         services = Services.build(settings, sessions=sessions, blobs=blobs, matcher=engine)
@@ -136,7 +141,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, dashboard, owner, review, admin, api):
+    for module in (auth, dashboard, lists, owner, review, admin, api):
         app.include_router(module.router)
     api.install_problem_schema(app)
     return app

@@ -162,9 +162,9 @@ def test_reviewer_opens_a_match_sees_evidence_and_approves_the_notice(
     assert page.locator(f"img[src='/works/{wid}/image']").evaluate("img => img.naturalWidth") > 0
     polygon = page.locator("svg.overlay polygon.region")
     assert polygon.count() == 1 and polygon.bounding_box()["width"] > 50
-    assert "0.960" in page.inner_text("main") and "https://pics.example/p/981" in page.inner_text(
-        "main"
-    )
+    # The plain-language line first; the raw signals, formatted for people, in a details section.
+    assert "Why it matched" in page.inner_text("main")
+    assert "https://pics.example/p/981" in page.inner_text("main")
     page.screenshot(path=str(artifacts / "2-notice-evidence.png"), full_page=True)
     with page.expect_navigation():
         page.click(f"a[href='/matches/{mid}']")

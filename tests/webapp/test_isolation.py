@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from webapp_testkit import World, csrf_from, logo_png, png, product_shot
 
-from storage.models import Account, Match, Notice, NoticeState, Role, Source, WebJob, Work
+from storage.models import Account, Match, MatchStatus, Notice, NoticeState, Role, Source, WebJob, Work
 from webapp.app import route_table
 from workers.demo import painting
 
@@ -47,6 +47,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/works/import"): "listing",
     ("GET", "/matches"): "listing",
     ("GET", "/notices"): "listing",
+    ("GET", "/matches.csv"): "listing",
+    ("GET", "/notices.csv"): "listing",
+    ("POST", "/matches/decide"): "listing",
     ("GET", "/profile"): "listing",
     ("POST", "/profile"): "listing",
     ("POST", "/profile/token"): "listing",
@@ -62,6 +65,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/jobs/{job_id}/progress"): "owned",
     ("GET", "/matches/{match_id}"): "owned",
     ("GET", "/matches/{match_id}/image"): "owned",
+    ("POST", "/matches/{match_id}/decide"): "owned",
     ("GET", "/notices/{notice_id}"): "owned",
     ("GET", "/notices/{notice_id}/evidence.zip"): "owned",
     ("GET", "/notices/{notice_id}/body.html"): "owned",
@@ -179,6 +183,10 @@ class Scene:
             data["none_applies"] = "on"
         elif path == "/profile":
             data["alert_mode"] = "off"
+        elif path == "/matches/decide":  # a bulk decision naming A's match
+            data.update(ids=str(self.ids["match_id"]), decision="ignore")
+        elif path.startswith("/matches/") and path.endswith("/decide"):
+            data["decision"] = "unsure"
         if method == "GET":
             return client.get(path)
         if method == "DELETE":
@@ -217,7 +225,7 @@ def _a_state(world: World, scene: Scene) -> Any:
         assert notice is not None and account is not None
         return (
             sorted(s.scalars(select(Work.id).where(Work.owner_id == scene.a)).all()),
-            s.scalar(select(Match.id).where(Match.owner_id == scene.a)),
+            s.execute(select(Match.id, Match.status).where(Match.owner_id == scene.a)).all(),
             notice.state,
             notice.subject,
             notice.reject_reason,
@@ -280,6 +288,9 @@ def test_listings_never_show_another_owners_data(world: World) -> None:
                 item.get("id") not in scene.ids.values() or item.get("title") != A_TITLE
                 for item in body
             )
+    # B's bulk decision named A's match and changed nothing.
+    with world.sessions() as s:
+        assert s.scalar(select(Match.status).where(Match.id == scene.ids["match_id"])) == MatchStatus.NEW
     # B's own API listings are empty of A's ids; A's contain them.
     assert scene.ids["match_id"] not in [m["id"] for m in scene.b_api.get("/api/v1/matches").json()]
     assert scene.ids["match_id"] in [m["id"] for m in scene.a_api.get("/api/v1/matches").json()]

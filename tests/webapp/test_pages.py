@@ -148,7 +148,9 @@ def test_match_page_shows_both_images_and_marks_the_region(world: World) -> None
     assert f'src="/works/{wid}/image"' in html
     assert f'href="/matches/{mid}/image"' in html and 'viewBox="0 0 640 480"' in html
     assert 'points="320.0,160.0 576.0,160.0 576.0,416.0 320.0,416.0"' in html
-    assert "0.812" in html and "0.954" in html and "https://pics.example/p/1" in html
+    # Signals are shown for people (percentages), under a plain-language line from the geometry.
+    assert "81%" in html and "95%" in html and "0.812" not in html and "https://pics.example/p/1" in html
+    assert "The logo appears about 21% of the upload." in html
     img = client.get(f"/matches/{mid}/image")
     assert (
         img.status_code == 200

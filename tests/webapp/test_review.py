@@ -40,7 +40,7 @@ def test_notice_page_shows_evidence_side_by_side_with_signals_and_capture(world:
     html = world.client("rita@example.com").get(f"/notices/{nid}").text
     assert f'src="/works/{wid}/image"' in html and f'href="/matches/{mid}/image"' in html
     assert '<polygon class="region" points="320.0,160.0' in html
-    assert "0.710" in html and "0.930" in html
+    assert "71%" in html and "93%" in html and "Why it matched" in html  # signals formatted for people
     assert "https://pics.example/p/1" in html and "Captured" in html and "UTC" in html
     assert "dmca-agent@pics.example" in html and "penalty of perjury" in html
     for key in YES_NO_NONE:

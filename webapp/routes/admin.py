@@ -65,11 +65,18 @@ def _documents(request: Request) -> DocumentStore:
 def _sources_page(
     request: Request, session: Session, error: str = "", status: int = 200
 ) -> Response:
-    sources = session.scalars(select(Source).order_by(Source.name)).all()
+    from webapp.listing import ListQuery, source_page
+
+    kinds = source_kinds()
+    page = source_page(session, ListQuery.parse(request.query_params, sort="date"))
+    filters = {
+        "status": [("", "any"), ("enabled", "enabled"), ("disabled", "disabled"), ("failing", "failing")],
+        "kind": [("", "any kind"), *((k, k) for k in kinds)],
+    }
     return get_ctx(request).templates.TemplateResponse(
         request,
         "admin_sources.html",
-        {"sources": sources, "kinds": source_kinds(), "error": error},
+        {"sources": page.rows, "page": page, "filters": filters, "kinds": kinds, "error": error},
         status_code=status,
     )
 

@@ -10,10 +10,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from notices.images import image_size, media_type
+from notices.images import image_size, media_type, thumbnail_png
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
-from webapp.access import match_query, visible_job, visible_match, visible_work, work_rows
+from webapp import evidence_text
+from webapp.access import visible_job, visible_match, visible_work
 from webapp.deps import (
     DB,
     csrf_protect,
@@ -25,6 +26,7 @@ from webapp.deps import (
 )
 from webapp.errors import InvalidInput, NotFound, WebError
 from webapp.security import issue_api_token
+from webapp.triage import DECISIONS, summary
 from webapp.works import WorkForm, parse_licensed, register, remove, spool_uploads, start_import
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
@@ -33,14 +35,23 @@ OWNER = require_page_role(Role.OWNER)
 ALERT_MODES = ("instant", "digest", "off")
 
 
-def blob_response(ctx: Any, sha: str | None) -> Response:
-    """Serve a stored image. SVG is sandboxed so a hostile file cannot run script on our origin."""
+#: Side of the list thumbnails (``?thumb=1`` on the image routes), in pixels.
+THUMB_BOX = 96
+
+
+def blob_response(ctx: Any, sha: str | None, *, thumb: bool = False) -> Response:
+    """Serve a stored image. SVG is sandboxed so a hostile file cannot run script on our origin.
+
+    ``thumb`` serves a small PNG for lists instead (the original when it cannot be made).
+    """
     if not sha:
         raise NotFound("no image stored")
     try:
         data = ctx.blobs.get(sha)
     except BlobNotFound:
         raise NotFound("the image is no longer stored") from None
+    if thumb:
+        data = thumbnail_png(data, box=THUMB_BOX) or data
     return Response(
         data,
         media_type=media_type(data),
@@ -61,22 +72,42 @@ def evidence_view(ctx: Any, match: Match) -> dict[str, Any]:
             size = image_size(ctx.blobs.get(upload.blob_sha256))
         except BlobNotFound:
             size = None
+    region = match.region if size and match.region else None
     return {
         "match": match,
         "upload": upload,
         "work": match.work,
         "size": size,
-        "region": match.region if size and match.region else None,
+        "region": region,
+        "reason": evidence_text.reason(
+            match.signals,
+            match.region,
+            size,
+            kind=match.work.kind.value,
+            colour=_colour(ctx, match, size) if region else None,
+        ),
     }
 
 
-@router.get("/works", response_class=HTMLResponse)
-def works_page(
-    request: Request, account: Account = Depends(page_user), session: Session = DB
-) -> Response:
-    return get_ctx(request).templates.TemplateResponse(
-        request, "works.html", {"rows": work_rows(session, account.id)}
-    )
+def _colour(ctx: Any, match: Match, size: tuple[int, int] | None) -> str | None:
+    """Whether the copy's colours differ from the work's (None when it cannot be told)."""
+    from notices.images import rgba_pixels
+
+    if size is None or not match.upload.blob_sha256 or not match.region:
+        return None
+    try:
+        upload = rgba_pixels(ctx.blobs.get(match.upload.blob_sha256))
+        work = rgba_pixels(ctx.blobs.get(match.work.blob_sha256), box=256)
+    except BlobNotFound:
+        return None
+    if upload is None or work is None:
+        return None
+    k = upload.shape[1] / float(size[0])
+    region = [[float(x) * k, float(y) * k] for x, y in match.region]
+    try:
+        return evidence_text.colour_change(work, upload[:, :, :3], region)
+    except Exception:  # noqa: BLE001 - a display helper never fails the page
+        return None
 
 
 @router.get("/works/new", response_class=HTMLResponse)
@@ -186,10 +217,25 @@ def work_page(
     account: Account = Depends(page_user),
     session: Session = DB,
 ) -> Response:
+    from webapp.listing import ListQuery, match_page
+    from webapp.routes.lists import MATCH_FILTERS
+
     work = visible_work(session, account, work_id)
-    matches = session.scalars(match_query(account, work_id=work.id, include_suppressed=True)).all()
+    page = match_page(session, account, ListQuery.parse(request.query_params, sort="score"), work_id=work.id)
     return get_ctx(request).templates.TemplateResponse(
-        request, "work.html", {"work": work, "matches": matches, "created": bool(created)}
+        request,
+        "work.html",
+        {
+            "work": work,
+            "matches": page.rows,
+            "page": page,
+            "filters": {"status": [("", "all"), *MATCH_FILTERS["status"][2:]]},
+            "created": bool(created),
+            "decisions": DECISIONS,
+            "triage": True,
+            "back": f"/works/{work.id}" + (f"?{request.url.query}" if request.url.query else ""),
+            "summary": summary(request.query_params),
+        },
     )
 
 
@@ -197,10 +243,12 @@ def work_page(
 def work_image(
     request: Request,
     work_id: int,
+    thumb: int = 0,
     account: Account = Depends(page_user),
     session: Session = DB,
 ) -> Response:
-    return blob_response(get_ctx(request), visible_work(session, account, work_id).blob_sha256)
+    work = visible_work(session, account, work_id)
+    return blob_response(get_ctx(request), work.blob_sha256, thumb=bool(thumb))
 
 
 @router.post("/works/{work_id}/delete")
@@ -215,16 +263,6 @@ def delete_work(
         raise NotFound(f"no work with id {work_id}")
     remove(get_ctx(request), session, work)
     return RedirectResponse("/works", status_code=303)
-
-
-@router.get("/matches", response_class=HTMLResponse)
-def matches_page(
-    request: Request, account: Account = Depends(page_user), session: Session = DB
-) -> Response:
-    matches = session.scalars(match_query(account).limit(500)).all()
-    return get_ctx(request).templates.TemplateResponse(
-        request, "matches.html", {"matches": matches}
-    )
 
 
 @router.get("/matches/{match_id}", response_class=HTMLResponse)
@@ -249,6 +287,8 @@ def match_page(
             "ev": evidence_view(ctx, match),
             "notice_ids": sorted(set(notice_ids)),
             "timeline": match_timeline(session, match),
+            "decisions": DECISIONS,
+            "summary": summary(request.query_params),
         },
     )
 
@@ -257,12 +297,12 @@ def match_page(
 def match_image(
     request: Request,
     match_id: int,
+    thumb: int = 0,
     account: Account = Depends(page_user),
     session: Session = DB,
 ) -> Response:
-    return blob_response(
-        get_ctx(request), visible_match(session, account, match_id).upload.blob_sha256
-    )
+    match = visible_match(session, account, match_id)
+    return blob_response(get_ctx(request), match.upload.blob_sha256, thumb=bool(thumb))
 
 
 @router.get("/profile", response_class=HTMLResponse)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.models import Account, AuditEvent, Notice, NoticeState, Role
-from webapp.access import is_staff, notice_query, visible_notice
+from webapp.access import is_staff, visible_notice
 from webapp.deps import DB, WebContext, csrf_protect, get_ctx, page_user, require_page_role, run_heavy
 from webapp.errors import Conflict, Forbidden
 from webapp.routes.owner import evidence_view
@@ -58,19 +58,20 @@ def _staff_notice(session: Session, account: Account, notice_id: int) -> Notice:
 
 @router.get("/review", response_class=HTMLResponse)
 def queue(request: Request, account: Account = STAFF, session: Session = DB) -> Response:
-    rows = session.execute(notice_query(account, states=OPEN_STATES).limit(500)).all()
-    return get_ctx(request).templates.TemplateResponse(
-        request, "review.html", {"rows": rows, "laws": _laws(session, [n for n, _ in rows])}
-    )
+    from webapp.listing import ListQuery, notice_page
+    from webapp.routes.lists import NOTICE_FILTERS
 
-
-@router.get("/notices", response_class=HTMLResponse)
-def notices_page(
-    request: Request, account: Account = Depends(page_user), session: Session = DB
-) -> Response:
-    rows = session.execute(notice_query(account).limit(500)).all()
+    page = notice_page(session, account, ListQuery.parse(request.query_params, sort="score"), states=OPEN_STATES)
     return get_ctx(request).templates.TemplateResponse(
-        request, "notices.html", {"rows": rows, "laws": _laws(session, [n for n, _ in rows])}
+        request,
+        "review.html",
+        {
+            "page": page,
+            "rows": page.rows,
+            "laws": _laws(session, [r[0] for r in page.rows]),
+            "filters": {"kind": NOTICE_FILTERS["kind"]},
+            "shortcuts": True,
+        },
     )
 
 
