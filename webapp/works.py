@@ -89,9 +89,14 @@ def check_image(data: bytes, filename: str) -> str:
 
 
 def register(
-    ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str, form: WorkForm
+    ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str, form: WorkForm,
+    *, backscan: bool = True,
 ) -> Work:
-    """Register one work for the owner; a bad image raises UnsupportedImage with the reason."""
+    """Register one work for the owner; a bad image raises UnsupportedImage with the reason.
+
+    ``backscan`` also starts the check of the uploads already stored
+    (:func:`workers.backscan.start_backscan`, queued once the session commits);
+    an import passes False and starts one back-scan for all its works at the end."""
     from workers.pipeline import PipelineError, register_work
 
     check_image(data, filename)
@@ -102,7 +107,7 @@ def register(
         ImageError = ValueError  # type: ignore[misc,assignment]
     try:
         with ctx.engine_lock:
-            return register_work(
+            work = register_work(
                 session,
                 ctx.blobs,
                 ctx.engine,
@@ -118,6 +123,11 @@ def register(
         raise UnsupportedImage(str(exc)) from None
     except PipelineError as exc:
         raise InvalidInput(str(exc)) from None
+    if backscan:
+        from workers.backscan import start_backscan
+
+        start_backscan(session, ctx.settings, owner_id, [work.id])
+    return work
 
 
 def remove(ctx: WebContext, session: Session, work: Work) -> None:
@@ -212,6 +222,7 @@ def _run_import(
     licensed_sites: tuple[str, ...],
 ) -> None:
     errors: list[Any] = []
+    registered: list[int] = []
     try:
         with session_scope(ctx.sessions) as s:
             job = s.get(WebJob, job_id)
@@ -222,9 +233,10 @@ def _run_import(
                 data = path.read_bytes()
                 path.unlink()
                 with session_scope(ctx.sessions) as s:
-                    register(
-                        ctx, s, owner_id, data, filename, WorkForm("", kind, "", licensed_sites)
+                    work = register(
+                        ctx, s, owner_id, data, filename, WorkForm("", kind, "", licensed_sites), backscan=False
                     )
+                    registered.append(work.id)
             except Exception as exc:  # noqa: BLE001 - reported per file, the import goes on
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
                 errors.append({"file": filename, "error": detail})
@@ -235,6 +247,13 @@ def _run_import(
                 job.done = index
                 job.errors = list(errors)
         final = "done"
+        if registered:
+            # One back-scan for the whole import: each stored upload is decoded
+            # and searched once, restricted to all the new works together.
+            from workers.backscan import start_backscan
+
+            with session_scope(ctx.sessions) as s:
+                start_backscan(s, ctx.settings, owner_id, registered)
     except Exception:
         log.exception("import job %s failed", job_id)
         final = "failed"
