@@ -30,6 +30,7 @@ from webapp.images import ACCEPTED_TYPES, sniff
 __all__ = [
     "WorkForm",
     "check_image",
+    "edit",
     "parse_licensed",
     "register",
     "remove",
@@ -128,6 +129,40 @@ def register(
 
         start_backscan(session, ctx.settings, owner_id, [work.id])
     return work
+
+
+def edit(ctx: WebContext, session: Session, work: Work, form: WorkForm, actor: str) -> dict[str, Any]:
+    """Change a work's title, kind and licensed sites; returns what changed (also in the audit trail).
+
+    A new kind is written to the matching index too (the work is registered
+    again from its stored image: the index keeps the kind with the work's
+    features). Matches already found keep their status; the new licensed
+    sites apply to matches found from now on."""
+    from storage.models import AuditEvent
+
+    form = form.validated(work.filename)
+    changes: dict[str, Any] = {}
+    if form.title != work.title:
+        changes["title"] = [work.title, form.title]
+    if form.kind != work.kind.value:
+        changes["kind"] = [work.kind.value, form.kind]
+    if list(form.licensed_sites) != list(work.licensed_sites or []):
+        changes["licensed_sites"] = [list(work.licensed_sites or []), list(form.licensed_sites)]
+    if not changes:
+        return changes
+    work.title = form.title
+    work.licensed_sites = list(form.licensed_sites)
+    if "kind" in changes:
+        from matching import WorkRef
+
+        work.kind = WorkKind(form.kind)
+        with ctx.engine_lock:
+            ctx.engine.register(WorkRef(work.id, work.owner_id, form.kind), ctx.blobs.get(work.blob_sha256),
+                                name=work.filename)
+    session.add(AuditEvent(actor=actor[:320], action="work_edited", entity="work", entity_id=work.id,
+                           detail=changes))
+    session.flush()
+    return changes
 
 
 def remove(ctx: WebContext, session: Session, work: Work) -> None:

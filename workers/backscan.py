@@ -103,22 +103,24 @@ def _scannable(max_upload_id: int) -> Any:
             Upload.blob_sha256.is_not(None), Upload.deleted_at.is_(None))
 
 
-def start_backscan(session: Session, settings: Settings | None, owner_id: int, work_ids: Sequence[int]) -> WebJob:
+def start_backscan(session: Session, settings: Settings | None, owner_id: int,
+                   work_ids: Sequence[int]) -> WebJob | None:
     """Add the back-scan job for ``work_ids`` (one owner's) and queue it once the session commits.
 
-    ``settings`` None adds the row only (a caller that runs :func:`run_batch`
-    itself, as the tests and the benchmark do)."""
+    None when no upload is stored yet (nothing to scan, no job). ``settings``
+    None adds the row only (a caller that runs :func:`run_batch` itself, as
+    the tests and the benchmark do)."""
     max_id = int(session.scalar(select(func.max(Upload.id))) or 0)
     total = int(session.scalar(select(func.count(Upload.id)).where(*_scannable(max_id))) or 0)
+    if not total or not work_ids:
+        return None
     ids = sorted({int(w) for w in work_ids})
-    job = WebJob(owner_id=owner_id, kind=KIND, state="queued" if total else "done", total=total, done=0,
+    job = WebJob(owner_id=owner_id, kind=KIND, state="queued", total=total, done=0,
                  errors=[{"scan": {"work_ids": ids, "max_upload_id": max_id, "before_id": max_id + 1,
                                    "found": 0}}])
-    if not total:
-        job.finished_at = datetime.now(UTC)
     session.add(job)
     session.flush()
-    if total and settings is not None:
+    if settings is not None:
         _queue_after_commit(session, settings, job.id)
     return job
 
@@ -164,8 +166,10 @@ def run_batch(session: Session, blobs: BlobStore, matcher: Matcher, job_id: int,
         _finish(job, scan, "done")
         return BatchResult([], False)
     job.state = "running"
-    ups = session.scalars(select(Upload).where(*_scannable(max_id), Upload.id < before)
-                          .order_by(Upload.id.desc()).limit(batch)).all()
+    ups = list(session.scalars(select(Upload).where(*_scannable(max_id), Upload.id < before)
+                               .order_by(Upload.id.desc()).limit(batch + 1)))
+    more = len(ups) > batch  # one more looked at, so the last batch knows it is the last
+    ups = ups[:batch]
     created: list[int] = []
     for up in ups:
         assert up.blob_sha256 is not None  # _scannable
@@ -182,7 +186,6 @@ def run_batch(session: Session, blobs: BlobStore, matcher: Matcher, job_id: int,
         select(func.count(Match.id)).where(Match.work_id.in_(alive), Match.upload_id <= max_id,
                                            Match.status != MatchStatus.SUPPRESSED)) or 0)
     job.done = min(job.total, job.done + len(ups))
-    more = len(ups) == batch
     if more:
         job.errors = [{"scan": scan}]
     else:

@@ -245,8 +245,8 @@ def works_add(obj: CliContext, image: Path, owner: str, create_owner: bool, titl
 
         job = start_backscan(s, obj.settings, acct.id, [work.id])
         click.echo(f"registered work {work.id} ({work.kind.value}) '{work.title}' for {acct.email}")
-        click.echo(f"back-scan of {job.total} stored uploads queued (job {job.id})" if job.total
-                   else "no stored uploads to back-scan")
+        if job is not None:
+            click.echo(f"back-scan of {job.total} stored uploads queued (job {job.id})")
         if created:
             click.echo(f"created owner {acct.email}; notices for them stay blocked until `artwatch owners set` "
                        "gives their legal name, address and phone", err=True)
@@ -317,7 +317,7 @@ def works_import(obj: CliContext, manifest: Path) -> None:
 
         with session_scope(obj.sessions) as s:
             jobs = [start_backscan(s, obj.settings, owner_id, ids) for owner_id, ids in new_works.items()]
-            n = sum(1 for j in jobs if j.total)
+            n = sum(1 for j in jobs if j is not None)
         if n:
             click.echo(f"back-scan of the stored uploads queued ({n} job{'s' if n > 1 else ''}, one per owner)",
                        err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -80,6 +81,12 @@ def _register(w: World, s: Session, owner: Account, img: Image.Image, title: str
     return work.id
 
 
+def _start(s: Session, owner: Account, work_id: int) -> int:
+    job = start_backscan(s, None, owner.id, [work_id])
+    assert job is not None
+    return job.id
+
+
 def _drain(w: World, job_id: int, batch: int) -> list[int]:
     created: list[int] = []
     while True:
@@ -108,6 +115,7 @@ def test_a_work_registered_after_the_crawl_finds_its_copy_newest_first_in_batche
         ada = ensure_owner(s, email="ada@example.test")
         wid = _register(world, s, ada, art, "Heron")
         job = start_backscan(s, None, ada.id, [wid])
+        assert job is not None
         job_id, ada_id = job.id, ada.id
         assert (job.kind, job.state, job.total, job.done) == ("backscan", "queued", 6, 0)
     # Batches of 4: the first covers the four newest uploads (ids 6..3), the copy among them.
@@ -137,7 +145,7 @@ def test_rerunning_a_batch_after_a_crash_creates_no_second_match(world: World) -
     with session_scope(world.sessions) as s:
         ada = ensure_owner(s, email="ada@example.test")
         wid = _register(world, s, ada, art, "Gull")
-        job_id = start_backscan(s, None, ada.id, [wid]).id
+        job_id = _start(s, ada, wid)
     # A worker killed before its commit: the batch's work is rolled back with the cursor.
     with world.sessions() as s:
         r = run_batch(s, world.blobs, world.matcher, job_id, batch=10)
@@ -148,7 +156,7 @@ def test_rerunning_a_batch_after_a_crash_creates_no_second_match(world: World) -
     with session_scope(world.sessions) as s:
         assert run_batch(s, world.blobs, world.matcher, job_id, batch=10) is None  # finished: nothing redone
         # Even a job started again over the same uploads finds the match already there.
-        again = start_backscan(s, None, ada.id, [wid]).id
+        again = _start(s, ada, wid)
     assert _drain(world, again, batch=10) == []
     with session_scope(world.sessions) as s:
         assert [(m.upload_id, m.work_id) for m in s.scalars(select(Match))] == [(copy_id, wid)]
@@ -162,7 +170,7 @@ def test_a_licensed_site_is_suppressed_and_queues_no_follow_up(world: World) -> 
     with session_scope(world.sessions) as s:
         ada = ensure_owner(s, email="ada@example.test")
         wid = _register(world, s, ada, art, "Licensed", licensed=("img.example.net",))
-        job_id = start_backscan(s, None, ada.id, [wid]).id
+        job_id = _start(s, ada, wid)
     assert _drain(world, job_id, batch=10) == []  # no draft, no alert for a licensed copy
     with session_scope(world.sessions) as s:
         m = s.scalar(select(Match))
@@ -171,16 +179,22 @@ def test_a_licensed_site_is_suppressed_and_queues_no_follow_up(world: World) -> 
         assert job is not None and progress(job).found == 0
 
 
-def test_failed_and_deleted_uploads_are_not_counted_and_no_uploads_means_done(world: World) -> None:
+def test_only_analysed_kept_uploads_are_counted_and_nothing_to_scan_means_no_job(world: World) -> None:
     with session_scope(world.sessions) as s:
         ada = ensure_owner(s, email="ada@example.test")
         wid = _register(world, s, ada, painting(3), "Alone")
-        empty = start_backscan(s, None, ada.id, [wid])
-        assert (empty.state, empty.total) == ("done", 0)
+        assert start_backscan(s, None, ada.id, [wid]) is None  # nothing stored: no job
         s.add(Upload(canonical_url="https://x.example/bad", status=UploadStatus.FAILED, blob_sha256="0" * 64))
         s.add(Upload(canonical_url="https://x.example/pending", status=UploadStatus.PENDING))
+        s.add(Upload(canonical_url="https://x.example/gone", status=UploadStatus.ANALYSED, blob_sha256="1" * 64,
+                     deleted_at=datetime.now(UTC)))
         s.flush()
-        assert start_backscan(s, None, ada.id, [wid]).total == 0
+        assert start_backscan(s, None, ada.id, [wid]) is None
+        s.add(Upload(canonical_url="https://x.example/ok", status=UploadStatus.ANALYSED, blob_sha256="2" * 64))
+        s.flush()
+        job = start_backscan(s, None, ada.id, [wid])
+        assert job is not None and (job.state, job.total) == ("queued", 1)
+        assert s.scalar(select(func.count(WebJob.id))) == 1
 
 
 def test_the_task_runs_a_batch_and_queues_the_next(world: World) -> None:
@@ -194,7 +208,7 @@ def test_the_task_runs_a_batch_and_queues_the_next(world: World) -> None:
     with session_scope(world.sessions) as s:
         ada = ensure_owner(s, email="ada@example.test")
         wid = _register(world, s, ada, art, "Tern")
-        job_id = start_backscan(s, None, ada.id, [wid]).id
+        job_id = _start(s, ada, wid)
     set_runtime_settings(world.settings)
     configure(world.settings)
     assert tasks.backscan.apply(args=[job_id]).get() == 1

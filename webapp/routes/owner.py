@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
-from webapp.access import match_query, visible_job, visible_match, visible_work, work_rows
+from webapp.access import is_staff, match_query, visible_job, visible_match, visible_work, work_rows
 from webapp.deps import (
     DB,
     csrf_protect,
@@ -25,7 +25,7 @@ from webapp.deps import (
 from webapp.errors import InvalidInput, NotFound, WebError
 from webapp.images import image_size, media_type
 from webapp.security import issue_api_token
-from webapp.works import WorkForm, parse_licensed, register, remove, spool_uploads, start_import
+from webapp.works import WorkForm, edit, parse_licensed, register, remove, spool_uploads, start_import
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
@@ -164,7 +164,13 @@ def job_page(
     session: Session = DB,
 ) -> Response:
     job = visible_job(session, account, job_id)
-    return get_ctx(request).templates.TemplateResponse(request, "job.html", {"job": job})
+    return get_ctx(request).templates.TemplateResponse(request, "job.html", _job_context(job))
+
+
+def _job_context(job: Any) -> dict[str, Any]:
+    from workers.backscan import KIND, progress
+
+    return {"job": job, "scan": progress(job) if job.kind == KIND else None}
 
 
 @router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
@@ -175,7 +181,7 @@ def job_progress(
     session: Session = DB,
 ) -> Response:
     job = visible_job(session, account, job_id)
-    return get_ctx(request).templates.TemplateResponse(request, "_job_progress.html", {"job": job})
+    return get_ctx(request).templates.TemplateResponse(request, "_job_progress.html", _job_context(job))
 
 
 @router.get("/works/{work_id}", response_class=HTMLResponse)
@@ -183,14 +189,66 @@ def work_page(
     request: Request,
     work_id: int,
     created: int = 0,
+    updated: int = 0,
     account: Account = Depends(page_user),
     session: Session = DB,
 ) -> Response:
+    from storage.models import WebJob
+    from workers.backscan import jobs_for_work
+
     work = visible_work(session, account, work_id)
     matches = session.scalars(match_query(account, work_id=work.id, include_suppressed=True)).all()
+    scans = jobs_for_work(session, work, limit=20)
+    job = session.get(WebJob, scans[0].job_id) if scans else None
     return get_ctx(request).templates.TemplateResponse(
-        request, "work.html", {"work": work, "matches": matches, "created": bool(created)}
+        request, "work.html", {"work": work, "matches": matches, "created": bool(created),
+                               "updated": bool(updated), "job": job, "scan": scans[0] if scans else None,
+                               "can_edit": work.owner_id == account.id or is_staff(account)}
     )
+
+
+def _editable_work(session: Session, account: Account, work_id: int) -> Any:
+    work = visible_work(session, account, work_id)
+    if work.owner_id != account.id and not is_staff(account):
+        raise NotFound(f"no work with id {work_id}")
+    return work
+
+
+@router.get("/works/{work_id}/edit", response_class=HTMLResponse)
+def edit_work_page(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(page_user),
+    session: Session = DB,
+) -> Response:
+    work = _editable_work(session, account, work_id)
+    form = {"title": work.title, "kind": work.kind.value, "licensed_sites": "\n".join(work.licensed_sites or [])}
+    return get_ctx(request).templates.TemplateResponse(
+        request, "work_edit.html", {"work": work, "error": "", "form": form})
+
+
+@router.post("/works/{work_id}/edit")
+async def edit_work(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(page_user),
+    session: Session = DB,
+    title: str = Form(""),
+    kind: str = Form(""),
+    licensed_sites: str = Form(""),
+) -> Response:
+    ctx = get_ctx(request)
+    work = _editable_work(session, account, work_id)
+    form = {"title": title, "kind": kind, "licensed_sites": licensed_sites}
+    try:
+        await run_heavy(ctx, edit, ctx, session, work,
+                        WorkForm(title, kind, work.registration_number, parse_licensed(licensed_sites)),
+                        account.email)
+    except WebError as exc:
+        session.rollback()
+        return ctx.templates.TemplateResponse(
+            request, "work_edit.html", {"work": work, "error": exc.detail, "form": form}, status_code=exc.status)
+    return RedirectResponse(f"/works/{work.id}?updated=1", status_code=303)
 
 
 @router.get("/works/{work_id}/image")
