@@ -21,12 +21,12 @@ pytestmark = pytest.mark.browser
 WIDTHS = [(1280, 900), (390, 844)]
 
 
-def _fits(page: Any, selector: str) -> None:
+def _fits(pg: Any, selector: str) -> None:
     """``selector`` (this flow's own part of the page) fits the window: no horizontal scroll
     because of it. (Whole pages at 390 px are the layout work of issue 17 point 7.)"""
-    right = page.evaluate(f"Math.max(...[...document.querySelectorAll({selector!r})].map("
+    right = pg.evaluate(f"Math.max(...[...document.querySelectorAll({selector!r})].map("
                           "e => e.getBoundingClientRect().right + (e.scrollWidth - e.clientWidth)))")
-    viewport = page.evaluate("window.innerWidth")
+    viewport = pg.evaluate("window.innerWidth")
     assert right <= viewport, f"{selector} reaches {right} px in a {viewport} px window"
 
 
@@ -34,6 +34,8 @@ def _fits(page: Any, selector: str) -> None:
 def test_owner_registers_sees_the_back_scan_progress_and_edits_the_work(
     world: World, page: Any, artifacts: Path, tmp_path: Path, width: int, height: int  # noqa: F811
 ) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     from workers.backscan import run_batch
 
     page.set_viewport_size({"width": width, "height": height})
@@ -70,7 +72,7 @@ def test_owner_registers_sees_the_back_scan_progress_and_edits_the_work(
         page.wait_for_function(
             "() => document.querySelector('#backscan').innerText.includes('checked 2 of 2 stored uploads, found 1')",
             timeout=15_000)
-    except Exception:
+    except PlaywrightTimeout:
         raise AssertionError(page.inner_text("#backscan")) from None
     assert "finished" in page.inner_text("#backscan")
     page.reload()
