@@ -252,6 +252,34 @@ def works_add(obj: CliContext, image: Path, owner: str, create_owner: bool, titl
                        "gives their legal name, address and phone", err=True)
 
 
+@works.command("backscan")
+@click.argument("work_id", type=int)
+@click.pass_obj
+def works_backscan(obj: CliContext, work_id: int) -> None:
+    """Check the uploads already stored against one work (queued for the workers).
+
+    Registering queues this by itself; run it to resume a back-scan whose
+    message was lost (it goes on from where it stopped) or to check again."""
+    from workers.backscan import jobs_for_work, queue_batch, start_backscan
+    from workers.pipeline import PipelineError
+
+    with session_scope(obj.sessions) as s:
+        work = s.get(Work, work_id)
+        if work is None:
+            raise PipelineError(f"no work with id {work_id}")
+        open_jobs = [p for p in jobs_for_work(s, work) if p.state in ("queued", "running")]
+        if open_jobs:
+            p = open_jobs[0]
+            queue_batch(obj.settings, p.job_id)
+            click.echo(f"back-scan job {p.job_id} queued again: checked {p.done:,} of {p.total:,}, found {p.found:,}")
+            return
+        job = start_backscan(s, obj.settings, work.owner_id, [work.id])
+        if job is None:
+            click.echo("no stored uploads to check")
+        else:
+            click.echo(f"back-scan of {job.total:,} stored uploads queued (job {job.id})")
+
+
 @works.command("import")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.pass_obj

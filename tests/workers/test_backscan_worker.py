@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from sqlalchemy import select
@@ -26,6 +27,13 @@ def _jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=88)
     return buf.getvalue()
+
+
+def _work_id(sessions: Any) -> int:
+    from storage.models import Work
+
+    with sessions() as s:
+        return int(s.scalars(select(Work.id)).one())
 
 
 def test_works_add_queues_a_back_scan_that_a_worker_runs_to_a_draft(test_settings: Settings, tmp_path: Path) -> None:
@@ -51,6 +59,9 @@ def test_works_add_queues_a_back_scan_that_a_worker_runs_to_a_draft(test_setting
     with sessions() as s:
         job = s.scalars(select(WebJob)).one()
         assert (job.kind, job.state, job.total) == ("backscan", "queued", 3)
+    # Queued again by hand (a lost message): the same job, not a second one; the rerun is harmless.
+    again = artwatch("works", "backscan", str(_work_id(sessions)))
+    assert again.returncode == 0 and f"back-scan job {job.id} queued again: checked 0 of 3" in again.stdout
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen([sys.executable, "-m", "workers", "worker", "--role", "cpu", "-c", "1"],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -72,6 +83,7 @@ def test_works_add_queues_a_back_scan_that_a_worker_runs_to_a_draft(test_setting
         assert item.match_id == m.id  # drafted through the normal follow-up task
         job = s.get_one(WebJob, job.id)
         assert (job.done, job.total) == (3, 3)
+        assert len(s.scalars(select(WebJob)).all()) == 1
     db.dispose()
 
 
