@@ -182,9 +182,7 @@ def run_batch(session: Session, blobs: BlobStore, matcher: Matcher, job_id: int,
         created += record_matches(session, up, candidates)
     if ups:
         scan["before_id"] = ups[-1].id
-    scan["found"] = int(session.scalar(
-        select(func.count(Match.id)).where(Match.work_id.in_(alive), Match.upload_id <= max_id,
-                                           Match.status != MatchStatus.SUPPRESSED)) or 0)
+    scan["found"] = _found(session, alive, max_id)
     job.done = min(job.total, job.done + len(ups))
     if more:
         job.errors = [{"scan": scan}]
@@ -201,7 +199,23 @@ def _finish(job: WebJob, scan: dict[str, Any], state: str) -> None:
 
 
 def jobs_for_work(session: Session, work: Work, limit: int = 50) -> list[Progress]:
-    """The back-scans that cover ``work``, newest first (its owner's jobs only)."""
+    """The back-scans that cover ``work``, newest first (its owner's jobs only).
+
+    ``found`` counts this work's matches only (a job started by an import
+    covers several works)."""
+    from dataclasses import replace
+
     jobs = session.scalars(select(WebJob).where(WebJob.owner_id == work.owner_id, WebJob.kind == KIND)
                            .order_by(WebJob.id.desc()).limit(limit)).all()
-    return [p for p in map(progress, jobs) if work.id in p.work_ids]
+    out = []
+    for p in map(progress, jobs):
+        if work.id in p.work_ids:
+            shared = len(p.work_ids) > 1
+            out.append(replace(p, found=_found(session, [work.id], p.max_upload_id)) if shared else p)
+    return out
+
+
+def _found(session: Session, work_ids: Sequence[int], max_upload_id: int) -> int:
+    return int(session.scalar(
+        select(func.count(Match.id)).where(Match.work_id.in_(list(work_ids)), Match.upload_id <= max_upload_id,
+                                           Match.status != MatchStatus.SUPPRESSED)) or 0)

@@ -216,3 +216,25 @@ def test_the_task_runs_a_batch_and_queues_the_next(world: World) -> None:
         assert [(m.upload_id, m.work_id) for m in s.scalars(select(Match))] == [(copy_id, wid)]
         job = s.get(WebJob, job_id)
         assert job is not None and job.state == "done"
+
+
+def test_one_job_for_an_import_checks_each_upload_once_against_all_its_works(world: World) -> None:
+    first, second = painting(51), painting(52)
+    a = _stored_upload(world, _copy_in_photo(first, 1), "https://img.example.net/a.jpg")
+    _stored_upload(world, _jpeg(photo(77)), "https://img.example.net/n.jpg")
+    b = _stored_upload(world, _copy_in_photo(second, 2), "https://img.example.net/b.jpg")
+    with session_scope(world.sessions) as s:
+        ada = ensure_owner(s, email="ada@example.test")
+        w1, w2 = _register(world, s, ada, first, "First"), _register(world, s, ada, second, "Second")
+        job = start_backscan(s, None, ada.id, [w2, w1])
+        assert job is not None and job.total == 3
+        job_id = job.id
+    assert len(_drain(world, job_id, batch=2)) == 2
+    with session_scope(world.sessions) as s:
+        assert sorted((m.upload_id, m.work_id) for m in s.scalars(select(Match))) == sorted([(a, w1), (b, w2)])
+        row = s.get_one(WebJob, job_id)
+        assert (progress(row).found, progress(row).work_ids) == (2, (w1, w2))
+        # Each work's page counts its own matches.
+        for wid in (w1, w2):
+            [p] = jobs_for_work(s, s.get_one(Work, wid))
+            assert (p.job_id, p.found, p.done, p.total) == (job_id, 1, 3, 3)
