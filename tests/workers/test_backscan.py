@@ -238,3 +238,15 @@ def test_one_job_for_an_import_checks_each_upload_once_against_all_its_works(wor
         for wid in (w1, w2):
             [p] = jobs_for_work(s, s.get_one(Work, wid))
             assert (p.job_id, p.found, p.done, p.total) == (job_id, 1, 3, 3)
+
+
+def test_the_engine_restricted_to_works_sees_only_those(world: World) -> None:
+    first, second = painting(61), painting(62)
+    with session_scope(world.sessions) as s:
+        ada = ensure_owner(s, email="ada@example.test")
+        w1, w2 = _register(world, s, ada, first, "One"), _register(world, s, ada, second, "Two")
+    shot = _copy_in_photo(first, 4)
+    assert any(c.match and c.work_id == w1 for c in world.matcher.analyse(shot, name="x"))
+    assert [c.work_id for c in world.matcher.analyse(shot, name="x", work_ids=[w1]) if c.match] == [w1]
+    assert all(c.work_id == w2 for c in world.matcher.analyse(shot, name="x", work_ids=[w2]))
+    assert world.matcher.analyse(shot, name="x", work_ids=[]) == []
