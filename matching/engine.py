@@ -305,15 +305,19 @@ class Engine:
         return self._calibration.get()
 
     def analyse(self, data: bytes, *, name: str = "", owner_ids: list[int] | None = None,
-                embedding: npt.NDArray[np.float32] | None = None) -> list[Candidate]:
+                embedding: npt.NDArray[np.float32] | None = None,
+                work_ids: Sequence[int] | None = None) -> list[Candidate]:
         """Candidates for one upload, best first; ``match`` is the decision.
 
         ``embedding`` is the upload's CLIP vector when a GPU worker already
         computed it; otherwise it is computed here when the embedder is on.
+        ``work_ids`` restricts every signal's search to those works (the
+        back-scan of newly registered works, ``registry.backscan``): one such
+        analysis costs what a normal one does, whatever the registry's size.
         """
         img = decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE)
-        a = self.analyse_decoded(img, owner_ids=owner_ids)
-        a.clip = self.clip_candidates(img, owner_ids=owner_ids, embedding=embedding)
+        a = self.analyse_decoded(img, owner_ids=owner_ids, work_ids=work_ids)
+        a.clip = self.clip_candidates(img, owner_ids=owner_ids, embedding=embedding, work_ids=work_ids)
         return self.score(a, img)
 
     def analyse_batch(self, items: list[tuple[bytes, str]]) -> list[list[Candidate]]:
@@ -331,10 +335,23 @@ class Engine:
         return out
 
     def clip_candidates(self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
-                        embedding: npt.NDArray[np.float32] | None = None) -> dict[int, float]:
-        """Nearest works by CLIP cosine from the VectorIndex (empty when the embedder is off)."""
+                        embedding: npt.NDArray[np.float32] | None = None,
+                        work_ids: Sequence[int] | None = None) -> dict[int, float]:
+        """Nearest works by CLIP cosine from the VectorIndex (empty when the embedder is off).
+
+        The vector index filters by owner only: ``work_ids`` searches those
+        works' owners and keeps the hits on those works."""
         if self.vectors is None or self.vectors.embedder is None:
             return {}
+        if work_ids is not None:
+            wanted = set(work_ids)
+            owners = sorted({sw.owner_id for wid in wanted if (sw := self.index.work(wid)) is not None})
+            if owner_ids is not None:
+                owners = [o for o in owners if o in set(owner_ids)]
+            if not owners:
+                return {}
+            near = self.clip_candidates(img, owner_ids=owners, embedding=embedding)
+            return {wid: cos for wid, cos in near.items() if wid in wanted}
         if embedding is None and not self.defers_clip:
             found = self.vectors.candidates(img, owner_ids=owner_ids, limit=self.clip_top)
             return {wid: d["clip"] for wid, d in found.items() if "clip" in d}
@@ -348,7 +365,7 @@ class Engine:
 
     def analyse_decoded(
         self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
-        timings: dict[str, float] | None = None,
+        timings: dict[str, float] | None = None, work_ids: Sequence[int] | None = None,
     ) -> _Analysis:
         """Evidence for every candidate work; ``timings`` collects CPU seconds per stage."""
         clock = time.process_time
@@ -357,7 +374,7 @@ class Engine:
         h, w = rgb.shape[:2]
         q = extract_features(rgb, balanced=True)
         t1 = clock()
-        found = self.index.search(q, top=self.search_top, owner_ids=owner_ids)
+        found = self.index.search(q, top=self.search_top, owner_ids=owner_ids, work_ids=work_ids)
         t2 = clock()
         verifications: dict[int, Verification] = {}
         mirrored: dict[int, bool] = {}
@@ -392,7 +409,7 @@ class Engine:
             if agreement is not None:
                 dense[wid] = agreement
         t3 = clock()
-        pdq = self._pdq_search(rgb, owner_ids)
+        pdq = self._pdq_search(rgb, owner_ids, work_ids)
         if timings is not None:
             timings.update(features=t1 - t0, search=t2 - t1, verify=t3 - t2, pdq=clock() - t3)
         return _Analysis(verifications, pdq, w, h, img.scale, dense=dense)
@@ -467,7 +484,8 @@ class Engine:
                 out.append(c)
         return out
 
-    def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None) -> dict[int, int]:
+    def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None,
+                    work_ids: Sequence[int] | None = None) -> dict[int, int]:
         key = self.index.generation
         if key != self._pdq_key:
             pdq = PdqIndex()
@@ -481,7 +499,7 @@ class Engine:
         h, quality = _pdq_bits(rgb, dihedral=False)
         if quality < 50:
             return {}
-        return self._pdq.search(h[0], PDQ_RELEVANT, owner_ids)
+        return self._pdq.search(h[0], PDQ_RELEVANT, owner_ids, work_ids)
 
 
 def _overlap(a: list[list[float]], b: list[list[float]] | None) -> float:

@@ -233,8 +233,12 @@ class PostingsIndex:
 
     def search(
         self, q: LocalFeatures, *, top: int = 24, owner_ids: Sequence[int] | None = None,
+        work_ids: Sequence[int] | None = None,
     ) -> list[Correspondences]:
-        """Best-voted (work, mirror) images with their tentative correspondences."""
+        """Best-voted (work, mirror) images with their tentative correspondences.
+
+        ``work_ids`` restricts the search to those works (a back-scan of newly
+        registered works): the same postings walk, with the others' images masked."""
         if self.vocab is None or not len(q):
             return []
         self._compact()
@@ -247,6 +251,9 @@ class PostingsIndex:
         alive = self._alive
         if owner_ids is not None:
             alive = alive & np.isin(self._owner, np.asarray(list(owner_ids), np.int32))
+        if work_ids is not None:
+            img_work = np.fromiter((i.work_id for i in self._images), np.int64, len(self._images))
+            alive = alive & np.isin(img_work, np.asarray(list(work_ids), np.int64))
         parts_q: list[I32] = []
         parts_h: list[npt.NDArray[np.uint8]] = []
         parts_i: list[I32] = []

@@ -385,8 +385,9 @@ class LocalIndex(PostingsIndex):
 
     def search(
         self, q: LocalFeatures, *, top: int = 24, owner_ids: Sequence[int] | None = None,
+        work_ids: Sequence[int] | None = None,
     ) -> list[Correspondences]:
         """Best-voted (work, mirror) images with their tentative correspondences
         (after applying the feed)."""
         self.refresh()
-        return super().search(q, top=top, owner_ids=owner_ids)
+        return super().search(q, top=top, owner_ids=owner_ids, work_ids=work_ids)

@@ -34,12 +34,11 @@ if TYPE_CHECKING:
     from matching.store import FeatureStore
     from storage.documents import DocumentStore
 
-__all__ = ["Services", "queue_embedding"]
+__all__ = ["Services", "queue_embedding", "queue_task"]
 
 
-def queue_embedding(settings: Settings | None, work_id: int) -> None:
-    """Queue ``work_id``'s CLIP embedding on the GPU stage (``artwatch.embed_work``,
-    routed like every task by ``[workers.routes]``).
+def queue_task(settings: Settings | None, name: str, *args: object) -> None:
+    """Send task ``name`` (routed like every task by ``[workers.routes]``).
 
     With ``settings`` the task app is configured for them first, unless it is
     already (a command line process); without, it is the app as this process
@@ -49,7 +48,13 @@ def queue_embedding(settings: Settings | None, work_id: int) -> None:
 
     if settings is not None and app.conf.get("artwatch_settings") is not settings:
         configure(settings)
-    app.send_task("artwatch.embed_work", args=[work_id])
+    app.send_task(name, args=list(args))
+
+
+def queue_embedding(settings: Settings | None, work_id: int) -> None:
+    """Queue ``work_id``'s CLIP embedding on the GPU stage (``artwatch.embed_work``,
+    routed like every task by ``[workers.routes]``; see :func:`queue_task`)."""
+    queue_task(settings, "artwatch.embed_work", work_id)
 
 
 @dataclass(eq=False)

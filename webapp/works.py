@@ -30,6 +30,7 @@ from webapp.errors import InvalidInput, PayloadTooLarge, UnsupportedImage
 __all__ = [
     "WorkForm",
     "check_image",
+    "edit",
     "parse_licensed",
     "register",
     "remove",
@@ -89,9 +90,14 @@ def check_image(data: bytes, filename: str) -> str:
 
 
 def register(
-    ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str, form: WorkForm
+    ctx: WebContext, session: Session, owner_id: int, data: bytes, filename: str, form: WorkForm,
+    *, backscan: bool = True,
 ) -> Work:
-    """Register one work for the owner; a bad image raises UnsupportedImage with the reason."""
+    """Register one work for the owner; a bad image raises UnsupportedImage with the reason.
+
+    ``backscan`` also starts the check of the uploads already stored
+    (:func:`registry.backscan.start_backscan`, queued once the session commits);
+    an import passes False and starts one back-scan for all its works at the end."""
     from registry.service import PipelineError, register_work
 
     check_image(data, filename)
@@ -102,7 +108,7 @@ def register(
         ImageError = ValueError  # type: ignore[misc,assignment]
     try:
         with ctx.engine_lock:
-            return register_work(
+            work = register_work(
                 session,
                 ctx.blobs,
                 ctx.engine,
@@ -118,6 +124,45 @@ def register(
         raise UnsupportedImage(str(exc)) from None
     except PipelineError as exc:
         raise InvalidInput(str(exc)) from None
+    if backscan:
+        from registry.backscan import start_backscan
+
+        start_backscan(session, ctx.settings, owner_id, [work.id])
+    return work
+
+
+def edit(ctx: WebContext, session: Session, work: Work, form: WorkForm, actor: str) -> dict[str, Any]:
+    """Change a work's title, kind and licensed sites; returns what changed (also in the audit trail).
+
+    A new kind is written to the matching index too (the work is registered
+    again from its stored image: the index keeps the kind with the work's
+    features). Matches already found keep their status; the new licensed
+    sites apply to matches found from now on."""
+    from storage.models import AuditEvent
+
+    form = form.validated(work.filename)
+    changes: dict[str, Any] = {}
+    if form.title != work.title:
+        changes["title"] = [work.title, form.title]
+    if form.kind != work.kind.value:
+        changes["kind"] = [work.kind.value, form.kind]
+    if list(form.licensed_sites) != list(work.licensed_sites or []):
+        changes["licensed_sites"] = [list(work.licensed_sites or []), list(form.licensed_sites)]
+    if not changes:
+        return changes
+    work.title = form.title
+    work.licensed_sites = list(form.licensed_sites)
+    if "kind" in changes:
+        from matching import WorkRef
+
+        work.kind = WorkKind(form.kind)
+        with ctx.engine_lock:
+            ctx.engine.register(WorkRef(work.id, work.owner_id, form.kind), ctx.blobs.get(work.blob_sha256),
+                                name=work.filename)
+    session.add(AuditEvent(actor=actor[:320], action="work_edited", entity="work", entity_id=work.id,
+                           detail=changes))
+    session.flush()
+    return changes
 
 
 def remove(ctx: WebContext, session: Session, work: Work) -> None:
@@ -212,6 +257,7 @@ def _run_import(
     licensed_sites: tuple[str, ...],
 ) -> None:
     errors: list[Any] = []
+    registered: list[int] = []
     try:
         with session_scope(ctx.sessions) as s:
             job = s.get(WebJob, job_id)
@@ -222,9 +268,10 @@ def _run_import(
                 data = path.read_bytes()
                 path.unlink()
                 with session_scope(ctx.sessions) as s:
-                    register(
-                        ctx, s, owner_id, data, filename, WorkForm("", kind, "", licensed_sites)
+                    work = register(
+                        ctx, s, owner_id, data, filename, WorkForm("", kind, "", licensed_sites), backscan=False
                     )
+                    registered.append(work.id)
             except Exception as exc:  # noqa: BLE001 - reported per file, the import goes on
                 detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
                 errors.append({"file": filename, "error": detail})
@@ -235,6 +282,13 @@ def _run_import(
                 job.done = index
                 job.errors = list(errors)
         final = "done"
+        if registered:
+            # One back-scan for the whole import: each stored upload is decoded
+            # and searched once, restricted to all the new works together.
+            from registry.backscan import start_backscan
+
+            with session_scope(ctx.sessions) as s:
+                start_backscan(s, ctx.settings, owner_id, registered)
     except Exception:
         log.exception("import job %s failed", job_id)
         final = "failed"

@@ -241,10 +241,43 @@ def works_add(obj: CliContext, image: Path, owner: str, create_owner: bool, titl
         work = register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data, filename=image.name,
                              title=title, kind=kind, registration_number=registration,
                              licensed_sites=licensed, external_id=external_id)
+        from registry.backscan import start_backscan
+
+        job = start_backscan(s, obj.settings, acct.id, [work.id])
         click.echo(f"registered work {work.id} ({work.kind.value}) '{work.title}' for {acct.email}")
+        if job is not None:
+            click.echo(f"back-scan of {job.total} stored uploads queued (job {job.id})")
         if created:
             click.echo(f"created owner {acct.email}; notices for them stay blocked until `artwatch owners set` "
                        "gives their legal name, address and phone", err=True)
+
+
+@works.command("backscan")
+@click.argument("work_id", type=int)
+@click.pass_obj
+def works_backscan(obj: CliContext, work_id: int) -> None:
+    """Check the uploads already stored against one work (queued for the workers).
+
+    Registering queues this by itself; run it to resume a back-scan whose
+    message was lost (it goes on from where it stopped) or to check again."""
+    from registry.backscan import jobs_for_work, queue_batch, start_backscan
+    from registry.service import PipelineError
+
+    with session_scope(obj.sessions) as s:
+        work = s.get(Work, work_id)
+        if work is None:
+            raise PipelineError(f"no work with id {work_id}")
+        open_jobs = [p for p in jobs_for_work(s, work) if p.state in ("queued", "running")]
+        if open_jobs:
+            p = open_jobs[0]
+            queue_batch(obj.settings, p.job_id)
+            click.echo(f"back-scan job {p.job_id} queued again: checked {p.done:,} of {p.total:,}, found {p.found:,}")
+            return
+        job = start_backscan(s, obj.settings, work.owner_id, [work.id])
+        if job is None:
+            click.echo("no stored uploads to check")
+        else:
+            click.echo(f"back-scan of {job.total:,} stored uploads queued (job {job.id})")
 
 
 @works.command("import")
@@ -267,6 +300,7 @@ def works_import(obj: CliContext, manifest: Path) -> None:
         raise PipelineError(f"{manifest}: cannot read: {exc.strerror}") from None
     base = manifest.parent
     ok = failed = 0
+    new_works: dict[int, list[int]] = {}  # owner id -> works registered now
     from workers.maintenance import DeferredMaintenance, queues_maintenance
 
     # With a worker to take it, maintenance that falls due is queued (once);
@@ -287,11 +321,12 @@ def works_import(obj: CliContext, manifest: Path) -> None:
                 with session_scope(obj.sessions) as s:
                     owner = str(rec.get("owner") or "default")
                     acct = ensure_owner(s, external_id=owner, email=rec.get("owner_email"))
-                    register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data,
+                    work = register_work(s, obj.blobs, obj.matcher, owner_id=acct.id, data=data,
                                   filename=Path(str(rec["file"])).name, title=str(rec.get("title", "")),
                                   kind=str(rec.get("kind", "artwork")),
                                   licensed_sites=rec.get("licensed_sites", []),
                                   external_id=str(rec["id"]) if "id" in rec else None)
+                    new_works.setdefault(acct.id, []).append(work.id)
                 ok += 1
             except (json.JSONDecodeError, PipelineError, ImageError, BlobStoreError) as exc:
                 failed += 1
@@ -303,6 +338,17 @@ def works_import(obj: CliContext, manifest: Path) -> None:
         # also writes its snapshot, so the next process starts from it).
         click.echo(f"training the matching index on the registry ({ok} new works)", err=True)
         obj.matcher.retrain()
+    if new_works:
+        # One back-scan per owner for the whole import (not one per work): each
+        # stored upload is decoded and searched once, against all the new works.
+        from registry.backscan import start_backscan
+
+        with session_scope(obj.sessions) as s:
+            jobs = [start_backscan(s, obj.settings, owner_id, ids) for owner_id, ids in new_works.items()]
+            n = sum(1 for j in jobs if j is not None)
+        if n:
+            click.echo(f"back-scan of the stored uploads queued ({n} job{'s' if n > 1 else ''}, one per owner)",
+                       err=True)
     click.echo(f"imported {ok} works, {failed} failed")
     if failed:
         sys.exit(1)

@@ -34,6 +34,7 @@ from workers.runtime import get_runtime
 
 __all__ = [
     "analyse_upload",
+    "backscan",
     "configured_app",
     "crawl_due_sources",
     "crawl_source",
@@ -449,6 +450,30 @@ def analyse_upload(upload_id: int, embedding: dict[str, Any] | None = None, requ
     for match_id in result.new_match_ids:
         draft_notice.delay(match_id)
         notify_owner.delay(match_id)
+    return len(result.new_match_ids)
+
+
+@app.task(name="artwatch.backscan", **_RETRY)
+def backscan(job_id: int) -> int:
+    """Check one batch of stored uploads against newly registered works
+    (``registry.backscan``), queue drafts and alerts for what it found, then
+    the next batch. The cursor lives in the job row, so a redelivered message
+    re-checks the same batch and creates no second match."""
+    from registry.backscan import run_batch
+
+    rt = get_runtime()
+    with session_scope(rt.sessions) as s:
+        result = run_batch(s, rt.blobs, rt.matcher, job_id)
+    if result is None:
+        return 0
+    metrics.MATCHES.inc(len(result.new_match_ids))
+    for match_id in result.new_match_ids:
+        draft_notice.delay(match_id)
+        notify_owner.delay(match_id)
+    if result.more:
+        backscan.delay(job_id)
+    log.info("back-scan job %s: %d new matches%s", job_id, len(result.new_match_ids),
+             ", next batch queued" if result.more else ", done")
     return len(result.new_match_ids)
 
 

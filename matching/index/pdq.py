@@ -62,7 +62,8 @@ class PdqIndex:
             self._pending.clear()
 
     def search(
-        self, query: U8, max_distance: int = 31, owner_ids: Sequence[int] | None = None
+        self, query: U8, max_distance: int = 31, owner_ids: Sequence[int] | None = None,
+        work_ids: Sequence[int] | None = None,
     ) -> dict[int, int]:
         """Smallest distance per work, for works with a hash within ``max_distance`` bits."""
         self._compact()
@@ -76,6 +77,8 @@ class PdqIndex:
         ok = d <= max_distance
         if owner_ids is not None:
             ok &= np.isin(self._owner, np.asarray(list(owner_ids), np.int64))
+        if work_ids is not None:
+            ok &= np.isin(self._work, np.asarray(list(work_ids), np.int64))
         idx = np.flatnonzero(ok)
         if not idx.size:
             return {}

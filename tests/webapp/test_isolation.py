@@ -61,6 +61,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/works/{work_id}"): "owned",
     ("GET", "/works/{work_id}/image"): "owned",
     ("POST", "/works/{work_id}/delete"): "owned",
+    ("GET", "/works/{work_id}/edit"): "owned",
+    ("POST", "/works/{work_id}/edit"): "owned",
     ("GET", "/jobs/{job_id}"): "owned",
     ("GET", "/jobs/{job_id}/progress"): "owned",
     ("GET", "/matches/{match_id}"): "owned",
@@ -177,6 +179,8 @@ class Scene:
             files = {"file": ("probe.jpg", self.shot, "image/jpeg")}
         elif path.endswith("/reject"):
             data["reason"] = "probe"
+        elif path.startswith("/works/") and path.endswith("/edit"):
+            data.update(title=A_TITLE if who == "a" else "hijacked", kind="logo")
         elif path.endswith("/edit"):
             data.update(subject="hijacked", body_text="hijacked")
         elif path.endswith("/approve"):

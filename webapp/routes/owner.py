@@ -14,7 +14,7 @@ from notices.images import image_size, media_type, thumbnail_png
 from storage.blobs import BlobNotFound
 from storage.models import Account, Match, Role
 from webapp import evidence_text
-from webapp.access import visible_job, visible_match, visible_work
+from webapp.access import is_staff, visible_job, visible_match, visible_work
 from webapp.deps import (
     DB,
     csrf_protect,
@@ -27,7 +27,7 @@ from webapp.deps import (
 from webapp.errors import InvalidInput, NotFound, WebError
 from webapp.security import issue_api_token
 from webapp.triage import DECISIONS, summary
-from webapp.works import WorkForm, parse_licensed, register, remove, spool_uploads, start_import
+from webapp.works import WorkForm, edit, parse_licensed, register, remove, spool_uploads, start_import
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
 
@@ -195,7 +195,13 @@ def job_page(
     session: Session = DB,
 ) -> Response:
     job = visible_job(session, account, job_id)
-    return get_ctx(request).templates.TemplateResponse(request, "job.html", {"job": job})
+    return get_ctx(request).templates.TemplateResponse(request, "job.html", _job_context(job))
+
+
+def _job_context(job: Any) -> dict[str, Any]:
+    from registry.backscan import KIND, progress
+
+    return {"job": job, "scan": progress(job) if job.kind == KIND else None}
 
 
 @router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
@@ -206,7 +212,7 @@ def job_progress(
     session: Session = DB,
 ) -> Response:
     job = visible_job(session, account, job_id)
-    return get_ctx(request).templates.TemplateResponse(request, "_job_progress.html", {"job": job})
+    return get_ctx(request).templates.TemplateResponse(request, "_job_progress.html", _job_context(job))
 
 
 @router.get("/works/{work_id}", response_class=HTMLResponse)
@@ -214,14 +220,19 @@ def work_page(
     request: Request,
     work_id: int,
     created: int = 0,
+    updated: int = 0,
     account: Account = Depends(page_user),
     session: Session = DB,
 ) -> Response:
+    from registry.backscan import jobs_for_work
+    from storage.models import WebJob
     from webapp.listing import ListQuery, match_page
     from webapp.routes.lists import MATCH_FILTERS
 
     work = visible_work(session, account, work_id)
     page = match_page(session, account, ListQuery.parse(request.query_params, sort="score"), work_id=work.id)
+    scans = jobs_for_work(session, work, limit=20)
+    job = session.get(WebJob, scans[0].job_id) if scans else None
     return get_ctx(request).templates.TemplateResponse(
         request,
         "work.html",
@@ -231,12 +242,60 @@ def work_page(
             "page": page,
             "filters": {"status": [("", "all"), *MATCH_FILTERS["status"][2:]]},
             "created": bool(created),
+            "updated": bool(updated),
+            "job": job,
+            "scan": scans[0] if scans else None,
+            "can_edit": work.owner_id == account.id or is_staff(account),
             "decisions": DECISIONS,
             "triage": True,
             "back": f"/works/{work.id}" + (f"?{request.url.query}" if request.url.query else ""),
             "summary": summary(request.query_params),
         },
     )
+
+
+def _editable_work(session: Session, account: Account, work_id: int) -> Any:
+    work = visible_work(session, account, work_id)
+    if work.owner_id != account.id and not is_staff(account):
+        raise NotFound(f"no work with id {work_id}")
+    return work
+
+
+@router.get("/works/{work_id}/edit", response_class=HTMLResponse)
+def edit_work_page(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(page_user),
+    session: Session = DB,
+) -> Response:
+    work = _editable_work(session, account, work_id)
+    form = {"title": work.title, "kind": work.kind.value, "licensed_sites": "\n".join(work.licensed_sites or [])}
+    return get_ctx(request).templates.TemplateResponse(
+        request, "work_edit.html", {"work": work, "error": "", "form": form})
+
+
+@router.post("/works/{work_id}/edit")
+async def edit_work(
+    request: Request,
+    work_id: int,
+    account: Account = Depends(page_user),
+    session: Session = DB,
+    title: str = Form(""),
+    kind: str = Form(""),
+    licensed_sites: str = Form(""),
+) -> Response:
+    ctx = get_ctx(request)
+    work = _editable_work(session, account, work_id)
+    form = {"title": title, "kind": kind, "licensed_sites": licensed_sites}
+    try:
+        await run_heavy(ctx, edit, ctx, session, work,
+                        WorkForm(title, kind, work.registration_number, parse_licensed(licensed_sites)),
+                        account.email)
+    except WebError as exc:
+        session.rollback()
+        return ctx.templates.TemplateResponse(
+            request, "work_edit.html", {"work": work, "error": exc.detail, "form": form}, status_code=exc.status)
+    return RedirectResponse(f"/works/{work.id}?updated=1", status_code=303)
 
 
 @router.get("/works/{work_id}/image")
