@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from sqlalchemy import func, select
-    from registry.service import ensure_owner, register_work
 
     from config.settings import load_settings
     from matching import build_engine
     from registry.backscan import BATCH, progress, run_batch, start_backscan
+    from registry.service import ensure_owner, register_work
     from storage.blobs import build_blob_store
     from storage.db import make_engine, make_sessionmaker, session_scope
     from storage.models import Match, Upload, UploadStatus, WebJob

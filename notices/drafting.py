@@ -332,8 +332,8 @@ def draft_for_match(session: Session, match_id: int, settings: Settings | Notice
     existing = session.scalar(select(NoticeItem).where(NoticeItem.work_id == work.id, NoticeItem.url == url))
     if existing is not None:
         return existing.notice
-    if match.status != MatchStatus.NEW:  # a status its notice gave it (notices.workflow.follow_notice)
-        return None
+    if match.status not in (MatchStatus.NEW, MatchStatus.INFRINGING):
+        return None  # a status its notice gave it (notices.workflow.follow_notice)
 
     directory = host_directory(settings)
     entry = directory.lookup(upload.page_url or "") or directory.lookup(upload.image_url or "") \

@@ -223,12 +223,11 @@ def worker_health(settings: Any) -> dict[str, Any]:
     With Redis: a Celery ping with a one-second timeout and ``LLEN`` per queue;
     with the folder broker: the workers' heartbeat files and message files.
     Call it off the event loop (a sync route runs in the thread pool)."""
-    from workers.app import QUEUES
+    from workers.app import QUEUES, configure
     from workers.broker import check_broker, in_flight, queue_depths, worker_liveness
-    from workers.cli import _configured_app
 
     try:
-        app = _configured_app(settings)
+        app = configure(settings)
         # One bounded connection attempt first: the ping and LLENs below would
         # each retry against a broker that is down.
         check_broker(app, settings)

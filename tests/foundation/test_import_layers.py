@@ -16,19 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("config", "storage", "matching", "crawler", "notices", "registry", "webapp", "workers")
 
-#: Package cycles that are allowed, with the reason. The task queue (the Celery
-#: app ``workers.app``, ``workers.broker`` and the maintenance hook
-#: ``workers.maintenance``) shares the ``workers`` package with the tasks and
-#: the command line, which call the registry; the registry's composition root
-#: queues maintenance and embeddings through it. No *module* cycle crosses a
-#: package (test below), so the queue side can move to a package of its own.
-ALLOWED_PACKAGE_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"registry", "workers"}): "registry.root queues through workers.app / workers.maintenance",
-}
+#: Package cycles that are allowed, with the reason (none).
+ALLOWED_PACKAGE_CYCLES: dict[frozenset[str], str] = {}
 #: The command line and the one-command job: the top layer, which mounts every
 #: package's commands. It lives in ``workers`` for the ``artwatch =
 #: workers.cli:main`` entry point; for the package graph it is a layer of its own.
 CLI_LAYER = {"workers.cli", "workers.run", "workers.deadletters", "workers.__main__", "workers.demo"}
+#: The task queue: the Celery app, the broker checks and the maintenance hook.
+#: Any layer may queue work or ask about the queue (the composition root queues
+#: maintenance and embeddings, the dashboard reads queue lengths and queues
+#: "crawl now"); it imports only settings and the matcher's replica, never the
+#: tasks, the registry or the web app. It lives in ``workers`` beside the tasks;
+#: for the package graph it is a layer of its own.
+QUEUE_LAYER = {"workers.app", "workers.broker", "workers.maintenance"}
 #: The only modules in ``registry`` that may import ``workers``, and what they may import.
 REGISTRY_TO_WORKERS = {"registry.root": {"workers.app", "workers.maintenance"}}
 
@@ -99,7 +99,9 @@ def _top(module: str) -> str:
 
 
 def _layer(module: str) -> str:
-    return "cli" if module in CLI_LAYER else _top(module)
+    if module in CLI_LAYER:
+        return "cli"
+    return "queue" if module in QUEUE_LAYER else _top(module)
 
 
 def _sccs(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -164,6 +166,11 @@ def test_no_module_cycle_crosses_a_package() -> None:
         assert len({_top(m) for m in component}) == 1, sorted(component)
 
 
+def test_the_queue_layer_imports_no_tasks_registry_or_web_app() -> None:
+    for module in QUEUE_LAYER:
+        assert {_layer(t) for t in GRAPH[module]} <= {"config", "matching", "queue"}, (module, GRAPH[module])
+
+
 def test_registry_reaches_only_the_queue_side_of_workers() -> None:
     for module, targets in GRAPH.items():
         if _top(module) != "registry":
@@ -177,10 +184,11 @@ def test_registry_reaches_only_the_queue_side_of_workers() -> None:
 
 def test_workers_and_webapp_do_not_import_each_other() -> None:
     """The web app reaches the registry service through ``registry`` and the
-    maintenance hook through the composition root; the alerts the workers send
-    live in ``notices.alerts``. The one exception is the command line mounting
+    maintenance hook through the composition root, and asks the task queue
+    (:data:`QUEUE_LAYER`) only about queue lengths and live workers; the alerts
+    the workers send live in ``notices.alerts``. The one exception is the command line mounting
     the ``web`` and ``users`` commands by name (``workers.cli._LAZY``)."""
-    assert _edges("webapp", "workers") == []
+    assert {e.split(" -> ")[1] for e in _edges("webapp", "workers")} <= QUEUE_LAYER
     assert _edges("workers", "webapp") == ["workers.cli -> webapp.cli"]
 
 

@@ -57,10 +57,10 @@ def crawl_now(request: Request, source_id: int, account: Account = STAFF, sessio
         raise NotFound("no such source")
     settings = get_ctx(request).settings
     try:
+        from workers.app import configure
         from workers.broker import check_broker
-        from workers.cli import _configured_app
 
-        app = _configured_app(settings)
+        app = configure(settings)
         check_broker(app, settings)  # one bounded attempt, not the publisher's retries
         app.send_task("artwatch.crawl_source", args=[source.id], retry=False)
     except Exception as exc:  # noqa: BLE001 - the broker's error is shown to the person who asked
