@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,21 +34,54 @@ if TYPE_CHECKING:
     from matching.store import FeatureStore
     from storage.documents import DocumentStore
 
-__all__ = ["Services", "queue_embedding", "queue_task"]
+__all__ = ["Services", "queue_embedding", "queue_health", "queue_task"]
 
 
-def queue_task(settings: Settings | None, name: str, *args: object) -> None:
+def queue_task(settings: Settings | None, name: str, *args: object, bounded: bool = False) -> None:
     """Send task ``name`` (routed like every task by ``[workers.routes]``).
 
     With ``settings`` the task app is configured for them first, unless it is
     already (a command line process); without, it is the app as this process
-    configured it.
+    configured it. ``bounded`` (a person waiting on a page): one short
+    connection attempt first and no publisher retries, so a broker that is
+    down raises at once instead of after a minute.
     """
     from workers.app import app, configure
 
     if settings is not None and app.conf.get("artwatch_settings") is not settings:
         configure(settings)
+    if bounded:
+        from workers.broker import check_broker
+
+        check_broker(app, settings if settings is not None else app.conf["artwatch_settings"])
+        app.send_task(name, args=list(args), retry=False)
+        return
     app.send_task(name, args=list(args))
+
+
+def queue_health(settings: Settings) -> dict[str, Any]:
+    """Live workers and queue lengths, from the same checks as ``artwatch status``.
+
+    With Redis: a Celery ping with a one-second timeout and ``LLEN`` per queue;
+    with the folder broker: the workers' heartbeat files and message files. A
+    broker that is down is reported (``error``), not raised.
+    """
+    from workers.app import QUEUES, configure
+    from workers.broker import check_broker, in_flight, queue_depths, worker_liveness
+
+    broker = "embedded (folder)" if settings.embedded_broker else "redis"
+    try:
+        app = configure(settings)
+        # One bounded connection attempt first: the ping and LLENs below would
+        # each retry against a broker that is down.
+        check_broker(app, settings)
+        workers = worker_liveness(app, settings)
+        queues = queue_depths(app, settings)
+        unacked = in_flight(app, settings)
+    except Exception as exc:  # noqa: BLE001 - the caller shows the broker's trouble, it does not fail
+        return {"error": str(exc), "workers": [], "queues": {q: None for q in QUEUES}, "in_flight": None,
+                "broker": broker}
+    return {"error": "", "workers": workers, "queues": queues, "in_flight": unacked, "broker": broker}
 
 
 def queue_embedding(settings: Settings | None, work_id: int) -> None:

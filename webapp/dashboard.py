@@ -218,29 +218,9 @@ def hbar_chart_svg(title: str, rows: list[tuple[str, int]]) -> Markup:
 
 
 def worker_health(settings: Any) -> dict[str, Any]:
-    """Live workers and queue lengths, from the same checks as ``artwatch status``.
+    """Live workers and queue lengths (:func:`registry.root.queue_health`, the same
+    checks as ``artwatch status``). Call it off the event loop (a sync route runs
+    in the thread pool)."""
+    from registry.root import queue_health
 
-    With Redis: a Celery ping with a one-second timeout and ``LLEN`` per queue;
-    with the folder broker: the workers' heartbeat files and message files.
-    Call it off the event loop (a sync route runs in the thread pool)."""
-    from workers.app import QUEUES, configure
-    from workers.broker import check_broker, in_flight, queue_depths, worker_liveness
-
-    try:
-        app = configure(settings)
-        # One bounded connection attempt first: the ping and LLENs below would
-        # each retry against a broker that is down.
-        check_broker(app, settings)
-        workers = worker_liveness(app, settings)
-        queues = queue_depths(app, settings)
-        unacked = in_flight(app, settings)
-    except Exception as exc:  # noqa: BLE001 - the dashboard reports the broker's trouble, it does not fail
-        return {"error": str(exc), "workers": [], "queues": {q: None for q in QUEUES}, "in_flight": None,
-                "broker": "embedded" if settings.embedded_broker else "redis"}
-    return {
-        "error": "",
-        "workers": workers,
-        "queues": queues,
-        "in_flight": unacked,
-        "broker": "embedded (folder)" if settings.embedded_broker else "redis",
-    }
+    return queue_health(settings)

@@ -57,12 +57,10 @@ def crawl_now(request: Request, source_id: int, account: Account = STAFF, sessio
         raise NotFound("no such source")
     settings = get_ctx(request).settings
     try:
-        from workers.app import configure
-        from workers.broker import check_broker
+        from registry.root import queue_task
 
-        app = configure(settings)
-        check_broker(app, settings)  # one bounded attempt, not the publisher's retries
-        app.send_task("artwatch.crawl_source", args=[source.id], retry=False)
+        # One bounded attempt at the broker, not the publisher's retries.
+        queue_task(settings, "artwatch.crawl_source", source.id, bounded=True)
     except Exception as exc:  # noqa: BLE001 - the broker's error is shown to the person who asked
         return _dashboard_page(request, account, session, failed=f"{source.name}: {type(exc).__name__}: {exc}",
                                status=503)
