@@ -31,6 +31,7 @@ from storage.models import (
     NoticeState,
     Source,
     Upload,
+    UploadStatus,
     Work,
     WorkKind,
 )
@@ -46,11 +47,12 @@ __all__ = [
     "notice_csv_rows",
     "notice_page",
     "source_page",
+    "upload_page",
     "work_page",
 ]
 
 PER_PAGE = (25, 50, 100)
-SORTS = ("score", "date")
+SORTS = ("score", "date", "stored")
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,29 @@ def source_page(session: Session, lq: ListQuery) -> Page:
     col: Any = Source.uploads_seen if lq.sort == "score" else Source.last_success_at
     order = [col.asc() if lq.order == "asc" else col.desc(), Source.name.asc()]
     return _page(session, base.order_by(*order), base.with_only_columns(Source.id), lq)
+
+
+UPLOAD_STATUSES = tuple(s.value for s in UploadStatus)
+
+
+def upload_page(session: Session, lq: ListQuery) -> Page:
+    """One page of stored uploads (staff only: uploads belong to no owner), as (upload, source name) rows.
+
+    ``status`` is an :class:`UploadStatus` value, ``site`` the host or a parent domain, ``q`` searches the
+    page, image and canonical URLs; sorted by capture date (``date``) or by when the row was stored (``stored``).
+    Deleted uploads (``deleted_at`` set) are left out.
+    """
+    where: list[ColumnElement[bool]] = [Upload.deleted_at.is_(None)]
+    if lq.status in UPLOAD_STATUSES:
+        where.append(Upload.status == UploadStatus(lq.status))
+    if lq.site:
+        where.append(_host_is(Upload.host, lq.site))
+    if lq.q:
+        where.append(_search(lq.q, Upload.page_url, Upload.image_url, Upload.canonical_url))
+    base: Any = select(Upload, Source.name).outerjoin(Source, Source.id == Upload.source_id).where(*where)
+    col: Any = func.coalesce(Upload.fetched_at, Upload.created_at) if lq.sort != "stored" else Upload.created_at
+    order = [col.asc() if lq.order == "asc" else col.desc(), Upload.id.asc() if lq.order == "asc" else Upload.id.desc()]
+    return _page(session, base.order_by(*order), select(Upload.id).where(*where), lq)
 
 
 # ---- CSV -----------------------------------------------------------------------------

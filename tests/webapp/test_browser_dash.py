@@ -126,7 +126,7 @@ def _logout(page: Any) -> None:
     page.context.clear_cookies()
 
 
-AXE_PAGES = {"/login", "/dashboard", "/review", "/works"}
+AXE_PAGES = {"/login", "/dashboard", "/review", "/works", "/uploads"}
 
 
 def test_pages_fit_390_px_and_pass_axe(world: World, page: Any, axe_script: Path, artifacts: Path) -> None:
@@ -135,7 +135,7 @@ def test_pages_fit_390_px_and_pass_axe(world: World, page: Any, axe_script: Path
         "ann@example.com": ["/dashboard", "/works", f"/works/{ids['work']}", "/works/new", "/works/import",
                             "/matches", f"/matches/{ids['match']}", "/notices", f"/notices/{ids['notice']}",
                             "/profile", "/works/99999"],
-        "rev@example.com": ["/dashboard", "/review", "/notices", f"/notices/{ids['notice']}", "/matches"],
+        "rev@example.com": ["/dashboard", "/review", "/notices", f"/notices/{ids['notice']}", "/matches", "/uploads"],
         "root@example.com": ["/dashboard", "/admin/sources", "/admin/users", "/admin/hosts"],
     }
     too_wide: list[str] = []

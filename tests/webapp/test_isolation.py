@@ -86,6 +86,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/matches/{match_id}"): "owned",
     ("GET", "/api/v1/notices/{notice_id}"): "owned",
     ("GET", "/review"): "staff",
+    ("GET", "/uploads"): "staff",
+    ("GET", "/uploads/{upload_id}/image"): "staff",
     ("GET", "/admin/sources"): "staff",
     ("POST", "/admin/sources"): "staff",
     ("POST", "/admin/sources/{source_id}/toggle"): "staff",
@@ -131,6 +133,10 @@ class Scene:
             s.commit()
             self.ids["job_id"], self.ids["source_id"] = job.id, src.id
         self.ids["user_id"] = self.a
+        with world.sessions() as s:
+            upload_id = s.scalar(select(Match.upload_id).where(Match.id == self.ids["match_id"]))
+            assert upload_id is not None
+            self.ids["upload_id"] = upload_id
         self.b_web = world.client("bob@example.com")
         self.b_csrf = csrf_from(self.b_web.get("/profile").text)
         self.b_api = world.api("bob@example.com")
@@ -145,7 +151,7 @@ class Scene:
         return path.format(
             **{
                 k: ids[k]
-                for k in ("work_id", "match_id", "notice_id", "job_id", "source_id", "user_id")
+                for k in ("work_id", "match_id", "notice_id", "job_id", "source_id", "user_id", "upload_id")
                 if "{" + k + "}" in path
             }
         )

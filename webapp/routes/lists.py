@@ -1,4 +1,4 @@
-"""List pages (matches, notices, works), their CSV exports, and match triage.
+"""List pages (matches, notices, works, uploads), their CSV exports, and match triage.
 
 Every list reads a :class:`webapp.listing.ListQuery` from the query string and
 shows one page of rows fetched in SQL. Triage forms post one decision for one
@@ -15,13 +15,17 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from storage.models import Account, MatchStatus, NoticeState, WorkKind
+from storage.models import Account, MatchStatus, NoticeState, Role, Upload, UploadStatus, WorkKind
 from webapp import listing, triage
 from webapp.access import visible_match
-from webapp.deps import DB, csrf_protect, get_ctx, page_user
+from webapp.deps import DB, csrf_protect, get_ctx, page_user, require_page_role
+from webapp.errors import NotFound
 from webapp.listing import ListQuery
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_protect)])
+
+#: Uploads belong to no owner (one crawled image may match several owners' works): staff only.
+STAFF = require_page_role(Role.REVIEWER, Role.ADMIN)
 
 MATCH_FILTERS = {
     "status": [("", "needs a look"), ("all", "all"), *((s.value, s.value) for s in MatchStatus)],
@@ -31,6 +35,7 @@ NOTICE_FILTERS = {
     "status": [("", "any state"), *((s.value, s.value.replace("_", " ")) for s in NoticeState)],
     "kind": [("", "any law"), ("dmca", "dmca"), ("dsa", "dsa"), ("trademark", "trademark")],
 }
+UPLOAD_FILTERS = {"status": [("", "any status"), *((s.value, s.value) for s in UploadStatus)]}
 WORK_FILTERS = {"kind": [("", "any kind"), *((k.value, k.value) for k in WorkKind)]}
 
 
@@ -109,6 +114,27 @@ def works_page(request: Request, account: Account = Depends(page_user), session:
     return get_ctx(request).templates.TemplateResponse(
         request, "works.html", {"page": page, "rows": page.rows, "filters": WORK_FILTERS}
     )
+
+
+@router.get("/uploads", response_class=HTMLResponse)
+def uploads_page(request: Request, account: Account = STAFF, session: Session = DB) -> Response:
+    lq = ListQuery.parse(request.query_params, sort="date")
+    page = listing.upload_page(session, lq)
+    return get_ctx(request).templates.TemplateResponse(
+        request, "uploads.html", {"page": page, "rows": page.rows, "filters": UPLOAD_FILTERS}
+    )
+
+
+@router.get("/uploads/{upload_id}/image")
+def upload_image(
+    request: Request, upload_id: int, thumb: int = 0, account: Account = STAFF, session: Session = DB
+) -> Response:
+    from webapp.routes.owner import blob_response
+
+    upload = session.get(Upload, upload_id)
+    if upload is None:
+        raise NotFound(f"no upload with id {upload_id}")
+    return blob_response(get_ctx(request), upload.blob_sha256, thumb=bool(thumb))
 
 
 def _back(next_url: str, default: str) -> str:
