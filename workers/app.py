@@ -145,9 +145,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def configure(settings: Settings) -> Celery:
     conf = celery_config(settings)
-    if app.conf.get("broker_url") != conf["broker_url"] and app._pool is not None:
+    moved = (app.conf.get("broker_url") != conf["broker_url"]
+             or app.conf.get("broker_transport_options") != conf.get("broker_transport_options"))
+    if moved and app._pool is not None:
         # Reconfigured for another broker in the same process (tests, the
-        # embedded run): drop connections and producers bound to the old one.
+        # embedded run; two folder brokers differ only in their transport
+        # options' folders): drop connections and producers bound to the old one.
         # kombu also caches producer pools per connection, process-wide.
         from kombu import pools
 

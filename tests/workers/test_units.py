@@ -138,3 +138,22 @@ def test_batched_clip_on_cpu_matches_single_image_forward() -> None:
         t.join()
     assert len(out) == 3 and clip.batcher.stats.batches == 1  # three threads, one forward pass
     clip.close()
+
+
+def test_reconfiguring_for_another_folder_broker_sends_there(tmp_path: Path) -> None:
+    """Two folder brokers share a URL and differ only in their folders: the second
+    configuration must not keep publishing into the first one's folder."""
+    from config.settings import load_settings
+    from workers.app import configure
+    from workers.broker import queue_depths
+
+    first = load_settings(data_dir=tmp_path / "a")
+    second = load_settings(data_dir=tmp_path / "b")
+    for s in (first, second):
+        s.data_dir.mkdir(parents=True)
+    app = configure(first)
+    app.send_task("artwatch.crawl_source", args=[1])
+    app = configure(second)
+    app.send_task("artwatch.crawl_source", args=[2])
+    assert queue_depths(app, second)["crawl"] == 1
+    assert queue_depths(app, first)["crawl"] == 1
