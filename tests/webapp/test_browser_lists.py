@@ -41,7 +41,11 @@ def test_owner_triages_matches_in_bulk_and_one_at_a_time(
     _login(page, "ann@example.com")
     page.goto("/matches")
     assert page.locator("table.matches tbody tr").count() == 3
-    assert page.locator("table.matches img.thumb").first.evaluate("img => img.naturalWidth") > 0
+    # Thumbnails load lazily: bring the first into view and wait until it has decoded.
+    thumb = page.locator("table.matches img.thumb").first
+    thumb.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle(),
+                           timeout=15_000)
     _no_sideways_scroll(page)
     page.screenshot(path=str(artifacts / f"lists-matches-{width}.png"), full_page=True)
     # Bulk: check two rows, ignore them.
