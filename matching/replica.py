@@ -120,7 +120,12 @@ class LocalIndex(PostingsIndex):
 
     def _maybe_train(self) -> None:
         self.refresh()
-        if self.retrain_due() and not self._hand_off("retrain"):
+        if not self.retrain_due():
+            return
+        # The first vocabulary is trained here whatever the hook says: until one
+        # exists no work is searchable (a copy analysed meanwhile would be missed
+        # for good), and a vocabulary of the first work trains in a second or two.
+        if self.vocab is None or not self._hand_off("retrain"):
             self.retrain(wait=False)
 
     def _hand_off(self, job: MaintenanceJob) -> bool:

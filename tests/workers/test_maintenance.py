@@ -119,6 +119,21 @@ def test_a_registration_that_makes_a_retrain_due_returns_without_it_and_queues_o
     assert _queued(settings) == ["artwatch.retrain_vocabulary"]
 
 
+def test_the_first_vocabulary_is_trained_where_the_first_work_is_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    """Even with a worker to take retrains: until a vocabulary exists nothing is
+    searchable, so a copy analysed before the queued task ran would be missed."""
+    settings = _settings(tmp_path, monkeypatch, redis_server.url)
+    web = _web_engine(settings)
+    _register(settings, web, range(1, 2))
+    assert web.index.vocab is not None and 1 in web.index.work_ids
+    assert _queued(settings) == []
+    assert _vocab_lines(settings) == [f"vocab {web.index.vocab.version} 1"]
+    found = web.analyse(encode(textured(1), "JPEG"))
+    assert [c.work_id for c in found if c.match] == [1]
+
+
 def test_without_a_worker_to_take_it_the_folder_broker_retrains_inline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,12 +270,14 @@ def test_a_searching_process_queues_the_snapshot_and_the_task_writes_it(
     np.testing.assert_array_equal(got.pdq, want.pdq)
 
 
-def test_works_import_without_a_worker_trains_once_at_the_end_as_main_ended_up(
+def test_works_import_without_a_worker_trains_the_first_vocabulary_then_once_at_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The benchmark harness's path (no broker consumer): per-work retrains are
-    deferred to the import's one retrain, which main also ran last; the
-    vocabulary and the decisions come out the same."""
+    """The benchmark harness's path (no broker consumer): the first work trains
+    the first vocabulary (so works are searchable during the import), the
+    per-work retrains after it are deferred to the import's one retrain on
+    every work, which main also ran last; the vocabulary and the decisions come
+    out the same."""
     from click.testing import CliRunner
     from PIL import Image
 
@@ -278,7 +295,8 @@ def test_works_import_without_a_worker_trains_once_at_the_end_as_main_ended_up(
     res = runner.invoke(cli, ["works", "import", str(ds / "works.jsonl")], catch_exceptions=False)
     assert res.exit_code == 0 and "imported 5 works" in res.output, res.output
     lines = _vocab_lines(settings)
-    assert len(lines) == 1 and lines[0].endswith(" 5"), lines  # one retrain, on every work
+    # The first vocabulary (1 work), then one retrain on every work.
+    assert len(lines) == 2 and lines[0].endswith(" 1") and lines[1].endswith(" 5"), lines
     # main's path: a retrain at each threshold while registering, then the final one.
     old = Engine(tmp_path / "old")
     from matching.engine import WorkRef
