@@ -92,8 +92,8 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return _size_cached(data)
 
 
-def thumbnail_png(data: bytes, box: int = 240) -> bytes | None:
-    """A PNG no larger than box x box (white behind transparency), or None if unreadable."""
+def _rgba_frame(data: bytes, box: int) -> Image.Image | None:
+    """The image (an SVG rendered first) as RGBA, no larger than box x box; None if unreadable."""
     if sniff(data) == "svg":
         png = _svg_png(data, side=box)
         if png is None:
@@ -104,13 +104,21 @@ def thumbnail_png(data: bytes, box: int = 240) -> bytes | None:
             im.draft("RGB", (box, box))
             frame = im.convert("RGBA")
             frame.thumbnail((box, box))
-            flat = Image.new("RGB", frame.size, "white")
-            flat.paste(frame, mask=frame.getchannel("A"))
-            out = io.BytesIO()
-            flat.save(out, "PNG", optimize=True)
-            return out.getvalue()
+            return frame
     except Exception:  # noqa: BLE001 - a display helper never fails the page
         return None
+
+
+def thumbnail_png(data: bytes, box: int = 240) -> bytes | None:
+    """A PNG no larger than box x box (white behind transparency), or None if unreadable."""
+    frame = _rgba_frame(data, box)
+    if frame is None:
+        return None
+    flat = Image.new("RGB", frame.size, "white")
+    flat.paste(frame, mask=frame.getchannel("A"))
+    out = io.BytesIO()
+    flat.save(out, "PNG", optimize=True)
+    return out.getvalue()
 
 
 def rgba_pixels(data: bytes, box: int = 512) -> Any | None:
@@ -121,16 +129,5 @@ def rgba_pixels(data: bytes, box: int = 512) -> Any | None:
     """
     import numpy as np
 
-    if sniff(data) == "svg":
-        png = _svg_png(data, side=box)
-        if png is None:
-            return None
-        data = png
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (box, box))
-            frame = im.convert("RGBA")
-            frame.thumbnail((box, box))
-            return np.asarray(frame)
-    except Exception:  # noqa: BLE001 - a display helper never fails the page
-        return None
+    frame = _rgba_frame(data, box)
+    return None if frame is None else np.asarray(frame)
