@@ -31,7 +31,7 @@ class Inbox:
         return "250 OK"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -42,7 +42,7 @@ def inbox() -> Iterator[tuple[Inbox, int]]:
     from aiosmtpd.controller import Controller
 
     box = Inbox()
-    port = _free_port()
+    port = free_port()
     controller = Controller(box, hostname="127.0.0.1", port=port)
     controller.start()
     try:

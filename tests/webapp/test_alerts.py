@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import email
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from review_kit import Inbox, free_port
 from sqlalchemy import select
 from webapp_testkit import World, logo_png, make_settings, product_shot
 
@@ -21,37 +17,10 @@ from storage.models import Account, Match, MatchStatus
 from webapp import create_app
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.envelopes: list[tuple[list[str], EmailMessage]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = email.message_from_bytes(
-            envelope.original_content or envelope.content, policy=default_policy
-        )
-        assert isinstance(msg, EmailMessage)
-        self.envelopes.append((list(envelope.rcpt_tos), msg))
-        return "250 OK"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    from aiosmtpd.controller import Controller
-
-    inbox = Inbox()
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+def smtp(inbox: tuple[Inbox, int]) -> tuple[Inbox, int]:
+    """The real aiosmtpd server on 127.0.0.1 (``review_kit.inbox``), as these tests name it."""
+    return inbox
 
 
 @pytest.fixture
@@ -105,8 +74,8 @@ def test_instant_alert_goes_to_the_owner_with_thumbnails_and_links(
     mid = world.match(wid, shot, url="https://pics.example/p/1?<b>x</b>", region=region, score=0.91)
     with world.sessions() as s:
         assert send_instant_alert(s, world.blobs, world.settings, mid) is True
-    assert len(inbox.envelopes) == 1
-    rcpt, msg = inbox.envelopes[0]
+    assert len(inbox.messages) == 1
+    rcpt, msg = inbox.messages[0]
     assert rcpt == ["ann@example.com"] and msg["To"] == "ann@example.com"
     assert msg["From"] == "alerts@artwatch.test"
     assert "Acme mark" in msg["Subject"] and "pics.example" in msg["Subject"]
@@ -130,7 +99,7 @@ def test_instant_alert_goes_to_the_owner_with_thumbnails_and_links(
     with world.sessions() as s:
         assert send_instant_alert(s, world.blobs, world.settings, mid) is False
         assert s.get(Match, mid).alerted_at is not None  # type: ignore[union-attr]
-    assert len(inbox.envelopes) == 1
+    assert len(inbox.messages) == 1
 
     # The unsubscribe link works without logging in (one-click POST as well as the page).
     path = unsub.removeprefix("https://watch.example")
@@ -161,7 +130,7 @@ def test_instant_alerts_respect_the_owners_choice_and_licences(
         s.commit()
         for mid in (m_off, m_digest, m_licensed, 99999):
             assert send_instant_alert(s, world.blobs, world.settings, mid) is False
-    assert inbox.envelopes == []
+    assert inbox.messages == []
 
 
 def test_digest_merges_matches_per_owner_and_is_idempotent(
@@ -185,7 +154,7 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(
     now = datetime.now(UTC) + timedelta(seconds=1)
     with world.sessions() as s:
         assert send_digests(s, world.blobs, world.settings, now) == 2
-    by_rcpt = {rcpt[0]: msg for rcpt, msg in inbox.envelopes}
+    by_rcpt = {rcpt[0]: msg for rcpt, msg in inbox.messages}
     assert set(by_rcpt) == {"ann@example.com", "bob@example.com"}
     ann_msg = by_rcpt["ann@example.com"]
     assert "3 new matches of 2 works" in ann_msg["Subject"]
@@ -199,7 +168,7 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(
     with world.sessions() as s:
         assert send_digests(s, world.blobs, world.settings, now) == 0
         assert all(m.alerted_at is not None for m in s.scalars(select(Match)))
-    assert len(inbox.envelopes) == 2
+    assert len(inbox.messages) == 2
     # A later match waits for the next day's digest (beat calls this hourly), then goes alone.
     later = world.match(w2, shot, url="https://e.example/5")
     with world.sessions() as s:
@@ -207,9 +176,9 @@ def test_digest_merges_matches_per_owner_and_is_idempotent(
         tomorrow = digest_due_since(world.settings, now) + timedelta(days=1, minutes=1)
         assert send_digests(s, world.blobs, world.settings, tomorrow) == 1
         assert send_digests(s, world.blobs, world.settings, tomorrow + timedelta(hours=1)) == 0
-    assert len(inbox.envelopes) == 3
-    assert f"/matches/{later}" in _html(inbox.envelopes[-1][1])
-    assert "1 new match of 1 work" in inbox.envelopes[-1][1]["Subject"]
+    assert len(inbox.messages) == 3
+    assert f"/matches/{later}" in _html(inbox.messages[-1][1])
+    assert "1 new match of 1 work" in inbox.messages[-1][1]["Subject"]
 
 
 def test_digest_goes_out_from_the_configured_hour(world: World) -> None:
@@ -225,7 +194,7 @@ def test_a_failed_send_releases_the_claim_so_a_retry_sends(world: World) -> None
     from notices.errors import MailError
 
     world.settings = make_settings(
-        world.settings.data_dir, notices={"smtp_host": "127.0.0.1", "smtp_port": _free_port()}
+        world.settings.data_dir, notices={"smtp_host": "127.0.0.1", "smtp_port": free_port()}
     )
     owner = world.account("ann@example.com", alert_mode="instant")
     shot, _ = product_shot(logo_png(1))
@@ -255,7 +224,7 @@ def test_crlf_in_a_crawled_url_or_title_does_not_forge_lines_in_the_alert(
         upload.page_url = "https://pics.example/p/9\r\n\r\nEvidence: https://evil.test/login"
     with world.sessions() as s:
         assert send_instant_alert(s, world.blobs, world.settings, mid) is True
-    _, msg = inbox.envelopes[0]
+    _, msg = inbox.messages[0]
     text = _text(msg)
     lines = text.splitlines()
     assert not any(line.startswith("Evidence: https://evil.test") for line in lines), text
@@ -284,7 +253,7 @@ def test_svg_thumbnails_in_an_alert_read_no_file_from_the_server(
     mid = world.match(wid, file_image_svg(secret), url="https://pics.example/p/svg")
     with world.sessions() as s:
         assert send_instant_alert(s, world.blobs, world.settings, mid) is True
-    images = _inline_images(inbox.envelopes[0][1])
+    images = _inline_images(inbox.messages[0][1])
     assert len(images) == 2  # both thumbnails rendered, from the SVG's own content only
     for data in images.values():
         rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)

@@ -7,7 +7,6 @@ Screenshots go to test-artifacts/review-*.png.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from review_kit import Inbox, Pages
+from review_kit import Inbox, Pages, free_port
 from sqlalchemy import func, select
 from webapp_testkit import PASSWORD, World, logo_png, product_shot
 
@@ -28,17 +27,11 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def base_url(send_world: World) -> Iterator[str]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(send_world.app, host="127.0.0.1", port=port, log_level="warning",
                                         lifespan="off"))
     thread = threading.Thread(target=srv.run, name="uvicorn-review-test", daemon=True)
