@@ -7,16 +7,14 @@ Screenshots go to test-artifacts/review-*.png.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from review_kit import Inbox, Pages, free_port
+from review_kit import Inbox, Pages
 from sqlalchemy import func, select
-from webapp_testkit import PASSWORD, World, logo_png, product_shot
+from webapp_testkit import PASSWORD, World, logo_png, product_shot, serve
 
 from storage.models import AuditEvent, Match, MatchStatus, Notice, NoticeState, Role
 
@@ -29,23 +27,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 @pytest.fixture
 def base_url(send_world: World) -> Iterator[str]:
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(send_world.app, host="127.0.0.1", port=port, log_level="warning",
-                                        lifespan="off"))
-    thread = threading.Thread(target=srv.run, name="uvicorn-review-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serve(send_world.app) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 @pytest.fixture

@@ -10,40 +10,16 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
-from webapp_testkit import World, csrf_from, logo_png, make_settings
+from webapp_testkit import World, csrf_from, logo_png, make_settings, serve
 
 from storage.models import WebJob, Work
 from tests.hostile import deep_svg, turbulence_svg
 from webapp import create_app
-
-
-@contextmanager
-def serve(app: FastAPI) -> Iterator[tuple[str, int]]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/check", "/api/v1/works"])

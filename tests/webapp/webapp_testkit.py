@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -393,3 +396,26 @@ def wait_until_answering(url: str, proc: subprocess.Popen[str], timeout: float) 
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise
             time.sleep(0.2)
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[tuple[str, int]]:
+    """``app`` served by a real uvicorn server on a free 127.0.0.1 port, in a thread."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
