@@ -91,6 +91,11 @@ class MatchingSettings(_Section):
     use_embedder: bool = True
     device: str = "auto"
     batch_size: int = 32
+    #: Copy-detection descriptor (matching.signals.sscd): "sscd_distilled", "sscd", the path of
+    #: an .onnx file, or "" for none. Its input is resized to a short side of ``descriptor_side``.
+    descriptor: str = ""
+    descriptor_side: int = 288
+    descriptor_threads: int = 1
     threshold: float = 0.5
     #: malloc for engine processes (`artwatch worker`, `scan`'s pool): "jemalloc" keeps a
     #: large registry's heap from slowing everything else down (matching.allocator).
