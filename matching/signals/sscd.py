@@ -133,7 +133,7 @@ class SscdEmbedder(Embedder):
 
     def forward(self, prepared: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """One prepared image -> its unit vector."""
-        out = self._sess.run(None, {self._input: prepared})[0]
+        out = self._sess.run(None, {self._input: prepared[None]})[0]
         v = np.asarray(out, np.float32).reshape(-1)
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
