@@ -8,7 +8,10 @@ engine exactly as uploads are analysed, and fits:
 
 - a logistic model of P(copy | local evidence) on ``log1p(inliers)``,
   ``inlier ratio``, ``log(coverage + 0.01)`` and the dense edge agreement;
-- a logistic model of P(copy | PDQ distance).
+- a logistic model of P(copy | PDQ distance);
+- for each embedding that is on (CLIP, the copy-detection descriptor), a
+  logistic model of P(copy | best cosine) that alone reaches the target
+  precision at 0.5, or none when that embedding does not separate copies.
 
 Every (image, work) candidate pair is one example: a copy's pair with its
 own work is positive, every other pair negative. The decision threshold is
@@ -308,6 +311,7 @@ def calibrate(
     local_rows: list[tuple[list[float], int]] = []
     pdq_rows: list[tuple[float, int]] = []
     clip_rows: list[tuple[float, int]] = []
+    sscd_rows: list[tuple[float, int]] = []
     n_true = 0
     for x, truth in samples:
         buf = io.BytesIO()
@@ -327,6 +331,8 @@ def calibrate(
             pdq_rows.append((float(d), int(wid == truth)))
         for wid, cos in engine.clip_candidates(up).items():
             clip_rows.append((float(cos), int(wid == truth)))
+        for wid, (cos, _box) in engine.descriptor_candidates(up).items():
+            sscd_rows.append((float(cos), int(wid == truth)))
 
     base = engine.model
     local = base.local
@@ -348,8 +354,10 @@ def calibrate(
     # Shift the local bias so the chosen threshold reads 0.5.
     shift = math.log(threshold / (1.0 - threshold)) if 0.0 < threshold < 1.0 else 0.0
     local = (local[0] - shift, local[1], local[2], local[3], local[4])
-    clip = _fit_clip(clip_rows, target_precision, n_true)
-    model = ScoreModel(local=local, pdq=pdq, clip=clip, threshold=0.5, target_precision=target_precision)
+    clip = _fit_cosine(clip_rows, target_precision, n_true)
+    sscd = _fit_cosine(sscd_rows, target_precision, n_true) if engine.has_descriptor else base.sscd
+    model = ScoreModel(local=local, pdq=pdq, clip=clip, sscd=sscd, threshold=0.5,
+                       target_precision=target_precision)
     cal = Calibration(model, int(labels.sum()), int((labels == 0).sum()), recall, precision)
     if write:
         from storage.documents import CALIBRATION
@@ -361,12 +369,12 @@ def calibrate(
     return cal
 
 
-def _fit_clip(rows: list[tuple[float, int]], target: float, n_true: int) -> tuple[float, float] | None:
-    """A logistic model of CLIP cosine that alone reaches ``target`` precision at 0.5.
+def _fit_cosine(rows: list[tuple[float, int]], target: float, n_true: int) -> tuple[float, float] | None:
+    """A logistic model of an embedding's cosine that alone reaches ``target`` precision at 0.5.
 
-    None (CLIP never decides) when the embedding does not separate copies
-    from other works: no embedder, random weights, or a model that finds no
-    copy at that precision.
+    None (the embedding never decides) when it does not separate copies from
+    other works: no embedder, random weights, or a model that finds no copy at
+    that precision.
     """
     if not rows or len({y for _, y in rows}) < 2:
         return None

@@ -65,7 +65,7 @@ def _shared(ctx: click.Context) -> tuple[Any, Any]:
 
 
 def _without_embedder(settings: Settings) -> Settings:
-    matching = settings.matching.model_copy(update={"use_embedder": False})
+    matching = settings.matching.model_copy(update={"use_embedder": False, "descriptor": ""})
     return settings.model_copy(update={"matching": matching})
 
 
@@ -221,7 +221,8 @@ def _results(items: list[tuple[str, str]], settings: Settings, workers: int) -> 
               help='JSONL of uploads: {"id": ..., "file": path relative to the manifest}.')
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the predictions (JSONL, one line per candidate).")
-@click.option("--no-embedder", is_flag=True, help="Skip CLIP: match on the other signals only.")
+@click.option("--no-embedder", is_flag=True,
+              help="Skip CLIP and the copy-detection descriptor: match on local features and PDQ only.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Processes analysing uploads (one engine each).")
 @click.pass_context

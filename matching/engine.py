@@ -68,6 +68,8 @@ PDQ_RELEVANT = 64
 CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
+#: Built-in ``ScoreModel.sscd`` (see there).
+SSCD_DEFAULT: tuple[float, float] | None = (-30.0, 40.0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,11 @@ class ScoreModel:
     pdq: tuple[float, float] = (7.0, -0.25)
     #: ``[bias, cosine]``; None until calibration found CLIP informative.
     clip: tuple[float, float] | None = None
+    #: ``[bias, cosine]`` of the copy-detection descriptor's best view (whole
+    #: upload or a crop). Its weights ship with the package, so the built-in
+    #: model was fitted on the dev benchmark (docs/benchmarks.md);
+    #: ``artwatch calibrate`` refits it, and None turns the term off.
+    sscd: tuple[float, float] | None = SSCD_DEFAULT
     threshold: float = 0.5
     target_precision: float | None = None
 
@@ -130,12 +137,19 @@ class ScoreModel:
         b, a = self.clip
         return _sigmoid(b + a * cosine)
 
-    def combine(self, p_local: float, p_pdq: float, p_clip: float = 0.0) -> float:
-        return 1.0 - (1.0 - p_local) * (1.0 - p_pdq) * (1.0 - p_clip)
+    def sscd_prob(self, cosine: float | None) -> float:
+        if cosine is None or self.sscd is None:
+            return 0.0
+        b, a = self.sscd
+        return _sigmoid(b + a * cosine)
+
+    def combine(self, p_local: float, p_pdq: float, p_clip: float = 0.0, p_sscd: float = 0.0) -> float:
+        return 1.0 - (1.0 - p_local) * (1.0 - p_pdq) * (1.0 - p_clip) * (1.0 - p_sscd)
 
     def to_json(self) -> dict[str, Any]:
         return {"local": list(self.local), "pdq": list(self.pdq),
                 "clip": list(self.clip) if self.clip is not None else None,
+                "sscd": list(self.sscd) if self.sscd is not None else None,
                 "threshold": self.threshold, "target_precision": self.target_precision}
 
     @staticmethod
@@ -144,11 +158,14 @@ class ScoreModel:
         loc = d.get("local", base.local)
         pdq = d.get("pdq", base.pdq)
         clip = d.get("clip")
+        # Absent: written before the descriptor existed, so the built-in model applies.
+        sscd = d.get("sscd", base.sscd)
         loc = [*loc, 0.0] if len(loc) == 4 else loc  # written before the dense term existed
         return ScoreModel(
             local=(float(loc[0]), float(loc[1]), float(loc[2]), float(loc[3]), float(loc[4])),
             pdq=(float(pdq[0]), float(pdq[1])),
             clip=(float(clip[0]), float(clip[1])) if clip else None,
+            sscd=(float(sscd[0]), float(sscd[1])) if sscd else None,
             threshold=float(d.get("threshold", default_threshold)),
             target_precision=d.get("target_precision"),
         )
@@ -192,6 +209,8 @@ class _Analysis:
     scale: float
     #: work id -> best cosine similarity of the upload's CLIP embedding.
     clip: dict[int, float] = field(default_factory=dict)
+    #: work id -> (best descriptor cosine over the upload's views, that view's box).
+    sscd: dict[int, tuple[float, tuple[int, int, int, int]]] = field(default_factory=dict)
     #: work id -> edge agreement of the verified alignment (matching.dense).
     dense: dict[int, float] = field(default_factory=dict)
 
@@ -211,6 +230,8 @@ class Engine:
     #: CLIP named vectors in the VectorIndex; None when the embedder is off.
     vectors: WorkVectors | None = None
     clip_top: int = 10
+    #: Works the descriptor proposes per upload view.
+    descriptor_top: int = 10
     #: Where the index's due retrains and snapshots go (:attr:`LocalIndex.maintenance`);
     #: None runs them in this process, inside the call that made them due.
     maintenance: MaintenanceHook | None = None
@@ -254,6 +275,11 @@ class Engine:
         engine writes no CLIP vectors of works and wants uploads' embeddings handed in."""
         embedder = self.vectors.embedder if self.vectors is not None else None
         return embedder is not None and not getattr(embedder, "loads_model", True)
+
+    @property
+    def has_descriptor(self) -> bool:
+        """True when the copy-detection descriptor is on (``matching.descriptor``)."""
+        return self.vectors is not None and self.vectors.descriptor is not None
 
     def register(self, work: WorkRef, data: bytes, *, name: str = "") -> None:
         """Compute and persist every signal of ``work``; registering again replaces it.
@@ -318,6 +344,7 @@ class Engine:
         img = decode_image(data, name=name, max_side=UPLOAD_MAX_SIDE)
         a = self.analyse_decoded(img, owner_ids=owner_ids, work_ids=work_ids)
         a.clip = self.clip_candidates(img, owner_ids=owner_ids, embedding=embedding, work_ids=work_ids)
+        a.sscd = self.descriptor_candidates(img, owner_ids=owner_ids, work_ids=work_ids)
         return self.score(a, img)
 
     def analyse_batch(self, items: list[tuple[bytes, str]]) -> list[list[Candidate]]:
@@ -331,6 +358,7 @@ class Engine:
         for img, vec in zip(imgs, vecs, strict=True):
             a = self.analyse_decoded(img)
             a.clip = self.clip_candidates(img, embedding=vec)
+            a.sscd = self.descriptor_candidates(img)
             out.append(self.score(a, img))
         return out
 
@@ -362,6 +390,23 @@ class Engine:
                                              owner_ids=owner_ids):
             best[hit.work_id] = max(best.get(hit.work_id, -1.0), float(hit.score))
         return best
+
+    def descriptor_candidates(
+        self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None, work_ids: Sequence[int] | None = None,
+    ) -> dict[int, tuple[float, tuple[int, int, int, int]]]:
+        """Nearest works by the copy-detection descriptor over the upload's whole frame
+        and crops (empty when it is off); ``work_ids`` as in :meth:`clip_candidates`."""
+        if self.vectors is None or self.vectors.descriptor is None:
+            return {}
+        owners = owner_ids
+        wanted = set(work_ids) if work_ids is not None else None
+        if wanted is not None:
+            owners = sorted({sw.owner_id for wid in wanted if (sw := self.index.work(wid)) is not None
+                             and (owner_ids is None or sw.owner_id in set(owner_ids))})
+            if not owners:
+                return {}
+        found = self.vectors.descriptor_candidates(img, owner_ids=owners, limit=self.descriptor_top)
+        return {wid: hit for wid, hit in found.items() if wanted is None or wid in wanted}
 
     def analyse_decoded(
         self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
@@ -417,7 +462,7 @@ class Engine:
     def score(self, a: _Analysis, img: DecodedImage | None = None, limit: int = 10) -> list[Candidate]:
         model = self.model
         out: list[Candidate] = []
-        for wid in set(a.verifications) | set(a.pdq) | set(a.clip):
+        for wid in set(a.verifications) | set(a.pdq) | set(a.clip) | set(a.sscd):
             sw = self.index.work(wid)
             if sw is None:
                 continue
@@ -427,12 +472,17 @@ class Engine:
             p_local = model.local_prob(v, a.dense.get(wid))
             p_pdq = model.pdq_prob(d)
             p_clip = model.clip_prob(cos)
-            s = model.combine(p_local, p_pdq, p_clip)
+            found = a.sscd.get(wid)
+            p_sscd = model.sscd_prob(found[0] if found is not None else None)
+            s = model.combine(p_local, p_pdq, p_clip, p_sscd)
             if s < 1e-4:
                 continue
             signals: dict[str, float] = {"local": p_local, "pdq": p_pdq}
             if cos is not None:
                 signals["clip"] = cos
+            if found is not None:
+                signals["sscd"] = found[0]
+                signals["sscd_p"] = p_sscd
             region = None
             if v is not None:
                 signals.update(inliers=float(v.inliers), tentative=float(v.tentative),
@@ -449,6 +499,11 @@ class Engine:
                     k = 1.0 / a.scale if a.scale > 0 else 1.0
                     fw, fh = a.width * k, a.height * k
                     region = [[0.0, 0.0], [fw, 0.0], [fw, fh], [0.0, fh]]
+            if region is None and found is not None and p_sscd > max(p_local, p_pdq):
+                # The descriptor's best view: the whole frame or the crop that holds the work.
+                k = 1.0 / a.scale if a.scale > 0 else 1.0
+                x0, y0, x1, y1 = (c * k for c in found[1])
+                region = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
             out.append(Candidate(wid, sw.owner_id, s, s >= model.threshold, signals, region))
         out = self._explain_away(out, model.threshold)
         out.sort(key=lambda c: -c.score)
@@ -544,15 +599,19 @@ def build_engine(
 
     limit_native_threads()
     vectors = None
-    if settings.matching.use_embedder:
+    m = settings.matching
+    if m.use_embedder or m.descriptor:
         from matching.index import build_index
-        from matching.index.vectors import WorkVectors, vector_specs
+        from matching.index.vectors import WorkVectors, settings_specs
         from matching.signals.clip import build_embedder
+        from matching.signals.sscd import build_descriptor
 
         # With the embed stage on, CLIP runs on the GPU workers only: this
-        # process opens the index with the vectors' width and loads no model.
-        embedder = build_embedder(settings.matching, remote=settings.workers.embed_stage)
-        vectors = WorkVectors(build_index(settings, vector_specs(embedder)), embedder)
+        # process opens the index with the vectors' width and loads no CLIP
+        # model. The descriptor runs here, on the CPU (ONNX Runtime).
+        embedder = build_embedder(m, remote=settings.workers.embed_stage)
+        descriptor = build_descriptor(m.descriptor, side=m.descriptor_side, threads=m.descriptor_threads)
+        vectors = WorkVectors(build_index(settings, settings_specs(m)), embedder, descriptor=descriptor)
     if feature_store is None:
         from matching.store import build_feature_store
 

@@ -245,12 +245,14 @@ def _work_vectors(settings: Any) -> Any:
     pid = os.getpid()
     if pid not in _vectors:
         from matching.index import build_index
-        from matching.index.vectors import WorkVectors, vector_specs
+        from matching.index.vectors import WorkVectors, settings_specs
         from matching.signals.clip import RemoteEmbedder
 
+        # Opened with every named vector the engines use (an index refuses other specs);
+        # this process writes only the CLIP points.
         shape = RemoteEmbedder(settings.matching.clip_model, settings.matching.clip_pretrained)
         _vectors.clear()
-        _vectors[pid] = WorkVectors(build_index(settings, vector_specs(shape)), shape)
+        _vectors[pid] = WorkVectors(build_index(settings, settings_specs(settings.matching)), shape)
     return _vectors[pid]
 
 

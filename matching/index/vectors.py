@@ -7,26 +7,69 @@ the registry:
 
 - ``clip``: one point per flattened rendering of the work (on white, and on
   black for logos with transparency), vector = the embedding;
+- ``sscd``: the copy-detection descriptor (:mod:`matching.signals.sscd`), one
+  point per rendering like ``clip``; an upload queries it with its whole frame
+  and a few crops (:func:`upload_views`), so a work pasted into a larger
+  picture is found too;
 - ``pdq`` (optional, for deployments that keep PDQ in Qdrant too): one point
   per reliable dihedral variant, vector = the 256 bits as 0/1 floats.
 
 Payload: ``work_id``, ``owner_id``, ``kind``, plus ``signal`` and
-``variant``. Point ids come from :func:`matching.index.point_id`, so
-re-registering a work overwrites its points.
+``variant``. Point ids come from :func:`matching.index.point_id`; each signal
+has fixed slots (:data:`SLOTS`), so re-registering a work overwrites its
+points, and the GPU stage can write a work's CLIP points without touching
+the descriptor points the CPU worker wrote.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from matching.decode import DecodedImage
 from matching.index.base import MAX_POINTS_PER_WORK, IndexPoint, VectorIndex, VectorSpec, point_id
 from matching.signals.base import Signal
 from matching.signals.pdq import PdqSignal
 
-__all__ = ["WorkVectors", "vector_specs"]
+if TYPE_CHECKING:
+    from config.settings import MatchingSettings
+
+__all__ = ["SLOTS", "UploadView", "WorkVectors", "settings_specs", "upload_views", "vector_specs"]
+
+#: First point slot of each signal's points (a work has at most 4 renderings).
+SLOTS = {"clip": 0, "sscd": 4, "pdq": 8}
+
+#: Crops an upload's descriptor is also computed on: (side fraction, grid n), a
+#: grid of n x n overlapping windows. A partial copy covers 10-50 % of an upload,
+#: so a window of 40-60 % of each side holds most of it (docs/benchmarks.md).
+UPLOAD_CROPS: tuple[tuple[float, int], ...] = ((0.6, 3), (0.4, 3))
+
+
+@dataclass(frozen=True)
+class UploadView:
+    """One window of an upload the descriptor looks at; ``box`` is
+    ``(x0, y0, x1, y1)`` in the decoded image's pixels."""
+
+    rgb: npt.NDArray[np.uint8]
+    box: tuple[int, int, int, int]
+
+
+def upload_views(rgb: npt.NDArray[np.uint8],
+                 crops: Sequence[tuple[float, int]] = UPLOAD_CROPS) -> list[UploadView]:
+    """The whole frame, then each crop grid's windows, row by row."""
+    h, w = rgb.shape[:2]
+    views = [UploadView(rgb, (0, 0, w, h))]
+    for frac, n in crops:
+        ch, cw = max(1, int(h * frac)), max(1, int(w * frac))
+        for y in np.linspace(0, h - ch, n).astype(int):
+            for x in np.linspace(0, w - cw, n).astype(int):
+                views.append(UploadView(rgb[y:y + ch, x:x + cw], (int(x), int(y), int(x) + cw, int(y) + ch)))
+    return views
 
 
 class _Work(Protocol):
@@ -40,29 +83,51 @@ class _Work(Protocol):
     def kind(self) -> str: ...
 
 
-def vector_specs(embedder: Signal | None, *, with_pdq: bool = False) -> list[VectorSpec]:
-    """The named vectors a :class:`WorkVectors` with this embedder writes."""
+def vector_specs(embedder: Signal | None, *, with_pdq: bool = False,
+                 descriptor: Signal | None = None) -> list[VectorSpec]:
+    """The named vectors a :class:`WorkVectors` with these signals writes."""
     from matching.index import PDQ_VECTOR
 
     specs = []
     if embedder is not None:
         specs.append(VectorSpec("clip", int(embedder.shape[0]), "cosine"))
+    if descriptor is not None:
+        specs.append(VectorSpec("sscd", int(descriptor.shape[0]), "cosine"))
     if with_pdq:
         specs.append(PDQ_VECTOR)
+    return specs
+
+
+def settings_specs(matching: MatchingSettings) -> list[VectorSpec]:
+    """The named vectors of the works collection for these settings, without loading
+    a model: every process opening the index (engines, the GPU stage) must agree."""
+    specs = []
+    if matching.use_embedder:
+        from matching.signals.clip import clip_dim
+
+        specs.append(VectorSpec("clip", clip_dim(matching.clip_model), "cosine"))
+    if matching.descriptor:
+        from matching.signals.sscd import SSCD_DIM
+
+        specs.append(VectorSpec("sscd", SSCD_DIM, "cosine"))
     return specs
 
 
 class WorkVectors:
     """Writes and queries the vector signals of works in one VectorIndex."""
 
-    def __init__(self, index: VectorIndex, embedder: Signal | None, *, with_pdq: bool = False) -> None:
+    def __init__(self, index: VectorIndex, embedder: Signal | None, *, with_pdq: bool = False,
+                 descriptor: Signal | None = None) -> None:
         names = {s.name for s in index.specs}
         if embedder is not None and "clip" not in names:
             raise ValueError("index has no 'clip' vector")
+        if descriptor is not None and "sscd" not in names:
+            raise ValueError("index has no 'sscd' vector")
         if with_pdq and "pdq" not in names:
             raise ValueError("index has no 'pdq' vector")
         self.index = index
         self.embedder = embedder
+        self.descriptor = descriptor
         self.with_pdq = with_pdq
         self._pdq = PdqSignal()
 
@@ -70,31 +135,39 @@ class WorkVectors:
         """Replace the work's points; returns how many were written.
 
         ``clip`` is one embedding per rendering (``image.variants()``) computed
-        elsewhere (the GPU stage); without it the embedder embeds, unless it
-        loads no model, in which case the work gets no CLIP points for now.
+        elsewhere (the GPU stage): then only the work's CLIP points are written
+        and its other points stay. Without it every signal is computed here;
+        an embedder that loads no model leaves the work without CLIP points
+        until the GPU stage writes them.
         """
-        import numpy as np
-
         from matching.index import pdq_to_vector
 
         base = {"work_id": int(work.work_id), "owner_id": int(work.owner_id), "kind": str(work.kind)}
-        points: list[IndexPoint] = []
-        if clip is None and self.embedder is not None and getattr(self.embedder, "loads_model", True):
-            clip = list(np.asarray(self.embedder.embed(image.variants())))  # type: ignore[attr-defined]
+        names = {s.name for s in self.index.specs}
+
+        def points(signal: str, vectors: Sequence[Any]) -> list[IndexPoint]:
+            if signal not in names:
+                raise ValueError(f"index has no {signal!r} vector")
+            first = SLOTS[signal]
+            return [IndexPoint(point_id(work.work_id, first + i), {signal: v}, {**base, "signal": signal, "variant": i})
+                    for i, v in enumerate(vectors)]
+
         if clip is not None:
-            if "clip" not in {s.name for s in self.index.specs}:
-                raise ValueError("index has no 'clip' vector")
-            for v in clip:
-                points.append(IndexPoint(point_id(work.work_id, len(points)), {"clip": v},
-                                         {**base, "signal": "clip", "variant": len(points)}))
+            written = points("clip", list(clip)[: SLOTS["sscd"]])
+            self.index.upsert(written)
+            return len(written)
+        renderings = image.variants()
+        out: list[IndexPoint] = []
+        if self.embedder is not None and getattr(self.embedder, "loads_model", True):
+            out += points("clip", list(np.asarray(self.embedder.embed(renderings)))[: SLOTS["sscd"]])  # type: ignore[attr-defined]
+        if self.descriptor is not None:
+            out += points("sscd", list(np.asarray(self.descriptor.embed(renderings)))[: SLOTS["pdq"] - SLOTS["sscd"]])  # type: ignore[attr-defined]
         if self.with_pdq:
-            for i, f in enumerate(self._pdq.dihedral(image)):
-                if f.reliable and len(points) < MAX_POINTS_PER_WORK:
-                    points.append(IndexPoint(point_id(work.work_id, len(points)), {"pdq": pdq_to_vector(f.vector)},
-                                             {**base, "signal": "pdq", "variant": i}))
+            reliable = [pdq_to_vector(f.vector) for f in self._pdq.dihedral(image) if f.reliable]
+            out += points("pdq", reliable[: MAX_POINTS_PER_WORK - SLOTS["pdq"]])
         self.index.delete_work(work.work_id)
-        self.index.upsert(points)
-        return len(points)
+        self.index.upsert(out)
+        return len(out)
 
     def unregister(self, work_id: int) -> None:
         self.index.delete_work(work_id)
@@ -104,8 +177,6 @@ class WorkVectors:
     ) -> dict[int, dict[str, float]]:
         """Per candidate work: ``clip`` (best cosine similarity) and/or
         ``pdq_distance`` (smallest Hamming distance, bits)."""
-        import numpy as np
-
         from matching.index import pdq_to_vector
 
         out: dict[int, dict[str, float]] = {}
@@ -121,4 +192,28 @@ class WorkVectors:
                     d = out.setdefault(h.work_id, {})
                     bits = float(round(h.score * h.score))  # Euclidean on bits = sqrt(Hamming)
                     d["pdq_distance"] = min(d.get("pdq_distance", math.inf), bits)
+        return out
+
+    def nearest(self, signal: str, vector: npt.NDArray[np.float32], limit: int,
+                owner_ids: Sequence[int] | None = None) -> dict[int, float]:
+        """Best cosine similarity per work among the ``limit`` nearest points of ``signal``."""
+        best: dict[int, float] = {}
+        for h in self.index.search(signal, np.asarray(vector, np.float32), limit, owner_ids=owner_ids):
+            best[h.work_id] = max(best.get(h.work_id, -1.0), float(h.score))
+        return best
+
+    def descriptor_candidates(
+        self, image: DecodedImage, *, owner_ids: Sequence[int] | None = None, limit: int = 10,
+    ) -> dict[int, tuple[float, tuple[int, int, int, int]]]:
+        """Per work: the best descriptor cosine over the upload's views, and that view's box
+        (empty without a descriptor)."""
+        if self.descriptor is None:
+            return {}
+        views = upload_views(np.asarray(image.rgb))
+        vecs = np.asarray(self.descriptor.embed([v.rgb for v in views]))  # type: ignore[attr-defined]
+        out: dict[int, tuple[float, tuple[int, int, int, int]]] = {}
+        for view, vec in zip(views, vecs, strict=True):
+            for wid, cos in self.nearest("sscd", vec, limit * 2, owner_ids).items():
+                if wid not in out or cos > out[wid][0]:
+                    out[wid] = (cos, view.box)
         return out

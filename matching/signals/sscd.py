@@ -84,7 +84,7 @@ def _session(model: str, threads: int) -> Any:
         opts.log_severity_level = 3
         try:
             sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EmbedderError(f"cannot load the SSCD model {path}: {exc}") from exc
         log.info("loaded SSCD descriptor %s (%s) with %d thread(s)", model, path.name, threads)
         _sessions[key] = sess
