@@ -138,9 +138,16 @@ class SscdEmbedder(Embedder):
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
     def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """Images of equal prepared size (an upload's crop grid) run as one batch:
+        about 20 % less CPU than one by one (docs/benchmarks.md)."""
         out = np.empty((len(images), SSCD_DIM), np.float32)
-        for i, im in enumerate(images):
-            out[i] = self.forward(self.prepare(_rgb(im)))
+        prepared = [self.prepare(_rgb(im)) for im in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(prepared):
+            groups.setdefault(x.shape, []).append(i)
+        for rows in groups.values():
+            v = np.asarray(self._sess.run(None, {self._input: np.stack([prepared[i] for i in rows])})[0], np.float32)
+            out[rows] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         return out
 
 
