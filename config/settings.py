@@ -92,9 +92,13 @@ class MatchingSettings(_Section):
     device: str = "auto"
     batch_size: int = 32
     #: Copy-detection descriptor (matching.signals.sscd): "sscd_distilled", "sscd", the path of
-    #: an .onnx file, or "" for none. Its input is resized to a short side of ``descriptor_side``.
+    #: an .onnx file, or "" for none. Works and whole uploads are resized to a short side of
+    #: ``descriptor_side``; with ``descriptor_crops`` an upload's crop grid (for partial copies) is
+    #: also embedded, at ``descriptor_crop_side``.
     descriptor: str = ""
-    descriptor_side: int = 288
+    descriptor_side: int = 224
+    descriptor_crops: bool = True
+    descriptor_crop_side: int = 128
     descriptor_threads: int = 1
     threshold: float = 0.5
     #: malloc for engine processes (`artwatch worker`, `scan`'s pool): "jemalloc" keeps a

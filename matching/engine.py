@@ -602,7 +602,7 @@ def build_engine(
     m = settings.matching
     if m.use_embedder or m.descriptor:
         from matching.index import build_index
-        from matching.index.vectors import WorkVectors, settings_specs
+        from matching.index.vectors import UPLOAD_CROPS, WorkVectors, settings_specs
         from matching.signals.clip import build_embedder
         from matching.signals.sscd import build_descriptor
 
@@ -611,7 +611,10 @@ def build_engine(
         # model. The descriptor runs here, on the CPU (ONNX Runtime).
         embedder = build_embedder(m, remote=settings.workers.embed_stage)
         descriptor = build_descriptor(m.descriptor, side=m.descriptor_side, threads=m.descriptor_threads)
-        vectors = WorkVectors(build_index(settings, settings_specs(m)), embedder, descriptor=descriptor)
+        crop_descriptor = build_descriptor(m.descriptor, side=m.descriptor_crop_side, threads=m.descriptor_threads)
+        crops = UPLOAD_CROPS if m.descriptor_crops else ()
+        vectors = WorkVectors(build_index(settings, settings_specs(m)), embedder, descriptor=descriptor,
+                              crop_descriptor=crop_descriptor, crops=crops)
     if feature_store is None:
         from matching.store import build_feature_store
 

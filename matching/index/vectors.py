@@ -117,7 +117,8 @@ class WorkVectors:
     """Writes and queries the vector signals of works in one VectorIndex."""
 
     def __init__(self, index: VectorIndex, embedder: Signal | None, *, with_pdq: bool = False,
-                 descriptor: Signal | None = None) -> None:
+                 descriptor: Signal | None = None, crop_descriptor: Signal | None = None,
+                 crops: Sequence[tuple[float, int]] = UPLOAD_CROPS) -> None:
         names = {s.name for s in index.specs}
         if embedder is not None and "clip" not in names:
             raise ValueError("index has no 'clip' vector")
@@ -128,6 +129,9 @@ class WorkVectors:
         self.index = index
         self.embedder = embedder
         self.descriptor = descriptor
+        #: The descriptor at the (smaller) input size an upload's crops are embedded at.
+        self.crop_descriptor = crop_descriptor if crop_descriptor is not None else descriptor
+        self.crops = tuple(crops)
         self.with_pdq = with_pdq
         self._pdq = PdqSignal()
 
@@ -209,8 +213,11 @@ class WorkVectors:
         (empty without a descriptor)."""
         if self.descriptor is None:
             return {}
-        views = upload_views(np.asarray(image.rgb))
-        vecs = np.asarray(self.descriptor.embed([v.rgb for v in views]))  # type: ignore[attr-defined]
+        views = upload_views(np.asarray(image.rgb), self.crops)
+        vecs = np.asarray(self.descriptor.embed([views[0].rgb]))  # type: ignore[attr-defined]
+        if len(views) > 1:
+            crops = np.asarray(self.crop_descriptor.embed([v.rgb for v in views[1:]]))  # type: ignore[union-attr]
+            vecs = np.concatenate([vecs, crops])
         out: dict[int, tuple[float, tuple[int, int, int, int]]] = {}
         for view, vec in zip(views, vecs, strict=True):
             for wid, cos in self.nearest("sscd", vec, limit * 2, owner_ids).items():
