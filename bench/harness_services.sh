@@ -39,6 +39,8 @@ export ARTWATCH_DATA_DIR="$OUT/data"
 export ARTWATCH_DATABASE_URL="$PGURL/artbench"
 export ARTWATCH_BLOBS__KIND=s3 ARTWATCH_BLOBS__URL=s3://bench/artwatch ARTWATCH_BLOBS__ENDPOINT_URL=http://127.0.0.1:$PORT
 export ARTWATCH_SHARED__KIND=services
+# No Qdrant server in this harness: the descriptor's vectors would need one in "services" mode.
+export ARTWATCH_MATCHING__DESCRIPTOR=""
 "$BIN/artwatch" init
 time "$BIN/artwatch" works import "$BENCH/works.jsonl"
 time "$BIN/artwatch" scan --no-embedder --manifest "$BENCH/uploads.jsonl" --out "$OUT/pred.jsonl"

@@ -370,6 +370,7 @@ def e2e_bench(n: int, concurrency: int) -> dict[str, Any]:
     env.update({
         "ARTWATCH_DATA_DIR": str(tmp / "data"), "ARTWATCH_BROKER_URL": f"redis://127.0.0.1:{port}/0",
         "ARTWATCH_MATCHING__USE_EMBEDDER": "false", "ARTWATCH_MATCHING__CLIP_PRETRAINED": "",
+        "ARTWATCH_MATCHING__DESCRIPTOR": "",  # as when the figures in docs/benchmarks.md were taken
         "ARTWATCH_CRAWLER__ALLOW_INTERNAL": '["127.0.0.1"]', "ARTWATCH_CRAWLER__REQUESTS_PER_SECOND": "1000",
         "ARTWATCH_CRAWLER__MAX_CONCURRENCY_PER_HOST": "16", "ARTWATCH_WEB__SECRET_KEY": "bench",
     })

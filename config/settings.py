@@ -95,9 +95,9 @@ class MatchingSettings(_Section):
     #: an .onnx file, or "" for none. Works and whole uploads are resized to a short side of
     #: ``descriptor_side``; with ``descriptor_crops`` an upload's crop grid (for partial copies) is
     #: also embedded, at ``descriptor_crop_side``.
-    descriptor: str = ""
+    descriptor: str = "sscd_distilled"
     descriptor_side: int = 224
-    descriptor_crops: bool = True
+    descriptor_crops: bool = False
     descriptor_crop_side: int = 128
     descriptor_threads: int = 1
     threshold: float = 0.5

@@ -380,7 +380,9 @@ def _fit_cosine(rows: list[tuple[float, int]], target: float, n_true: int) -> tu
         return None
     x = np.array([[c] for c, _ in rows], np.float64)
     y = np.array([lbl for _, lbl in rows], np.float64)
-    w = fit_logistic(x, y)
+    # A weak penalty: one unscaled feature in [-1, 1] needs a steep slope, which the
+    # default penalty would flatten until every pair reads about 0.5.
+    w = fit_logistic(x, y, l2=1e-4)
     if w[1] <= 0:
         return None
     scores = 1.0 / (1.0 + np.exp(-(w[0] + w[1] * x[:, 0])))

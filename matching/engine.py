@@ -69,7 +69,7 @@ CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
 #: Built-in ``ScoreModel.sscd`` (see there).
-SSCD_DEFAULT: tuple[float, float] | None = (-30.0, 40.0)
+SSCD_DEFAULT: tuple[float, float] | None = (-6.94, 9.42)
 
 
 @dataclass(frozen=True)

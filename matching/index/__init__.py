@@ -75,11 +75,11 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -
         from matching.errors import IndexError_
 
         # The embedded index is a folder: machines sharing only the services
-        # would each hold a different set of CLIP points.
+        # would each hold a different set of CLIP and descriptor points.
         raise IndexError_(
-            "shared.kind is 'services' but index.backend is 'embedded', which keeps the CLIP vectors in "
-            "DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
+            "shared.kind is 'services' but index.backend is 'embedded', which keeps the works' CLIP and "
+            "descriptor vectors in DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
             "(ARTWATCH_INDEX__BACKEND=server, ARTWATCH_INDEX__URL=http://qdrant:6333), "
-            "or turn the embedder off (matching.use_embedder = false)")
+            "or turn both off (matching.use_embedder = false, matching.descriptor = \"\")")
     return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs)
 

@@ -115,11 +115,13 @@ def test_services_mode_calibration_reaches_an_engine_with_another_data_dir(datab
     db.dispose()
     reader_dir, writer_dir = tmp_path / "reader", tmp_path / "writer"
     reader = build_engine(load_settings(data_dir=reader_dir, database_url=database_url, shared={"kind": "services"},
-                                        matching={"use_embedder": False, "threshold": 0.4}))
+                                        matching={"use_embedder": False, "descriptor": "",
+                                                                  "threshold": 0.4}))
     assert reader.model == ScoreModel(threshold=0.4)  # nothing calibrated yet
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARTWATCH_") or k.startswith("ARTWATCH_TEST_")}
     env.update(ARTWATCH_DATA_DIR=str(writer_dir), ARTWATCH_DATABASE_URL=database_url,
-               ARTWATCH_SHARED__KIND="services", ARTWATCH_MATCHING__USE_EMBEDDER="false")
+               ARTWATCH_SHARED__KIND="services", ARTWATCH_MATCHING__USE_EMBEDDER="false",
+               ARTWATCH_MATCHING__DESCRIPTOR="")
     proc = subprocess.run([sys.executable, "-c", _CALIBRATE_ELSEWHERE], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr

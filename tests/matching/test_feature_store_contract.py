@@ -334,7 +334,7 @@ def test_the_settings_choose_the_store_and_build_engine_uses_it(tmp_path: Path, 
     from storage.db import make_engine
     from storage.models import Base
 
-    off = {"use_embedder": False}
+    off = {"use_embedder": False, "descriptor": ""}
     folder = build_feature_store(load_settings(data_dir=tmp_path / "f", matching=off))
     assert isinstance(folder, FolderFeatureStore) and folder.root == tmp_path / "f" / "features"
     db = make_engine(postgres_url)

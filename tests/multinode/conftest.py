@@ -239,6 +239,8 @@ def cluster(tmp_path: Path, postgres_url: str, redis_server_url: str, s3_env: di
         # Local features and PDQ decide here; CLIP (even untrained) would add
         # a torch import to every process on a 2-core machine.
         "ARTWATCH_MATCHING__USE_EMBEDDER": "false",
+        # No Qdrant server here: the descriptor's vectors would need one in "services" mode.
+        "ARTWATCH_MATCHING__DESCRIPTOR": "",
         "ARTWATCH_MATCHING__CLIP_PRETRAINED": "",
         "ARTWATCH_CRAWLER__ALLOW_INTERNAL": '["127.0.0.1"]',
         "ARTWATCH_CRAWLER__REQUESTS_PER_SECOND": "200",

@@ -111,7 +111,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "data_dir": data_dir,
         "notices": {"hosts_file": str(hosts)},
-        "matching": {"clip_pretrained": "", "use_embedder": False},
+        "matching": {"clip_pretrained": "", "use_embedder": False, "descriptor": ""},
         "web": {"secret_key": "test-secret-key"},
     }
     for key, value in overrides.items():
