@@ -55,8 +55,9 @@ from matching.errors import ImageError
 from matching.signals.clip import CLIP_MEAN, CLIP_STD, ClipEmbedder, preprocess_rgb
 from matching.signals.embedder import Embedder, fit_tensor, shrinks_only
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "BatchStats", "BatchedClip", "BatchedEmbedder", "MicroBatcher", "VectorBatch",
-           "bytes_to_vectors", "get_clip", "get_descriptor", "pil_decode", "preprocess_rgb", "project_decode"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "BatchStats", "BatchedClip", "BatchedEmbedder", "FittedBatch", "MicroBatcher",
+           "VectorBatch", "bytes_to_vectors", "decode_and_fit", "get_clip", "get_descriptor", "pil_decode",
+           "plain_jpeg", "preprocess_rgb", "project_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -302,76 +303,99 @@ def plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
         return False
 
 
+@dataclass
+class FittedBatch:
+    """One chunk after decoding and resizing: the model inputs, on the device,
+    grouped by shape (one group unless the geometry keeps aspect ratios)."""
+
+    groups: list[tuple[list[int], Any]]
+    errors: dict[int, str]
+    device_decoded: int
+
+
+def decode_and_fit(embedder: Embedder, datas: Sequence[bytes], *, device_decode: bool | None = None,
+                   device_resize: bool | None = None,
+                   decode: Callable[[bytes, int], npt.NDArray[np.uint8]] = project_decode) -> FittedBatch:
+    """The first stage of :func:`bytes_to_vectors` for one chunk (see there)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    dev = embedder.device if embedder.device.startswith("cuda") else "cpu"
+    use_device = dev.startswith("cuda") if device_decode is None else device_decode
+    resize_on_device = not embedder.host_resize if device_resize is None else device_resize
+    geom = embedder.geometry
+    frames: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    jpegs = [i for i, d in enumerate(datas) if use_device and plain_jpeg(d)]
+    if jpegs:
+        raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders for TorchCodec, which is not installed here
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+            try:
+                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev)
+            except RuntimeError:  # one bad image fails the call: retry them one by one
+                decoded = []
+                for r in raw:
+                    try:
+                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
+                    except RuntimeError:
+                        decoded.append(None)
+        frames.update((i, t) for i, t in zip(jpegs, decoded, strict=True) if t is not None)
+    on_device = len(frames)
+    for i, data in enumerate(datas):
+        if i in frames:
+            continue
+        try:
+            rgb = decode(data, geom.size)
+        except ImageError as exc:
+            errors[i] = str(exc)
+            continue
+        arr = rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")
+        frames[i] = torch.from_numpy(arr).permute(2, 0, 1)
+    fitted: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
+    for i, t in sorted(frames.items()):
+        if resize_on_device and shrinks_only(int(t.shape[1]), int(t.shape[2]), geom):
+            f = fit_tensor(t.to(dev), geom)
+        else:  # on the host, as prepare() does (a small image to enlarge: see fit_tensor)
+            f = torch.from_numpy(embedder.prepare(np.ascontiguousarray(t.permute(1, 2, 0).cpu().numpy()))).to(dev)
+        fitted.setdefault(tuple(f.shape), []).append((i, f))
+    groups = [([i for i, _ in rows], torch.stack([f for _, f in rows])) for rows in fitted.values()]
+    return FittedBatch(groups, errors, on_device)
+
+
 def bytes_to_vectors(embedder: Embedder, datas: Sequence[bytes], *, device_decode: bool | None = None,
+                     device_resize: bool | None = None,
                      decode: Callable[[bytes, int], npt.NDArray[np.uint8]] = project_decode,
                      batch_size: int | None = None) -> VectorBatch:
     """Encoded images -> ``(n, dim)`` unit vectors, decoded and resized on the device.
 
     ``device_decode`` (default: on when the embedder runs on CUDA) sends plain
     JPEGs (:func:`plain_jpeg`) through ``torchvision.io.decode_jpeg`` on the
-    embedder's device, in one call per chunk; a JPEG it refuses, and every
-    other format, is decoded by ``decode`` on the CPU. Each image is then
-    shrunk to the embedder's geometry on the device (:func:`fit_tensor`; one
-    that needs enlarging goes through the embedder's ``prepare`` on the host)
-    and the chunk goes through :meth:`Embedder.forward_tensor`. The vectors agree
-    with :meth:`Embedder.embed` on the same images (cosine > 0.999, the
-    contract suite).
+    embedder's device, in one call per chunk of ``batch_size``; a JPEG it
+    refuses, and every other format, is decoded by ``decode`` on the CPU.
+    Each image is then shrunk to the embedder's geometry on the device
+    (:func:`fit_tensor`; one that needs enlarging goes through the
+    embedder's ``prepare`` on the host, and so does every image when
+    ``device_resize`` is False, the default for an embedder that says
+    ``host_resize``), and each chunk goes through
+    :meth:`Embedder.forward_tensor`. The vectors agree with
+    :meth:`Embedder.embed` on the same images (cosine > 0.999, the contract
+    suite).
     """
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    dev = embedder.device if embedder.device.startswith("cuda") else "cpu"
-    use_device = dev.startswith("cuda") if device_decode is None else device_decode
-    geom = embedder.geometry
     dim = int(embedder.shape[0])
     out = np.zeros((len(datas), dim), np.float32)
     errors: list[str | None] = [None] * len(datas)
     on_device = 0
     step = max(1, batch_size or embedder.batch_size)
     for start in range(0, len(datas), step):
-        idx = list(range(start, min(start + step, len(datas))))
-        frames: dict[int, Any] = {}
-        jpegs = [i for i in idx if use_device and plain_jpeg(datas[i])]
-        if jpegs:
-            raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
-            with warnings.catch_warnings():
-                # torchvision 0.29 deprecates its decoders for TorchCodec, which is not installed here
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-                try:
-                    decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev)
-                except RuntimeError:  # one bad image fails the call: retry them one by one
-                    decoded = []
-                    for r in raw:
-                        try:
-                            decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
-                        except RuntimeError:
-                            decoded.append(None)
-            for i, t in zip(jpegs, decoded, strict=True):
-                if t is not None:
-                    frames[i] = t
-            on_device += len(frames)
-        for i in idx:
-            if i in frames:
-                continue
-            try:
-                rgb = decode(datas[i], geom.size)
-            except ImageError as exc:
-                errors[i] = str(exc)
-                continue
-            arr = rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")
-            frames[i] = torch.from_numpy(arr).permute(2, 0, 1)
-        fitted = {}
-        for i, t in frames.items():
-            if shrinks_only(int(t.shape[1]), int(t.shape[2]), geom):
-                fitted[i] = fit_tensor(t.to(dev), geom)
-            else:  # a small image: enlarged on the host, as prepare() does (see fit_tensor)
-                small = np.ascontiguousarray(t.permute(1, 2, 0).cpu().numpy())
-                fitted[i] = torch.from_numpy(embedder.prepare(small)).to(dev)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, t in fitted.items():
-            groups.setdefault(tuple(t.shape), []).append(i)
-        for rows in groups.values():
-            out[rows] = embedder.forward_tensor(torch.stack([fitted[i] for i in rows]))
+        chunk = decode_and_fit(embedder, datas[start : start + step], device_decode=device_decode,
+                               device_resize=device_resize, decode=decode)
+        on_device += chunk.device_decoded
+        for i, reason in chunk.errors.items():
+            errors[start + i] = reason
+        for rows, batch in chunk.groups:
+            out[[start + i for i in rows]] = embedder.forward_tensor(batch)
     return VectorBatch(out, errors, on_device)
 
 

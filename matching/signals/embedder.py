@@ -141,7 +141,10 @@ def fit_tensor(chw: Any, g: Geometry) -> Any:
     if (nh, nw) != (h, w):
         wh = torch.from_numpy(area_weights(h, nh)).to(chw.device)
         ww = torch.from_numpy(area_weights(w, nw)).to(chw.device)
-        x = (wh @ chw.float() @ ww.T).round_().clamp_(0, 255).to(torch.uint8)
+        y = wh @ (chw.float() @ ww.T)  # rows first, as OpenCV sums them
+        if h % nh == 0 and w % nw == 0:  # OpenCV's integer-factor path rounds halves up
+            y = torch.floor(y + 0.5)
+        x = y.round_().clamp_(0, 255).to(torch.uint8)
     if g.fit == "crop":
         top, left = (nh - g.size) // 2, (nw - g.size) // 2
         x = x[:, top : top + g.size, left : left + g.size]
@@ -172,6 +175,10 @@ class Embedder(Signal):
     batch_size: int = 32
     #: Where :meth:`forward` runs ("cpu", "cuda", ...).
     device: str = "cpu"
+    #: True where :meth:`forward` takes host arrays anyway (a model run by
+    #: ONNX Runtime on the CPU): the batch path then resizes on the host with
+    #: :func:`fit_rgb`, exactly as :meth:`prepare`, instead of on a device.
+    host_resize: bool = False
     geometry: Geometry
 
     @abstractmethod
