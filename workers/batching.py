@@ -1,4 +1,4 @@
-"""Batched CLIP embedding for the GPU worker.
+"""Batched embedding (CLIP and the SSCD descriptor) for the GPU worker.
 
 The ``embed`` queue is consumed by a worker running Celery's *threads* pool:
 each in-flight task is one thread holding one upload. A task thread decodes
@@ -15,6 +15,21 @@ CPU the same path runs in float32. The arrays travel to the device as uint8
 once per worker process (:func:`get_clip`), on the device chosen by
 ``matching.device`` (``auto`` picks CUDA, then MPS, then the CPU).
 
+:class:`BatchedEmbedder` does this for any :class:`matching.signals.Embedder`
+(:class:`BatchedClip` is the CLIP one; :func:`get_clip` and
+:func:`get_descriptor` give the process's). The per-image CPU step is the
+embedder's own ``prepare``, the one works go through at registration, so an
+upload's vector and a work's vector come from the same preprocessing.
+
+:func:`bytes_to_vectors` is the throughput path for a batch of images that
+are all at hand (back-scans, the benchmark): JPEGs are decoded on the device
+in one call (nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")``),
+everything else (PNG, WebP, CMYK or EXIF-rotated JPEGs, anything nvJPEG
+refuses) by the project's decoder on the CPU; resizing (images that need
+enlarging, being small, are resized on the host) and the model's
+normalisation run on the device, the forward pass in fp16 on CUDA. Without
+a GPU the same code runs on the CPU (that is what the tests run).
+
 Nothing here knows about Celery or the database: the embed task calls
 :meth:`BatchedClip.embed_bytes` and stores the vector.
 """
@@ -26,6 +41,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,19 +50,19 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from matching.signals.clip import import_clip_stack, resolve_device
+from matching.decode import DEFAULT_MAX_PIXELS
+from matching.errors import ImageError
+from matching.signals.clip import CLIP_MEAN, CLIP_STD, ClipEmbedder, preprocess_rgb
+from matching.signals.embedder import Embedder, fit_tensor, shrinks_only
 
-__all__ = ["BatchStats", "BatchedClip", "MicroBatcher", "get_clip", "pil_decode", "preprocess_rgb"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "BatchStats", "BatchedClip", "BatchedEmbedder", "FittedBatch", "MicroBatcher",
+           "VectorBatch", "bytes_to_vectors", "decode_and_fit", "get_clip", "get_descriptor", "pil_decode",
+           "plain_jpeg", "preprocess_rgb", "project_decode"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-# open_clip's OPENAI_DATASET_MEAN / STD (every ViT-B-32 tag uses them).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass
 class BatchStats:
@@ -165,107 +181,235 @@ def project_decode(data: bytes, target: int) -> npt.NDArray[np.uint8]:
     return np.asarray(decode_image(data, max_side=2 * target).rgb)
 
 
-def preprocess_rgb(rgb: npt.NDArray[np.uint8], size: int = 224) -> npt.NDArray[np.uint8]:
-    """CLIP's resize (short side to ``size``, bicubic) and centre crop, as uint8 HWC.
-
-    Normalisation happens on the device, after the uint8 copy."""
-    h, w = rgb.shape[:2]
-    s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    try:
-        import cv2
-    except ImportError:  # a bare benchmark machine: Pillow also releases the GIL
-        from PIL import Image
-
-        img = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=2.0))
-    else:
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
-        img = cv2.resize(np.ascontiguousarray(rgb), (nw, nh), interpolation=interp)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(img[top:top + size, left:left + size])
-
-
-class BatchedClip:
-    """An open_clip image tower behind a :class:`MicroBatcher`.
+class BatchedEmbedder:
+    """An :class:`Embedder` behind a :class:`MicroBatcher`.
 
     ``embed_bytes(data)`` may be called from many threads at once; each call
-    decodes on its own thread and waits for its row of a shared forward pass.
-    Rows are L2-normalised float32.
+    decodes and prepares on its own thread and waits for its row of a shared
+    forward pass. Rows are L2-normalised float32.
     """
 
-    def __init__(self, model: Any, *, device: str, dtype: str = "float16", max_batch: int = 32,
-                 max_wait_s: float = 0.02, image_size: int = 224,
+    def __init__(self, embedder: Embedder, *, max_batch: int = 32, max_wait_s: float = 0.02,
                  decode: Callable[[bytes, int], npt.NDArray[np.uint8]] = project_decode,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
-        import torch
-
-        self.model = model.eval()
-        self.device = device
+        self.embedder = embedder
         try:  # parallelism comes from the task threads: one OpenCV thread each
             import cv2
 
             cv2.setNumThreads(1)
         except ImportError:
             pass
-        self.image_size = image_size
         self._decode = decode
-        self.autocast: Any = None
-        if device.startswith("cuda"):
-            self.autocast = torch.float16 if dtype == "float16" else torch.bfloat16
-        self._mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1) * 255.0
         self.batcher: MicroBatcher[npt.NDArray[np.uint8], npt.NDArray[np.float32]] = MicroBatcher(
-            self.forward, max_batch=max_batch, max_wait_s=max_wait_s, name="clip-inference", on_batch=on_batch)
+            self.forward, max_batch=max_batch, max_wait_s=max_wait_s, name=f"{embedder.name}-inference",
+            on_batch=on_batch)
 
-    @classmethod
-    def load(cls, model_name: str = "ViT-B-32", pretrained: str = "", *, device: str = "auto",
-             **kwargs: Any) -> BatchedClip:
-        _, open_clip = import_clip_stack()
-        dev = resolve_device(device)
-        model = open_clip.create_model(model_name, pretrained=pretrained or None, device=dev)
-        size = model.visual.image_size
-        size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        log.info("loaded CLIP %s (pretrained=%s) on %s", model_name, pretrained or None, dev)
-        return cls(model, device=dev, image_size=size, **kwargs)
+    @property
+    def device(self) -> str:
+        return self.embedder.device
+
+    @property
+    def image_size(self) -> int:
+        """The side of the model's input (the decoder's target)."""
+        return self.embedder.geometry.size
+
+    @property
+    def autocast(self) -> Any:
+        """The autocast dtype of the forward pass, or None for float32."""
+        return getattr(self.embedder, "autocast", None)
 
     @property
     def dim(self) -> int:
-        return int(self.model.visual.output_dim)
+        return int(self.embedder.shape[0])
 
     def prepare(self, data: bytes) -> npt.NDArray[np.uint8]:
-        """Decode and crop on the calling (CPU) thread; raises ImageError for bad bytes."""
-        return preprocess_rgb(self._decode(data, self.image_size), self.image_size)
+        """Decode and prepare on the calling (CPU) thread; raises ImageError for bad bytes."""
+        return self.embedder.prepare(self._decode(data, self.image_size))
+
+    def prepare_rgb(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """The embedder's input for an image already decoded (a work's rendering)."""
+        return self.embedder.prepare(rgb)
 
     def forward(self, crops: list[npt.NDArray[np.uint8]]) -> list[npt.NDArray[np.float32]]:
-        """One forward pass over uint8 HWC crops; runs on the inference thread."""
-        import torch
-
-        x = torch.from_numpy(np.stack(crops))
-        x = (
-            x.pin_memory().to(self.device, non_blocking=True)
-            if self.device.startswith("cuda")
-            else x.to(self.device)
-        )
-        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(device_type="cuda", dtype=self.autocast):
-                    feats = self.model.encode_image(x)
-            else:
-                feats = self.model.encode_image(x)
-            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
-        out = feats.cpu().numpy().astype(np.float32, copy=False)
-        return list(out)
+        """One forward pass over prepared arrays; runs on the inference thread."""
+        return list(self.embedder.forward(crops))
 
     def embed_bytes(self, data: bytes, timeout: float | None = 300.0) -> npt.NDArray[np.float32]:
         return self.batcher(self.prepare(data), timeout)
+
+    def embed_many(self, datas: Sequence[bytes]) -> VectorBatch:
+        """A whole batch at once, decoded on the device where it can be (:func:`bytes_to_vectors`)."""
+        return bytes_to_vectors(self.embedder, datas, decode=self._decode)
 
     def close(self) -> None:
         self.batcher.close()
 
 
+class BatchedClip(BatchedEmbedder):
+    """The open_clip image tower behind a :class:`MicroBatcher` (see :class:`BatchedEmbedder`)."""
+
+    def __init__(self, model: Any, *, device: str, dtype: str = "float16", max_batch: int = 32,
+                 max_wait_s: float = 0.02, image_size: int | None = None,
+                 decode: Callable[[bytes, int], npt.NDArray[np.uint8]] = project_decode,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        embedder = model if isinstance(model, ClipEmbedder) else ClipEmbedder.from_model(
+            model, device=device, dtype=dtype, batch_size=max_batch, image_size=image_size)
+        self.clip = embedder
+        super().__init__(embedder, max_batch=max_batch, max_wait_s=max_wait_s, decode=decode, on_batch=on_batch)
+
+    @classmethod
+    def load(cls, model_name: str = "ViT-B-32", pretrained: str = "", *, device: str = "auto",
+             dtype: str = "float16", **kwargs: Any) -> BatchedClip:
+        emb = ClipEmbedder(model_name, pretrained, device=device, dtype=dtype,
+                           batch_size=int(kwargs.get("max_batch", 32)))
+        return cls(emb, device=emb.device, dtype=dtype, **kwargs)
+
+    @property
+    def model(self) -> Any:
+        return self.clip._model
+
+
+@dataclass
+class VectorBatch:
+    """What :func:`bytes_to_vectors` gives: one row per input, in order; a row
+    whose image could not be decoded is zero and ``errors[i]`` says why."""
+
+    vectors: npt.NDArray[np.float32]
+    errors: list[str | None]
+    #: How many images took the device decoder (the rest: the CPU decoder).
+    device_decoded: int = 0
+
+
+def plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """Whether ``data`` is a JPEG the device decoder can take as it is: RGB or
+    grey, no EXIF rotation, not a decompression bomb. Everything else goes to
+    the project's CPU decoder (CMYK, rotation, bombs refused with its reason)."""
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                    return False
+                if im.width * im.height > max_pixels:
+                    return False
+                return int(im.getexif().get(0x0112, 1)) == 1
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # the CPU decoder says why
+        return False
+
+
+@dataclass
+class FittedBatch:
+    """One chunk after decoding and resizing: the model inputs, on the device,
+    grouped by shape (one group unless the geometry keeps aspect ratios)."""
+
+    groups: list[tuple[list[int], Any]]
+    errors: dict[int, str]
+    device_decoded: int
+
+
+def decode_and_fit(embedder: Embedder, datas: Sequence[bytes], *, device_decode: bool | None = None,
+                   device_resize: bool | None = None,
+                   decode: Callable[[bytes, int], npt.NDArray[np.uint8]] = project_decode) -> FittedBatch:
+    """The first stage of :func:`bytes_to_vectors` for one chunk (see there)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    dev = embedder.device if embedder.device.startswith("cuda") else "cpu"
+    use_device = dev.startswith("cuda") if device_decode is None else device_decode
+    resize_on_device = not embedder.host_resize if device_resize is None else device_resize
+    geom = embedder.geometry
+    frames: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    jpegs = [i for i, d in enumerate(datas) if use_device and plain_jpeg(d)]
+    if jpegs:
+        raw = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs]
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders for TorchCodec, which is not installed here
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+            try:
+                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev)
+            except RuntimeError:  # one bad image fails the call: retry them one by one
+                decoded = []
+                for r in raw:
+                    try:
+                        decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
+                    except RuntimeError:
+                        decoded.append(None)
+        frames.update((i, t) for i, t in zip(jpegs, decoded, strict=True) if t is not None)
+    on_device = len(frames)
+    for i, data in enumerate(datas):
+        if i in frames:
+            continue
+        try:
+            rgb = decode(data, geom.size)
+        except ImageError as exc:
+            errors[i] = str(exc)
+            continue
+        arr = rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb, order="C")
+        frames[i] = torch.from_numpy(arr).permute(2, 0, 1)
+    fitted: dict[tuple[int, ...], list[tuple[int, Any]]] = {}
+    for i, t in sorted(frames.items()):
+        if resize_on_device and shrinks_only(int(t.shape[1]), int(t.shape[2]), geom):
+            f = fit_tensor(t.to(dev), geom)
+        else:  # on the host, as prepare() does (a small image to enlarge: see fit_tensor)
+            f = torch.from_numpy(embedder.prepare(np.ascontiguousarray(t.permute(1, 2, 0).cpu().numpy()))).to(dev)
+        fitted.setdefault(tuple(f.shape), []).append((i, f))
+    groups = [([i for i, _ in rows], torch.stack([f for _, f in rows])) for rows in fitted.values()]
+    return FittedBatch(groups, errors, on_device)
+
+
+def bytes_to_vectors(embedder: Embedder, datas: Sequence[bytes], *, device_decode: bool | None = None,
+                     device_resize: bool | None = None,
+                     decode: Callable[[bytes, int], npt.NDArray[np.uint8]] = project_decode,
+                     batch_size: int | None = None) -> VectorBatch:
+    """Encoded images -> ``(n, dim)`` unit vectors, decoded and resized on the device.
+
+    ``device_decode`` (default: on when the embedder runs on CUDA) sends plain
+    JPEGs (:func:`plain_jpeg`) through ``torchvision.io.decode_jpeg`` on the
+    embedder's device, in one call per chunk of ``batch_size``; a JPEG it
+    refuses, and every other format, is decoded by ``decode`` on the CPU.
+    Each image is then shrunk to the embedder's geometry on the device
+    (:func:`fit_tensor`; one that needs enlarging goes through the
+    embedder's ``prepare`` on the host, and so does every image when
+    ``device_resize`` is False, the default for an embedder that says
+    ``host_resize``), and each chunk goes through
+    :meth:`Embedder.forward_tensor`. The vectors agree with
+    :meth:`Embedder.embed` on the same images (cosine > 0.999, the contract
+    suite).
+    """
+    dim = int(embedder.shape[0])
+    out = np.zeros((len(datas), dim), np.float32)
+    errors: list[str | None] = [None] * len(datas)
+    on_device = 0
+    step = max(1, batch_size or embedder.batch_size)
+    for start in range(0, len(datas), step):
+        chunk = decode_and_fit(embedder, datas[start : start + step], device_decode=device_decode,
+                               device_resize=device_resize, decode=decode)
+        on_device += chunk.device_decoded
+        for i, reason in chunk.errors.items():
+            errors[start + i] = reason
+        for rows, batch in chunk.groups:
+            out[[start + i for i in rows]] = embedder.forward_tensor(batch)
+    return VectorBatch(out, errors, on_device)
+
+
 _clip_lock = threading.Lock()
 _clip: tuple[int, BatchedClip] | None = None
+_descriptor: tuple[int, BatchedEmbedder] | None = None
+
+
+def _batching(settings: Any) -> dict[str, Any]:
+    from workers import metrics
+
+    w = settings.workers
+    return {"max_batch": w.embed_max_batch, "max_wait_s": w.embed_max_wait_ms / 1000.0,
+            "on_batch": metrics.observe_batch}
 
 
 def get_clip(settings: Any) -> BatchedClip:
@@ -274,11 +418,27 @@ def get_clip(settings: Any) -> BatchedClip:
     global _clip
     with _clip_lock:
         if _clip is None or _clip[0] != os.getpid():
-            from workers import metrics
-
-            m, w = settings.matching, settings.workers
-            _clip = (os.getpid(), BatchedClip.load(
-                m.clip_model, m.clip_pretrained, device=m.device, dtype=w.embed_dtype,
-                max_batch=w.embed_max_batch, max_wait_s=w.embed_max_wait_ms / 1000.0,
-                on_batch=metrics.observe_batch))
+            m = settings.matching
+            _clip = (os.getpid(), BatchedClip.load(m.clip_model, m.clip_pretrained, device=m.device,
+                                                   dtype=settings.workers.embed_dtype, **_batching(settings)))
         return _clip[1]
+
+
+def get_descriptor(settings: Any) -> BatchedEmbedder | None:
+    """This process's batched SSCD descriptor (``matching.descriptor``), or None
+    when none is configured; on ``matching.device`` where ONNX Runtime can
+    run there (CUDA provider), else on the CPU. Loaded once per process."""
+    global _descriptor
+    m = settings.matching
+    if not m.descriptor:
+        return None
+    with _clip_lock:
+        if _descriptor is None or _descriptor[0] != os.getpid():
+            from matching.signals.sscd import SscdEmbedder, resolve_sscd_device
+
+            # ONNX Runtime without its CUDA provider runs SSCD on the CPU, whatever CLIP uses
+            device = m.device if resolve_sscd_device("auto") != "cpu" else "cpu"
+            emb = SscdEmbedder(m.descriptor, side=m.descriptor_side, threads=m.descriptor_threads, device=device,
+                               batch_size=settings.workers.embed_max_batch)
+            _descriptor = (os.getpid(), BatchedEmbedder(emb, **_batching(settings)))
+        return _descriptor[1]

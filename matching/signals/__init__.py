@@ -2,8 +2,11 @@
 
 - :class:`Sha256Signal`: exact bytes.
 - :class:`PdqSignal`: PDQ perceptual hash, dihedral variants for registration.
+- :class:`Embedder` (:mod:`matching.signals.embedder`): the role every image
+  embedding shares (prepare per image, forward per batch);
 - :class:`ClipEmbedder`: open_clip embedding (torch is imported only when one
-  is built).
+  is built); :class:`matching.signals.sscd.SscdEmbedder`: the SSCD
+  copy-detection descriptor (ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from matching.signals.base import Feature, Metric, Probe, Signal, hamming
+from matching.signals.embedder import Embedder
 from matching.signals.pdq import MATCH_THRESHOLD, QUALITY_THRESHOLD, PdqSignal, pdq_hex
 from matching.signals.sha256 import Sha256Signal
 
 if TYPE_CHECKING:
-    from matching.signals.clip import ClipEmbedder, Embedder, build_embedder, resolve_device
+    from matching.signals.clip import ClipEmbedder, build_embedder, resolve_device
 
 __all__ = [
     "MATCH_THRESHOLD",
@@ -34,7 +38,7 @@ __all__ = [
     "resolve_device",
 ]
 
-_CLIP = {"ClipEmbedder", "Embedder", "build_embedder", "resolve_device"}
+_CLIP = {"ClipEmbedder", "build_embedder", "resolve_device"}
 
 
 def __getattr__(name: str) -> Any:

@@ -7,6 +7,8 @@ random weights (tests: no download, embeddings then carry no meaning).
 
 The device is ``settings.device``: ``auto`` picks CUDA, then MPS, then the CPU.
 On CUDA the forward pass runs under fp16 autocast; elsewhere in float32.
+:class:`Embedder` itself lives in :mod:`matching.signals.embedder` (imported
+from here too, for old imports).
 Models are loaded once per process and shared (keyed by model, weights and
 device), so every engine in a worker uses one copy. After a fork the child
 must not reuse a CUDA model loaded by the parent; the cache is keyed by
@@ -18,48 +20,26 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+import numpy.typing as npt
 
 from config.settings import MatchingSettings
-from matching.decode import DecodedImage
 from matching.errors import EmbedderError
-from matching.signals.base import Feature, Probe, Signal
+from matching.signals.embedder import Embedder, Geometry, ImageLike, as_rgb, fit_rgb
 
-__all__ = ["ClipEmbedder", "Embedder", "RemoteEmbedder", "build_embedder", "clip_dim", "resolve_device"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipEmbedder", "Embedder", "ImageLike", "RemoteEmbedder", "build_embedder",
+           "clip_dim", "preprocess_rgb", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-ImageLike = DecodedImage | np.ndarray
-
-
-class Embedder(Signal):
-    """A signal that maps images to unit-length float32 vectors in batches.
-
-    Subclasses implement :meth:`embed` only.
-    """
-
-    dtype = np.dtype(np.float32)
-    metric = "cosine"
-    #: False for an embedder whose vectors are computed in another process
-    #: (:class:`RemoteEmbedder`): callers must hand it vectors, not images.
-    loads_model = True
-
-    @abstractmethod
-    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """``(len(images), dim)`` float32, each row L2-normalised."""
-
-    def _compute(self, probe: Probe) -> Feature:
-        return self._compute_batch([probe])[0]
-
-    def _compute_batch(self, probes: Sequence[Probe]) -> list[Feature]:
-        vecs = self.embed([p.image for p in probes])
-        return [Feature(np.ascontiguousarray(v)) for v in vecs]
+# open_clip's OPENAI_DATASET_MEAN / STD (every ViT-B-32 tag uses them); a model
+# whose config names others (preprocess_cfg) uses its own.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 CLIP_EXTRA_HINT = ("the CLIP embedder needs the `clip` extra (torch, torchvision, open_clip_torch): "
@@ -135,20 +115,71 @@ def _load(model_name: str, pretrained: str, device: str) -> tuple[Any, Any]:
         return model, preprocess
 
 
+def preprocess_rgb(rgb: npt.NDArray[np.uint8], size: int = 224) -> npt.NDArray[np.uint8]:
+    """CLIP's input geometry: short side to ``size``, centre crop, uint8 HWC.
+
+    The normalisation happens on the device, after the uint8 copy (4x less to
+    copy than float32); see :meth:`ClipEmbedder.forward_tensor`."""
+    return fit_rgb(as_rgb(rgb), Geometry(size, "crop"))
+
+
+def _image_size(model: Any) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 class ClipEmbedder(Embedder):
-    """open_clip image tower; see the module docstring for configuration."""
+    """open_clip image tower; see the module docstring for configuration.
+
+    One preprocessing path for works and uploads: :meth:`prepare` is
+    :func:`preprocess_rgb` (OpenCV resize with an area filter when shrinking,
+    bicubic when enlarging, then the centre crop), the same crop the GPU
+    worker batches; the mean/std normalisation runs on the device inside
+    :meth:`forward_tensor`. open_clip's own transform (Pillow bicubic, kept as
+    ``_preprocess`` for comparisons) gives slightly different pixels, so
+    vectors differ slightly from ones computed with it (cosine 0.9999 with
+    random weights on the tests' images; not measured with trained weights):
+    vectors stored before this change are best recomputed.
+    """
 
     name = "clip"
 
     def __init__(
-        self, model: str = "ViT-B-32", pretrained: str = "", *, device: str = "auto", batch_size: int = 32
+        self, model: str = "ViT-B-32", pretrained: str = "", *, device: str = "auto", batch_size: int = 32,
+        dtype: str = "float16",
     ) -> None:
-        self.model_name = model
+        dev = resolve_device(device)
+        loaded, preprocess = _load(model, pretrained, dev)
+        self._setup(loaded, preprocess, model, pretrained, dev, batch_size, dtype)
+
+    @classmethod
+    def from_model(cls, model: Any, *, device: str, dtype: str = "float16", batch_size: int = 32,
+                   image_size: int | None = None) -> ClipEmbedder:
+        """An embedder around an open_clip model already loaded on ``device``."""
+        self = cls.__new__(cls)
+        self._setup(model.eval(), None, type(model).__name__, "", device, batch_size, dtype, image_size)
+        return self
+
+    def _setup(self, model: Any, preprocess: Any, name: str, pretrained: str, device: str, batch_size: int,
+               dtype: str, image_size: int | None = None) -> None:
+        import torch
+
+        self.model_name = name
         self.pretrained = pretrained
-        self.device = resolve_device(device)
+        self.device = device
         self.batch_size = max(1, batch_size)
-        self._model, self._preprocess = _load(model, pretrained, self.device)
-        self._dim = int(self._model.visual.output_dim)
+        self._model, self._preprocess = model, preprocess
+        self._dim = int(model.visual.output_dim)
+        self.image_size = int(image_size or _image_size(model))
+        self.geometry = Geometry(self.image_size, "crop")
+        #: The autocast dtype on CUDA (float16 or bfloat16); None: float32.
+        self.autocast: Any = None
+        if device.startswith("cuda"):
+            self.autocast = torch.bfloat16 if dtype == "bfloat16" else torch.float16
+        cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+        mean, std = tuple(cfg.get("mean", CLIP_MEAN)), tuple(cfg.get("std", CLIP_STD))
+        self._mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
 
     @classmethod
     def from_settings(cls, settings: MatchingSettings) -> ClipEmbedder:
@@ -162,24 +193,30 @@ class ClipEmbedder(Embedder):
     def _shape(self) -> tuple[int, ...]:
         return (self._dim,)
 
-    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+    def prepare(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        return preprocess_rgb(rgb, self.image_size)
+
+    def forward(self, prepared: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
         import torch
 
-        out = np.empty((len(images), self._dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            batch = torch.stack(
-                [self._preprocess(Image.fromarray(_rgb(im))) for im in chunk]
-            ).to(self.device)
-            with torch.inference_mode():
-                if self.device.startswith("cuda"):
-                    with torch.autocast(device_type="cuda", dtype=torch.float16):
-                        feats = self._model.encode_image(batch)
-                else:
-                    feats = self._model.encode_image(batch)
-            v = feats.float().cpu().numpy()
-            norms = np.linalg.norm(v, axis=1, keepdims=True)
-            out[start : start + len(chunk)] = v / np.maximum(norms, 1e-12)
+        x = torch.from_numpy(np.stack(prepared))
+        if self.device.startswith("cuda"):
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return self.forward_tensor(x)
+
+    def forward_tensor(self, nhwc: Any) -> npt.NDArray[np.float32]:
+        import torch
+
+        x = nhwc.to(self.device)
+        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
+        with torch.inference_mode():
+            if self.autocast is not None:
+                with torch.autocast(device_type="cuda", dtype=self.autocast):
+                    feats = self._model.encode_image(x)
+            else:
+                feats = self._model.encode_image(x)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        out: npt.NDArray[np.float32] = feats.cpu().numpy().astype(np.float32, copy=False)
         return out
 
 
@@ -220,13 +257,20 @@ class RemoteEmbedder(Embedder):
     def _shape(self) -> tuple[int, ...]:
         return (self._dim,)
 
-    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
-        raise EmbedderError("this process loads no CLIP model (workers.embed_stage is on): "
-                            "embeddings come from the GPU workers on queue 'embed'")
+    def prepare(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        raise EmbedderError(_REMOTE)
+
+    def forward(self, prepared: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        raise EmbedderError(_REMOTE)
 
 
-def _rgb(im: ImageLike) -> np.ndarray:
-    return im.rgb if isinstance(im, DecodedImage) else im
+_REMOTE = ("this process loads no CLIP model (workers.embed_stage is on): "
+           "embeddings come from the GPU workers on queue 'embed'")
+
+
+def _rgb(im: ImageLike) -> npt.NDArray[np.uint8]:
+    """Kept for old imports; see :func:`matching.signals.embedder.as_rgb`."""
+    return as_rgb(im)
 
 
 def build_embedder(settings: MatchingSettings, *, remote: bool = False) -> Embedder | None:

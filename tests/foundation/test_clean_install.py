@@ -68,6 +68,10 @@ def test_plain_install_registers_and_scans(tmp_path: Path) -> None:
     no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, env=env,
                               cwd=tmp_path, check=False)
     assert no_torch.returncode != 0, "the plain install must not bring torch"
+    sscd = subprocess.run([str(py), "-c", "from matching.signals.sscd import SscdEmbedder; "
+                           "print(SscdEmbedder('sscd_distilled').shape)"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert sscd.returncode == 0 and "(512,)" in sscd.stdout, sscd.stderr[-3000:]  # onnxruntime and the models
 
     data = tmp_path / "data"
     env = {**env, "ARTWATCH_DATA_DIR": str(data)}
