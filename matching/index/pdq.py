@@ -70,7 +70,7 @@ class PdqIndex:
         self._words = np.zeros((0, 4), np.uint64)
         self._work = np.zeros(0, np.int64)
         self._owner = np.zeros(0, np.int64)
-        self._pending: list[tuple[int, int, U8]] = []
+        self._pending: dict[int, tuple[int, U8]] = {}  # by work id: a registry rebuild of n works is O(n)
         self._removed: set[int] = set()
         # Multi-index tables, None until a search needs them after a change:
         # row ids sorted by chunk value, chunk after chunk, in one (16 * n,) array,
@@ -82,11 +82,11 @@ class PdqIndex:
         """Add (or replace) a work's hashes: ``(k, 32)`` uint8, PDQ bytes MSB-first."""
         h = np.ascontiguousarray(np.asarray(hashes, np.uint8).reshape(-1, 32))
         self.remove(work_id)  # drops compacted rows first; the new ones stay pending
-        self._pending.append((int(work_id), int(owner_id), h))
+        self._pending[int(work_id)] = (int(owner_id), h)
 
     def remove(self, work_id: int) -> None:
         wid = int(work_id)
-        self._pending = [p for p in self._pending if p[0] != wid]
+        self._pending.pop(wid, None)
         self._removed.add(wid)
 
     def __len__(self) -> int:
@@ -101,9 +101,10 @@ class PdqIndex:
                 self._order = None
             self._removed.clear()
         if self._pending:
-            words = [self._words] + [h.view(np.uint64) for _, _, h in self._pending]
-            works = [self._work] + [np.full(h.shape[0], w, np.int64) for w, _, h in self._pending]
-            owners = [self._owner] + [np.full(h.shape[0], o, np.int64) for _, o, h in self._pending]
+            items = list(self._pending.items())
+            words = [self._words] + [h.view(np.uint64) for _, (_, h) in items]
+            works = [self._work] + [np.full(h.shape[0], w, np.int64) for w, (_, h) in items]
+            owners = [self._owner] + [np.full(h.shape[0], o, np.int64) for _, (o, h) in items]
             self._words = np.concatenate(words)
             self._work = np.concatenate(works)
             self._owner = np.concatenate(owners)

@@ -49,3 +49,135 @@ def test_replace_and_remove() -> None:
     ix.add(1, 2, a)
     assert ix.search(a[5], owner_ids=[2]) == {1: 0}
     assert PdqIndex().search(a[0]) == {}
+
+
+# Multi-index hashing against brute force. The reference below knows nothing of
+# chunks or scans: every stored hash of every live work, the smallest distance.
+
+Works = dict[int, tuple[int, np.ndarray]]  # work id -> (owner id, (k, 32) hashes)
+
+
+def _brute(works: Works, q: np.ndarray, r: int, owners: list[int] | None = None,
+           wids: list[int] | None = None) -> dict[int, int]:
+    out = {}
+    for w, (o, h) in works.items():
+        if (owners is not None and o not in owners) or (wids is not None and w not in wids) or not h.shape[0]:
+            continue
+        d = int(hamming(h, q).min())
+        if d <= r:
+            out[w] = d
+    return out
+
+
+def _flip_in_chunks(h: np.ndarray, per_chunk: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Flip ``per_chunk[j]`` bits among bits ``16j .. 16j + 15`` (chunk j = bytes 2j, 2j + 1)."""
+    u = np.unpackbits(h.copy())
+    for j, k in enumerate(per_chunk):
+        u[16 * j + rng.choice(16, k, replace=False)] ^= 1
+    return np.packbits(u)
+
+
+def _pair() -> tuple[PdqIndex, PdqIndex]:
+    """The same rows behind each path: MIH forced at any size and any distance, and scan only."""
+    return PdqIndex(mih_min_rows=0, mih_max_distance=64, mih_max_fraction=1.0), PdqIndex(mih_min_rows=10**9)
+
+
+def test_mih_equals_scan_and_brute_force_with_planted_near_duplicates() -> None:
+    rng = np.random.default_rng(2)
+    mih, scan = _pair()
+    works: Works = {w: (w % 7, _hashes(rng, 8)) for w in range(1, 301)}
+    for w, (o, h) in works.items():
+        mih.add(w, o, h)
+        scan.add(w, o, h)
+    for dist in range(41):
+        src = int(rng.integers(1, 301))
+        q = _flip(works[src][1][int(rng.integers(8))], dist, rng)
+        for r in (0, 7, 15, 16, 23, 31, 32, 40, 47):
+            want = _brute(works, q, r)
+            assert mih.search(q, r) == scan.search(q, r) == want
+            assert (src in want) == (dist <= r)
+            assert list(mih.search(q, r).items()) == list(scan.search(q, r).items())  # same order too
+        owners, wids = [works[src][0], 3], [src, 5, 6]
+        assert mih.search(q, 31, owner_ids=owners) == scan.search(q, 31, owner_ids=owners) == _brute(
+            works, q, 31, owners=owners)
+        assert mih.search(q, 40, work_ids=wids) == _brute(works, q, 40, wids=wids)
+        assert mih.search(q, 31, owner_ids=[], work_ids=wids) == {}
+    q = _flip(works[9][1][0], 31, rng)
+    mih.search(q, 31)
+    scan.search(q, 31)
+    assert 0 < mih.last_verified < len(mih) == scan.last_verified  # each index took the path it was built for
+
+
+def test_mih_finds_the_worst_case_split_at_every_distance() -> None:
+    """A hash at exactly ``r = 16a + b`` bits spread as evenly as the pigeonhole allows.
+
+    Either chunk b is the only one within ``a`` (chunks 0..b-1 at a + 1, the rest at a), or
+    chunk 15 is the only one within ``a - 1`` (chunks 0..b at a + 1, chunk 15 at a - 1). A radius
+    one bit too small, or the two groups of chunks swapped, misses one of them.
+    """
+    rng = np.random.default_rng(3)
+    base = _hashes(rng, 1)[0]
+    for r in range(64):
+        a, b = divmod(r, 16)
+        splits = [[a + 1] * b + [a] * (16 - b)]
+        if a and b < 15:
+            splits.append([a + 1] * (b + 1) + [a] * (14 - b) + [a - 1])
+        for split in splits:
+            assert sum(split) == r
+            mih, _ = _pair()
+            h = _flip_in_chunks(base, split, rng)
+            mih.add(1, 1, h[None])
+            mih.add(2, 1, _hashes(rng, 8))
+            assert mih.search(base, r) == _brute({1: (1, h[None])}, base, r) == {1: r}, (r, split)
+            assert 1 not in mih.search(base, r - 1)
+
+
+def test_mih_and_scan_agree_through_add_replace_remove() -> None:
+    rng = np.random.default_rng(4)
+    mih, scan = _pair()
+    works: Works = {}
+    for step in range(60):
+        op = rng.integers(4)
+        w = int(rng.integers(1, 80))
+        if op < 2:  # add or replace
+            h = _hashes(rng, int(rng.integers(0, 9)))
+            if works and rng.integers(2):  # a near-duplicate of a live hash, so results are not empty
+                _, hs = works[int(rng.choice(list(works)))]
+                if hs.shape[0]:
+                    h = np.concatenate([h, _flip(hs[0], int(rng.integers(0, 41)), rng)[None]])
+            works[w] = (int(rng.integers(3)), h)
+            mih.add(w, works[w][0], h)
+            scan.add(w, works[w][0], h)
+        elif op == 2:  # remove, live or not
+            works.pop(w, None)
+            mih.remove(w)
+            scan.remove(w)
+        if step % 3:  # sometimes several changes before the next search
+            continue
+        assert len(mih) == len(scan) == sum(h.shape[0] for _, h in works.values())
+        live = [h for _, h in works.values() if h.shape[0]]
+        q = _flip(live[int(rng.integers(len(live)))][0], int(rng.integers(0, 41)), rng) if live else _hashes(rng, 1)[0]
+        for r in (16, 31, 40):
+            assert mih.search(q, r) == scan.search(q, r) == _brute(works, q, r)
+        assert mih.search(q, 31, owner_ids=[1]) == _brute(works, q, 31, owners=[1])
+
+
+def test_default_thresholds_fall_back_to_the_scan_with_the_same_result() -> None:
+    rng = np.random.default_rng(5)
+    works: Works = {w: (w % 3, _hashes(rng, 8)) for w in range(1200)}  # 9,600 rows: above the default 8,192
+    ix = PdqIndex()
+    for w, (o, h) in works.items():
+        ix.add(w, o, h)
+    q = _flip(works[10][1][2], 20, rng)
+    assert ix.search(q, 64) == _brute(works, q, 64)  # past mih_max_distance: scan
+    assert ix.last_verified == len(ix) == 9600
+    assert ix.search(q, 31) == _brute(works, q, 31) == {10: 20}
+    assert 0 < ix.last_verified < 0.15 * 9600
+    tight = PdqIndex(mih_max_fraction=0.0)  # every candidate set is too large: scan
+    for w, (o, h) in works.items():
+        tight.add(w, o, h)
+    assert tight.search(q, 31) == {10: 20}
+    assert tight.last_verified == 9600
+    small = PdqIndex()  # below mih_min_rows: scan
+    small.add(1, 1, works[10][1])
+    assert small.search(q, 31) == {1: 20} and small.last_verified == 8
