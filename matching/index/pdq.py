@@ -41,6 +41,7 @@ I64 = npt.NDArray[np.int64]
 _CHUNKS = 16  # chunks of 16 bits: one uint16 each
 _KEYS = 1 << 16
 _CHUNK_ROWS = np.arange(_CHUNKS)[:, None]
+_KEYS_1 = _KEYS + 1  # row length of the offset table
 
 
 @cache
@@ -132,9 +133,19 @@ class PdqIndex:
         if n < self.mih_min_rows or not 0 <= max_distance <= self.mih_max_distance:
             return None
         order, starts = self._tables()
-        keys = q.view(np.uint16).astype(np.intp)[:, None] ^ _masks(max_distance // _CHUNKS)[None, :]
-        lo = starts[_CHUNK_ROWS, keys].ravel()
-        size = starts[_CHUNK_ROWS, keys + 1].ravel() - lo
+        # max_distance = 16a + b: a row within it has one of chunks 0..b within a bits, or one of
+        # chunks b+1..15 within a - 1 (else its distance is at least (b+1)(a+1) + (15-b)a = 16a + b + 1).
+        a, b = divmod(max_distance, _CHUNKS)
+        qc = q.view(np.uint16).astype(np.intp)
+        near = (qc[: b + 1, None] ^ _masks(a)[None, :]) + _CHUNK_ROWS[: b + 1] * _KEYS_1
+        probes = [near.ravel()]
+        if a and b + 1 < _CHUNKS:
+            far = (qc[b + 1 :, None] ^ _masks(a - 1)[None, :]) + _CHUNK_ROWS[b + 1 :] * _KEYS_1
+            probes.append(far.ravel())
+        flat = starts.reshape(-1)  # chunk j's value v at j * (2^16 + 1) + v
+        keys = np.concatenate(probes)
+        lo = flat[keys]
+        size = flat[keys + 1] - lo
         total = int(size.sum())
         if total > self.mih_max_fraction * n:
             return None
