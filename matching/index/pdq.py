@@ -151,7 +151,9 @@ class PdqIndex:
             return None
         # Positions lo[i] .. lo[i] + size[i] - 1 of every probed bucket, in one array.
         shift = np.repeat(lo - (np.cumsum(size) - size), size)
-        return np.unique(order[np.arange(total, dtype=np.int64) + shift]).astype(np.int64)
+        rows = np.sort(order.take(np.arange(total, dtype=np.int64) + shift)).astype(np.int64)
+        # np.unique costs three times this sort-and-compare on a few thousand rows (numpy 2.4)
+        return rows[np.concatenate(([True], rows[1:] != rows[:-1]))] if rows.size else rows
 
     def search(
         self, query: U8, max_distance: int = 31, owner_ids: Sequence[int] | None = None,
@@ -167,24 +169,28 @@ class PdqIndex:
             return {}
         q = np.ascontiguousarray(np.asarray(query, np.uint8).reshape(32)).view(np.uint64)
         rows = self._candidates(q, max_distance)
-        words, work, owner = self._words, self._work, self._owner
-        if rows is not None:
-            words, work, owner = words[rows], work[rows], owner[rows]
+        words = self._words if rows is None else self._words.take(rows, axis=0)  # 5x faster than [rows]
         self.last_verified = int(words.shape[0])
         c = np.bitwise_count(words ^ q)
         d = c[:, 0] + c[:, 1]
         d += c[:, 2]
         d += c[:, 3]
-        ok = d <= max_distance
+        # Distance first, filters on the few rows within it: the owner and work columns are only
+        # read (and the filters only tested) for those.
+        idx = np.flatnonzero(d <= max_distance)
+        d = d[idx]
+        if rows is not None:
+            idx = rows[idx]
         if owner_ids is not None:
-            ok &= np.isin(owner, np.asarray(list(owner_ids), np.int64))
+            keep = np.isin(self._owner[idx], np.asarray(list(owner_ids), np.int64))
+            idx, d = idx[keep], d[keep]
         if work_ids is not None:
-            ok &= np.isin(work, np.asarray(list(work_ids), np.int64))
-        idx = np.flatnonzero(ok)
+            keep = np.isin(self._work[idx], np.asarray(list(work_ids), np.int64))
+            idx, d = idx[keep], d[keep]
         if not idx.size:
             return {}
-        order = np.argsort(d[idx], kind="stable")
+        order = np.argsort(d, kind="stable")
         out: dict[int, int] = {}
-        for w, dist in zip(work[idx][order].tolist(), d[idx][order].tolist(), strict=True):
+        for w, dist in zip(self._work[idx[order]].tolist(), d[order].tolist(), strict=True):
             out.setdefault(int(w), int(dist))
         return out
