@@ -8,19 +8,25 @@ A search takes one of two paths, with identical results:
 
 - **Multi-index hashing** (Norouzi et al., "Fast search in Hamming space with
   multi-index hashing", CVPR 2012). The 256 bits split into 16 chunks of 16
-  bits. By pigeonhole, a hash within ``r`` bits of the query is within
-  ``r // 16`` bits of it in at least one chunk, so the rows worth checking are
-  those whose chunk value lies within that radius of the query's, in some
-  chunk. Per chunk, the rows are kept sorted by chunk value with a 65,537-entry
-  offset table, so each probe is two array reads. Only those candidates get the
-  exact distance: about 0.4% of the rows at ``r <= 31`` and 3.3% at ``r <= 47``
-  on random hashes, whatever the registry size. The tables cost 4 bytes per
-  hash per chunk (64 bytes per hash, twice the hashes themselves) plus 8 MiB of
-  offsets, and are built at the first such search after a change.
-- **Linear scan**: XOR + popcount over every row. It is exact and cheap when the
-  index is small, and it is what remains when the radius is wide (``r >= 48``
-  would probe 697 values per chunk, about 17% of the rows) or when the probed
-  buckets hold more than ``mih_max_fraction`` of the rows (clustered hashes).
+  bits. Write ``r = 16a + b`` (``b < 16``): a hash within ``r`` bits of the
+  query is within ``a`` bits of it in one of chunks ``0..b``, or within
+  ``a - 1`` in one of the others (else its distance would be at least
+  ``(b + 1)(a + 1) + (15 - b)a = r + 1``). So the rows worth checking are those
+  whose chunk value lies within that radius of the query's in some chunk: 272
+  probed values at ``r = 31``. Per chunk, the rows are kept sorted by chunk
+  value with a 65,537-entry offset table, so each probe is two array reads.
+  Only those candidates get the exact distance: about 0.4% of the rows at
+  ``r <= 31``, 3.3% at 47 and 18% at 64 on random hashes, whatever the
+  registry size. The tables cost 4 bytes per hash per chunk (64 bytes per
+  hash, twice the hashes themselves) plus 8 MiB of offsets, and are built at
+  the first such search after a change (0.7 s CPU at 800,000 hashes).
+- **Linear scan**: XOR + popcount over every row. It is exact and cheaper when
+  the index is small (below ``mih_min_rows``), when ``max_distance`` exceeds
+  ``mih_max_distance``, or when the probed buckets hold more than
+  ``mih_max_fraction`` of the rows (wide radii, clustered hashes): a candidate
+  costs about four scanned rows (a random read), so past about a quarter of
+  the rows the scan wins. At 64 bits (the engine's radius) the probes cover
+  about 20% of the rows: MIH still, but only about 25% faster than the scan.
 
 Figures and thresholds: docs/benchmarks.md, "PDQ: multi-index hashing".
 """
@@ -61,7 +67,7 @@ class PdqIndex:
     """
 
     def __init__(
-        self, *, mih_min_rows: int = 8192, mih_max_distance: int = 47, mih_max_fraction: float = 0.15,
+        self, *, mih_min_rows: int = 8192, mih_max_distance: int = 64, mih_max_fraction: float = 0.25,
     ) -> None:
         self.mih_min_rows = mih_min_rows
         self.mih_max_distance = mih_max_distance
