@@ -117,7 +117,7 @@ def main() -> None:
     print("\nrow-threshold sweep, max_distance 31, MIH forced\n")
     print("| rows | scan median ms | MIH median ms | ratio |")
     print("|---|---|---|---|")
-    for rows in (1024, 2048, 4096, 8192, 16384, 32768):
+    for rows in (r for r in (1024, 2048, 4096, 8192, 16384, 32768) if r <= n):
         sub = m[:rows]
         a, b = PdqIndex(mih_min_rows=0), PdqIndex(mih_min_rows=1 << 62)
         _fill(a, sub, args.variants)
