@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matching.index.base import Distance, Hit, IndexPoint, VectorIndex, VectorSpec, point_id
+from matching.index.base import (
+    Distance,
+    Hit,
+    IndexPoint,
+    SparseModifier,
+    SparseVector,
+    SparseVectorSpec,
+    VectorIndex,
+    VectorSpec,
+    point_id,
+)
 from matching.index.embedded import EmbeddedIndex
 from matching.index.pdq import PdqIndex
 from matching.index.qdrant import QdrantIndex
@@ -36,6 +46,9 @@ __all__ = [
     "IndexPoint",
     "PdqIndex",
     "QdrantIndex",
+    "SparseModifier",
+    "SparseVector",
+    "SparseVectorSpec",
     "VectorIndex",
     "VectorSpec",
     "build_index",
@@ -59,7 +72,8 @@ def default_specs(clip_dim: int = 512) -> list[VectorSpec]:
     return [VectorSpec("clip", clip_dim, "cosine"), PDQ_VECTOR]
 
 
-def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -> VectorIndex:
+def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None,
+                sparse_specs: Sequence[SparseVectorSpec] = ()) -> VectorIndex:
     """The index the settings name: embedded under ``DATA_DIR/index``, or a Qdrant server."""
     specs = list(specs) if specs is not None else default_specs()
     if settings.index.backend == "server":
@@ -70,7 +84,7 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -
         if not settings.index.url:
             raise IndexError_("index.backend is 'server' but index.url is empty")
         client = QdrantClient(url=settings.index.url, api_key=settings.index.api_key or None)
-        return QdrantIndex(client, settings.index.collection, specs)
+        return QdrantIndex(client, settings.index.collection, specs, sparse_specs)
     if settings.shared.kind == "services":
         from matching.errors import IndexError_
 
@@ -81,5 +95,5 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -
             "DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
             "(ARTWATCH_INDEX__BACKEND=server, ARTWATCH_INDEX__URL=http://qdrant:6333), "
             "or turn the embedder off (matching.use_embedder = false)")
-    return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs)
+    return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs, sparse_specs=sparse_specs)
 

@@ -21,6 +21,15 @@ The engine was chosen by measurement (``bench/index_embedded.py``, numbers in
 ``docs/benchmarks.md``): Edge searches 10k-100k 512-d vectors in about 2 ms;
 local mode is a numpy scan in Python that persists each point through pickled
 SQLite rows, more than ten times slower to search and far slower to fill.
+
+Sparse named vectors (:class:`SparseVectorSpec`) are Edge sparse vectors; in
+the store a point's blob holds, per sparse name, ``n`` (uint32), its ``n``
+indices (uint32) and ``n`` values (float32), after the dense ones in name
+order. With ``modifier="idf"`` Edge keeps the document frequencies of points
+it has deleted or replaced until the replica is rebuilt (qdrant-edge-py 0.9:
+an IDF that is stale after a delete, where qdrant-client's local mode
+recomputes it; the contract suite pins both). A new process, a ``clear()``
+or a restart rebuilds the replica from the live points.
 """
 
 from __future__ import annotations
@@ -39,7 +48,15 @@ from typing import Any
 import numpy as np
 
 from matching.errors import IndexError_
-from matching.index.base import Hit, IndexPoint, VectorSpec, check_point
+from matching.index.base import (
+    Hit,
+    IndexPoint,
+    SparseVector,
+    SparseVectorSpec,
+    VectorSpec,
+    check_point,
+    check_specs,
+)
 
 __all__ = ["EmbeddedIndex"]
 
@@ -66,10 +83,14 @@ _BATCH = 1000
 class EmbeddedIndex:
     """VectorIndex for one machine, shared safely by several processes."""
 
-    def __init__(self, directory: Path, specs: Sequence[VectorSpec], *, hnsw_min_points: int = HNSW_MIN_POINTS) -> None:
+    def __init__(self, directory: Path, specs: Sequence[VectorSpec], *,
+                 sparse_specs: Sequence[SparseVectorSpec] = (), hnsw_min_points: int = HNSW_MIN_POINTS) -> None:
         self.directory = Path(directory)
         self._specs = list(specs)
+        self._sparse = list(sparse_specs)
+        check_specs(self._specs, self._sparse)
         self._by_name = {s.name: s for s in self._specs}
+        self._sparse_by_name = {s.name: s for s in self._sparse}
         self._hnsw_min = hnsw_min_points
         self._lock = threading.RLock()
         self._pid = -1
@@ -87,6 +108,10 @@ class EmbeddedIndex:
     @property
     def specs(self) -> list[VectorSpec]:
         return list(self._specs)
+
+    @property
+    def sparse_specs(self) -> list[SparseVectorSpec]:
+        return list(self._sparse)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
@@ -107,7 +132,10 @@ class EmbeddedIndex:
         return self._db
 
     def _check_specs(self) -> None:
-        want = json.dumps([[s.name, s.size, s.distance] for s in self._specs])
+        dense = [[s.name, s.size, s.distance] for s in self._specs]
+        # A dense-only layout is written as before, so existing indexes still open.
+        want = json.dumps(dense if not self._sparse else
+                          {"dense": dense, "sparse": [[s.name, s.modifier] for s in self._sparse]})
         with self._lock:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
@@ -127,18 +155,31 @@ class EmbeddedIndex:
                 raise
 
     def _encode(self, p: IndexPoint) -> tuple[str, bytes]:
-        names = sorted(p.vectors)
-        blob = b"".join(np.ascontiguousarray(p.vectors[n], dtype=np.float32).tobytes() for n in names)
-        return ",".join(names), blob
+        names = sorted([*p.vectors, *p.sparse])
+        parts = []
+        for n in names:
+            if n in p.sparse:
+                sv = p.sparse[n]
+                parts += [np.uint32(len(sv)).tobytes(), sv.indices.tobytes(), sv.values.tobytes()]
+            else:
+                parts.append(np.ascontiguousarray(p.vectors[n], dtype=np.float32).tobytes())
+        return ",".join(names), b"".join(parts)
 
     def _decode(self, names: str, blob: bytes) -> dict[str, Any]:
+        """Dense vectors as lists, sparse ones as ``(indices, values)`` lists."""
         out: dict[str, Any] = {}
-        arr = np.frombuffer(blob, dtype=np.float32)
         off = 0
         for n in names.split(",") if names else []:
-            size = self._by_name[n].size
-            out[n] = arr[off : off + size].tolist()
-            off += size
+            if n in self._sparse_by_name:
+                k = int(np.frombuffer(blob, np.uint32, 1, off)[0])
+                idx = np.frombuffer(blob, np.uint32, k, off + 4)
+                val = np.frombuffer(blob, np.float32, k, off + 4 + 4 * k)
+                out[n] = (idx.tolist(), val.tolist())
+                off += 4 + 8 * k
+            else:
+                size = self._by_name[n].size
+                out[n] = np.frombuffer(blob, np.float32, size, off).tolist()
+                off += 4 * size
         return out
 
     def upsert(self, points: Sequence[IndexPoint]) -> None:
@@ -146,7 +187,7 @@ class EmbeddedIndex:
             return
         rows = []
         for p in points:
-            check_point(self._by_name, p)
+            check_point(self._by_name, p, self._sparse_by_name)
             names, blob = self._encode(p)
             rows.append((int(p.id), int(p.payload["work_id"]), int(p.payload["owner_id"]),
                          json.dumps(dict(p.payload)), names, blob))
@@ -199,9 +240,14 @@ class EmbeddedIndex:
         self._drop_shard()
         self._shard_dir = tempfile.mkdtemp(prefix="artwatch-index-")
         dist = {"cosine": qe.Distance.Cosine, "euclid": qe.Distance.Euclid}
+        sparse: dict[str, Any] = {}
+        if self._sparse:
+            sparse["sparse_vectors"] = {
+                s.name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if s.modifier == "idf" else None)
+                for s in self._sparse}
         cfg = qe.EdgeConfig(
             vectors={s.name: qe.EdgeVectorParams(size=s.size, distance=dist[s.distance]) for s in self._specs},
-            wal_enabled=False,
+            wal_enabled=False, **sparse,
         )
         shard = qe.EdgeShard.create(os.path.join(self._shard_dir, "shard"), cfg)
         for key in ("work_id", "owner_id"):
@@ -225,7 +271,9 @@ class EmbeddedIndex:
         n = 0
         batch: list[Any] = []
         for pid, payload, names, blob in rows:
-            batch.append(qe.Point(int(pid), self._decode(names, blob), json.loads(payload)))
+            vectors = {n: qe.SparseVector(*v) if isinstance(v, tuple) else v
+                       for n, v in self._decode(names, blob).items()}
+            batch.append(qe.Point(int(pid), vectors, json.loads(payload)))
             if len(batch) >= _BATCH:
                 self._shard.update(qe.UpdateOperation.upsert_points(batch))
                 n += len(batch)
@@ -280,13 +328,35 @@ class EmbeddedIndex:
             raise ValueError(f"query for {vector_name!r} has shape {v.shape}, expected ({spec.size},)")
         with self._lock:
             self.sync()
-            flt = None
-            if owner_ids is not None:
-                flt = qe.Filter(
-                    must=[qe.FieldCondition(key="owner_id", match=qe.MatchAny([int(o) for o in owner_ids]))]
-                )
             res = self._shard.query(qe.QueryRequest(
-                limit=limit, query=qe.Query.Nearest(v.tolist(), using=vector_name), filter=flt, with_payload=True,
+                limit=limit, query=qe.Query.Nearest(v.tolist(), using=vector_name),
+                filter=self._owner_filter(owner_ids), with_payload=True,
+            ))
+        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in res]
+
+    @staticmethod
+    def _owner_filter(owner_ids: Sequence[int] | None) -> Any:
+        import qdrant_edge as qe
+
+        if owner_ids is None:
+            return None
+        return qe.Filter(must=[qe.FieldCondition(key="owner_id", match=qe.MatchAny([int(o) for o in owner_ids]))])
+
+    def search_sparse(
+        self, vector_name: str, vector: SparseVector, limit: int = 10, owner_ids: Sequence[int] | None = None
+    ) -> list[Hit]:
+        import qdrant_edge as qe
+
+        if vector_name not in self._sparse_by_name:
+            raise ValueError(f"unknown sparse vector {vector_name!r}")
+        if (owner_ids is not None and not owner_ids) or not len(vector):
+            return []
+        q = qe.SparseVector(vector.indices.tolist(), vector.values.tolist())
+        with self._lock:
+            self.sync()
+            res = self._shard.query(qe.QueryRequest(
+                limit=limit, query=qe.Query.Nearest(q, using=vector_name),
+                filter=self._owner_filter(owner_ids), with_payload=True,
             ))
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in res]
 
