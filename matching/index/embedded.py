@@ -29,7 +29,9 @@ order. With ``modifier="idf"`` Edge keeps the document frequencies of points
 it has deleted or replaced until the replica is rebuilt (qdrant-edge-py 0.9:
 an IDF that is stale after a delete, where qdrant-client's local mode
 recomputes it; the contract suite pins both). A new process, a ``clear()``
-or a restart rebuilds the replica from the live points.
+or a restart rebuilds the replica from the live points, and so does a
+replica that has applied :data:`IDF_REBUILD_MIN` changes and a quarter of
+its size since it was built, which bounds the drift.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, point
 """
 #: Replicas at least this large get an HNSW index; below it Edge's plain scan is faster to keep.
 HNSW_MIN_POINTS = 20_000
+#: With an IDF sparse vector, a replica is rebuilt once this many point changes (and at
+#: least a quarter of its points) have been applied to it since it was built.
+IDF_REBUILD_MIN = 64
 _BATCH = 1000
 
 
@@ -99,6 +104,9 @@ class EmbeddedIndex:
         self._shard_dir: str | None = None
         self._seq = 0
         self._epoch = ""
+        self._idf = any(s.modifier == "idf" for s in self._sparse)
+        self._built = 0
+        self._churn = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         self._check_specs()
 
@@ -293,14 +301,21 @@ class EmbeddedIndex:
             try:
                 epoch = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
                 seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-                if self._shard is None or epoch != self._epoch:
-                    self._shard = self._new_shard()
-                    n = self._apply(db.execute("SELECT id, payload, names, vectors FROM points"), [])
-                    if n >= self._hnsw_min:
-                        self._shard.optimize()
-                elif seq != self._seq:
+                changed: list[int] = []
+                if self._shard is not None and epoch == self._epoch and seq != self._seq:
                     changed = sorted({r[0] for r in db.execute(
                         "SELECT point_id FROM changes WHERE seq > ?", (self._seq,))})
+                    self._churn += len(changed)
+                # Edge keeps counting replaced and deleted points in its IDF: past a
+                # quarter of the replica, a fresh one is cheaper than the drift.
+                stale_idf = self._idf and self._churn >= max(IDF_REBUILD_MIN, self._built // 4)
+                if self._shard is None or epoch != self._epoch or stale_idf:
+                    self._shard = self._new_shard()
+                    n = self._apply(db.execute("SELECT id, payload, names, vectors FROM points"), [])
+                    self._built, self._churn = n, 0
+                    if n >= self._hnsw_min:
+                        self._shard.optimize()
+                elif changed:
                     present: list[tuple[int, str, str, bytes]] = []
                     for i in range(0, len(changed), 500):
                         chunk = changed[i : i + 500]

@@ -311,35 +311,45 @@ class TestSparseVectorContract:
 def test_idf_after_delete_differs_between_engines(tmp_path: Path) -> None:
     """After a delete, qdrant-client's local mode recomputes the IDF over the live
     points; a Qdrant Edge replica (the embedded index) keeps counting the deleted
-    ones until it is rebuilt (a new process, ``clear()``, a restart). Rankings
-    under ``modifier="idf"`` can therefore differ between a long-lived embedded
-    replica and a server until then."""
+    ones until it is rebuilt: by a new process, ``clear()``, or once the changes
+    it applied reach ``IDF_REBUILD_MIN`` and a quarter of its size. Until then
+    scores under ``modifier="idf"`` differ slightly between the two."""
     from qdrant_client import QdrantClient
 
+    from matching.index.embedded import IDF_REBUILD_MIN
+
     rng = np.random.default_rng(17)
-    pts = _sparse_points(rng, range(1, 21), name="words_idf")
-    live = [p for p in pts if p.payload["work_id"] > 10]
+    pts = _sparse_points(rng, range(1, 101), name="words_idf")
     q = _sparse(rng, 150)
-    want = _idf_scores(live, "words_idf", q)
-    before = _idf_scores(pts, "words_idf", q)
+
+    def live(gone: int) -> dict[int, float]:
+        return _idf_scores([p for p in pts if p.payload["work_id"] > gone], "words_idf", q)
+
     local = QdrantIndex(QdrantClient(path=str(tmp_path / "q")), "works", SPECS, SPARSE)
     edge = EmbeddedIndex(tmp_path / "e", SPECS, sparse_specs=SPARSE)
     for ix in (local, edge):
         ix.upsert(pts)
         ix.search_sparse("words_idf", q, 1)  # the replica holds every point
-        for w in range(1, 11):
-            ix.delete_work(w)
+        for w in range(1, 6):
+            ix.delete_work(w)  # 10 changes: below the rebuild threshold
+    assert IDF_REBUILD_MIN > 10
+    want, before = live(5), live(0)
     for h in local.search_sparse("words_idf", q, 5):
         assert h.score == pytest.approx(want[h.id], rel=1e-3)
     stale = edge.search_sparse("words_idf", q, 5)
-    assert all(h.work_id > 10 for h in stale)
+    assert all(h.work_id > 5 for h in stale)
     assert [h.score for h in stale] == pytest.approx([before[h.id] for h in stale], rel=1e-3)
     assert any(abs(before[h.id] - want[h.id]) > 1e-3 * want[h.id] for h in stale)
-    edge.close()
-    fresh = EmbeddedIndex(tmp_path / "e", SPECS, sparse_specs=SPARSE)
+    fresh = EmbeddedIndex(tmp_path / "e", SPECS, sparse_specs=SPARSE)  # another process
     for h in fresh.search_sparse("words_idf", q, 5):
         assert h.score == pytest.approx(want[h.id], rel=1e-3)
     fresh.close()
+    for w in range(6, 41):
+        edge.delete_work(w)  # 80 changes in all, past a quarter of 200: rebuilt
+    want = live(40)
+    for h in edge.search_sparse("words_idf", q, 5):
+        assert h.score == pytest.approx(want[h.id], rel=1e-3)
+    edge.close()
     local.close()
 
 
