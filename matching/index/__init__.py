@@ -89,11 +89,12 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None,
         from matching.errors import IndexError_
 
         # The embedded index is a folder: machines sharing only the services
-        # would each hold a different set of CLIP points.
+        # would each hold a different set of CLIP points (or works' words).
         raise IndexError_(
-            "shared.kind is 'services' but index.backend is 'embedded', which keeps the CLIP vectors in "
+            "shared.kind is 'services' but index.backend is 'embedded', which keeps the CLIP vectors "
+            "(and, with matching.candidates = 'sparse', the works' visual words) in "
             "DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
             "(ARTWATCH_INDEX__BACKEND=server, ARTWATCH_INDEX__URL=http://qdrant:6333), "
-            "or turn the embedder off (matching.use_embedder = false)")
+            "or turn the embedder off (matching.use_embedder = false) and keep matching.candidates = 'postings'")
     return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs, sparse_specs=sparse_specs)
 
