@@ -107,6 +107,10 @@ class MatchingSettings(_Section):
     #: malloc for engine processes (`artwatch worker`, `scan`'s pool): "jemalloc" keeps a
     #: large registry's heap from slowing everything else down (matching.allocator).
     allocator: Literal["jemalloc", "system"] = "jemalloc"
+    #: Where local-feature candidates come from: "postings" (the in-process inverted
+    #: file) or "sparse" (the works' visual words as a sparse vector in the vector
+    #: index, matching.sparse_words; verification is the same either way).
+    candidates: Literal["postings", "sparse"] = "postings"
 
 
 class CrawlerSettings(_Section):

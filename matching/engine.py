@@ -20,6 +20,12 @@ decision threshold come from the shared calibration document written by
 coefficients (fitted the same way on synthetic copies, see docs) and
 ``settings.matching.threshold`` apply. ``score`` estimates the probability
 that the pair is a true copy on the calibration distribution.
+
+``candidates = "sparse"`` takes the works to verify from the VectorIndex
+instead (:mod:`matching.sparse_words`: each work image's visual words as a
+BM25 sparse vector, which a Qdrant cluster shards); their tentative
+correspondences still come from the postings of those works only, so
+verification and scoring are the same as with the default ``"postings"``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
@@ -40,7 +46,13 @@ import pdqhash
 
 from matching.decode import DecodedImage, decode_image
 from matching.dense import dense_agreement, work_thumbnails
-from matching.features import StoredWork, extract_features, extract_work_features, limit_native_threads
+from matching.features import (
+    LocalFeatures,
+    StoredWork,
+    extract_features,
+    extract_work_features,
+    limit_native_threads,
+)
 from matching.index.pdq import PdqIndex
 from matching.postings import Correspondences
 from matching.replica import LocalIndex, MaintenanceHook
@@ -51,6 +63,7 @@ from matching.verify import Verification, verify
 if TYPE_CHECKING:
     from config.settings import Settings
     from matching.index.vectors import WorkVectors
+    from matching.sparse_words import SparseWords
     from storage.documents import DocumentCache, DocumentStore
 
 __all__ = ["Candidate", "Engine", "ScoreModel", "WorkRef", "build_engine"]
@@ -241,6 +254,13 @@ class Engine:
     #: Where the registry lives (:func:`matching.store.build_feature_store`); None: the
     #: folder store under ``data_dir/features``.
     feature_store: FeatureStore | None = None
+    #: Where the works to verify come from: the postings walk, or the works'
+    #: visual words in :attr:`sparse` (then the postings of those works only).
+    candidates: Literal["postings", "sparse"] = "postings"
+    #: The works' visual words in a VectorIndex; required with ``candidates = "sparse"``.
+    sparse: SparseWords | None = None
+    #: Work images (points) asked of the sparse index per upload.
+    sparse_top: int = 48
     index: LocalIndex = field(init=False)
     _calibration: DocumentCache[ScoreModel] = field(init=False)
     #: PDQ hashes of the registered works (all dihedral variants), rebuilt
@@ -249,6 +269,10 @@ class Engine:
     _pdq_key: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
+        if self.candidates not in ("postings", "sparse"):
+            raise ValueError(f"candidates must be 'postings' or 'sparse', not {self.candidates!r}")
+        if self.candidates == "sparse" and self.sparse is None:
+            raise ValueError("candidates = 'sparse' needs the works' sparse vectors (Engine.sparse)")
         self.data_dir = Path(self.data_dir)
         store = self.feature_store
         if store is None:
@@ -288,9 +312,13 @@ class Engine:
         file name) is what the error names.
         """
         img = decode_image(data, name=name or f"work {work.work_id}", max_side=WORK_MAX_SIDE)
-        self.add_prepared(self._prepare_decoded(work, img))
+        stored = self._prepare_decoded(work, img)
+        self.add_prepared(stored)
         if self.vectors is not None:
             self.vectors.register(work, img)
+            if self.sparse is not None:
+                # WorkVectors.register replaced every point of the work, its words too.
+                self._sparse_add(stored, retrained=False)
 
     def prepare(self, work: WorkRef, data: bytes) -> StoredWork:
         """Compute a work's local and PDQ signals without touching the registry (parallelisable).
@@ -310,18 +338,48 @@ class Engine:
 
     def add_prepared(self, stored: StoredWork) -> None:
         """Persist and index what :meth:`prepare` computed."""
+        if self.sparse is None:
+            self.index.add(stored)
+            return
+        before = self.index.vocab.version if self.index.vocab is not None else None
         self.index.add(stored)
+        after = self.index.vocab.version if self.index.vocab is not None else None
+        self._sparse_add(stored, retrained=after != before)
+
+    def _sparse_add(self, stored: StoredWork, *, retrained: bool) -> None:
+        """Write a new work's words, or every work's when adding it retrained the
+        vocabulary. (A retrain elsewhere is caught at query time: hits under an
+        older vocabulary make :meth:`_local_candidates` rewrite them.)"""
+        assert self.sparse is not None
+        vocab = self.index.vocab
+        if vocab is None:
+            return
+        if retrained:
+            self._sparse_rewrite()
+        else:
+            self.sparse.register(vocab, stored)
+
+    def _sparse_rewrite(self) -> None:
+        assert self.sparse is not None
+        if self.index.vocab is None:
+            return
+        n = self.sparse.rewrite(self.index)
+        log.info("wrote the visual words of %d work images under vocabulary %s", n, self.index.vocab.version)
 
     def unregister(self, work_id: int) -> None:
         """Forget a work everywhere; unknown ids are ignored."""
         self.index.remove(work_id)
         if self.vectors is not None:
             self.vectors.unregister(work_id)
+        if self.sparse is not None:
+            self.sparse.unregister(work_id)
 
     def retrain(self) -> None:
         """Retrain the local-feature vocabulary on the current registry (index rebuild)."""
         self.index.retrain()
         self.index.refresh()
+        if self.sparse is not None:
+            self._sparse_rewrite()
 
     # ------------------------------------------------------------ analysis
 
@@ -419,7 +477,7 @@ class Engine:
         h, w = rgb.shape[:2]
         q = extract_features(rgb, balanced=True)
         t1 = clock()
-        found = self.index.search(q, top=self.search_top, owner_ids=owner_ids, work_ids=work_ids)
+        found = self._local_candidates(q, owner_ids, work_ids)
         t2 = clock()
         verifications: dict[int, Verification] = {}
         mirrored: dict[int, bool] = {}
@@ -458,6 +516,35 @@ class Engine:
         if timings is not None:
             timings.update(features=t1 - t0, search=t2 - t1, verify=t3 - t2, pdq=clock() - t3)
         return _Analysis(verifications, pdq, w, h, img.scale, dense=dense)
+
+    def _local_candidates(self, q: LocalFeatures, owner_ids: Sequence[int] | None,
+                          work_ids: Sequence[int] | None) -> list[Correspondences]:
+        """The best (work, mirror) images to verify, with their tentative correspondences.
+
+        With ``candidates = "sparse"`` the works come from the sparse index and
+        the correspondences from those works' postings; ``work_ids`` (a
+        back-scan) names the works itself."""
+        if self.candidates == "postings" or work_ids is not None:
+            return self.index.search(q, top=self.search_top, owner_ids=owner_ids, work_ids=work_ids)
+        assert self.sparse is not None
+        self.index.refresh()
+        vocab = self.index.vocab
+        if vocab is None or not len(q):
+            return []
+        sparse = self.sparse
+
+        def ask() -> tuple[list[int], bool]:
+            return sparse.candidates(vocab, q, limit=self.sparse_top, owner_ids=owner_ids,
+                                     n_coarse=self.index.n_coarse, n_fine=self.index.n_fine, n_sub=self.index.n_sub)
+
+        ids, stale = ask()
+        if stale:
+            # Another process retrained without rewriting the words (or is doing so now).
+            self._sparse_rewrite()
+            ids, _ = ask()
+        if not ids:
+            return []
+        return self.index.search(q, top=self.search_top, owner_ids=owner_ids, work_ids=ids)
 
     def score(self, a: _Analysis, img: DecodedImage | None = None, limit: int = 10) -> list[Candidate]:
         model = self.model
@@ -600,6 +687,10 @@ def build_engine(
     limit_native_threads()
     vectors = None
     m = settings.matching
+    sparse = None
+    from matching.index.vectors import settings_sparse_specs
+
+    sparse_specs = settings_sparse_specs(m)
     if m.use_embedder or m.descriptor:
         from matching.index import build_index
         from matching.index.vectors import UPLOAD_CROPS, WorkVectors, settings_specs
@@ -615,12 +706,19 @@ def build_engine(
         crop_descriptor = build_descriptor(m.descriptor, side=m.descriptor_crop_side, threads=m.descriptor_threads,
                                            resize=m.descriptor_resize)
         crops = UPLOAD_CROPS if m.descriptor_crops else ()
-        vectors = WorkVectors(build_index(settings, settings_specs(m)), embedder, descriptor=descriptor,
+        vectors = WorkVectors(build_index(settings, settings_specs(m), sparse_specs), embedder, descriptor=descriptor,
                               crop_descriptor=crop_descriptor, crops=crops)
+    if sparse_specs:
+        from matching.index import build_index
+        from matching.sparse_words import SparseWords
+
+        # One collection: the works' dense points and their words side by side.
+        sparse = SparseWords(vectors.index if vectors is not None else build_index(settings, [], sparse_specs))
     if feature_store is None:
         from matching.store import build_feature_store
 
         feature_store = build_feature_store(settings)
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
                   maintenance=maintenance, feature_store=feature_store,
+                  candidates=settings.matching.candidates, sparse=sparse,
                   documents=documents if documents is not None else build_document_store(settings))

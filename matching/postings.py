@@ -314,6 +314,22 @@ class PostingsIndex:
                                        k_ham[lo:hi], d_angle[lo:hi], d_log[lo:hi]))
         return out
 
+    def image_words(self) -> list[tuple[int, bool, int, I32]]:
+        """Every searchable (work, mirror) image: ``(work_id, mirrored, keypoints,
+        words)``, one word per posting (pending postings are merged into the main
+        segment first). What :mod:`matching.sparse_words` writes after a retrain."""
+        if self.vocab is None:
+            return []
+        self._pending_to_main()
+        main = self._main
+        assert main is not None
+        words = np.repeat(np.arange(main.offsets.shape[0] - 1, dtype=np.int32), np.diff(main.offsets))
+        order = np.argsort(main.image, kind="stable")
+        by_image = words[order]
+        bounds = np.searchsorted(main.image[order], np.arange(len(self._images) + 1))
+        return [(info.work_id, info.mirrored, info.n_kp, by_image[bounds[i] : bounds[i + 1]])
+                for i, info in enumerate(self._images) if self._alive[i]]
+
     # ---- state as arrays (what a snapshot holds)
 
     def export_state(self) -> dict[str, npt.NDArray[Any]]:

@@ -245,14 +245,15 @@ def _work_vectors(settings: Any) -> Any:
     pid = os.getpid()
     if pid not in _vectors:
         from matching.index import build_index
-        from matching.index.vectors import WorkVectors, settings_specs
+        from matching.index.vectors import WorkVectors, settings_sparse_specs, settings_specs
         from matching.signals.clip import RemoteEmbedder
 
         # Opened with every named vector the engines use (an index refuses other specs);
         # this process writes only the CLIP points.
         shape = RemoteEmbedder(settings.matching.clip_model, settings.matching.clip_pretrained)
         _vectors.clear()
-        _vectors[pid] = WorkVectors(build_index(settings, settings_specs(settings.matching)), shape)
+        _vectors[pid] = WorkVectors(build_index(settings, settings_specs(settings.matching),
+                                                settings_sparse_specs(settings.matching)), shape)
     return _vectors[pid]
 
 

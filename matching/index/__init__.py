@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from matching.index.base import Distance, Hit, IndexPoint, VectorIndex, VectorSpec, point_id
+from matching.index.base import (
+    Distance,
+    Hit,
+    IndexPoint,
+    SparseModifier,
+    SparseVector,
+    SparseVectorSpec,
+    VectorIndex,
+    VectorSpec,
+    point_id,
+)
 from matching.index.embedded import EmbeddedIndex
 from matching.index.pdq import PdqIndex
 from matching.index.qdrant import QdrantIndex
@@ -36,6 +46,9 @@ __all__ = [
     "IndexPoint",
     "PdqIndex",
     "QdrantIndex",
+    "SparseModifier",
+    "SparseVector",
+    "SparseVectorSpec",
     "VectorIndex",
     "VectorSpec",
     "build_index",
@@ -59,7 +72,8 @@ def default_specs(clip_dim: int = 512) -> list[VectorSpec]:
     return [VectorSpec("clip", clip_dim, "cosine"), PDQ_VECTOR]
 
 
-def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -> VectorIndex:
+def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None,
+                sparse_specs: Sequence[SparseVectorSpec] = ()) -> VectorIndex:
     """The index the settings name: embedded under ``DATA_DIR/index``, or a Qdrant server."""
     specs = list(specs) if specs is not None else default_specs()
     if settings.index.backend == "server":
@@ -70,16 +84,18 @@ def build_index(settings: Settings, specs: Sequence[VectorSpec] | None = None) -
         if not settings.index.url:
             raise IndexError_("index.backend is 'server' but index.url is empty")
         client = QdrantClient(url=settings.index.url, api_key=settings.index.api_key or None)
-        return QdrantIndex(client, settings.index.collection, specs)
+        return QdrantIndex(client, settings.index.collection, specs, sparse_specs)
     if settings.shared.kind == "services":
         from matching.errors import IndexError_
 
         # The embedded index is a folder: machines sharing only the services
-        # would each hold a different set of CLIP and descriptor points.
+        # would each hold a different set of CLIP and descriptor points (or works' words).
         raise IndexError_(
             "shared.kind is 'services' but index.backend is 'embedded', which keeps the works' CLIP and "
-            "descriptor vectors in DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
+            "descriptor vectors (and, with matching.candidates = 'sparse', their visual words) in "
+            "DATA_DIR/index on one machine: set index.backend = 'server' and index.url "
             "(ARTWATCH_INDEX__BACKEND=server, ARTWATCH_INDEX__URL=http://qdrant:6333), "
-            "or turn both off (matching.use_embedder = false, matching.descriptor = \"\")")
-    return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs)
+            "or turn them off (matching.use_embedder = false, matching.descriptor = \"\") "
+            "and keep matching.candidates = 'postings'")
+    return EmbeddedIndex(settings.index_dir() / settings.index.collection, specs, sparse_specs=sparse_specs)
 

@@ -21,6 +21,17 @@ The engine was chosen by measurement (``bench/index_embedded.py``, numbers in
 ``docs/benchmarks.md``): Edge searches 10k-100k 512-d vectors in about 2 ms;
 local mode is a numpy scan in Python that persists each point through pickled
 SQLite rows, more than ten times slower to search and far slower to fill.
+
+Sparse named vectors (:class:`SparseVectorSpec`) are Edge sparse vectors; in
+the store a point's blob holds, per sparse name, ``n`` (uint32), its ``n``
+indices (uint32) and ``n`` values (float32), after the dense ones in name
+order. With ``modifier="idf"`` Edge keeps the document frequencies of points
+it has deleted or replaced until the replica is rebuilt (qdrant-edge-py 0.9:
+an IDF that is stale after a delete, where qdrant-client's local mode
+recomputes it; the contract suite pins both). A new process, a ``clear()``
+or a restart rebuilds the replica from the live points, and so does a
+replica that has applied :data:`IDF_REBUILD_MIN` changes and a quarter of
+its size since it was built, which bounds the drift.
 """
 
 from __future__ import annotations
@@ -39,7 +50,15 @@ from typing import Any
 import numpy as np
 
 from matching.errors import IndexError_
-from matching.index.base import Hit, IndexPoint, VectorSpec, check_point
+from matching.index.base import (
+    Hit,
+    IndexPoint,
+    SparseVector,
+    SparseVectorSpec,
+    VectorSpec,
+    check_point,
+    check_specs,
+)
 
 __all__ = ["EmbeddedIndex"]
 
@@ -60,16 +79,23 @@ CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, point
 """
 #: Replicas at least this large get an HNSW index; below it Edge's plain scan is faster to keep.
 HNSW_MIN_POINTS = 20_000
+#: With an IDF sparse vector, a replica is rebuilt once this many point changes (and at
+#: least a quarter of its points) have been applied to it since it was built.
+IDF_REBUILD_MIN = 64
 _BATCH = 1000
 
 
 class EmbeddedIndex:
     """VectorIndex for one machine, shared safely by several processes."""
 
-    def __init__(self, directory: Path, specs: Sequence[VectorSpec], *, hnsw_min_points: int = HNSW_MIN_POINTS) -> None:
+    def __init__(self, directory: Path, specs: Sequence[VectorSpec], *,
+                 sparse_specs: Sequence[SparseVectorSpec] = (), hnsw_min_points: int = HNSW_MIN_POINTS) -> None:
         self.directory = Path(directory)
         self._specs = list(specs)
+        self._sparse = list(sparse_specs)
+        check_specs(self._specs, self._sparse)
         self._by_name = {s.name: s for s in self._specs}
+        self._sparse_by_name = {s.name: s for s in self._sparse}
         self._hnsw_min = hnsw_min_points
         self._lock = threading.RLock()
         self._pid = -1
@@ -78,6 +104,9 @@ class EmbeddedIndex:
         self._shard_dir: str | None = None
         self._seq = 0
         self._epoch = ""
+        self._idf = any(s.modifier == "idf" for s in self._sparse)
+        self._built = 0
+        self._churn = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         self._check_specs()
 
@@ -87,6 +116,10 @@ class EmbeddedIndex:
     @property
     def specs(self) -> list[VectorSpec]:
         return list(self._specs)
+
+    @property
+    def sparse_specs(self) -> list[SparseVectorSpec]:
+        return list(self._sparse)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
@@ -107,7 +140,10 @@ class EmbeddedIndex:
         return self._db
 
     def _check_specs(self) -> None:
-        want = json.dumps([[s.name, s.size, s.distance] for s in self._specs])
+        dense = [[s.name, s.size, s.distance] for s in self._specs]
+        # A dense-only layout is written as before, so existing indexes still open.
+        want = json.dumps(dense if not self._sparse else
+                          {"dense": dense, "sparse": [[s.name, s.modifier] for s in self._sparse]})
         with self._lock:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
@@ -127,18 +163,31 @@ class EmbeddedIndex:
                 raise
 
     def _encode(self, p: IndexPoint) -> tuple[str, bytes]:
-        names = sorted(p.vectors)
-        blob = b"".join(np.ascontiguousarray(p.vectors[n], dtype=np.float32).tobytes() for n in names)
-        return ",".join(names), blob
+        names = sorted([*p.vectors, *p.sparse])
+        parts = []
+        for n in names:
+            if n in p.sparse:
+                sv = p.sparse[n]
+                parts += [np.uint32(len(sv)).tobytes(), sv.indices.tobytes(), sv.values.tobytes()]
+            else:
+                parts.append(np.ascontiguousarray(p.vectors[n], dtype=np.float32).tobytes())
+        return ",".join(names), b"".join(parts)
 
     def _decode(self, names: str, blob: bytes) -> dict[str, Any]:
+        """Dense vectors as lists, sparse ones as ``(indices, values)`` lists."""
         out: dict[str, Any] = {}
-        arr = np.frombuffer(blob, dtype=np.float32)
         off = 0
         for n in names.split(",") if names else []:
-            size = self._by_name[n].size
-            out[n] = arr[off : off + size].tolist()
-            off += size
+            if n in self._sparse_by_name:
+                k = int(np.frombuffer(blob, np.uint32, 1, off)[0])
+                idx = np.frombuffer(blob, np.uint32, k, off + 4)
+                val = np.frombuffer(blob, np.float32, k, off + 4 + 4 * k)
+                out[n] = (idx.tolist(), val.tolist())
+                off += 4 + 8 * k
+            else:
+                size = self._by_name[n].size
+                out[n] = np.frombuffer(blob, np.float32, size, off).tolist()
+                off += 4 * size
         return out
 
     def upsert(self, points: Sequence[IndexPoint]) -> None:
@@ -146,7 +195,7 @@ class EmbeddedIndex:
             return
         rows = []
         for p in points:
-            check_point(self._by_name, p)
+            check_point(self._by_name, p, self._sparse_by_name)
             names, blob = self._encode(p)
             rows.append((int(p.id), int(p.payload["work_id"]), int(p.payload["owner_id"]),
                          json.dumps(dict(p.payload)), names, blob))
@@ -199,9 +248,14 @@ class EmbeddedIndex:
         self._drop_shard()
         self._shard_dir = tempfile.mkdtemp(prefix="artwatch-index-")
         dist = {"cosine": qe.Distance.Cosine, "euclid": qe.Distance.Euclid}
+        sparse: dict[str, Any] = {}
+        if self._sparse:
+            sparse["sparse_vectors"] = {
+                s.name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if s.modifier == "idf" else None)
+                for s in self._sparse}
         cfg = qe.EdgeConfig(
             vectors={s.name: qe.EdgeVectorParams(size=s.size, distance=dist[s.distance]) for s in self._specs},
-            wal_enabled=False,
+            wal_enabled=False, **sparse,
         )
         shard = qe.EdgeShard.create(os.path.join(self._shard_dir, "shard"), cfg)
         for key in ("work_id", "owner_id"):
@@ -225,7 +279,9 @@ class EmbeddedIndex:
         n = 0
         batch: list[Any] = []
         for pid, payload, names, blob in rows:
-            batch.append(qe.Point(int(pid), self._decode(names, blob), json.loads(payload)))
+            vectors = {n: qe.SparseVector(*v) if isinstance(v, tuple) else v
+                       for n, v in self._decode(names, blob).items()}
+            batch.append(qe.Point(int(pid), vectors, json.loads(payload)))
             if len(batch) >= _BATCH:
                 self._shard.update(qe.UpdateOperation.upsert_points(batch))
                 n += len(batch)
@@ -245,14 +301,21 @@ class EmbeddedIndex:
             try:
                 epoch = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
                 seq = db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-                if self._shard is None or epoch != self._epoch:
-                    self._shard = self._new_shard()
-                    n = self._apply(db.execute("SELECT id, payload, names, vectors FROM points"), [])
-                    if n >= self._hnsw_min:
-                        self._shard.optimize()
-                elif seq != self._seq:
+                changed: list[int] = []
+                if self._shard is not None and epoch == self._epoch and seq != self._seq:
                     changed = sorted({r[0] for r in db.execute(
                         "SELECT point_id FROM changes WHERE seq > ?", (self._seq,))})
+                    self._churn += len(changed)
+                # Edge keeps counting replaced and deleted points in its IDF: past a
+                # quarter of the replica, a fresh one is cheaper than the drift.
+                stale_idf = self._idf and self._churn >= max(IDF_REBUILD_MIN, self._built // 4)
+                if self._shard is None or epoch != self._epoch or stale_idf:
+                    self._shard = self._new_shard()
+                    n = self._apply(db.execute("SELECT id, payload, names, vectors FROM points"), [])
+                    self._built, self._churn = n, 0
+                    if n >= self._hnsw_min:
+                        self._shard.optimize()
+                elif changed:
                     present: list[tuple[int, str, str, bytes]] = []
                     for i in range(0, len(changed), 500):
                         chunk = changed[i : i + 500]
@@ -280,13 +343,35 @@ class EmbeddedIndex:
             raise ValueError(f"query for {vector_name!r} has shape {v.shape}, expected ({spec.size},)")
         with self._lock:
             self.sync()
-            flt = None
-            if owner_ids is not None:
-                flt = qe.Filter(
-                    must=[qe.FieldCondition(key="owner_id", match=qe.MatchAny([int(o) for o in owner_ids]))]
-                )
             res = self._shard.query(qe.QueryRequest(
-                limit=limit, query=qe.Query.Nearest(v.tolist(), using=vector_name), filter=flt, with_payload=True,
+                limit=limit, query=qe.Query.Nearest(v.tolist(), using=vector_name),
+                filter=self._owner_filter(owner_ids), with_payload=True,
+            ))
+        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in res]
+
+    @staticmethod
+    def _owner_filter(owner_ids: Sequence[int] | None) -> Any:
+        import qdrant_edge as qe
+
+        if owner_ids is None:
+            return None
+        return qe.Filter(must=[qe.FieldCondition(key="owner_id", match=qe.MatchAny([int(o) for o in owner_ids]))])
+
+    def search_sparse(
+        self, vector_name: str, vector: SparseVector, limit: int = 10, owner_ids: Sequence[int] | None = None
+    ) -> list[Hit]:
+        import qdrant_edge as qe
+
+        if vector_name not in self._sparse_by_name:
+            raise ValueError(f"unknown sparse vector {vector_name!r}")
+        if (owner_ids is not None and not owner_ids) or not len(vector):
+            return []
+        q = qe.SparseVector(vector.indices.tolist(), vector.values.tolist())
+        with self._lock:
+            self.sync()
+            res = self._shard.query(qe.QueryRequest(
+                limit=limit, query=qe.Query.Nearest(q, using=vector_name),
+                filter=self._owner_filter(owner_ids), with_payload=True,
             ))
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in res]
 

@@ -32,17 +32,19 @@ import numpy as np
 import numpy.typing as npt
 
 from matching.decode import DecodedImage
-from matching.index.base import MAX_POINTS_PER_WORK, IndexPoint, VectorIndex, VectorSpec, point_id
+from matching.index.base import MAX_POINTS_PER_WORK, IndexPoint, SparseVectorSpec, VectorIndex, VectorSpec, point_id
 from matching.signals.base import Signal
 from matching.signals.pdq import PdqSignal
 
 if TYPE_CHECKING:
     from config.settings import MatchingSettings
 
-__all__ = ["SLOTS", "UploadView", "WorkVectors", "settings_specs", "upload_views", "vector_specs"]
+__all__ = ["SLOTS", "UploadView", "WorkVectors", "settings_sparse_specs", "settings_specs", "upload_views",
+           "vector_specs"]
 
-#: First point slot of each signal's points (a work has at most 4 renderings).
-SLOTS = {"clip": 0, "sscd": 4, "pdq": 8}
+#: First point slot of each signal's points (a work has at most 4 renderings); the
+#: last two slots of a work are its visual words' (:mod:`matching.sparse_words`).
+SLOTS = {"clip": 0, "sscd": 4, "pdq": 8, "words": MAX_POINTS_PER_WORK - 2}
 
 #: Crops an upload's descriptor is also computed on: (side fraction, grid n), a
 #: grid of n x n overlapping windows. A partial copy covers 10-50 % of an upload,
@@ -113,6 +115,16 @@ def settings_specs(matching: MatchingSettings) -> list[VectorSpec]:
     return specs
 
 
+def settings_sparse_specs(matching: MatchingSettings) -> list[SparseVectorSpec]:
+    """The sparse named vectors of the works collection for these settings (the visual
+    words with ``matching.candidates = "sparse"``)."""
+    if matching.candidates != "sparse":
+        return []
+    from matching.sparse_words import WORDS_VECTOR
+
+    return [WORDS_VECTOR]
+
+
 class WorkVectors:
     """Writes and queries the vector signals of works in one VectorIndex."""
 
@@ -168,7 +180,7 @@ class WorkVectors:
             out += points("sscd", list(np.asarray(self.descriptor.embed(renderings)))[: SLOTS["pdq"] - SLOTS["sscd"]])  # type: ignore[attr-defined]
         if self.with_pdq:
             reliable = [pdq_to_vector(f.vector) for f in self._pdq.dihedral(image) if f.reliable]
-            out += points("pdq", reliable[: MAX_POINTS_PER_WORK - SLOTS["pdq"]])
+            out += points("pdq", reliable[: SLOTS["words"] - SLOTS["pdq"]])
         self.index.delete_work(work.work_id)
         self.index.upsert(out)
         return len(out)

@@ -122,6 +122,23 @@ def test_scan_writes_predictions(cli: CliRunner, dataset: Path, tmp_path: Path, 
     assert not (tmp_path / "pred.jsonl.part").exists()
 
 
+def test_scan_with_sparse_candidates(cli: CliRunner, dataset: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``matching.candidates = "sparse"``: registration writes the works' words to the
+    index under DATA_DIR/index, and each scan process takes its candidates from there."""
+    monkeypatch.setenv("ARTWATCH_MATCHING__CANDIDATES", "sparse")
+    _register(dataset)
+    assert (tmp_path / "data" / "index" / "works" / "points.sqlite").exists()
+    out = tmp_path / "pred.jsonl"
+    from matching.cli import scan
+
+    res = cli.invoke(scan, ["--no-embedder", "--workers", "2", "--manifest", str(dataset / "uploads.jsonl"),
+                            "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    decided = {(p["upload"], p["work"]) for p in _predictions(out) if p["match"]}
+    assert decided == {("u0", "w0"), ("u1", "w1"), ("u2", "w2")}
+
+
 def test_scan_rejects_a_bad_manifest(cli: CliRunner, tmp_path: Path) -> None:
     from matching.cli import scan
 
