@@ -82,7 +82,7 @@ CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
 #: Built-in ``ScoreModel.sscd`` (see there).
-SSCD_DEFAULT: tuple[float, float] | None = (-6.94, 9.42)
+SSCD_DEFAULT: tuple[float, float] | None = (-5.39, 11.78)
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,8 @@ def test_build_engine_wires_the_setting(tmp_path: Path) -> None:
     e = build_engine(s)
     assert e.candidates == "sparse" and e.sparse is not None
     assert WORDS_VECTOR in e.sparse.index.sparse_specs
-    default = build_engine(load_settings(data_dir=tmp_path / "b", matching={"use_embedder": False}))
+    default = build_engine(load_settings(data_dir=tmp_path / "b", matching={"use_embedder": False, "descriptor": ""}))
     assert default.candidates == "postings" and default.sparse is None
-    assert not (tmp_path / "b" / "index").exists()
+    assert not (tmp_path / "b" / "index").exists()  # no dense signal and no words: no index at all
     with pytest.raises(ValueError, match="needs the works' sparse vectors"):
         Engine(tmp_path / "c", candidates="sparse")

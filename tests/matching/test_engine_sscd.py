@@ -70,12 +70,33 @@ def test_paste_into_a_scene_is_found_by_a_crop_whose_box_holds_it(engine: Engine
     big = scene(7, 800, 600).copy()
     big[380:560, 520:760] = work  # the work covers 9 % of the upload, bottom right
     img = decode_image(encode(big, "PNG"), max_side=768)
-    found = engine.descriptor_candidates(img)
+    found = engine.vectors.descriptor_candidates(img, normalise=False)  # type: ignore[union-attr]
     assert 3 in found
     cos, (x0, y0, x1, y1) = found[3]
     whole = engine.vectors.nearest("sscd", engine.vectors.descriptor.embed([img.rgb])[0], 10)  # type: ignore[union-attr]
     assert cos > whole.get(3, -1.0) + 0.05  # the crop sees the work far better than the whole frame
     assert (x1 - x0) < img.rgb.shape[1] and x1 > 520 * img.scale and y1 > 380 * img.scale and y0 < 560 * img.scale
+
+
+def test_background_normalisation_keeps_alike_textures_apart(tmp_path: Path) -> None:
+    """Random block textures all look alike to the descriptor (raw cosine about 0.8):
+    normalised by the upload's similarity to the rest of the registry, none reads as
+    a copy of another, while a real copy of one still does."""
+    from tests.matching.test_scan import _picture
+
+    eng = build_engine(load_settings(data_dir=tmp_path, matching={"use_embedder": False,
+                                                                  "descriptor": "sscd_distilled"}))
+    for wid in (1, 2, 3):
+        eng.register(WorkRef(wid, 1, "artwork"), encode(_picture(wid), "PNG"))
+    assert eng.vectors is not None
+    other = decode_image(encode(_picture(99), "JPEG", quality=90))
+    raw = eng.vectors.descriptor_candidates(other, normalise=False)
+    assert min(c for c, _ in raw.values()) > 0.6  # alike before normalisation
+    normed = eng.descriptor_candidates(other)
+    assert all(eng.model.sscd_prob(c) < 0.5 for c, _ in normed.values())
+    copy = decode_image(encode(np.ascontiguousarray(_picture(2)[20:280, 30:370]), "JPEG", quality=70))
+    found = eng.descriptor_candidates(copy)
+    assert max(found, key=lambda w: found[w][0]) == 2 and eng.model.sscd_prob(found[2][0]) > 0.5
 
 
 def test_unrelated_scene_gets_no_descriptor_match(engine: Engine) -> None:
