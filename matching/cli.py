@@ -105,13 +105,24 @@ class _Progress:
 
 
 _engine: Any = None
+#: Why this process has no engine: a pool initializer that raised would be
+#: restarted by multiprocessing forever, so the error is kept and reported.
+_init_error: str | None = None
 
 
 def _init_worker(settings: Settings) -> None:
-    global _engine
+    global _engine, _init_error
     from matching import build_engine
+    from matching.errors import MatchingError
 
-    _engine = build_engine(settings)
+    try:
+        _engine = build_engine(settings)
+    except (MatchingError, ValueError, OSError) as exc:
+        _init_error = f"{type(exc).__name__}: {exc}"
+
+
+def _engine_error() -> str | None:
+    return _init_error
 
 
 def _analyse_one(item: tuple[str, str]) -> tuple[str, list[tuple[int, float, bool]], str | None]:
@@ -187,6 +198,8 @@ def _work_names(sessions: sessionmaker[Session]) -> dict[int, str]:
 def _results(items: list[tuple[str, str]], settings: Settings, workers: int) -> Iterator[Any]:
     if workers <= 1:
         _init_worker(settings)
+        if _init_error is not None:
+            raise click.ClickException(f"cannot build the matching engine: {_init_error}")
         yield from map(_analyse_one, items)
         return
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -211,6 +224,9 @@ def _results(items: list[tuple[str, str]], settings: Settings, workers: int) -> 
         else:
             os.environ["LD_PRELOAD"] = preload
     with pool:
+        error = pool.apply(_engine_error)
+        if error is not None:
+            raise click.ClickException(f"cannot build the matching engine: {error}")
         malloc = "jemalloc" if pool.apply(running_jemalloc) else "the system malloc"
         click.echo(f"scan: {workers} worker processes on {malloc}", err=True)
         yield from pool.imap(_analyse_one, items, chunksize=2)

@@ -127,6 +127,8 @@ def test_scan_with_sparse_candidates(cli: CliRunner, dataset: Path, tmp_path: Pa
     """``matching.candidates = "sparse"``: registration writes the works' words to the
     index under DATA_DIR/index, and each scan process takes its candidates from there."""
     monkeypatch.setenv("ARTWATCH_MATCHING__CANDIDATES", "sparse")
+    # Registered without the descriptor, as `--no-embedder` scans: the index's vectors then agree.
+    monkeypatch.setenv("ARTWATCH_MATCHING__DESCRIPTOR", "")
     _register(dataset)
     assert (tmp_path / "data" / "index" / "works" / "points.sqlite").exists()
     out = tmp_path / "pred.jsonl"
@@ -137,6 +139,21 @@ def test_scan_with_sparse_candidates(cli: CliRunner, dataset: Path, tmp_path: Pa
     assert res.exit_code == 0, res.output
     decided = {(p["upload"], p["work"]) for p in _predictions(out) if p["match"]}
     assert decided == {("u0", "w0"), ("u1", "w1"), ("u2", "w2")}
+
+
+def test_scan_whose_workers_cannot_build_an_engine_stops_with_the_reason(
+        cli: CliRunner, dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registered with the descriptor on, the index holds its vectors; a sparse-candidate scan
+    with ``--no-embedder`` opens it with other ones. Each worker's engine then refuses, and
+    the scan must say so (a pool whose initializer raised would restart it forever)."""
+    monkeypatch.setenv("ARTWATCH_MATCHING__CANDIDATES", "sparse")
+    _register(dataset)
+    from matching.cli import scan
+
+    res = CliRunner().invoke(scan, ["--no-embedder", "--workers", "2", "--manifest", str(dataset / "uploads.jsonl"),
+                                    "--out", str(dataset / "pred.jsonl")])
+    assert res.exit_code != 0
+    assert "cannot build the matching engine" in res.output and "was built for vectors" in res.output
 
 
 def test_scan_rejects_a_bad_manifest(cli: CliRunner, tmp_path: Path) -> None:
