@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -180,6 +180,8 @@ class WorkersSettings(_Section):
     visibility_timeout_s: int = 3600
     restore_interval_s: int = 10
     max_deliveries: int = 3
+    stall_after_s: int = Field(default=7200, ge=0)
+    max_redispatches: int = Field(default=3, ge=0)
     metrics_port: int = 0
     maintenance: Literal["auto", "queue", "inline"] = "auto"
 

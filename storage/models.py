@@ -213,6 +213,10 @@ class Upload(Base):
     analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Set by the stalled-upload sweep (workers.stalled) each time it queues the
+    # upload again because its message was lost; None: queued once, at creation.
+    redispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    redispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Sighting(Base):

@@ -107,6 +107,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "crawl-due-sources": {"task": "artwatch.crawl_due_sources", "schedule": timedelta(seconds=60)},
             "send-digests": {"task": "artwatch.send_digests", "schedule": timedelta(hours=1)},
             "notice-followups": {"task": "artwatch.run_followups", "schedule": timedelta(hours=6)},
+            # Uploads whose message Redis lost (workers.stalled).
+            "redispatch-stalled": {"task": "artwatch.redispatch_stalled", "schedule": timedelta(minutes=10)},
         },
         "timezone": "UTC",
     }

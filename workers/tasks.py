@@ -45,6 +45,7 @@ __all__ = [
     "encode_embedding",
     "fetch_upload",
     "notify_owner",
+    "redispatch_stalled",
     "retrain_vocabulary",
     "run_followups",
     "send_digests",
@@ -345,6 +346,22 @@ def fetch_upload(upload_id: int) -> bool:
             analyse_upload.delay(upload_id)
     log.info("fetched" if ready else "not fetched", extra={"upload_id": upload_id})
     return ready
+
+
+@app.task(name="artwatch.redispatch_stalled", **_RETRY)
+def redispatch_stalled() -> int:
+    """Beat entry: queue the fetch again for uploads whose message was lost
+    (see :mod:`workers.stalled`). Returns how many were queued."""
+    from workers.stalled import stalled_uploads
+
+    rt = get_runtime()
+    with session_scope(rt.sessions) as s:
+        ids = stalled_uploads(s, rt.settings.workers)
+    for upload_id in ids:
+        fetch_upload.delay(upload_id)
+    if ids:
+        log.warning("re-queued %d stalled uploads (oldest %d)", len(ids), ids[0])
+    return len(ids)
 
 
 @app.task(name="artwatch.embed_upload", **_RETRY)

@@ -13,6 +13,7 @@ that copies a work, none for the others, at most one notice item per
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -32,6 +33,7 @@ from config.settings import Settings, load_settings
 from crawler.localsite import LocalSite
 from storage.db import make_engine, make_sessionmaker, session_scope
 from storage.models import Base, DeadLetter, Match, NoticeItem, Source, Upload, UploadStatus
+from workers.app import QUEUES
 from workers.demo import painting, photo
 
 REDIS_DB = 14  # the e2e test uses 15
@@ -171,17 +173,41 @@ class Pipeline:
         ups = self.uploads()
         return len(ups) == expected_uploads and all(u.status != UploadStatus.PENDING for u in ups)
 
-    def wait_settled(self, expected_uploads: int, timeout: float = 60) -> None:
+    def wait_settled(self, expected_uploads: int, timeout: float = 60, *, sweep_every: float = 0) -> None:
+        """Wait until every upload has left ``pending``. With ``sweep_every``,
+        run the beat's stalled-upload sweep (workers.stalled) that often, as
+        ``artwatch beat`` would, so a message Redis lost is queued again."""
+        last_sweep = time.monotonic()
+
         def ok() -> bool:
+            nonlocal last_sweep
+            if sweep_every and time.monotonic() - last_sweep >= sweep_every:
+                from workers import tasks
+
+                tasks.redispatch_stalled.apply().get()
+                last_sweep = time.monotonic()
             return self.settled(expected_uploads)
 
         try:
             wait_for(ok, timeout, f"{expected_uploads} uploads to be analysed")
         except AssertionError:
-            states = [(u.id, u.status.value, u.error) for u in self.uploads()]
-            raise AssertionError(f"not settled: {states}\n" + "\n".join(
-                f"--- {cast(list[str], p.args)[-1] if p.args else ''}" for p in self.workers)) from None
+            states = [(u.id, u.status.value, u.error, u.redispatches) for u in self.uploads()]
+            logs = "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}"
+                             for f in sorted(self.tmp.glob("*.log")))
+            raise AssertionError(f"not settled: (id, status, error, re-queues) {states}\n"
+                                 f"broker: {self.broker_state()}\n{logs}") from None
         time.sleep(1.0)  # let drafts queued by the last analysis land
+
+    def broker_state(self) -> dict[str, Any]:
+        """Queue lengths and unacked messages on a Redis broker (for failure reports)."""
+        if not self.settings.broker_url.startswith("redis"):
+            return {}
+        import redis
+
+        r = redis.Redis.from_url(self.settings.broker_url)
+        state: dict[str, Any] = {q: r.llen(q) for q in QUEUES}
+        state["unacked"] = [json.loads(raw)[0]["headers"].get("argsrepr") for raw in r.hvals("unacked")]
+        return state
 
     def assert_end_state(self, *, failed: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         """Every upload analysed (or, for ``failed`` URLs, failed with a reason);

@@ -64,6 +64,12 @@ def test_sigkill_gpu_worker_mid_batch(make_pipeline: MakePipeline, redis_url: st
         # A long window so the kill lands while the batch is being gathered.
         "ARTWATCH_WORKERS__EMBED_MAX_WAIT_MS": "1500",
         "ARTWATCH_WORKERS__EMBED_MAX_BATCH": "16",
+        # The kill can also land between the worker's BRPOP of a message and
+        # its write of that message to kombu's unacked hash (or while the reply
+        # still sits in its socket): that message is gone from Redis, and only
+        # the stalled-upload sweep (workers.stalled) brings the upload back.
+        "ARTWATCH_WORKERS__STALL_AFTER_S": "30",
+        "ARTWATCH_WORKERS__MAX_REDISPATCHES": "50",
     })
     p.start_worker("--role", "cpu", "-c", "2", name="cpu")
     gpu = p.start_worker("--role", "gpu", "-c", "16", name="gpu1")
@@ -85,8 +91,9 @@ def test_sigkill_gpu_worker_mid_batch(make_pipeline: MakePipeline, redis_url: st
     # The killed worker's messages come back after the visibility timeout and
     # the standby's next restore pass (whose mutex a worker killed mid-sweep
     # holds for up to 30 s here, see workers.app); on a slow 2-core machine
-    # under the full suite that plus the analysis can exceed 60 s.
-    p.wait_settled(8, timeout=180)
+    # under the full suite that plus the analysis can exceed 60 s. The beat's
+    # sweep runs meanwhile, as in a deployment (every 10 minutes there).
+    p.wait_settled(8, timeout=180, sweep_every=5)
     p.assert_end_state()
     # The replacement really did the killed worker's work (the embeddings
     # travel in the analyse_upload messages, so the log is where it shows).
