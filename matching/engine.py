@@ -263,10 +263,11 @@ class Engine:
     sparse_top: int = 48
     index: LocalIndex = field(init=False)
     _calibration: DocumentCache[ScoreModel] = field(init=False)
-    #: PDQ hashes of the registered works (all dihedral variants), rebuilt
-    #: when the local index's generation changes.
+    #: PDQ hashes of the registered works (all dihedral variants), kept in step
+    #: with the local index when its generation changes (:meth:`_sync_pdq`).
     _pdq: PdqIndex = field(default_factory=PdqIndex, init=False)
     _pdq_key: int = field(default=-1, init=False)
+    _pdq_works: dict[int, StoredWork] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if self.candidates not in ("postings", "sparse"):
@@ -628,20 +629,34 @@ class Engine:
 
     def _pdq_search(self, rgb: npt.NDArray[np.uint8], owner_ids: Sequence[int] | None,
                     work_ids: Sequence[int] | None = None) -> dict[int, int]:
-        key = self.index.generation
-        if key != self._pdq_key:
-            pdq = PdqIndex()
-            for wid in self.index.work_ids:
-                sw = self.index.work(wid)
-                if sw is not None and sw.pdq.shape[0]:
-                    pdq.add(wid, sw.owner_id, sw.pdq)
-            self._pdq, self._pdq_key = pdq, key
+        self._sync_pdq()
         if not len(self._pdq):
             return {}
         h, quality = _pdq_bits(rgb, dihedral=False)
         if quality < 50:
             return {}
         return self._pdq.search(h[0], PDQ_RELEVANT, owner_ids, work_ids)
+
+
+    def _sync_pdq(self) -> None:
+        """Bring the PDQ index in step with the local index: only the works added, replaced or
+        removed since the last call change it (one registration at 100,000 works costs no
+        rebuild; docs/benchmarks.md, "Registry changes at scale")."""
+        key = self.index.generation
+        if key == self._pdq_key:
+            return
+        works, seen = self.index.works, self._pdq_works
+        for wid in [w for w in seen if w not in works]:
+            self._pdq.remove(wid)
+            del seen[wid]
+        for wid, sw in works.items():
+            if seen.get(wid) is not sw:
+                seen[wid] = sw
+                if sw.pdq.shape[0]:
+                    self._pdq.add(wid, sw.owner_id, sw.pdq)
+                else:
+                    self._pdq.remove(wid)
+        self._pdq_key = key
 
 
 def _overlap(a: list[list[float]], b: list[list[float]] | None) -> float:

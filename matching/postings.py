@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -230,6 +231,12 @@ class PostingsIndex:
 
     def work(self, work_id: int) -> StoredWork | None:
         return self._works.get(work_id)
+
+    @property
+    def works(self) -> Mapping[int, StoredWork]:
+        """Every searchable work by id (read-only). A work inserted again is a new object,
+        so a caller that keeps its own derived state can tell what changed by identity."""
+        return MappingProxyType(self._works)
 
     def search(
         self, q: LocalFeatures, *, top: int = 24, owner_ids: Sequence[int] | None = None,

@@ -1,8 +1,9 @@
 """In-memory PDQ lookup: every registered hash, Hamming distance, owner filter.
 
 PDQ stays out of the vector index (Qdrant has no Hamming distance). The
-hashes of every work's dihedral variants sit in one ``(n, 4)`` uint64 matrix.
-It is rebuilt from the stored hashes when a process starts.
+hashes of every work's dihedral variants sit in one ``(n, 4)`` uint64 matrix,
+filled from the stored hashes when a process starts and kept in step with the
+registry's changes from then on.
 
 A search takes one of two paths, with identical results:
 
@@ -19,7 +20,10 @@ A search takes one of two paths, with identical results:
   ``r <= 31``, 3.3% at 47 and 18% at 64 on random hashes, whatever the
   registry size. The tables cost 4 bytes per hash per chunk (64 bytes per
   hash, twice the hashes themselves) plus 8 MiB of offsets, and are built at
-  the first such search after a change (0.7 s CPU at 800,000 hashes).
+  the first such search (0.7 s CPU at 800,000 hashes). A registration does
+  not rebuild them: hashes added since are checked one by one, a removed
+  work's rows are masked, and the tables are rebuilt once the added rows
+  outgrow an eighth of the index (the dead ones are dropped at a quarter).
 - **Linear scan**: XOR + popcount over every row. It is exact and cheaper when
   the index is small (below ``mih_min_rows``), when ``max_distance`` exceeds
   ``mih_max_distance``, or when the probed buckets hold more than
@@ -77,18 +81,24 @@ class PdqIndex:
         self._words = np.zeros((0, 4), np.uint64)
         self._work = np.zeros(0, np.int64)
         self._owner = np.zeros(0, np.int64)
+        # Removed works' rows stay in the arrays, masked, until they are a quarter of them.
+        self._alive = np.zeros(0, bool)
+        self._dead = 0
         self._pending: dict[int, tuple[int, U8]] = {}  # by work id: a registry rebuild of n works is O(n)
         self._removed: set[int] = set()
-        # Multi-index tables, None until a search needs them after a change:
-        # row ids sorted by chunk value, chunk after chunk, in one (16 * n,) array,
-        # and per chunk the positions where each value's rows start in it.
+        # Multi-index tables over rows 0.._indexed - 1, None until a search needs them: row ids
+        # sorted by chunk value, chunk after chunk, in one (16 * n,) array, and per chunk the
+        # positions where each value's rows start in it. Rows added since (the tail) are scanned,
+        # so one registration costs no rebuild; the tables are rebuilt once the tail outgrows
+        # max(mih_min_rows, an eighth of the rows).
         self._order: npt.NDArray[np.uint32] | None = None
         self._starts = np.zeros((0, _KEYS + 1), np.int64)
+        self._indexed = 0
 
     def add(self, work_id: int, owner_id: int, hashes: U8) -> None:
         """Add (or replace) a work's hashes: ``(k, 32)`` uint8, PDQ bytes MSB-first."""
         h = np.ascontiguousarray(np.asarray(hashes, np.uint8).reshape(-1, 32))
-        self.remove(work_id)  # drops compacted rows first; the new ones stay pending
+        self.remove(work_id)  # masks compacted rows first; the new ones stay pending
         self._pending[int(work_id)] = (int(owner_id), h)
 
     def remove(self, work_id: int) -> None:
@@ -97,30 +107,35 @@ class PdqIndex:
         self._removed.add(wid)
 
     def __len__(self) -> int:
+        """Hashes searchable (removed works' rows not counted)."""
         self._compact()
-        return int(self._words.shape[0])
+        return int(self._words.shape[0]) - self._dead
 
     def _compact(self) -> None:
         if self._removed:
-            keep = ~np.isin(self._work, np.fromiter(self._removed, np.int64))
-            if not keep.all():
-                self._words, self._work, self._owner = self._words[keep], self._work[keep], self._owner[keep]
-                self._order = None
+            dead = np.isin(self._work, np.fromiter(self._removed, np.int64)) & self._alive
+            if dead.any():
+                self._alive &= ~dead
+                self._dead += int(dead.sum())
             self._removed.clear()
         if self._pending:
             items = list(self._pending.items())
-            words = [self._words] + [h.view(np.uint64) for _, (_, h) in items]
-            works = [self._work] + [np.full(h.shape[0], w, np.int64) for w, (_, h) in items]
-            owners = [self._owner] + [np.full(h.shape[0], o, np.int64) for _, (o, h) in items]
-            self._words = np.concatenate(words)
-            self._work = np.concatenate(works)
-            self._owner = np.concatenate(owners)
+            new = sum(h.shape[0] for _, (_, h) in items)
+            self._words = np.concatenate([self._words] + [h.view(np.uint64) for _, (_, h) in items])
+            self._work = np.concatenate([self._work] + [np.full(h.shape[0], w, np.int64) for w, (_, h) in items])
+            self._owner = np.concatenate([self._owner] + [np.full(h.shape[0], o, np.int64) for _, (o, h) in items])
+            self._alive = np.concatenate([self._alive, np.ones(new, bool)])
             self._pending.clear()
-            self._order = None
+        if self._dead and self._dead * 4 > self._words.shape[0]:
+            keep = self._alive
+            self._words, self._work, self._owner = self._words[keep], self._work[keep], self._owner[keep]
+            self._alive = np.ones(self._words.shape[0], bool)
+            self._dead = 0
+            self._order, self._indexed = None, 0
 
     def _tables(self) -> tuple[npt.NDArray[np.uint32], I64]:
-        if self._order is None:
-            n = self._words.shape[0]
+        n = self._words.shape[0]
+        if self._order is None or n - self._indexed > max(self.mih_min_rows, n // 8):
             chunks = self._words.view(np.uint16)  # (n, 16): bytes 2j, 2j+1 are chunk j
             order = np.empty((_CHUNKS, n), np.uint32)
             starts = np.empty((_CHUNKS, _KEYS + 1), np.int64)
@@ -130,7 +145,7 @@ class PdqIndex:
                 order[j] = np.argsort(col, kind="stable")
                 np.cumsum(np.bincount(col, minlength=_KEYS), out=starts[j, 1:])
             starts += np.arange(_CHUNKS, dtype=np.int64)[:, None] * n
-            self._order, self._starts = order.reshape(-1), starts
+            self._order, self._starts, self._indexed = order.reshape(-1), starts, n
         return self._order, self._starts
 
     def _candidates(self, q: npt.NDArray[np.uint64], max_distance: int) -> I64 | None:
@@ -153,13 +168,16 @@ class PdqIndex:
         lo = flat[keys]
         size = flat[keys + 1] - lo
         total = int(size.sum())
-        if total > self.mih_max_fraction * n:
+        tail = n - self._indexed  # rows added since the tables were built: all checked
+        if total + tail > self.mih_max_fraction * n:
             return None
         # Positions lo[i] .. lo[i] + size[i] - 1 of every probed bucket, in one array.
         shift = np.repeat(lo - (np.cumsum(size) - size), size)
         rows = np.sort(order.take(np.arange(total, dtype=np.int64) + shift)).astype(np.int64)
         # np.unique costs three times this sort-and-compare on a few thousand rows (numpy 2.4)
-        return rows[np.concatenate(([True], rows[1:] != rows[:-1]))] if rows.size else rows
+        if rows.size:
+            rows = rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
+        return np.concatenate([rows, np.arange(self._indexed, n, dtype=np.int64)]) if tail else rows
 
     def search(
         self, query: U8, max_distance: int = 31, owner_ids: Sequence[int] | None = None,
@@ -171,7 +189,7 @@ class PdqIndex:
         """
         self._compact()
         self.last_verified = 0
-        if not self._words.shape[0]:
+        if self._words.shape[0] == self._dead:
             return {}
         q = np.ascontiguousarray(np.asarray(query, np.uint8).reshape(32)).view(np.uint64)
         rows = self._candidates(q, max_distance)
@@ -187,6 +205,9 @@ class PdqIndex:
         d = d[idx]
         if rows is not None:
             idx = rows[idx]
+        if self._dead:
+            keep = self._alive[idx]
+            idx, d = idx[keep], d[keep]
         if owner_ids is not None:
             keep = np.isin(self._owner[idx], np.asarray(list(owner_ids), np.int64))
             idx, d = idx[keep], d[keep]

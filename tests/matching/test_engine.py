@@ -185,6 +185,26 @@ def test_persistence_and_other_process_registrations(tmp_path: Path) -> None:
     assert not matches(reader.analyse(encode(WORKS[1], quality=80)), 1)
 
 
+def test_pdq_lookup_follows_other_processes_changes(tmp_path: Path) -> None:
+    """The reader's PDQ index is kept in step with the registry change by change: added,
+    replaced and removed works, never a stale hash."""
+    writer = Engine(tmp_path)
+    writer.register(WorkRef(1, 1, "artwork"), encode(WORKS[1], "PNG"))
+    reader = Engine(tmp_path)
+    assert reader._pdq_search(WORKS[1], None) == {1: 0}
+    writer.register(WorkRef(2, 3, "artwork"), encode(WORKS[2], "PNG"))
+    reader.index.refresh()
+    assert 2 in reader._pdq_search(WORKS[2], None) and reader._pdq_search(WORKS[2], [3]) == {2: 0}
+    writer.register(WorkRef(2, 3, "artwork"), encode(WORKS[4], "PNG"))  # work 2 replaced by another image
+    reader.index.refresh()
+    assert 2 not in reader._pdq_search(WORKS[2], None)
+    assert reader._pdq_search(WORKS[4], [3]) == {2: 0}
+    writer.unregister(1)
+    reader.index.refresh()
+    assert 1 not in reader._pdq_search(WORKS[1], None)
+    assert len(reader._pdq) == 8  # work 2's eight dihedral hashes only
+
+
 def test_calibration_file_sets_model_and_threshold(tmp_path: Path) -> None:
     e = Engine(tmp_path)
     e.register(WorkRef(1, 1, "artwork"), encode(WORKS[1], "PNG"))
