@@ -154,8 +154,10 @@ class EmbeddedIndex:
                     db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (os.urandom(8).hex(),))
                 elif row[0] != want:
                     raise IndexError_(
-                        f"index at {self.directory} was built for vectors {row[0]}, not {want}; "
-                        "run `artwatch index rebuild`"
+                        f"index at {self.directory} was built for vectors {row[0]}, not {want}: the matching "
+                        "settings (use_embedder / --no-embedder, descriptor, candidates) differ from the ones "
+                        "that indexed the registry. Use those settings, or run `artwatch index rebuild` to "
+                        "re-index every work for these (the other settings then need a rebuild in turn)"
                     )
                 db.execute("COMMIT")
             except BaseException:

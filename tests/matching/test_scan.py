@@ -154,6 +154,7 @@ def test_scan_whose_workers_cannot_build_an_engine_stops_with_the_reason(
                                     "--out", str(dataset / "pred.jsonl")])
     assert res.exit_code != 0
     assert "cannot build the matching engine" in res.output and "was built for vectors" in res.output
+    assert "Use those settings" in res.output  # the advice names both ways out
 
 
 def test_scan_rejects_a_bad_manifest(cli: CliRunner, tmp_path: Path) -> None:
