@@ -92,17 +92,13 @@ def test_sweep_is_off_at_zero(test_settings: Settings) -> None:
 
 def test_beat_task_queues_the_fetch(test_settings: Settings) -> None:
     from workers import tasks
-    from workers.app import app, configure
     from workers.broker import queue_depths
-    from workers.runtime import set_runtime_settings
 
-    test_settings.data_dir.mkdir(parents=True)
-    engine = make_engine(test_settings.resolved_database_url())
-    migrate.init_database(engine, test_settings)
-    set_runtime_settings(test_settings)
-    configure(test_settings)
+    from .test_beat import _setup
+
+    app, sessions = _setup(test_settings)
     assert app.conf.beat_schedule["redispatch-stalled"]["task"] == "artwatch.redispatch_stalled"
-    with session_scope(make_sessionmaker(engine)) as s:
+    with session_scope(sessions) as s:
         ids = _uploads(s, {"lost": {"created_at": datetime.now(UTC) - timedelta(hours=3)},
                            "new": {"created_at": datetime.now(UTC)}})
     assert tasks.redispatch_stalled.apply().get() == 1
