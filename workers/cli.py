@@ -649,6 +649,10 @@ def status(obj: CliContext, as_json: bool) -> None:
         report["works"] = s.scalar(select(func.count(Work.id)))
         report["uploads"] = {st.value: s.scalar(select(func.count(Upload.id)).where(Upload.status == st))
                              for st in UploadStatus}
+        # Pending uploads the stalled-upload sweep queued again (workers.stalled): their first
+        # message was lost, or their stage is not being consumed.
+        report["requeued"] = s.scalar(select(func.count(Upload.id)).where(
+            Upload.status == UploadStatus.PENDING, Upload.redispatches > 0))
         report["matches"] = s.scalar(select(func.count(Match.id)))
         report["notices"] = {st.value: n for st, n in s.execute(
             select(Notice.state, func.count(Notice.id)).group_by(Notice.state)).all()}
@@ -672,7 +676,9 @@ def status(obj: CliContext, as_json: bool) -> None:
         return
     up = report["uploads"]
     click.echo(f"works: {report['works']}   uploads: {sum(up.values())} "
-               f"({up['pending']} pending, {up['analysed']} analysed, {up['failed']} failed)   "
+               f"({up['pending']} pending"
+               + (f", {report['requeued']} of them re-queued after a lost message" if report["requeued"] else "")
+               + f", {up['analysed']} analysed, {up['failed']} failed)   "
                f"matches: {report['matches']}")
     waiting = sum(
         n for st, n in report["notices"].items() if st in (NoticeState.DRAFT.value, NoticeState.IN_REVIEW.value)

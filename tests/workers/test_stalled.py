@@ -107,3 +107,27 @@ def test_beat_task_queues_the_fetch(test_settings: Settings) -> None:
     msg = json.loads(f.read_text())
     assert msg["headers"]["task"] == "artwatch.fetch_upload"
     assert json.loads(base64.b64decode(msg["body"]))[0] == [ids["lost"]]
+
+
+def test_status_counts_the_requeued_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from config.settings import load_settings
+    from workers.cli import cli
+
+    monkeypatch.setenv("ARTWATCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("ARTWATCH_CONFIG", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init"], catch_exceptions=False).exit_code == 0
+    db = make_engine(load_settings().resolved_database_url())
+    with session_scope(make_sessionmaker(db)) as s:
+        _uploads(s, {"a": {}, "b": {}})
+    out = runner.invoke(cli, ["status"], catch_exceptions=False)
+    assert "2 pending," in out.output and "re-queued" not in out.output
+    with session_scope(make_sessionmaker(db)) as s:
+        assert stalled_uploads(s, WorkersSettings(stall_after_s=1), now=datetime.now(UTC) + timedelta(seconds=5))
+    db.dispose()
+    out = runner.invoke(cli, ["status"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "2 pending, 2 of them re-queued after a lost message" in out.output
+    assert '"requeued": 2' in runner.invoke(cli, ["status", "--json"], catch_exceptions=False).output
