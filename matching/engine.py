@@ -690,16 +690,20 @@ def _rank(v: Verification) -> tuple[bool, int, float]:
 
 def build_engine(
     settings: Settings, *, maintenance: MaintenanceHook | None = None, feature_store: FeatureStore | None = None,
-    documents: DocumentStore | None = None,
+    documents: DocumentStore | None = None, claim_vectors: bool = False,
 ) -> Engine:
     """The engine for these settings; ``maintenance`` as in :attr:`Engine.maintenance`.
     Its local-feature registry is ``feature_store``, or the one
     :func:`matching.store.build_feature_store` builds for ``settings.shared.kind``;
     the calibration comes from ``documents``, by default the store
-    ``settings.shared.kind`` names."""
+    ``settings.shared.kind`` names. An index whose vectors another model computed
+    is refused (:func:`matching.index.vectors.check_vector_keys`); ``claim_vectors``
+    (``artwatch index rebuild``) records this model instead."""
     from storage.documents import build_document_store
 
     limit_native_threads()
+    if documents is None:
+        documents = build_document_store(settings)
     vectors = None
     m = settings.matching
     sparse = None
@@ -708,7 +712,13 @@ def build_engine(
     sparse_specs = settings_sparse_specs(m)
     if m.use_embedder or m.descriptor:
         from matching.index import build_index
-        from matching.index.vectors import UPLOAD_CROPS, WorkVectors, settings_specs
+        from matching.index.vectors import (
+            UPLOAD_CROPS,
+            WorkVectors,
+            check_vector_keys,
+            settings_specs,
+            settings_vector_keys,
+        )
         from matching.signals.clip import build_embedder
         from matching.signals.sscd import build_descriptor
 
@@ -721,6 +731,7 @@ def build_engine(
         crop_descriptor = build_descriptor(m.descriptor, side=m.descriptor_crop_side, threads=m.descriptor_threads,
                                            resize=m.descriptor_resize)
         crops = UPLOAD_CROPS if m.descriptor_crops else ()
+        check_vector_keys(documents, settings_vector_keys(m), claim=claim_vectors)
         vectors = WorkVectors(build_index(settings, settings_specs(m), sparse_specs), embedder, descriptor=descriptor,
                               crop_descriptor=crop_descriptor, crops=crops)
     if sparse_specs:
@@ -736,4 +747,4 @@ def build_engine(
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
                   maintenance=maintenance, feature_store=feature_store,
                   candidates=settings.matching.candidates, sparse=sparse,
-                  documents=documents if documents is not None else build_document_store(settings))
+                  documents=documents)

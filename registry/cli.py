@@ -36,7 +36,8 @@ def index_rebuild(ctx: click.Context) -> None:
 
         obj = Services.build(load_settings())
     settings = obj.settings
-    engine = build_engine(settings)
+    # Every work's points are rewritten with this configuration's models: record them.
+    engine = build_engine(settings, claim_vectors=True)
     with click.progressbar(length=0, label="rebuilding index", file=sys.stderr) as bar:
         def progress(done: int, total: int) -> None:
             bar.length = total

@@ -54,7 +54,10 @@ CALIBRATION = "calibration.json"
 HOSTS_OVERRIDE = "hosts.override.toml"
 #: The generated web secret key, used when ``web.secret_key`` is empty.
 SECRET_KEY = "web_secret_key"
-DOCUMENT_NAMES = frozenset({CALIBRATION, HOSTS_OVERRIDE, SECRET_KEY})
+#: Which model (and input size) computed each named vector of the works collection, JSON
+#: (matching.index.vectors.check_vector_keys).
+VECTOR_KEYS = "vectors.json"
+DOCUMENT_NAMES = frozenset({CALIBRATION, HOSTS_OVERRIDE, SECRET_KEY, VECTOR_KEYS})
 #: Documents that only the owner of DATA_DIR may read (mode 0600 in a folder).
 _PRIVATE = frozenset({SECRET_KEY})
 

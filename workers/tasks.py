@@ -215,9 +215,9 @@ MAX_EMBED_REQUESTS = 3
 
 
 def _model_key(settings: Any) -> str:
-    m = settings.matching
-    tag = m.clip_pretrained or "random"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{m.clip_model}-{tag}")
+    from matching.signals.clip import clip_model_key
+
+    return clip_model_key(settings.matching.clip_model, settings.matching.clip_pretrained)
 
 
 def encode_embedding(settings: Any, blob_sha256: str, vector: Any) -> dict[str, str]:
@@ -246,11 +246,19 @@ def _work_vectors(settings: Any) -> Any:
     pid = os.getpid()
     if pid not in _vectors:
         from matching.index import build_index
-        from matching.index.vectors import WorkVectors, settings_sparse_specs, settings_specs
+        from matching.index.vectors import (
+            WorkVectors,
+            check_vector_keys,
+            settings_sparse_specs,
+            settings_specs,
+            settings_vector_keys,
+        )
         from matching.signals.clip import RemoteEmbedder
+        from storage.documents import build_document_store
 
-        # Opened with every named vector the engines use (an index refuses other specs);
-        # this process writes only the CLIP points.
+        # Opened with every named vector the engines use (an index refuses other specs),
+        # and only with the models that wrote them; this process writes only the CLIP points.
+        check_vector_keys(build_document_store(settings), settings_vector_keys(settings.matching))
         shape = RemoteEmbedder(settings.matching.clip_model, settings.matching.clip_pretrained)
         _vectors.clear()
         _vectors[pid] = WorkVectors(build_index(settings, settings_specs(settings.matching),

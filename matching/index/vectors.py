@@ -23,6 +23,7 @@ the descriptor points the CPU worker wrote.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,15 +33,17 @@ import numpy as np
 import numpy.typing as npt
 
 from matching.decode import DecodedImage
+from matching.errors import IndexError_
 from matching.index.base import MAX_POINTS_PER_WORK, IndexPoint, SparseVectorSpec, VectorIndex, VectorSpec, point_id
 from matching.signals.base import Signal
 from matching.signals.pdq import PdqSignal
 
 if TYPE_CHECKING:
     from config.settings import MatchingSettings
+    from storage.documents import DocumentStore
 
-__all__ = ["SLOTS", "UploadView", "WorkVectors", "settings_sparse_specs", "settings_specs", "upload_views",
-           "vector_specs"]
+__all__ = ["SLOTS", "UploadView", "WorkVectors", "check_vector_keys", "settings_sparse_specs", "settings_specs",
+           "settings_vector_keys", "upload_views", "vector_specs"]
 
 #: First point slot of each signal's points (a work has at most 4 renderings); the
 #: last two slots of a work are its visual words' (:mod:`matching.sparse_words`).
@@ -122,6 +125,52 @@ def settings_specs(matching: MatchingSettings) -> list[VectorSpec]:
 
         specs.append(VectorSpec("sscd", SSCD_DIM, "cosine"))
     return specs
+
+
+def settings_vector_keys(matching: MatchingSettings) -> dict[str, str]:
+    """What each named vector of :func:`settings_specs` depends on beyond its width: the model,
+    its weights, its input size. Two CLIP checkpoints (or two descriptor sizes) give vectors of
+    one width that are not comparable."""
+    keys = {}
+    if matching.use_embedder:
+        from matching.signals.clip import clip_model_key
+
+        keys["clip"] = clip_model_key(matching.clip_model, matching.clip_pretrained)
+    if matching.descriptor:
+        from matching.signals.sscd import descriptor_key
+
+        keys["sscd"] = descriptor_key(matching.descriptor, matching.descriptor_side, matching.descriptor_resize)
+    return keys
+
+
+def check_vector_keys(documents: DocumentStore, keys: dict[str, str], *, claim: bool = False) -> None:
+    """Refuse to open the works' vectors with another model than the one that wrote them.
+
+    The first process to open the index records ``keys`` in the shared document
+    :data:`storage.documents.VECTOR_KEYS`; later ones must agree on every vector they both use
+    (a process that uses fewer vectors, ``--no-embedder`` say, is not held to the others).
+    ``claim`` (``artwatch index rebuild``, which rewrites every work's points) records ``keys``
+    instead of checking them.
+    """
+    if not keys:
+        return
+    from storage.documents import VECTOR_KEYS
+
+    data = json.dumps(keys, sort_keys=True).encode("utf-8")
+    if claim:
+        documents.put(VECTOR_KEYS, data)
+        return
+    have = json.loads(documents.put_if_absent(VECTOR_KEYS, data))
+    wrong = [f"{name}: indexed with {have[name]}, these settings ask for {key}"
+             for name, key in keys.items() if name in have and have[name] != key]
+    if wrong:
+        raise IndexError_(
+            "the works' vectors were computed by another model than these settings name ("
+            + "; ".join(wrong) + "); their similarities would mean nothing. Use the settings that indexed "
+            "them (matching.clip_model / clip_pretrained, matching.descriptor / descriptor_side / "
+            "descriptor_resize), or run `artwatch index rebuild` to re-index every work with these")
+    if any(name not in have for name in keys):
+        documents.put(VECTOR_KEYS, json.dumps({**have, **keys}, sort_keys=True).encode("utf-8"))
 
 
 def settings_sparse_specs(matching: MatchingSettings) -> list[SparseVectorSpec]:

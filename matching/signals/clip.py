@@ -220,6 +220,12 @@ class ClipEmbedder(Embedder):
         return out
 
 
+def clip_model_key(model_name: str, pretrained: str | None) -> str:
+    """Names what a CLIP vector depends on: the model and its weights (``random`` without)."""
+    tag = pretrained or "random"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model_name}-{tag}")
+
+
 def clip_dim(model_name: str) -> int:
     """The embedding width of an open_clip architecture, read from open_clip's
     model config file without importing open_clip (which imports torch)."""

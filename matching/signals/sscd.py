@@ -161,8 +161,7 @@ class SscdEmbedder(Embedder):
     @property
     def model_key(self) -> str:
         """What a stored vector depends on: the model, its input size and resize mode."""
-        shape = f"{self.side}x{self.side}" if self.resize == "square" else str(self.side)
-        return f"{self.model_name}@{shape}"
+        return descriptor_key(self.model_name, self.side, self.resize)
 
     def _shape(self) -> tuple[int, ...]:
         return (SSCD_DIM,)
@@ -192,6 +191,13 @@ class SscdEmbedder(Embedder):
                 res = self._sess.run(None, {self._input: batch})[0]
                 out[part] = unit_rows(res)
         return out
+
+
+def descriptor_key(model: str, side: int, resize: str) -> str:
+    """Names what a descriptor vector depends on (``sscd_distilled@224``, ``sscd_disc_mixup@288x288``):
+    vectors under two keys are not comparable."""
+    shape = f"{side}x{side}" if resize == "square" else str(side)
+    return f"{model}@{shape}"
 
 
 def build_descriptor(model: str, *, side: int = 288, threads: int = 1, resize: Fit = "square",

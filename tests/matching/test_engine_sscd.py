@@ -156,3 +156,36 @@ def test_score_model_round_trips_the_descriptor_term() -> None:
     assert ScoreModel.from_json({"sscd": None}, 0.5).sscd is None
     assert ScoreModel.from_json({}, 0.5).sscd == SSCD_DEFAULT  # written before the descriptor existed
     assert m.sscd_prob(0.9) > 0.99 and m.sscd_prob(0.5) < 0.01 and m.sscd_prob(None) == 0.0
+
+
+def test_an_index_written_by_another_model_is_refused_until_rebuilt(tmp_path: Path) -> None:
+    """Descriptor vectors at 224 and at 288 pixels have one width and no common meaning: an engine
+    configured for other vectors than the ones the works carry refuses to start and says how to
+    get out; `index rebuild` (claim_vectors) records the new ones; fewer vectors are fine."""
+    from matching.errors import IndexError_
+    from storage.documents import VECTOR_KEYS, FolderDocumentStore
+
+    base = {"use_embedder": False, "descriptor": "sscd_distilled", "descriptor_side": 224,
+            "descriptor_resize": "short_side"}
+    first = build_engine(load_settings(data_dir=tmp_path, matching=base))
+    first.register(WorkRef(1, 1, "artwork"), encode(textured(3), "PNG"))
+    doc = FolderDocumentStore(tmp_path).get(VECTOR_KEYS)
+    assert doc is not None and b"sscd_distilled@224" in doc.data
+    build_engine(load_settings(data_dir=tmp_path, matching=base))  # the same settings open it
+    other = load_settings(data_dir=tmp_path, matching={**base, "descriptor_side": 288})
+    with pytest.raises(IndexError_) as err:
+        build_engine(other)
+    msg = str(err.value)
+    assert "indexed with sscd_distilled@224, these settings ask for sscd_distilled@288" in msg
+    assert "artwatch index rebuild" in msg
+    square = load_settings(data_dir=tmp_path, matching={**base, "descriptor_resize": "square"})
+    with pytest.raises(IndexError_, match="sscd_distilled@224x224"):
+        build_engine(square)
+    # Without the descriptor (--no-embedder) the engine uses no vectors: nothing to check.
+    assert not build_engine(load_settings(data_dir=tmp_path, matching={**base, "descriptor": ""})).has_descriptor
+    # A rebuild rewrites every work with the new model and records it; the old settings are then refused.
+    rebuilt = build_engine(other, claim_vectors=True)
+    rebuilt.register(WorkRef(1, 1, "artwork"), encode(textured(3), "PNG"))
+    build_engine(other)
+    with pytest.raises(IndexError_, match="indexed with sscd_distilled@288"):
+        build_engine(load_settings(data_dir=tmp_path, matching=base))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,28 @@ def test_index_without_the_vector_is_refused(tmp_path: Path, embedder: ClipEmbed
     wv.register(W(5, 1), decode_image(_img(5)))
     assert set(wv.candidates(decode_image(_img(5, "JPEG")))) == {5}
     ix.close()
+
+
+def test_vector_keys_name_the_model_and_are_checked_per_vector(tmp_path: Path) -> None:
+    from matching.errors import IndexError_
+    from matching.index.vectors import check_vector_keys, settings_vector_keys
+    from storage.documents import VECTOR_KEYS, FolderDocumentStore
+
+    docs = FolderDocumentStore(tmp_path)
+    random_clip = settings_vector_keys(MatchingSettings(clip_pretrained="", descriptor=""))
+    assert random_clip == {"clip": "ViT-B-32-random"}
+    laion = settings_vector_keys(MatchingSettings(clip_pretrained="laion2b_s34b_b79k", descriptor=""))
+    assert laion == {"clip": "ViT-B-32-laion2b_s34b_b79k"}
+    sscd = settings_vector_keys(MatchingSettings(use_embedder=False))
+    assert list(sscd) == ["sscd"]
+    assert settings_vector_keys(MatchingSettings(use_embedder=False, descriptor="")) == {}
+    check_vector_keys(docs, sscd)  # the first opener records its vectors
+    check_vector_keys(docs, {**random_clip, **sscd})  # a vector added later is recorded beside them
+    doc = docs.get(VECTOR_KEYS)
+    assert doc is not None and json.loads(doc.data) == {**random_clip, **sscd}
+    check_vector_keys(docs, random_clip)  # a subset agrees
+    with pytest.raises(IndexError_, match="clip: indexed with ViT-B-32-random, these settings ask for ViT-B-32-laion"):
+        check_vector_keys(docs, {**laion, **sscd})
+    check_vector_keys(docs, laion, claim=True)
+    doc = docs.get(VECTOR_KEYS)
+    assert doc is not None and json.loads(doc.data) == laion
