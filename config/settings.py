@@ -182,6 +182,7 @@ class WorkersSettings(_Section):
     max_deliveries: int = 3
     stall_after_s: int = Field(default=7200, ge=0)
     max_redispatches: int = Field(default=3, ge=0)
+    stall_max_backlog: int = Field(default=1000, ge=0)
     metrics_port: int = 0
     maintenance: Literal["auto", "queue", "inline"] = "auto"
 

@@ -10,7 +10,9 @@ upload still pending ``workers.stall_after_s`` after it was created, or after
 the sweep last queued it, gets its fetch queued again. The fetch is
 idempotent and queues whichever stage comes next, so the upload resumes where
 it was lost. After ``workers.max_redispatches`` re-queues it is dead-lettered
-instead (still pending, for ``artwatch deadletters replay``).
+instead (still pending, for ``artwatch deadletters replay``). While the
+pipeline's queues hold a backlog (``workers.stall_max_backlog``) the sweep
+waits: an old pending upload is then most likely still queued.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from sqlalchemy.orm import Session
 from config.settings import WorkersSettings
 from storage.models import DeadLetter, Upload, UploadStatus
 
-__all__ = ["FETCH_TASK", "SWEEP_LIMIT", "stalled_uploads"]
+__all__ = ["FETCH_TASK", "STAGE_TASKS", "SWEEP_LIMIT", "stalled_uploads"]
 
 FETCH_TASK = "artwatch.fetch_upload"
+#: The tasks an upload passes through; while their queues hold more than
+#: ``workers.stall_max_backlog`` messages the sweep waits (the upload is most
+#: likely queued behind them, not lost).
+STAGE_TASKS = (FETCH_TASK, "artwatch.embed_upload", "artwatch.analyse_upload")
 #: Uploads looked at per sweep, oldest first; the next sweep takes the rest.
 SWEEP_LIMIT = 1000
 

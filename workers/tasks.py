@@ -360,11 +360,18 @@ def fetch_upload(upload_id: int) -> bool:
 def redispatch_stalled() -> int:
     """Beat entry: queue the fetch again for uploads whose message was lost
     (see :mod:`workers.stalled`). Returns how many were queued."""
-    from workers.stalled import stalled_uploads
+    from workers.broker import queue_depths
+    from workers.stalled import STAGE_TASKS, stalled_uploads
 
     rt = get_runtime()
+    w = rt.settings.workers
+    depths = queue_depths(app, rt.settings)
+    backlog = sum(depths.get(w.routes.get(t, ""), 0) or 0 for t in STAGE_TASKS)
+    if backlog > w.stall_max_backlog:
+        log.info("stalled-upload sweep skipped: %d messages wait in the pipeline's queues", backlog)
+        return 0
     with session_scope(rt.sessions) as s:
-        ids = stalled_uploads(s, rt.settings.workers)
+        ids = stalled_uploads(s, w)
     for upload_id in ids:
         fetch_upload.delay(upload_id)
     if ids:

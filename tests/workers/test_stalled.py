@@ -131,3 +131,28 @@ def test_status_counts_the_requeued_uploads(tmp_path: Path, monkeypatch: pytest.
     assert out.exit_code == 0, out.output
     assert "2 pending, 2 of them re-queued after a lost message" in out.output
     assert '"requeued": 2' in runner.invoke(cli, ["status", "--json"], catch_exceptions=False).output
+
+
+def test_beat_task_waits_while_the_pipeline_has_a_backlog(test_settings: Settings,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.settings import load_settings
+    from workers import tasks
+    from workers.broker import queue_depths
+
+    from .test_beat import _setup
+
+    monkeypatch.setenv("ARTWATCH_WORKERS__STALL_MAX_BACKLOG", "1")  # beside test_settings' environment
+    settings = load_settings()
+    app, sessions = _setup(settings)
+    old = datetime.now(UTC) - timedelta(hours=3)
+    with session_scope(sessions) as s:
+        _uploads(s, {"a": {"created_at": old}, "b": {"created_at": old}})
+    assert tasks.redispatch_stalled.apply().get() == 2  # nothing queued yet: both re-queued
+    with session_scope(sessions) as s:
+        _uploads(s, {"c": {"created_at": old}})
+    # Two fetches now wait in their queue, more than the backlog of 1 the sweep tolerates.
+    assert tasks.redispatch_stalled.apply().get() == 0
+    assert queue_depths(app, settings)["fetch"] == 2
+    with session_scope(sessions) as s:
+        assert {u.canonical_url.rsplit("/", 1)[1]: u.redispatches for u in s.scalars(select(Upload))} == {
+            "a.jpg": 1, "b.jpg": 1, "c.jpg": 0}
