@@ -414,9 +414,11 @@ def _threshold_for(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64
     return thr, float(prec[best]), float(tp[best] / max(1, n_true))
 
 
-def run_calibration(settings: Settings, *, sessions: Any, blobs: Any, target_precision: float = 0.99) -> Calibration:
+def run_calibration(settings: Settings, *, sessions: Any, blobs: Any, target_precision: float = 0.99,
+                    write: bool = True) -> Calibration:
     """``artwatch calibrate``: calibrate on the registry in the database (``sessions``, a
-    sessionmaker) and the blob store (``blobs``), both from the command line's services."""
+    sessionmaker) and the blob store (``blobs``), both from the command line's services.
+    With ``write`` false the fitted model is returned and the one in use is kept."""
     from sqlalchemy import select
 
     from matching.engine import build_engine
@@ -428,4 +430,4 @@ def run_calibration(settings: Settings, *, sessions: Any, blobs: Any, target_pre
     works = [(WorkRef(wid, owner, kind), blobs.get(sha)) for wid, owner, kind, sha in rows]
     if not works:
         raise ValueError("no registered works to calibrate on")
-    return calibrate(build_engine(settings), works, target_precision)
+    return calibrate(build_engine(settings), works, target_precision, write=write)

@@ -283,29 +283,56 @@ def scan(ctx: click.Context, manifest: Path, out_path: Path, no_embedder: bool, 
 @click.command("calibrate")
 @click.option("--target-precision", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.99,
               show_default=True, help="Precision the match threshold is set for.")
+@click.option("--dry-run", is_flag=True, help="Fit and print the model, but keep the one in use.")
+@click.option("--reset", is_flag=True,
+              help="Remove the calibration: every engine goes back to the built-in score and threshold.")
 @click.pass_context
-def calibrate(ctx: click.Context, target_precision: float) -> None:
+def calibrate(ctx: click.Context, target_precision: float, dry_run: bool, reset: bool) -> None:
     """Set the match threshold from the registry itself.
 
     Makes transformed copies of the registered works and unrelated images,
     measures the score distributions and writes the threshold that gives the
-    target precision (see matching.calibrate).
+    target precision (see matching.calibrate). The fit finds more copies than
+    the built-in score but, on the held-out benchmark, let more look-alikes
+    through (docs/benchmarks.md): try it with --dry-run, and --reset returns
+    to the built-in score.
     """
     settings = _settings(ctx)
+    if reset:
+        if dry_run:
+            raise click.UsageError("--reset and --dry-run do not go together")
+        _reset_calibration(ctx, settings)
+        return
     try:
         from matching.calibrate import run_calibration
     except ImportError:
         raise click.ClickException("calibration is not available in this build (matching.calibrate missing)") from None
     from storage.blobs import BlobStoreError
 
-    click.echo(f"calibrating on the registered works for precision {target_precision}...", err=True)
+    click.echo(f"calibrating on the registered works for precision {target_precision}"
+               f"{' (dry run: nothing is written)' if dry_run else ''}...", err=True)
     try:
         sessions, blobs = _shared(ctx)
-        result = run_calibration(settings, sessions=sessions, blobs=blobs, target_precision=target_precision)
+        result = run_calibration(settings, sessions=sessions, blobs=blobs, target_precision=target_precision,
+                                 write=not dry_run)
     except (ValueError, BlobStoreError) as exc:
         raise click.ClickException(str(exc)) from None
     to_json = getattr(result, "to_json", None)
     click.echo(json.dumps(to_json()) if callable(to_json) else str(result))
+
+
+def _reset_calibration(ctx: click.Context, settings: Settings) -> None:
+    from storage.documents import CALIBRATION, build_document_store
+
+    obj = ctx.find_object(object)
+    documents = obj.documents if hasattr(obj, "documents") else build_document_store(settings)
+    where = documents.location(CALIBRATION)
+    if documents.version(CALIBRATION) is None:
+        click.echo(f"no calibration at {where}: the built-in score is in use", err=True)
+        return
+    documents.delete(CALIBRATION)
+    click.echo(f"removed the calibration at {where}: every engine now uses the built-in score and threshold",
+               err=True)
 
 
 def register_commands(group: click.Group) -> None:

@@ -233,6 +233,41 @@ def test_calibrate_needs_registered_works(cli: CliRunner) -> None:
     assert "no registered works" in res.output
 
 
+def test_calibrate_dry_run_keeps_the_model_and_reset_returns_to_the_built_in(cli: CliRunner, dataset: Path) -> None:
+    """`--dry-run` fits and prints without writing; `--reset` removes a calibration, and an
+    engine that read it goes back to the built-in score."""
+    from config.settings import load_settings
+    from matching import build_engine
+    from matching.cli import calibrate
+    from matching.engine import ScoreModel
+
+    _register(dataset)
+    settings = load_settings()
+    cal_file = settings.data_dir / "calibration.json"
+    res = cli.invoke(calibrate, ["--dry-run"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "dry run: nothing is written" in res.output
+    fitted = json.loads(res.stdout.strip().splitlines()[-1])
+    assert fitted["threshold"] == 0.5 and len(fitted["local"]) == 5
+    assert not cal_file.exists()
+
+    res = cli.invoke(calibrate, ["--reset"], catch_exceptions=False)
+    assert res.exit_code == 0 and "no calibration at" in res.output
+
+    built_in = ScoreModel(threshold=settings.matching.threshold)
+    cal_file.write_text(json.dumps({**fitted, "local": [-1.0, 1.0, 1.0, 1.0, 1.0], "threshold": 0.7}))
+    engine = build_engine(settings)
+    assert engine.model.local == (-1.0, 1.0, 1.0, 1.0, 1.0) and engine.model.threshold == 0.7
+    res = cli.invoke(calibrate, ["--reset"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert f"removed the calibration at {cal_file}" in res.output
+    assert not cal_file.exists()
+    assert engine.model.local == built_in.local and engine.model.threshold == built_in.threshold
+
+    res = cli.invoke(calibrate, ["--reset", "--dry-run"])
+    assert res.exit_code == 2 and "do not go together" in res.output
+
+
 def test_scan_records_hostile_svgs_as_errors_and_goes_on(cli: CliRunner, dataset: Path, tmp_path: Path) -> None:
     """Issue 16: one deeply nested SVG aborted the whole scan with no predictions written."""
     from matching.cli import scan
