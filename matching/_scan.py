@@ -12,6 +12,8 @@ word's contiguous postings once and keeps only the hits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import scipy.linalg.cython_blas  # noqa: F401  # the BLAS behind np.dot in compiled code; loaded now, so
@@ -115,7 +117,7 @@ def hamming_hits(
 
 
 @njit(cache=True, nogil=True)
-def _distinct_best(qrow, image, ham, pos, xy, same_place, margin):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _distinct_best(qrow, image, ham, pos, xy, unit, same_place, margin):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     n = ham.shape[0]
     out = np.empty(n, np.int64)
     k = 0
@@ -137,11 +139,12 @@ def _distinct_best(qrow, image, ham, pos, xy, same_place, margin):  # type: igno
             while g < m and image[start + order[g]] == img:
                 g += 1
             second = 255
-            ax = xy[pos[a], 0]
-            ay = xy[pos[a], 1]
+            ax = np.float32(xy[pos[a], 0]) * unit
+            ay = np.float32(xy[pos[a], 1]) * unit
             for t in range(j + 1, g):
                 b = start + order[t]
-                if abs(xy[pos[b], 0] - ax) > same_place or abs(xy[pos[b], 1] - ay) > same_place:
+                if (abs(np.float32(xy[pos[b], 0]) * unit - ax) > same_place
+                        or abs(np.float32(xy[pos[b], 1]) * unit - ay) > same_place):
                     second = int(ham[b])
                     break
             if second - np.int64(ham[a]) >= margin:
@@ -154,14 +157,16 @@ def _distinct_best(qrow, image, ham, pos, xy, same_place, margin):  # type: igno
 
 def distinct_best(
     qrow: npt.NDArray[np.int32], image: npt.NDArray[np.int32], ham: npt.NDArray[np.uint8],
-    pos: npt.NDArray[np.int64], xy: npt.NDArray[np.float32], same_place: float, margin: int,
+    pos: npt.NDArray[np.int64], xy: npt.NDArray[Any], same_place: float, margin: int, *, unit: float = 1.0,
 ) -> npt.NDArray[np.int64]:
     """Indices of the hits that are each (query keypoint, image)'s closest posting and
     distinctive: the closest posting of that image at another place (farther than
     ``same_place`` pixels in x or y) is at least ``margin`` bits farther (255 when
     there is none). Hits must be grouped by ``qrow`` (contiguous); within a group
-    the first of equally close postings wins."""
-    return np.asarray(_distinct_best(qrow, image, ham, pos, xy, np.float32(same_place), np.int64(margin)))
+    the first of equally close postings wins. ``xy[pos]`` times ``unit`` is in
+    pixels (the postings keep fixed-point coordinates)."""
+    return np.asarray(_distinct_best(qrow, image, ham, pos, xy, np.float32(unit), np.float32(same_place),
+                                     np.int64(margin)))
 
 
 @njit(cache=True, nogil=True, fastmath=True)

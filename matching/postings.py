@@ -8,7 +8,11 @@ images go straight to geometric verification (:mod:`matching.verify`), so no
 work's descriptors are read at query time.
 
 Postings live in a main segment (CSR by word), a delta segment and a list of
-pending parts; :meth:`PostingsIndex.export_state` and
+pending parts. A posting is 20 bytes: its image (int32), its 64-bit signature,
+its work-frame position in fixed point (two uint16 of :data:`XY_UNIT` pixels:
+works are described at most :data:`~matching.engine.WORK_MAX_SIDE` = 1024
+pixels wide, so a position is off by at most 1/64 pixel) and its keypoint size
+and orientation (two float16); :meth:`PostingsIndex.export_state` and
 :meth:`PostingsIndex.import_state` turn that state into a dict of numpy arrays
 and back (what a snapshot holds). Nothing here touches files, locks or a
 change feed: that is :mod:`registry`.
@@ -28,11 +32,12 @@ from matching._scan import distinct_best, hamming_hits, rotation_scale_peak
 from matching.features import LocalFeatures, StoredWork
 from matching.vocabulary import Vocabulary
 
-__all__ = ["AMBIGUITY_MARGIN", "HE_RADIUS", "HITS_PER_KEYPOINT", "SAME_PLACE_PX", "Correspondences",
+__all__ = ["AMBIGUITY_MARGIN", "HE_RADIUS", "HITS_PER_KEYPOINT", "SAME_PLACE_PX", "XY_UNIT", "Correspondences",
            "PostingsIndex"]
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
+U16 = npt.NDArray[np.uint16]
 U64 = npt.NDArray[np.uint64]
 
 #: Postings farther than this (of 64 bits) from the query signature are ignored.
@@ -45,6 +50,15 @@ HITS_PER_KEYPOINT = 64
 #: (the work is described at several scales and on two backgrounds).
 SAME_PLACE_PX = 6.0
 AMBIGUITY_MARGIN = 3
+#: Pixels per unit of a posting's stored position (a power of two, so the
+#: conversion to float32 is exact). 65,535 units cover 2,048 pixels.
+XY_UNIT = 1.0 / 32.0
+
+
+def _fixed_xy(xy: F32) -> U16:
+    """Work-frame positions in :data:`XY_UNIT` steps (rounded, clipped to uint16)."""
+    out: U16 = np.clip(np.rint(xy / np.float32(XY_UNIT)), 0, 65535).astype(np.uint16)
+    return out
 
 
 @dataclass
@@ -79,11 +93,11 @@ class _Segment:
     offsets: npt.NDArray[np.int64]
     image: I32
     sig: U64
-    xy: F32
+    xy: U16  # fixed point, XY_UNIT pixels
     scale_angle: npt.NDArray[np.float16]
 
     @staticmethod
-    def build(n_words: int, words: I32, image: I32, sig: U64, xy: F32,
+    def build(n_words: int, words: I32, image: I32, sig: U64, xy: U16,
               scale_angle: npt.NDArray[np.float16]) -> _Segment:
         order = np.argsort(words, kind="stable")
         w = words[order]
@@ -100,7 +114,7 @@ class _Quantised:
     words: I32
     sig: U64
     image: I32
-    xy: F32
+    xy: U16
     scale_angle: npt.NDArray[np.float16]
 
 
@@ -180,7 +194,7 @@ class PostingsIndex:
             rows, sig, words = self.vocab.assign(f.desc)
             sa = np.stack([f.scale, f.angle], axis=1).astype(np.float16)
             self._pending.append(_Quantised(words, sig, np.full(rows.shape[0], img, np.int32),
-                                            f.xy[rows], sa[rows]))
+                                            _fixed_xy(f.xy[rows]), sa[rows]))
 
     def _compact(self, *, merge: bool = False) -> None:
         """Move pending postings into the delta segment, or everything into a
@@ -210,7 +224,7 @@ class PostingsIndex:
         self._compact(merge=True)
         if self._main is None:
             empty = _Quantised(np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32),
-                               np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float16))
+                               np.zeros((0, 2), np.uint16), np.zeros((0, 2), np.float16))
             self._main = self._build([empty], drop_dead=False)
 
     def _build(self, parts: list[_Quantised], *, drop_dead: bool) -> _Segment:
@@ -276,7 +290,7 @@ class PostingsIndex:
             # of circles, repeated strokes) is ambiguous: its second-best
             # posting at another location must be AMBIGUITY_MARGIN bits farther.
             # (A work's postings all live in one segment.)
-            sel = distinct_best(rows[at], image, ham, pos, seg.xy, SAME_PLACE_PX, AMBIGUITY_MARGIN)
+            sel = distinct_best(rows[at], image, ham, pos, seg.xy, SAME_PLACE_PX, AMBIGUITY_MARGIN, unit=XY_UNIT)
             parts_q.append(rows[at[sel]])
             parts_h.append(ham[sel])
             parts_i.append(image[sel])
@@ -305,7 +319,7 @@ class PostingsIndex:
         w_sa = np.empty((keep.shape[0], 2), np.float32)
         for si, seg in enumerate(segs):
             m = k_seg == si
-            w_xy[m] = seg.xy[k_loc[m]]
+            w_xy[m] = seg.xy[k_loc[m]].astype(np.float32) * np.float32(XY_UNIT)
             w_sa[m] = seg.scale_angle[k_loc[m]]
         qk = qi[keep]
         q_xy = q.xy[qk]
@@ -376,6 +390,8 @@ class PostingsIndex:
         img_work, img_owner = a["img_work"], a["img_owner"]
         img_mirrored, img_nkp, alive = a["img_mirrored"], a["img_nkp"], a["alive"]
         seg = _Segment(a["offsets"], a["image"], a["sig"], a["xy"], a["scale_angle"])
+        if seg.xy.dtype != np.uint16 or seg.sig.dtype != np.uint64 or seg.image.dtype != np.int32:
+            raise ValueError("postings arrays of another format")
         if seg.offsets.shape[0] != vocab.size + 1 or not (
                 img_work.shape[0] == img_owner.shape[0] == img_mirrored.shape[0] == img_nkp.shape[0]
                 == alive.shape[0]) or pdq_counts.shape[0] != works.shape[0]:

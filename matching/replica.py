@@ -55,7 +55,9 @@ SUB_SAMPLE_PER_WORK = 200
 #: change-feed lines since its state was last snapshotted, or a quarter of the
 #: registry if that is more (a snapshot rewrites every posting).
 SNAPSHOT_EVERY = 64
-SNAPSHOT_FORMAT = 1
+#: 2 since postings keep fixed-point positions (:data:`matching.postings.XY_UNIT`). A snapshot of
+#: another format is ignored: the process loads the registry in full and writes a new one.
+SNAPSHOT_FORMAT = 2
 
 #: The maintenance an index can find due.
 MaintenanceJob = Literal["retrain", "snapshot"]

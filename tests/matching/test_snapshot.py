@@ -203,3 +203,52 @@ def test_a_damaged_snapshot_is_ignored_and_replaced(
     Engine(tmp_path)
     assert reads == []
 
+
+
+def test_postings_keep_positions_in_fixed_point_within_a_64th_of_a_pixel(tmp_path: Path) -> None:
+    """A posting is 20 bytes: its position is two uint16 in XY_UNIT steps, not two float32."""
+    from matching.features import extract_features
+    from matching.postings import XY_UNIT
+
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    state = writer.index.export_state()
+    assert state["xy"].dtype == np.uint16
+    fields = ("image", "sig", "xy", "scale_angle")
+    per_posting = {k: state[k].itemsize * int(np.prod(state[k].shape[1:])) for k in fields}
+    assert sum(per_posting.values()) == 20
+    q = extract_features(WORKS[1][60:300, 100:420], balanced=True)
+    found = writer.index.search(q)
+    assert found and found[0].work_id == 1
+    for c in found[:4]:
+        w = writer.index.store.get_work(c.work_id)
+        assert w is not None
+        kp = (w.mirrored if c.mirrored else w.direct).xy
+        # every correspondence's work-side position is one of the work's keypoints, rounded
+        gap = np.abs(c.w_xy[:, None, :] - kp[None, :, :]).max(axis=2).min(axis=1)
+        assert c.w_xy.shape[0] > 0 and float(gap.max()) <= XY_UNIT / 2 + 1e-4
+
+
+def test_a_snapshot_of_the_previous_format_is_ignored_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Format 1 kept positions as float32: such a snapshot is not mapped, the registry is read in
+    full once, and a snapshot of the current format takes its place."""
+    from matching.postings import XY_UNIT
+
+    writer, meta = _snapshotted(tmp_path)
+    folder = tmp_path / "features" / "snapshots" / meta["dir"]
+    old_xy = np.load(folder / "xy.npy").astype(np.float32) * np.float32(XY_UNIT)
+    np.save(folder / "xy.npy", old_xy)
+    _pointer(tmp_path).write_text(json.dumps(dict(meta, format=1)))
+    reads = _count_reads(monkeypatch)
+    with caplog.at_level("WARNING", logger="matching.replica"):
+        reader = Engine(tmp_path)
+    assert "unreadable postings snapshot" in caplog.text
+    assert sorted(reads) == sorted(WORKS)
+    for data in UPLOADS.values():
+        assert _decisions(reader, data) == _decisions(writer, data)
+    assert _meta(tmp_path)["format"] == index.SNAPSHOT_FORMAT == 2
+    reads.clear()
+    Engine(tmp_path)
+    assert reads == []
