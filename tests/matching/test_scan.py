@@ -250,6 +250,9 @@ def test_calibrate_dry_run_keeps_the_model_and_reset_returns_to_the_built_in(cli
     fitted = json.loads(res.stdout.strip().splitlines()[-1])
     assert fitted["threshold"] == 0.5 and len(fitted["local"]) == 5
     assert not cal_file.exists()
+    # how little the calibration set can say about rare false positives
+    assert f"rests on {fitted['negatives']} wrong pairs" in res.stderr
+    assert f"{min(1.0, 3 / fitted['negatives']):.1%} from zero" in res.stderr
 
     res = cli.invoke(calibrate, ["--reset"], catch_exceptions=False)
     assert res.exit_code == 0 and "no calibration at" in res.output
