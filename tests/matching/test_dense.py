@@ -251,6 +251,15 @@ def test_distinct_best_keeps_the_closest_unambiguous_posting() -> None:
     pos = np.arange(6, dtype=np.int64)
     sel = distinct_best(qrow, image, ham, pos, xy, 6.0, 3)
     assert sorted(sel.tolist()) == [0, 4]
+    # The postings' fixed-point positions (uint16 of 1/32 px) select the same hits; 6 px is 192 units,
+    # so a posting 6.03 px away is another place and one 5.97 px away is not.
+    fixed = (xy * 32).astype(np.uint16)
+    assert sorted(distinct_best(qrow, image, ham, pos, fixed, 6.0, 3, unit=1 / 32).tolist()) == [0, 4]
+    near = fixed.copy()
+    near[3] = fixed[2] + 193  # image 8's second posting 6.03 px from its best one: ambiguous, dropped
+    assert 2 not in distinct_best(qrow, image, ham, pos, near, 6.0, 3, unit=1 / 32).tolist()
+    near[3] = fixed[2] + 191  # 5.97 px: the same place, so image 8's best posting is distinctive
+    assert 2 in distinct_best(qrow, image, ham, pos, near, 6.0, 3, unit=1 / 32).tolist()
 
 
 def _centroid_case(seed: int, cells: int, per_cell: int, n_x: int, n_pairs: int, *, normal: bool
