@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -58,6 +58,31 @@ SNAPSHOT_EVERY = 64
 #: 2 since postings keep fixed-point positions (:data:`matching.postings.XY_UNIT`). A snapshot of
 #: another format is ignored: the process loads the registry in full and writes a new one.
 SNAPSHOT_FORMAT = 2
+
+#: The vocabulary's centroid arrays a snapshot also holds (by far its largest: 110 MiB at 10,000
+#: works), so that a restoring process maps them, shared with the node's other processes, instead of
+#: holding its own copy. Snapshots without them (older ones) restore with the vocabulary's own copy.
+VOCAB_ARRAYS = ("vocab_fine", "vocab_sub")
+
+
+def _vocab_arrays(vocab: Vocabulary) -> dict[str, npt.NDArray[Any]]:
+    out: dict[str, npt.NDArray[Any]] = {"vocab_fine": vocab.fine}
+    if vocab.sub is not None:
+        out["vocab_sub"] = vocab.sub
+    return out
+
+
+def _mapped_vocab(vocab: Vocabulary, arrays: dict[str, Any]) -> Vocabulary:
+    """``vocab`` with its centroids replaced by the snapshot's mapped copies (removed from
+    ``arrays``), which must be equal to them; ``vocab`` itself when the snapshot has none."""
+    fine, sub = arrays.pop("vocab_fine", None), arrays.pop("vocab_sub", None)
+    if fine is None:
+        return vocab
+    same_sub = sub is None if vocab.sub is None else sub is not None and np.array_equal(sub, vocab.sub)
+    if not (same_sub and np.array_equal(fine, vocab.fine)):
+        raise ValueError("its vocabulary arrays differ from the published vocabulary")
+    return replace(vocab, fine=fine, sub=sub)
+
 
 #: The maintenance an index can find due.
 MaintenanceJob = Literal["retrain", "snapshot"]
@@ -327,7 +352,7 @@ class LocalIndex(PostingsIndex):
                 return  # another process published these postings (or later ones)
         except (TypeError, ValueError):
             pass
-        arrays = self.export_state()
+        arrays = {**self.export_state(), **_vocab_arrays(vocab)}
         assert self._main is not None
         info = {"format": SNAPSHOT_FORMAT, "vocab": vocab.version, "offset": self._offset,
                 "trained_on": self._trained_on, "works": len(self._works), "postings": self._main.n}
@@ -356,12 +381,13 @@ class LocalIndex(PostingsIndex):
                 return None
             vocab = Vocabulary.from_bytes(data)
             meta = self.store.snapshot_meta(vocab.version)  # named when its arrays turn out damaged
-            meta, arrays = self.store.get_snapshot(vocab.version, PostingsIndex.MAPPED)
+            meta, arrays = self.store.get_snapshot(vocab.version, (*PostingsIndex.MAPPED, *VOCAB_ARRAYS))
             if meta.get("format") != SNAPSHOT_FORMAT or meta.get("vocab") != vocab.version:
                 raise ValueError("it names another vocabulary or format")
             offset = int(meta["offset"])
             if offset > self.store.end():
                 raise ValueError("it covers more of the change feed than there is")
+            vocab = _mapped_vocab(vocab, arrays)
             self.import_state(vocab, arrays)
         except FileNotFoundError:
             return None

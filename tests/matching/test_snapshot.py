@@ -252,3 +252,30 @@ def test_a_snapshot_of_the_previous_format_is_ignored_and_replaced(
     reads.clear()
     Engine(tmp_path)
     assert reads == []
+
+
+def test_a_restoring_process_maps_the_vocabulary_from_the_snapshot(tmp_path: Path) -> None:
+    """The centroids travel in the snapshot, so a restoring process maps them (pages shared with
+    the node's other processes) instead of holding its own copy; a snapshot whose centroids differ
+    from the published vocabulary's is refused."""
+    writer, meta = _snapshotted(tmp_path)
+    assert writer.index.vocab is not None
+    folder = tmp_path / "features" / "snapshots" / meta["dir"]
+    assert (folder / "vocab_fine.npy").exists()
+    reader = Engine(tmp_path)
+    v = reader.index.vocab
+    assert v is not None and v.version == writer.index.vocab.version
+    np.testing.assert_array_equal(v.fine, writer.index.vocab.fine)
+    base = v.fine
+    while base.base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    assert isinstance(base, np.memmap) or type(base).__name__ == "mmap"
+    for data in UPLOADS.values():
+        assert _decisions(reader, data) == _decisions(writer, data)
+
+    fine = np.load(folder / "vocab_fine.npy")
+    fine[0, 0, 0] += 1.0
+    np.save(folder / "vocab_fine.npy", fine)
+    other = Engine(tmp_path)
+    assert other.index.vocab is not None and not isinstance(other.index.vocab.fine.base, np.memmap)
+    assert [c.work_id for c in other.analyse(UPLOADS["crop"]) if c.match] == [1]
