@@ -323,8 +323,9 @@ def calibrate(ctx: click.Context, target_precision: float, dry_run: bool, reset:
     if wrong:
         # Rule of three: no error among n pairs bounds the rate below 3/n at 95 % confidence, no lower.
         click.echo(f"note: the threshold rests on {wrong} wrong pairs of synthetic images, which cannot tell a "
-                   f"false-positive rate of {min(1.0, 3 / wrong):.1%} from zero; on real look-alikes this fit has "
-                   "let more through than the built-in score (docs/benchmarks.md, \"Held-out split\")"
+                   f"false-positive rate of {min(1.0, 3 / wrong):.1%} from zero; on the held-out benchmark's "
+                   "look-alikes such a fit let more through than the built-in score (docs/benchmarks.md, "
+                   "\"Held-out split\")"
                    f"{'' if dry_run else '; artwatch calibrate --reset returns to the built-in score'}", err=True)
 
 
