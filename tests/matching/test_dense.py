@@ -467,3 +467,37 @@ print(json.dumps(out))
     found = json.loads(done.stdout)
     assert any("scipy_openblas" in name for name, _ in found), found
     assert all(n == 1 for _, n in found), found
+
+
+def test_segment_build_by_parts_equals_one_stable_sort_of_their_concatenation() -> None:
+    """The counting sort that builds a segment part by part (freeing each) gives exactly the
+    arrays of a stable sort by word of all parts concatenated, dead images dropped."""
+    from matching.postings import PostingsIndex, _Quantised, _Segment
+    from matching.vocabulary import Vocabulary
+
+    rng = np.random.default_rng(3)
+    n_words, n_images = 97, 40
+    vocab = Vocabulary.train(rng.integers(0, 120, (3000, 128)).astype(np.uint8), seed=1)
+    assert vocab.size >= n_words
+    ix = PostingsIndex(vocab=vocab)
+    ix._alive = rng.random(n_images) > 0.3
+    parts = []
+    for img in range(n_images):
+        m = int(rng.integers(0, 60))  # some parts empty
+        parts.append(_Quantised(rng.integers(0, n_words, m).astype(np.int32),
+                                rng.integers(0, 2**63, m, dtype=np.uint64), np.full(m, img, np.int32),
+                                rng.integers(0, 2**16, (m, 2)).astype(np.uint16),
+                                rng.standard_normal((m, 2)).astype(np.float16)))
+    for drop_dead in (True, False):
+        cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("words", "image", "sig", "xy",
+                                                                          "scale_angle")}
+        if drop_dead:
+            keep = ix._alive[cat["image"]]
+            cat = {k: v[keep] for k, v in cat.items()}
+        want = _Segment.build(vocab.size, cat["words"], cat["image"], cat["sig"], cat["xy"], cat["scale_angle"])
+        given = list(parts)
+        got = ix._build(given, drop_dead=drop_dead)
+        assert given == []  # consumed
+        for k in ("offsets", "image", "sig", "xy", "scale_angle"):
+            assert np.array_equal(getattr(got, k), getattr(want, k)), k
+        assert got.n == (int(ix._alive[cat["image"]].sum()) if drop_dead else sum(len(p.words) for p in parts))
