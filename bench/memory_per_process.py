@@ -43,6 +43,17 @@ def _rollup(pid: int) -> dict[str, int]:
     return out
 
 
+def memory_rows(procs: list[Any], extra: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each process's RSS, PSS and private memory now (MiB), after its ``extra`` fields (keyed by pid)."""
+    rows = []
+    for p in procs:
+        assert p.pid is not None
+        r = _rollup(p.pid)
+        rows.append({**extra[p.pid], "rss_mib": round(r["Rss"] / 2**20, 1), "pss_mib": round(r["Pss"] / 2**20, 1),
+                     "private_mib": round((r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / 2**20, 1)})
+    return rows
+
+
 def _child(data_dir: str, queries: int, ready: Any, done: Any, results: Any) -> None:
     import io
 
@@ -86,12 +97,7 @@ def main() -> None:
     for _ in procs:
         ready.acquire()
     loaded = {r["pid"]: r for r in (results.get() for _ in procs)}
-    rows = []
-    for p in procs:
-        assert p.pid is not None
-        r = _rollup(p.pid)
-        rows.append({**loaded[p.pid], "rss_mib": round(r["Rss"] / 2**20, 1), "pss_mib": round(r["Pss"] / 2**20, 1),
-                     "private_mib": round((r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / 2**20, 1)})
+    rows = memory_rows(procs, loaded)
     done.set()
     for p in procs:
         p.join()

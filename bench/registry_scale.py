@@ -60,7 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memory_per_process import _rollup
+from memory_per_process import memory_rows
 from speed_matching import STAGES, _measure, _pct, _sample_uploads, synthetic_works
 
 OFF = {"use_embedder": False, "descriptor": ""}
@@ -183,16 +183,6 @@ def _memory_child(data_dir: str, warm: list[str], ready: Any, go: Any, done: Any
     done.wait()
 
 
-def _rows(procs: list[Any], extra: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for p in procs:
-        assert p.pid is not None
-        r = _rollup(p.pid)
-        rows.append({**extra[p.pid], "rss_mib": round(r["Rss"] / 2**20, 1), "pss_mib": round(r["Pss"] / 2**20, 1),
-                     "private_mib": round((r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / 2**20, 1)})
-    return rows
-
-
 def memory(data_dir: Path, processes: int, warm: list[str]) -> dict[str, Any]:
     """Memory after the warm-up uploads, then once every mapped snapshot page is touched."""
     ctx = mp.get_context("spawn")
@@ -204,12 +194,12 @@ def memory(data_dir: Path, processes: int, warm: list[str]) -> dict[str, Any]:
     for _ in procs:
         ready.acquire()
     loaded = {r["pid"]: r for r in (results.get() for _ in procs)}
-    warm_rows = _rows(procs, loaded)
+    warm_rows = memory_rows(procs, loaded)
     go.set()
     for _ in procs:
         ready.acquire()
     touched = {r["pid"]: r for r in (results.get() for _ in procs)}
-    all_rows = _rows(procs, touched)
+    all_rows = memory_rows(procs, touched)
     done.set()
     for p in procs:
         p.join()
