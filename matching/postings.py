@@ -96,14 +96,6 @@ class _Segment:
     xy: U16  # fixed point, XY_UNIT pixels
     scale_angle: npt.NDArray[np.float16]
 
-    @staticmethod
-    def build(n_words: int, words: I32, image: I32, sig: U64, xy: U16,
-              scale_angle: npt.NDArray[np.float16]) -> _Segment:
-        order = np.argsort(words, kind="stable")
-        w = words[order]
-        offsets = np.searchsorted(w, np.arange(n_words + 1)).astype(np.int64)
-        return _Segment(offsets, image[order], sig[order], xy[order], scale_angle[order])
-
     @property
     def n(self) -> int:
         return int(self.image.shape[0])
@@ -230,8 +222,8 @@ class PostingsIndex:
     def _build(self, parts: list[_Quantised], *, drop_dead: bool) -> _Segment:
         """One segment of ``parts`` (consumed: the list is emptied as they are copied in).
 
-        The same arrays as :meth:`_Segment.build` on the parts concatenated (a
-        stable sort by word), made by a counting sort that copies one part at a
+        The same arrays as a stable sort by word of the parts concatenated, made
+        by a counting sort that copies one part at a
         time into the final arrays and frees it: the peak is the parts plus one
         segment, not several full copies (a retrain at 100,000 works holds about
         420 million postings)."""
