@@ -62,18 +62,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory_per_process import memory_rows
 from speed_matching import STAGES, _measure, _pct, _sample_uploads, synthetic_works
+from speed_startup import _timed
 
 OFF = {"use_embedder": False, "descriptor": ""}
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _timed(fn: Any) -> tuple[Any, float, float]:
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - w, time.process_time() - c
 
 
 def build(src: Path, scratch: Path, sizes: list[int], seed: int) -> dict[int, Path]:
