@@ -49,6 +49,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import statistics
 import sys
@@ -65,6 +66,7 @@ from speed_matching import STAGES, _measure, _pct, _sample_uploads, synthetic_wo
 from speed_startup import _timed
 
 OFF = {"use_embedder": False, "descriptor": ""}
+STEPS = ("build", "retrain", "memory", "per_upload", "accuracy", "registration")
 
 
 def _log(msg: str) -> None:
@@ -118,7 +120,9 @@ def _retrain_child(data_dir: str, out: Any) -> None:
     assert ix.vocab is not None
     meta = json.loads(store.snapshot_pointer(ix.vocab.version).read_text())
     snap = store.snapshots_dir / meta["dir"]
+    hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:"))
     out.put({"wall_s": round(w, 1), "cpu_s": round(c, 1), "postings": meta["postings"],
+             "peak_rss_mib": round(int(hwm.split()[1]) / 1024),
              "snapshot_gib": round(sum(p.stat().st_size for p in snap.iterdir()) / 2**30, 3),
              "words": ix.vocab.size // ix.vocab.k3, "sub_words": ix.vocab.k3})
 
@@ -128,7 +132,13 @@ def _run(target: Any, *args: Any) -> Any:
     q = ctx.Queue()
     p = ctx.Process(target=target, args=(*args, q))
     p.start()
-    res = q.get()
+    while True:  # a child the kernel kills (out of memory) never answers
+        try:
+            res = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise SystemExit(f"{target.__name__} died (exit {p.exitcode}) without a result") from None
     p.join()
     if p.exitcode:
         raise SystemExit(f"{target.__name__} exited {p.exitcode}")
@@ -299,23 +309,32 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="engine processes per node (memory, accuracy)")
     ap.add_argument("--warm", type=int, default=30, help="uploads each memory process analyses first")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reuse", action="store_true", help="keep registries already built and retrained")
-    ap.add_argument("--steps", default="memory,per_upload,accuracy,registration",
-                    help="which of memory, per_upload, accuracy, registration to run (comma-separated)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep registries already built and retrained (leaves build and retrain out of --steps)")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"which of {', '.join(STEPS)} to run (comma-separated; build and retrain run per size, "
+                         "so two runs with different --sizes can retrain side by side)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     steps = {x.strip() for x in args.steps.split(",") if x.strip()}
+    if steps - set(STEPS):
+        ap.error(f"unknown steps: {', '.join(sorted(steps - set(STEPS)))}")
+    if args.reuse:
+        steps -= {"build", "retrain"}
     res: dict[str, Any] = {"sizes": {}}
     n_real = len([ln for ln in (args.dataset / "works.jsonl").read_text().splitlines() if ln.strip()])
-    if args.reuse:
-        dirs = {n: args.scratch / str(n) for n in sorted(args.sizes)}
-    else:
+    if "build" in steps:
         dirs = build(args.src, args.scratch, args.sizes, args.seed)
-        for n, d in dirs.items():
-            _log(f"retrain at {n} works")
-            res["sizes"][str(n)] = {"retrain": _run(_retrain_child, str(d))}
-            _log(f"retrain at {n}: {res['sizes'][str(n)]['retrain']}")
+    else:
+        dirs = {n: args.scratch / str(n) for n in sorted(args.sizes)}
+        missing = [str(d) for d in dirs.values() if not (d / "features").is_dir()]
+        if missing:
+            ap.error(f"no registry built in {', '.join(missing)} (run the build step first)")
+    for n, d in dirs.items() if "retrain" in steps else ():
+        _log(f"retrain at {n} works")
+        res["sizes"][str(n)] = {"retrain": _run(_retrain_child, str(d))}
+        _log(f"retrain at {n}: {res['sizes'][str(n)]['retrain']}")
     all_dirs = {n_real: args.src, **dirs}
     warm = [str(p) for p in _sample_uploads(args.dataset, args.warm, args.seed + 1)]
     for n in all_dirs:

@@ -232,7 +232,13 @@ class LocalIndex(PostingsIndex):
                 sample_sub.append(f.desc[rng_sub.choice(len(f), take, replace=False)])
         if not sample:
             return
-        vocab = Vocabulary.train(np.concatenate(sample)).with_sublevel(np.concatenate(sample_sub), postings)
+        desc = np.concatenate(sample)
+        sample.clear()
+        vocab = Vocabulary.train(desc)
+        desc = np.concatenate(sample_sub)
+        sample_sub.clear()
+        vocab = vocab.with_sublevel(desc, postings)
+        del desc  # the samples are gone before every work is quantised (2.6 GB at 100,000 works)
         # Every work under the new vocabulary, covering the feed this process
         # has read; what others append meanwhile is replayed on top.
         self._reload_all(vocab)

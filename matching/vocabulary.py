@@ -36,6 +36,8 @@ HE_BITS = 64
 #: a query visits then stop growing with the registry.
 POSTINGS_PER_WORD = 256
 MAX_SUB_WORDS = 8
+#: Sub-words are trained on about this many sampled rows at a time.
+SUB_TRAIN_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,19 @@ class Vocabulary:
             word[i + rows] = w
         order = np.argsort(word, kind="stable")
         offsets = np.searchsorted(word[order], np.arange(plain.size + 1)).astype(np.int64)
-        sub = group_kmeans(desc[order].astype(np.float32), offsets, k3)
+        del word
+        # Word by word, so float32 rows are made for a run of words at a time:
+        # the whole sample as float32 (20 million rows at 100,000 works) would
+        # be 10 GB. Each word's k-means sees only its own rows, so this gives
+        # the same centroids as one call over the whole sample.
+        sub = np.empty((plain.size, k3, desc.shape[1]), np.float32)
+        g = 0
+        while g < plain.size:
+            end = int(np.searchsorted(offsets, offsets[g] + SUB_TRAIN_ROWS, side="right")) - 1
+            end = min(plain.size, max(end, g + 1))
+            lo, hi = int(offsets[g]), int(offsets[end])
+            sub[g:end] = group_kmeans(desc[order[lo:hi]].astype(np.float32), offsets[g : end + 1] - lo, k3)
+            g = end
         return replace(self, sub=sub, version=uuid.uuid4().hex)
 
     @staticmethod

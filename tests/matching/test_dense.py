@@ -364,6 +364,22 @@ def test_group_kmeans_matches_a_reference_lloyd_per_group() -> None:
     assert np.allclose(got[4], _lloyd_reference(x[66:], 4, 10), atol=1e-3)
 
 
+def test_sub_words_trained_a_run_of_words_at_a_time_equal_one_pass_over_the_sample(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import matching.vocabulary as vocabulary
+
+    rng = np.random.default_rng(8)
+    desc = rng.integers(0, 120, (6000, 128)).astype(np.uint8)
+    voc = vocabulary.Vocabulary.train(desc[:3000], seed=1)
+    busy = voc.size * vocabulary.POSTINGS_PER_WORD * 3
+    one_pass = voc.with_sublevel(desc, busy).sub
+    monkeypatch.setattr(vocabulary, "SUB_TRAIN_ROWS", 37)  # words hold about 24 rows: runs of one word and more
+    runs = voc.with_sublevel(desc, busy).sub
+    assert one_pass is not None and runs is not None and one_pass.shape == runs.shape
+    assert (one_pass < 1e4).any(axis=2).sum() > voc.size  # some words really got several sub-words
+    assert np.array_equal(one_pass, runs)
+
+
 def test_sub_words_partition_words_without_changing_signatures(tmp_path: Path) -> None:
     from matching.vocabulary import MAX_SUB_WORDS, POSTINGS_PER_WORD, Vocabulary
 
