@@ -354,3 +354,44 @@ def test_the_settings_choose_the_store_and_build_engine_uses_it(tmp_path: Path, 
     finally:
         if isinstance(store, SqlFeatureStore):
             store.engine.dispose()
+
+
+# ---------------------------------------------------------------- the work format
+
+
+def test_descriptors_are_stored_compressed_and_the_plain_format_still_reads() -> None:
+    import io
+
+    from matching.features import extract_features
+    from matching.store import work_from_bytes, work_to_bytes
+
+    f = extract_features(textured(5))
+    assert len(f) > 200
+    w = StoredWork(5, 10, "artwork", f.width, f.height, f, LocalFeatures.empty(f.width, f.height),
+                   np.zeros((1, 32), np.uint8), np.zeros((0, 0, 0), np.uint8))
+    data = work_to_bytes(w)
+    _same(work_from_bytes(data), w)  # an empty side round-trips too
+    with np.load(io.BytesIO(data)) as z:
+        assert "d_desc" not in z.files and z["d_desc_zst"].nbytes < 0.9 * f.desc.nbytes  # RootSIFT's small values
+    assert len(data) < f.desc.nbytes
+    # A work written before the descriptors were compressed: plain members.
+    buf = io.BytesIO()
+    with np.load(io.BytesIO(data)) as z:
+        old = {k: z[k] for k in z.files if "desc" not in k}
+    np.savez(buf, **old, d_desc=f.desc, m_desc=np.zeros((0, 128), np.uint8))
+    _same(work_from_bytes(buf.getvalue()), w)
+
+
+def test_a_work_whose_descriptors_do_not_fit_their_shape_is_an_error() -> None:
+    import io
+
+    from matching.store import work_from_bytes, work_to_bytes
+
+    w = _work(4)
+    with np.load(io.BytesIO(work_to_bytes(w))) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["d_desc_shape"] = np.array([len(w.direct) - 1, 128], np.int64)  # one row fewer than stored
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with pytest.raises(ValueError, match="descriptors hold 2560 bytes, not 19 x 128"):
+        work_from_bytes(buf.getvalue())
