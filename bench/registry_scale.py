@@ -73,7 +73,7 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build(src: Path, scratch: Path, sizes: list[int], seed: int) -> dict[int, Path]:
+def build(src: Path, scratch: Path, sizes: list[int], seed: int, *, cells: bool = False) -> dict[int, Path]:
     """One data dir per size under ``scratch``, each a registry of feature files."""
     from matching.store.folder import FolderFeatureStore
 
@@ -81,7 +81,7 @@ def build(src: Path, scratch: Path, sizes: list[int], seed: int) -> dict[int, Pa
     real = [w for w in (real_store.get_work(i) for i in real_store.work_ids()) if w is not None]
     pool = np.concatenate([f.desc for w in real for f in (w.direct, w.mirrored) if len(f)])
     rng = np.random.default_rng(seed)
-    gen = synthetic_works(real, pool, max(sizes) - len(real), rng)
+    gen = synthetic_works(real, pool, max(sizes) - len(real), rng, cells=cells)
     dirs: dict[int, Path] = {}
     prev: Any = None
     for n in sorted(sizes):
@@ -309,6 +309,9 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="engine processes per node (memory, accuracy)")
     ap.add_argument("--warm", type=int, default=30, help="uploads each memory process analyses first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synthetic", choices=("copies", "cells"), default="copies",
+                    help="synthetic descriptors: rows of the real pool (copies) or put together cell by cell "
+                         "(see speed_matching.synthetic_works)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep registries already built and retrained (leaves build and retrain out of --steps)")
     ap.add_argument("--steps", default=",".join(STEPS),
@@ -325,7 +328,7 @@ def main() -> None:
     res: dict[str, Any] = {"sizes": {}}
     n_real = len([ln for ln in (args.dataset / "works.jsonl").read_text().splitlines() if ln.strip()])
     if "build" in steps:
-        dirs = build(args.src, args.scratch, args.sizes, args.seed)
+        dirs = build(args.src, args.scratch, args.sizes, args.seed, cells=args.synthetic == "cells")
     else:
         dirs = {n: args.scratch / str(n) for n in sorted(args.sizes)}
         missing = [str(d) for d in dirs.values() if not (d / "features").is_dir()]
