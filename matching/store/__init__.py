@@ -114,17 +114,18 @@ def _pack_desc(desc: U8) -> U8:
 def _unpack_desc(packed: U8, shape: npt.NDArray[np.int64]) -> U8:
     rows, dim = (int(v) for v in shape)
     size = rows * dim
+    if not size:
+        return np.zeros((rows, dim), np.uint8)
     raw = packed.tobytes()
     try:
-        # The frame states its size: checked first, so nothing larger is ever allocated.
-        if size and zstandard.frame_content_size(raw) != size:
-            raise ValueError(f"a work's descriptors hold {zstandard.frame_content_size(raw)} bytes, "
-                             f"not {rows} x {dim}")
-        data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=size) if size else b""
+        # The frame states its size (-1 when it does not): checked first, so
+        # nothing larger than the shape says is ever allocated.
+        stated = zstandard.frame_content_size(raw)
+        if stated != size:
+            raise ValueError(f"a work's descriptors hold {stated} bytes, not {rows} x {dim}")
+        data = zstandard.ZstdDecompressor().decompress(raw)
     except zstandard.ZstdError as exc:
         raise ValueError(f"a work's descriptors do not decompress to {rows} x {dim}: {exc}") from exc
-    if len(data) != size:
-        raise ValueError(f"a work's descriptors hold {len(data)} bytes, not {rows} x {dim}")
     return np.frombuffer(data, np.uint8).reshape(rows, dim).copy()  # writable, like np.load's arrays
 
 
