@@ -38,8 +38,12 @@ interpreter), timed with ``time.perf_counter`` (wall) and
 5. ``registration``: one real image (a demo painting) registered at each
    size through :meth:`matching.Engine.register`, then removed (wall and CPU).
 
-``--reuse --steps memory`` (say) measures registries built by an earlier run
-again without rebuilding them. Prints one JSON object and a Markdown summary.
+``--steps`` picks among build, retrain and the five above; ``--reuse --steps
+memory`` (say) measures registries built by an earlier run again without
+rebuilding them, and ``--steps retrain --sizes N`` retrains one size alone (two
+such runs can share a machine). ``--synthetic cells`` builds synthetic works
+whose descriptors are no copies of real ones (``speed_matching.synthetic_works``).
+Prints one JSON object and a Markdown summary.
 """
 
 from __future__ import annotations
