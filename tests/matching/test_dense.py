@@ -521,3 +521,18 @@ def test_segment_build_by_parts_equals_one_stable_sort_of_their_concatenation() 
         assert got.n == cat["image"].shape[0]
         if drop_dead:  # the case is real: some postings were dead
             assert got.n < sum(len(p.words) for p in parts)
+
+
+def test_top_images_ranks_voted_images_by_normalised_votes_ties_to_the_lower_image() -> None:
+    from matching.postings import _top_images
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    votes = np.where(rng.random(n) < 0.3, rng.integers(1, 6, n) * 0.5, 0.0)  # few values: many ties
+    nkp = rng.choice(np.array([0, 300, 1200], np.int64), n)
+    rank = votes / np.sqrt(np.maximum(nkp, 1) / 1000.0 + 1.0)
+    voted = np.flatnonzero(votes > 0)
+    want = sorted(voted.tolist(), key=lambda i: (-rank[i], i))
+    for top in (0, 1, 24, 500, voted.shape[0], n):
+        assert _top_images(votes, nkp, top).tolist() == want[:top]
+    assert _top_images(np.zeros(10), np.ones(10, np.int64), 24).shape == (0,)
