@@ -30,7 +30,10 @@ interpreter), timed with ``time.perf_counter`` (wall) and
 3. ``per upload``: one engine process per registry (200 = ``--from`` itself),
    the same ``--uploads`` dev uploads sent to each in turn, upload by upload
    (so machine load weighs on all alike): CPU ms by stage as in
-   ``speed_matching.py``, median and p95;
+   ``speed_matching.py``, median and p95. With ``--base CHECKOUT`` each
+   registry is also measured by that checkout's engine (a git worktree of an
+   earlier commit) in a process of its own, in the same rotation: before and
+   after in one run;
 4. ``accuracy``: every upload of the dev set (or ``--accuracy-uploads``)
    analysed by the 200-work engine and the largest registry's, in
    ``--processes`` processes: the matches the 200 works give that the large
@@ -217,7 +220,9 @@ def memory(data_dir: Path, processes: int, warm: list[str]) -> dict[str, Any]:
                             "node_pss_mib": round(sum(r["pss_mib"] for r in all_rows), 1)}}
 
 
-def _stage_child(data_dir: str, paths: list[str], conn: Any) -> None:
+def _stage_child(data_dir: str, paths: list[str], code: str, conn: Any) -> None:
+    if code:  # another checkout's engine (--base), imported before this one's could be
+        sys.path.insert(0, code)
     engine = _engine(data_dir)
     data = [Path(p).read_bytes() for p in paths]
     names = [Path(p).name for p in paths]
@@ -227,18 +232,19 @@ def _stage_child(data_dir: str, paths: list[str], conn: Any) -> None:
         conn.send(_measure(engine, data[i : i + 1], names[i : i + 1]))
 
 
-def per_upload(dirs: dict[int, Path], paths: list[str]) -> dict[int, dict[str, list[Any]]]:
+def per_upload(dirs: dict[Any, tuple[Path, str]], paths: list[str]) -> dict[Any, dict[str, list[Any]]]:
+    """``dirs``: key -> (data dir, checkout whose engine measures it; "" for this one)."""
     ctx = mp.get_context("spawn")
     started = {}
-    for n, d in dirs.items():
+    for n, (d, code) in dirs.items():
         mine, theirs = ctx.Pipe()
-        p = ctx.Process(target=_stage_child, args=(str(d), paths, theirs))
+        p = ctx.Process(target=_stage_child, args=(str(d), paths, code, theirs))
         p.start()
         started[n] = (p, mine)
     for n, (_, conn) in started.items():
         got = conn.recv()
         _log(f"per upload: {n}-work engine ready ({got} works)")
-    acc: dict[int, dict[str, list[Any]]] = {n: {} for n in dirs}
+    acc: dict[Any, dict[str, list[Any]]] = {n: {} for n in dirs}
     order = list(dirs)
     for i in range(len(paths)):
         for j in range(len(order)):
@@ -322,6 +328,9 @@ def main() -> None:
                     help=f"which of {', '.join(STEPS)} to run (comma-separated; build and retrain run per size, "
                          "so two runs with different --sizes can retrain side by side)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--base", default="",
+                    help="per_upload: also measure every registry with the engine of this checkout (a git "
+                         "worktree of an earlier commit), interleaved upload by upload with this one's")
     args = ap.parse_args()
 
     steps = {x.strip() for x in args.steps.split(",") if x.strip()}
@@ -351,11 +360,20 @@ def main() -> None:
         _log(f"memory at {n}: {json.dumps(m)}")
     if "per_upload" in steps:
         paths = [str(p) for p in _sample_uploads(args.dataset, args.uploads, args.seed)]
-        acc = per_upload(all_dirs, paths)
+        runs: dict[Any, tuple[Path, str]] = {n: (d, "") for n, d in all_dirs.items()}
+        if args.base:
+            runs |= {(n, "base"): (d, args.base) for n, d in all_dirs.items()}
+        acc = per_upload(runs, paths)
         for n in all_dirs:
             res["sizes"][str(n)]["per_upload"] = _summary(acc[n])
+            if args.base:
+                res["sizes"][str(n)]["per_upload_base"] = _summary(acc[(n, "base")])
         base = statistics.median(acc[n_real]["total"])
         res["total_median_ratio"] = {str(n): round(statistics.median(acc[n]["total"]) / base, 2) for n in all_dirs}
+        if args.base:
+            b0 = statistics.median(acc[(n_real, "base")]["total"])
+            res["total_median_ratio_base"] = {str(n): round(statistics.median(acc[(n, "base")]["total"]) / b0, 2)
+                                              for n in all_dirs}
         _log(f"per upload: {json.dumps({n: res['sizes'][str(n)]['per_upload'] for n in all_dirs})}")
         _log(f"per upload: total median ratio {res['total_median_ratio']}")
     big = max(dirs)
@@ -379,10 +397,13 @@ def main() -> None:
         return
     print(f"\n| stage (CPU ms per upload) | {' | '.join(f'{n} works median / p95' for n in all_dirs)} |")
     print("|---|" + "---|" * len(all_dirs))
-    for k in [*STAGES, "phash", "pdq_only"]:
-        cells = [f"{res['sizes'][str(n)]['per_upload'][k]['median']} / {res['sizes'][str(n)]['per_upload'][k]['p95']}"
-                 for n in all_dirs]
-        print(f"| {k} | {' | '.join(cells)} |")
+    for key in ("per_upload", "per_upload_base") if args.base else ("per_upload",):
+        if key == "per_upload_base":
+            print(f"\nThe same uploads, the engine of {args.base}:\n")
+        for k in [*STAGES, "phash", "pdq_only"]:
+            cells = [f"{res['sizes'][str(n)][key][k]['median']} / {res['sizes'][str(n)][key][k]['p95']}"
+                     for n in all_dirs]
+            print(f"| {k} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import scipy.linalg.cython_blas  # noqa: F401  # the BLAS behind np.dot in compi
 from numba import njit  # limit_native_threads finds it among the process's libraries
 
 __all__ = [
-    "curve_support", "distinct_best", "group_kmeans", "hamming_hits", "nearest", "nearest_by_cell",
+    "curve_support", "distinct_best", "group_kmeans", "hamming_hits", "hashes_within", "nearest", "nearest_by_cell",
     "rotation_scale_peak",
 ]
 
@@ -134,9 +134,40 @@ def hamming_hits(
 
 
 @njit(cache=True, nogil=True)
+def _hashes_within(words, q, radius, rows, all_rows):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    n = words.shape[0] if all_rows else rows.shape[0]
+    idx = np.empty(n, np.int64)
+    dist = np.empty(n, np.int64)
+    k = 0
+    for t in range(n):
+        i = t if all_rows else rows[t]
+        d = np.int64(_popcount(words[i, 0] ^ q[0]) + _popcount(words[i, 1] ^ q[1])
+                     + _popcount(words[i, 2] ^ q[2]) + _popcount(words[i, 3] ^ q[3]))
+        if d <= radius:
+            idx[k] = i
+            dist[k] = d
+            k += 1
+    return idx[:k], dist[:k]
+
+
+def hashes_within(
+    words: npt.NDArray[np.uint64], q: npt.NDArray[np.uint64], radius: int, rows: npt.NDArray[np.int64] | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``(rows, distances)`` of the 256-bit hashes (``words``, ``(n, 4)``) within
+    ``radius`` bits of ``q`` (4 words), in row order; only ``rows`` (in their
+    order) when given. One pass, reading each hash once: the NumPy version made
+    four arrays as large as the hashes it compared."""
+    sel = np.zeros(0, np.int64) if rows is None else np.asarray(rows, np.int64)
+    idx, dist = _hashes_within(words, np.ascontiguousarray(q, np.uint64), np.int64(radius), sel, rows is None)
+    return np.asarray(idx), np.asarray(dist)
+
+
+@njit(cache=True, nogil=True)
 def _distinct_best(qrow, image, ham, pos, xy, unit, same_place, margin):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     n = ham.shape[0]
     out = np.empty(n, np.int64)
+    keys = np.empty(64, np.int64)
+    order = np.empty(64, np.int64)
     k = 0
     start = 0
     while start < n:
@@ -144,10 +175,24 @@ def _distinct_best(qrow, image, ham, pos, xy, unit, same_place, margin):  # type
         while end < n and qrow[end] == qrow[start]:
             end += 1
         m = end - start
-        keys = np.empty(m, np.int64)
-        for t in range(m):
-            keys[t] = np.int64(image[start + t]) * 256 + np.int64(ham[start + t])
-        order = np.argsort(keys, kind="mergesort")
+        # Sorted by (image, distance), stably: by insertion for the few dozen hits a
+        # keypoint usually keeps (HITS_PER_KEYPOINT), where a general sort's set-up
+        # costs more than the sort.
+        if m <= 64:
+            for t in range(m):
+                key = np.int64(image[start + t]) * 256 + np.int64(ham[start + t])
+                u = t
+                while u > 0 and keys[u - 1] > key:
+                    keys[u] = keys[u - 1]
+                    order[u] = order[u - 1]
+                    u -= 1
+                keys[u] = key
+                order[u] = t
+        else:
+            big = np.empty(m, np.int64)
+            for t in range(m):
+                big[t] = np.int64(image[start + t]) * 256 + np.int64(ham[start + t])
+            order = np.argsort(big, kind="mergesort")
         j = 0
         while j < m:
             a = start + order[j]
@@ -155,6 +200,12 @@ def _distinct_best(qrow, image, ham, pos, xy, unit, same_place, margin):  # type
             g = j + 1
             while g < m and image[start + order[g]] == img:
                 g += 1
+            if g == j + 1:  # the image's only hit from this keypoint: no second to compare
+                if 255 - np.int64(ham[a]) >= margin:
+                    out[k] = a
+                    k += 1
+                j = g
+                continue
             second = 255
             ax = np.float32(xy[pos[a], 0]) * unit
             ay = np.float32(xy[pos[a], 1]) * unit

@@ -24,13 +24,14 @@ A search takes one of two paths, with identical results:
   not rebuild them: hashes added since are checked one by one, a removed
   work's rows are masked, and the tables are rebuilt once the added rows
   outgrow an eighth of the index (the dead ones are dropped at a quarter).
-- **Linear scan**: XOR + popcount over every row. It is exact and cheaper when
-  the index is small (below ``mih_min_rows``), when ``max_distance`` exceeds
-  ``mih_max_distance``, or when the probed buckets hold more than
-  ``mih_max_fraction`` of the rows (wide radii, clustered hashes): a candidate
-  costs about four scanned rows (a random read), so past about a quarter of
-  the rows the scan wins. At 64 bits (the engine's radius) the probes cover
-  about 20% of the rows: MIH still, but only about 25% faster than the scan.
+- **Linear scan**: XOR + popcount over every row, compiled, one pass
+  (:func:`matching._scan.hashes_within`; about 3 ns a row). It is exact and
+  cheaper when the index is small (below ``mih_min_rows``), when
+  ``max_distance`` exceeds ``mih_max_distance``, or when the probed buckets
+  hold more than ``mih_max_fraction`` of the rows (wide radii, clustered
+  hashes): a candidate costs about twenty scanned rows (a random read, and
+  the probe lists sorted), so past about 5% of the rows the scan wins. At 64
+  bits (the engine's radius) the probes cover about 20% of the rows: the scan.
 
 Figures and thresholds: docs/benchmarks.md, "PDQ: multi-index hashing".
 """
@@ -42,6 +43,8 @@ from functools import cache
 
 import numpy as np
 import numpy.typing as npt
+
+from matching._scan import hashes_within
 
 __all__ = ["PdqIndex"]
 
@@ -71,7 +74,7 @@ class PdqIndex:
     """
 
     def __init__(
-        self, *, mih_min_rows: int = 8192, mih_max_distance: int = 64, mih_max_fraction: float = 0.25,
+        self, *, mih_min_rows: int = 32_768, mih_max_distance: int = 47, mih_max_fraction: float = 0.05,
     ) -> None:
         self.mih_min_rows = mih_min_rows
         self.mih_max_distance = mih_max_distance
@@ -193,18 +196,10 @@ class PdqIndex:
             return {}
         q = np.ascontiguousarray(np.asarray(query, np.uint8).reshape(32)).view(np.uint64)
         rows = self._candidates(q, max_distance)
-        words = self._words if rows is None else self._words.take(rows, axis=0)  # 5x faster than [rows]
-        self.last_verified = int(words.shape[0])
-        c = np.bitwise_count(words ^ q)
-        d = c[:, 0] + c[:, 1]
-        d += c[:, 2]
-        d += c[:, 3]
+        self.last_verified = int(self._words.shape[0] if rows is None else rows.shape[0])
         # Distance first, filters on the few rows within it: the owner and work columns are only
         # read (and the filters only tested) for those.
-        idx = np.flatnonzero(d <= max_distance)
-        d = d[idx]
-        if rows is not None:
-            idx = rows[idx]
+        idx, d = hashes_within(self._words, q, max_distance, rows)
         if self._dead:
             keep = self._alive[idx]
             idx, d = idx[keep], d[keep]

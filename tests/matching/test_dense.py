@@ -536,3 +536,31 @@ def test_top_images_ranks_voted_images_by_normalised_votes_ties_to_the_lower_ima
     for top in (0, 1, 24, 500, voted.shape[0], n):
         assert _top_images(votes, nkp, top).tolist() == want[:top]
     assert _top_images(np.zeros(10), np.ones(10, np.int64), 24).shape == (0,)
+
+
+def test_distinct_best_equals_a_plain_reference_for_small_and_large_keypoint_groups() -> None:
+    """Groups of 1 to 150 hits per query keypoint (the compiled loop sorts up to 64 by
+    insertion and more with a merge sort) give what a direct reading of the rule gives."""
+    from matching._scan import distinct_best
+
+    rng = np.random.default_rng(21)
+    sizes = rng.choice(np.array([1, 2, 3, 10, 63, 64, 65, 150]), 80)
+    qrow = np.repeat(np.arange(sizes.shape[0]), sizes).astype(np.int32)
+    n = qrow.shape[0]
+    image = rng.integers(0, 6, n).astype(np.int32)  # few images: several hits per (keypoint, image)
+    ham = rng.integers(0, 23, n).astype(np.uint8)
+    pos = rng.permutation(n).astype(np.int64)
+    xy = rng.integers(0, 40, (n, 2)).astype(np.float32)
+    want = []
+    for r in range(sizes.shape[0]):
+        rows = np.flatnonzero(qrow == r)
+        for img in np.unique(image[rows]):
+            mine = rows[image[rows] == img]
+            mine = mine[np.argsort(ham[mine], kind="stable")]  # first of equally close wins
+            best = mine[0]
+            far = [b for b in mine[1:] if (np.abs(xy[pos[b]] - xy[pos[best]]) > 6.0).any()]
+            second = int(ham[far[0]]) if far else 255
+            if second - int(ham[best]) >= 3:
+                want.append(int(best))
+    got = distinct_best(qrow, image, ham, pos, xy, 6.0, 3)
+    assert sorted(got.tolist()) == sorted(want) and len(want) > 100

@@ -167,22 +167,22 @@ def test_mih_and_scan_agree_through_add_replace_remove() -> None:
 
 def test_default_thresholds_fall_back_to_the_scan_with_the_same_result() -> None:
     rng = np.random.default_rng(5)
-    works: Works = {w: (w % 3, _hashes(rng, 8)) for w in range(1200)}  # 9,600 rows: above the default 8,192
+    works: Works = {w: (w % 3, _hashes(rng, 8)) for w in range(9000)}  # 72,000 rows: above the default 32,768
     ix = PdqIndex()
     for w, (o, h) in works.items():
         ix.add(w, o, h)
     q = _flip(works[10][1][2], 20, rng)
-    assert ix.search(q, 72) == _brute(works, q, 72)  # past mih_max_distance: scan
-    assert ix.last_verified == len(ix) == 9600
-    assert ix.search(q, 64) == _brute(works, q, 64)  # the engine's radius: MIH, 18% of random rows
-    assert 0 < ix.last_verified < 0.25 * 9600
+    assert ix.search(q, 64) == _brute(works, q, 64)  # the engine's radius, past mih_max_distance: scan
+    assert ix.last_verified == len(ix) == 72_000
+    assert ix.search(q, 47) == _brute(works, q, 47)  # MIH, about 3% of random rows
+    assert 0 < ix.last_verified < 0.05 * 72_000
     assert ix.search(q, 31) == _brute(works, q, 31) == {10: 20}
-    assert 0 < ix.last_verified < 0.01 * 9600
+    assert 0 < ix.last_verified < 0.01 * 72_000
     tight = PdqIndex(mih_max_fraction=0.0)  # every candidate set is too large: scan
     for w, (o, h) in works.items():
         tight.add(w, o, h)
     assert tight.search(q, 31) == {10: 20}
-    assert tight.last_verified == 9600
+    assert tight.last_verified == 72_000
     small = PdqIndex()  # below mih_min_rows: scan
     small.add(1, 1, works[10][1])
     assert small.search(q, 31) == {1: 20} and small.last_verified == 8
@@ -193,7 +193,7 @@ def test_changes_after_the_tables_are_built_are_searched_without_a_rebuild() -> 
     rebuild of the chunk tables: added rows are checked one by one, removed ones masked."""
     rng = np.random.default_rng(6)
     works: Works = {w: (w % 3, _hashes(rng, 8)) for w in range(1200)}  # 9,600 rows
-    ix = PdqIndex()
+    ix = PdqIndex(mih_min_rows=8192)
     for w, (o, h) in works.items():
         ix.add(w, o, h)
     q0 = _flip(works[10][1][2], 20, rng)
@@ -236,3 +236,15 @@ def test_changes_after_the_tables_are_built_are_searched_without_a_rebuild() -> 
     assert ix.search(q, 31) == _brute(works, q, 31)
     assert len(ix) == sum(h.shape[0] for _, h in works.values())
     assert ix._dead * 4 <= ix._words.shape[0]  # the dead rows were dropped, not kept forever
+
+
+def test_a_hash_that_differs_in_every_bit_is_256_bits_away_not_0() -> None:
+    """The distance of the 256-bit complement: 256 (the scan once summed per-word
+    counts in uint8, where 256 wraps to 0 and read as an exact copy)."""
+    rng = np.random.default_rng(8)
+    h = _hashes(rng, 2)
+    ix = PdqIndex()
+    ix.add(1, 1, h)
+    q = np.bitwise_not(h[0])
+    assert ix.search(q, 31) == {}
+    assert ix.search(q, 256) == {1: min(256, int(np.unpackbits(h[1] ^ q).sum()))}
