@@ -61,7 +61,7 @@ def _fixed_xy(xy: F32) -> U16:
     return out
 
 
-def _top_images(votes: npt.NDArray[np.float64], nkp: npt.NDArray[np.int64], top: int) -> npt.NDArray[np.int64]:
+def _top_images(votes: npt.NDArray[Any], nkp: npt.NDArray[np.int64], top: int) -> npt.NDArray[np.int64]:
     """The ``top`` images by votes normalised by their keypoint count, best first
     (equal ranks: the lower image first); images without a vote never.
 
