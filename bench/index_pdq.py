@@ -3,7 +3,7 @@
     python bench/index_pdq.py --works 10000 100000 --variants 8 --queries 300
 
 For each registry size one process builds two indexes over the same random
-hashes (``w % 20`` owners): the default (MIH from 32,768 rows, at
+hashes (``w % 20`` owners): the default (MIH from 65,536 rows, at
 ``max_distance <= 47``, while the probed buckets hold at most 5% of the rows)
 and one that always scans. Queries: planted
 near-duplicates of a random registered hash at 0, 8, 16, 24 and 31 bits, and

@@ -154,6 +154,11 @@ def main() -> None:
         for d in args.data_dirs:
             a, b = result[f"{d} (this checkout)"], result[f"{d} (base)"]
             same = sum(x == y for x, y in zip(a["found"], b["found"], strict=True))
+            for i, (x, y) in enumerate(zip(a["found"], b["found"], strict=True)):
+                if x != y:
+                    print(f"upload {paths[i]}: {len(x)} vs {len(y)} candidates, "
+                          f"{'the same ones in another order' if sorted(x) == sorted(y) else 'other ones'}: "
+                          f"only here {sorted(set(x) - set(y))}, only in base {sorted(set(y) - set(x))}")
             print(f"\n{d}: the same candidates for {same} of {len(paths)} uploads ({a['code']} vs {b['code']})")
 
 

@@ -74,7 +74,7 @@ class PdqIndex:
     """
 
     def __init__(
-        self, *, mih_min_rows: int = 32_768, mih_max_distance: int = 47, mih_max_fraction: float = 0.05,
+        self, *, mih_min_rows: int = 65_536, mih_max_distance: int = 47, mih_max_fraction: float = 0.05,
     ) -> None:
         self.mih_min_rows = mih_min_rows
         self.mih_max_distance = mih_max_distance

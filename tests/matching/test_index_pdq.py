@@ -167,7 +167,7 @@ def test_mih_and_scan_agree_through_add_replace_remove() -> None:
 
 def test_default_thresholds_fall_back_to_the_scan_with_the_same_result() -> None:
     rng = np.random.default_rng(5)
-    works: Works = {w: (w % 3, _hashes(rng, 8)) for w in range(9000)}  # 72,000 rows: above the default 32,768
+    works: Works = {w: (w % 3, _hashes(rng, 8)) for w in range(9000)}  # 72,000 rows: above the default 65,536
     ix = PdqIndex()
     for w, (o, h) in works.items():
         ix.add(w, o, h)
