@@ -50,9 +50,10 @@ def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap): 
     # complete and exceed ``per_row``, they are cut in place to the closest.
     #
     # A word's postings are compared 64 at a time into a bit mask without a
-    # branch, then the mask's set bits are visited: in a large registry about
-    # one posting in ten lies within the radius, too many for a branch per
-    # posting to predict (half the time went to mispredictions).
+    # branch, then the mask's set bits are visited: in a large registry many
+    # postings lie within the radius, too many for a branch per posting to
+    # predict well (docs/benchmarks.md, "The candidate search and the PDQ
+    # lookup made cheaper at scale").
     out_i = np.empty(cap, np.int64)
     out_p = np.empty(cap, np.int64)
     out_h = np.empty(cap, np.uint8)
