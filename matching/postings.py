@@ -65,8 +65,8 @@ def _top_images(votes: npt.NDArray[Any], nkp: npt.NDArray[np.int64], top: int) -
     """The ``top`` images by votes normalised by their keypoint count, best first
     (equal ranks: the lower image first); images without a vote never.
 
-    Only the images that got a vote are ranked, and only the best of them sorted:
-    a registry of 100,000 works has 200,000 images, most without a vote."""
+    Only the images that got a vote are ranked, and only the best of them sorted,
+    not every image of the registry (200,000 at 100,000 works)."""
     voted = np.flatnonzero(votes > 0)
     rank = votes[voted] / np.sqrt(np.maximum(nkp[voted], 1).astype(np.float64) / 1000.0 + 1.0)
     if voted.shape[0] > top > 0:
