@@ -243,7 +243,8 @@ def per_upload(dirs: dict[Any, tuple[Path, str]], paths: list[str]) -> dict[Any,
         started[n] = (p, mine)
     for n, (_, conn) in started.items():
         got = conn.recv()
-        _log(f"per upload: {n}-work engine ready ({got} works)")
+        who = f"{n[0]}-work engine ({n[1]})" if isinstance(n, tuple) else f"{n}-work engine"
+        _log(f"per upload: {who} ready ({got} works)")
     acc: dict[Any, dict[str, list[Any]]] = {n: {} for n in dirs}
     order = list(dirs)
     for i in range(len(paths)):
