@@ -236,15 +236,22 @@ def per_upload(dirs: dict[Any, tuple[Path, str]], paths: list[str]) -> dict[Any,
     """``dirs``: key -> (data dir, checkout whose engine measures it; "" for this one)."""
     ctx = mp.get_context("spawn")
     started = {}
-    for n, (d, code) in dirs.items():
-        mine, theirs = ctx.Pipe()
-        p = ctx.Process(target=_stage_child, args=(str(d), paths, code, theirs))
-        p.start()
-        started[n] = (p, mine)
-    for n, (_, conn) in started.items():
-        got = conn.recv()
-        who = f"{n[0]}-work engine ({n[1]})" if isinstance(n, tuple) else f"{n}-work engine"
-        _log(f"per upload: {who} ready ({got} works)")
+    # Another checkout's engines (--base) start first and have restored their snapshots before this
+    # one's start: this checkout may convert a snapshot of an older format (a process that mapped
+    # the old one keeps its pages).
+    for first in (True, False):
+        batch = [n for n, (_, code) in dirs.items() if bool(code) == first]
+        for n in batch:
+            d, code = dirs[n]
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_stage_child, args=(str(d), paths, code, theirs))
+            p.start()
+            started[n] = (p, mine)
+        for n in batch:
+            got = started[n][1].recv()
+            who = f"{n[0]}-work engine ({n[1]})" if isinstance(n, tuple) else f"{n}-work engine"
+            _log(f"per upload: {who} ready ({got} works)")
+    started = {n: started[n] for n in dirs}  # the rotation's order, as before
     acc: dict[Any, dict[str, list[Any]]] = {n: {} for n in dirs}
     order = list(dirs)
     for i in range(len(paths)):

@@ -62,10 +62,12 @@ def _child(data_dir: str, paths: list[str], repeat: int, code: str, out: Any) ->
 
     orig_hits = postings.hamming_hits
 
-    def hits(offsets: Any, sig: Any, words: Any, *a: Any) -> Any:
+    def hits(offsets: Any, *a: Any) -> Any:
+        # (offsets, runs, sig, words, ...) since postings are 16 bytes; (offsets, sig, words, ...) before
+        words = a[2] if len(a) == 9 else a[1]
         w = words.astype(np.int64)
         counts["visited"] = counts.get("visited", 0) + int((offsets[w + 1] - offsets[w]).sum())
-        r = orig_hits(offsets, sig, words, *a)
+        r = orig_hits(offsets, *a)
         counts["hits"] = counts.get("hits", 0) + int(r[0].shape[0])
         return r
 

@@ -43,7 +43,7 @@ def _popcount(x):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _hits(offsets, runs, blocks, sig, words, qsig, rows, radius, per_row, image_lo, alive, cap):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     # Writes at most ``cap`` hits and reports the most it needed at any time: the
     # caller retries with that size when they did not fit (growing the output
     # inside the loop costs far more than a second pass). When a row's hits are
@@ -54,6 +54,9 @@ def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap): 
     # postings lie within the radius, too many for a branch per posting to
     # predict well (docs/benchmarks.md, "The candidate search and the PDQ
     # lookup made cheaper at scale").
+    #
+    # A posting keeps its image's low 16 bits; the high bits are the index of the
+    # run (``runs``, ``blocks`` of them a word) that holds it.
     out_i = np.empty(cap, np.int64)
     out_p = np.empty(cap, np.int64)
     out_h = np.empty(cap, np.uint8)
@@ -69,6 +72,8 @@ def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap): 
         s = qsig[i]
         p0 = offsets[words[i]]
         end = offsets[words[i] + 1]
+        run = words[i] * blocks
+        high = np.int64(0)
         while p0 < end:
             mask = np.uint64(0)
             for j in range(min(64, end - p0)):
@@ -76,7 +81,10 @@ def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap): 
             while mask:
                 p = p0 + np.int64(_popcount((mask & (~mask + one)) - one))  # the lowest set bit
                 mask &= mask - one
-                m = image[p]
+                while p >= runs[run + 1]:
+                    run += 1
+                    high += np.int64(1 << 16)
+                m = high | np.int64(image_lo[p])
                 if alive[m]:
                     h = _popcount(sig[p] ^ s)
                     if k < cap:
@@ -111,13 +119,18 @@ def _hits(offsets, sig, words, qsig, rows, radius, per_row, image, alive, cap): 
 
 
 def hamming_hits(
-    offsets: npt.NDArray[np.int64], sig: npt.NDArray[np.uint64], words: npt.NDArray[np.int32],
-    qsig: npt.NDArray[np.uint64], rows: npt.NDArray[np.int32], radius: int, per_row: int,
-    image: npt.NDArray[np.int32], alive: npt.NDArray[np.bool_],
+    offsets: npt.NDArray[np.int64], runs: npt.NDArray[np.int64], sig: npt.NDArray[np.uint64],
+    words: npt.NDArray[np.int32], qsig: npt.NDArray[np.uint64], rows: npt.NDArray[np.int32], radius: int,
+    per_row: int, image_lo: npt.NDArray[np.uint16], alive: npt.NDArray[np.bool_],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
     """``(i, p, h, m)``: query ``i`` (index into ``words``/``qsig``) meets posting ``p``
-    (index into ``sig``) of image ``m = image[p]`` at Hamming distance ``h <= radius``;
+    (index into ``sig``) of image ``m`` at Hamming distance ``h <= radius``;
     postings of images with ``alive[m]`` false are skipped.
+
+    Word ``w``'s postings are ``offsets[w]`` up to ``offsets[w + 1]``, split into
+    ``b`` runs (``b = (len(runs) - 1) // (len(offsets) - 1)``): posting ``p`` in run
+    ``w * b + h`` (``runs[w * b + h] <= p < runs[w * b + h + 1]``) is of image
+    ``h * 65536 + image_lo[p]``.
 
     ``rows`` (sorted) groups the queries by keypoint. A keypoint keeps at most about
     ``per_row`` hits (0: no limit): the closest, cut at a distance, so every hit
@@ -127,7 +140,9 @@ def hamming_hits(
     w = words.astype(np.int64)
     visited = int((offsets[w + 1] - offsets[w]).sum())
     cap = max(1024, visited // EXPECTED_HIT_SHARE)
-    args = (offsets, sig, w, qsig, rows.astype(np.int64), np.uint64(radius), np.int64(per_row), image, alive)
+    blocks = np.int64((runs.shape[0] - 1) // max(1, offsets.shape[0] - 1))
+    args = (offsets, runs, blocks, sig, w, qsig, rows.astype(np.int64), np.uint64(radius), np.int64(per_row),
+            image_lo, alive)
     i, p, h, m, k, need = _hits(*args, cap)
     if need > cap:
         i, p, h, m, k, need = _hits(*args, need)

@@ -8,11 +8,15 @@ images go straight to geometric verification (:mod:`matching.verify`), so no
 work's descriptors are read at query time.
 
 Postings live in a main segment (CSR by word), a delta segment and a list of
-pending parts. A posting is 20 bytes: its image (int32), its 64-bit signature,
-its work-frame position in fixed point (two uint16 of :data:`XY_UNIT` pixels:
-works are described at most :data:`~matching.engine.WORK_MAX_SIDE` = 1024
-pixels wide, so a position is off by at most 1/64 pixel) and its keypoint size
-and orientation (two float16); :meth:`PostingsIndex.export_state` and
+pending parts. A posting is 16 bytes: its 64-bit signature, the low 16 bits of
+its image number (a word's postings ascend by image, and the segment keeps where
+each run of equal high bits starts: :attr:`_Segment.runs`), its work-frame
+position in fixed point (two uint16 of :data:`XY_UNIT` pixels: works are
+described at most :data:`~matching.engine.WORK_MAX_SIDE` = 1024 pixels wide, so
+a position is off by at most 1/64 pixel) and its keypoint size and orientation,
+one byte each (:func:`sa_codes`: 1/16 of an octave and 360/256 degrees, far finer
+than the weak-consistency histogram's cells of half an octave and 20 degrees);
+:meth:`PostingsIndex.export_state` and
 :meth:`PostingsIndex.import_state` turn that state into a dict of numpy arrays
 and back (what a snapshot holds). Nothing here touches files, locks or a
 change feed: that is :mod:`registry`.
@@ -33,12 +37,14 @@ from matching.features import LocalFeatures, StoredWork
 from matching.vocabulary import Vocabulary
 
 __all__ = ["AMBIGUITY_MARGIN", "HE_RADIUS", "HITS_PER_KEYPOINT", "SAME_PLACE_PX", "XY_UNIT", "Correspondences",
-           "PostingsIndex"]
+           "PostingsIndex", "from_format2", "sa_codes", "sa_values"]
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
+U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
 
 #: Postings farther than this (of 64 bits) from the query signature are ignored.
 HE_RADIUS = 22
@@ -53,6 +59,92 @@ AMBIGUITY_MARGIN = 3
 #: Pixels per unit of a posting's stored position (a power of two, so the
 #: conversion to float32 is exact). 65,535 units cover 2,048 pixels.
 XY_UNIT = 1.0 / 32.0
+
+
+#: A keypoint size is kept as ``rint(log2(size) / SCALE_STEP) - SCALE_MIN`` (clipped
+#: to a byte): 1/16 of an octave a step, sizes from 1/16 to about 3,800 pixels.
+SCALE_STEP = 1.0 / 16.0
+SCALE_MIN = -64
+#: A keypoint orientation is kept in steps of 360/256 degrees.
+ANGLE_STEP = 360.0 / 256.0
+#: Image numbers are kept as their low 16 bits; the high bits come from the run.
+IMAGE_LO_BITS = 16
+
+
+def sa_codes(scale_angle: npt.NDArray[np.float16]) -> U8:
+    """``(n, 2)`` bytes for keypoint (size, orientation) pairs, as a posting keeps them.
+
+    Computed from the float16 pair (what a posting held before), so a snapshot of
+    that format converts to exactly what quantising the works again gives."""
+    sa = scale_angle.astype(np.float32)
+    out = np.empty(sa.shape, np.uint8)
+    log_size = np.log2(np.maximum(sa[:, 0], np.float32(2.0 ** (SCALE_MIN * SCALE_STEP))))
+    out[:, 0] = np.clip(np.rint(log_size / np.float32(SCALE_STEP)) - SCALE_MIN, 0, 255).astype(np.uint8)
+    out[:, 1] = (np.rint(sa[:, 1] / np.float32(ANGLE_STEP)).astype(np.int64) % 256).astype(np.uint8)
+    return out
+
+
+def sa_values(codes: U8) -> F32:
+    """``(n, 2)`` float32 (size in pixels, orientation in degrees) of :func:`sa_codes`' bytes."""
+    out = np.empty(codes.shape, np.float32)
+    out[:, 0] = np.exp2((codes[:, 0].astype(np.float32) + np.float32(SCALE_MIN)) * np.float32(SCALE_STEP))
+    out[:, 1] = codes[:, 1].astype(np.float32) * np.float32(ANGLE_STEP)
+    return out
+
+
+def _image_blocks(n_images: int) -> int:
+    """How many runs of equal high image bits a word's postings can fall into."""
+    return max(1, -(-n_images // (1 << IMAGE_LO_BITS)))
+
+
+def _run_keys(words: I32, image: I32, blocks: int) -> I64:
+    """Each posting's (word, high image bits) run: ``word * blocks + image >> IMAGE_LO_BITS``."""
+    key = words.astype(np.int64)
+    if blocks > 1:
+        key *= blocks
+        key += np.asarray(image, np.int64) >> IMAGE_LO_BITS
+    return key
+
+
+#: Postings converted at a time by :func:`from_format2`.
+_CONVERT_ROWS = 1 << 24
+
+
+def from_format2(arrays: Mapping[str, Any], n_images: int) -> dict[str, npt.NDArray[Any]]:
+    """The postings arrays of a format-2 snapshot (20-byte postings: the image as
+    int32, size and orientation as float16) in this format, a few million postings
+    at a time: exactly what quantising every work again would give, without
+    reading one. Raises ValueError when a word's postings do not ascend by image."""
+    offsets = np.asarray(arrays["offsets"], np.int64)
+    image, sa16 = arrays["image"], arrays["scale_angle"]
+    n_words = offsets.shape[0] - 1
+    blocks = _image_blocks(n_images)
+    n = int(offsets[-1])
+    if image.shape[0] != n or sa16.shape != (n, 2):
+        raise ValueError("inconsistent format-2 postings arrays")
+    counts = np.zeros(n_words * blocks, np.int64)
+    image_lo = np.empty(n, np.uint16)
+    sa = np.empty((n, 2), np.uint8)
+    w0 = 0
+    while w0 < n_words:
+        w1 = int(np.searchsorted(offsets, offsets[w0] + _CONVERT_ROWS, side="right")) - 1
+        w1 = min(n_words, max(w1, w0 + 1))
+        lo, hi = int(offsets[w0]), int(offsets[w1])
+        img = np.asarray(image[lo:hi], np.int64)
+        if img.shape[0] and (int(img.min()) < 0 or int(img.max()) >= n_images):
+            raise ValueError("a format-2 posting names an image that does not exist")
+        words = np.repeat(np.arange(w0, w1, dtype=np.int64), np.diff(offsets[w0 : w1 + 1]))
+        key = words * blocks + (img >> IMAGE_LO_BITS)
+        if key.shape[0] > 1 and bool((np.diff(words) == 0)[np.diff(img) < 0].any()):
+            raise ValueError("a word's format-2 postings do not ascend by image")
+        counts[w0 * blocks : w1 * blocks] = np.bincount(key - w0 * blocks, minlength=(w1 - w0) * blocks)
+        image_lo[lo:hi] = (img & 0xFFFF).astype(np.uint16)
+        sa[lo:hi] = sa_codes(np.asarray(sa16[lo:hi]))
+        w0 = w1
+    runs = np.zeros(n_words * blocks + 1, np.int64)
+    np.cumsum(counts, out=runs[1:])
+    return {"offsets": offsets, "runs": runs, "image_lo": image_lo, "sig": np.asarray(arrays["sig"]),
+            "xy": np.asarray(arrays["xy"]), "sa": sa}
 
 
 def _fixed_xy(xy: F32) -> U16:
@@ -103,26 +195,44 @@ class Correspondences:
 
 @dataclass
 class _Segment:
-    """Postings sorted by word (CSR)."""
+    """Postings sorted by word (CSR), and within a word by image.
 
-    offsets: npt.NDArray[np.int64]
-    image: I32
+    ``runs`` splits each word's postings by the high bits of their image number:
+    with ``b`` = :attr:`blocks`, word ``w``'s postings of images whose number
+    shifted right by :data:`IMAGE_LO_BITS` is ``h`` are ``runs[w * b + h]`` up to
+    ``runs[w * b + h + 1]``, and ``offsets`` is ``runs[::b]``. A posting keeps
+    only the low bits (``image_lo``)."""
+
+    offsets: I64
+    runs: I64
+    image_lo: U16
     sig: U64
     xy: U16  # fixed point, XY_UNIT pixels
-    scale_angle: npt.NDArray[np.float16]
+    sa: U8  # (size, orientation) codes, sa_codes
 
     @property
     def n(self) -> int:
-        return int(self.image.shape[0])
+        return int(self.sig.shape[0])
+
+    @property
+    def blocks(self) -> int:
+        return int(self.runs.shape[0] - 1) // max(1, int(self.offsets.shape[0]) - 1)
+
+    def images(self) -> I32:
+        """Every posting's image number (int32, as long as the postings)."""
+        high = (np.arange(self.runs.shape[0] - 1, dtype=np.int32) % np.int32(self.blocks)) << IMAGE_LO_BITS
+        out: I32 = np.repeat(high, np.diff(self.runs))
+        out |= self.image_lo
+        return out
 
 
 @dataclass
 class _Quantised:
     words: I32
     sig: U64
-    image: I32
+    image: I32  # one value broadcast for a pending part
     xy: U16
-    scale_angle: npt.NDArray[np.float16]
+    sa: U8
 
 
 @dataclass
@@ -199,7 +309,7 @@ class PostingsIndex:
             if not len(f):
                 continue
             rows, sig, words = self.vocab.assign(f.desc)
-            sa = np.stack([f.scale, f.angle], axis=1).astype(np.float16)
+            sa = sa_codes(np.stack([f.scale, f.angle], axis=1).astype(np.float16))
             # One image number for the whole part, broadcast (no memory per posting:
             # 1.7 GB less while a retrain at 100,000 works quantises every work).
             self._pending.append(_Quantised(words, sig, np.broadcast_to(np.int32(img), rows.shape),
@@ -220,7 +330,7 @@ class PostingsIndex:
             if self._main is not None:
                 m = self._main
                 words = np.repeat(np.arange(m.offsets.shape[0] - 1, dtype=np.int32), np.diff(m.offsets))
-                parts.insert(0, _Quantised(words, m.sig, m.image, m.xy, m.scale_angle))
+                parts.insert(0, _Quantised(words, m.sig, m.images(), m.xy, m.sa))
             self._delta_parts.clear()
             self._delta = None
             self._main = self._build(parts, drop_dead=True)
@@ -233,21 +343,23 @@ class PostingsIndex:
         self._compact(merge=True)
         if self._main is None:
             empty = _Quantised(np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int32),
-                               np.zeros((0, 2), np.uint16), np.zeros((0, 2), np.float16))
+                               np.zeros((0, 2), np.uint16), np.zeros((0, 2), np.uint8))
             self._main = self._build([empty], drop_dead=False)
 
     def _build(self, parts: list[_Quantised], *, drop_dead: bool) -> _Segment:
         """One segment of ``parts`` (consumed: the list is emptied as they are copied in).
 
-        The same arrays as a stable sort by word of the parts concatenated, made
-        by a counting sort that copies one part at a
-        time into the final arrays and frees it: the peak is the parts plus one
+        The same arrays as a stable sort by (word, high image bits) of the parts
+        concatenated, made by a counting sort that copies one part at a time
+        into the final arrays and frees it: the peak is the parts plus one
         segment, not several full copies (a retrain at 100,000 works holds about
-        420 million postings)."""
+        420 million postings). Parts come in ascending image order (a work's
+        images are numbered as it is added), so that is a stable sort by word."""
         assert self.vocab is not None
         n_words = self.vocab.size
+        blocks = _image_blocks(len(self._images))
         alive = self._alive if drop_dead and self._alive.shape[0] else None
-        counts = np.zeros(n_words, np.int64)
+        counts = np.zeros(n_words * blocks, np.int64)
         keeps: list[npt.NDArray[np.bool_] | None] = []
         for p in parts:
             keep = alive[p.image] if alive is not None else None
@@ -256,36 +368,40 @@ class PostingsIndex:
             keeps.append(keep)
             w = p.words if keep is None else p.words[keep]
             if w.shape[0]:
-                uw, c = np.unique(w, return_counts=True)
-                counts[uw] += c
-        offsets = np.zeros(n_words + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        n = int(offsets[-1])
-        image = np.empty(n, np.int32)
+                key = _run_keys(w, p.image if keep is None else p.image[keep], blocks)
+                uk, c = np.unique(key, return_counts=True)
+                counts[uk] += c
+        runs = np.zeros(n_words * blocks + 1, np.int64)
+        np.cumsum(counts, out=runs[1:])
+        del counts
+        n = int(runs[-1])
+        image_lo = np.empty(n, np.uint16)
         sig = np.empty(n, np.uint64)
         xy = np.empty((n, 2), np.uint16)
-        sa = np.empty((n, 2), np.float16)
-        cursor = offsets[:-1].copy()
+        sa = np.empty((n, 2), np.uint8)
+        cursor = runs[:-1].copy()
         for i, keep in enumerate(keeps):
             p = parts[i]
             parts[i] = None  # type: ignore[call-overload]  # freed once copied in
             if keep is None:
-                w, pi, ps, pxy, psa = p.words, p.image, p.sig, p.xy, p.scale_angle
+                w, pi, ps, pxy, psa = p.words, p.image, p.sig, p.xy, p.sa
             else:
-                w, pi, ps, pxy, psa = p.words[keep], p.image[keep], p.sig[keep], p.xy[keep], p.scale_angle[keep]
+                w, pi, ps, pxy, psa = p.words[keep], p.image[keep], p.sig[keep], p.xy[keep], p.sa[keep]
             del p
             m = w.shape[0]
             if not m:
                 continue
-            order = np.argsort(w, kind="stable")
-            sw = w[order]
-            first = np.flatnonzero(np.r_[True, sw[1:] != sw[:-1]])  # where each word's run starts
+            key = _run_keys(w, pi, blocks)
+            order = np.argsort(key, kind="stable")
+            sk = key[order]
+            first = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])  # where each run starts
             run = np.repeat(first, np.diff(np.r_[first, m]))
-            pos = cursor[sw] + (np.arange(m) - run)
-            image[pos], sig[pos], xy[pos], sa[pos] = pi[order], ps[order], pxy[order], psa[order]
-            cursor[sw[first]] += np.diff(np.r_[first, m])
+            pos = cursor[sk] + (np.arange(m) - run)
+            image_lo[pos] = (np.broadcast_to(pi, (m,))[order] & 0xFFFF).astype(np.uint16)
+            sig[pos], xy[pos], sa[pos] = ps[order], pxy[order], psa[order]
+            cursor[sk[first]] += np.diff(np.r_[first, m])
         parts.clear()
-        return _Segment(offsets, image, sig, xy, sa)
+        return _Segment(np.ascontiguousarray(runs[::blocks]), runs, image_lo, sig, xy, sa)
 
     @property
     def work_ids(self) -> list[int]:
@@ -330,8 +446,8 @@ class PostingsIndex:
         parts_l: list[npt.NDArray[np.int64]] = []
         segs = [s for s in (self._main, self._delta) if s is not None]
         for si, seg in enumerate(segs):
-            at, pos, ham, image = hamming_hits(seg.offsets, seg.sig, words, qsig, rows, HE_RADIUS,
-                                               HITS_PER_KEYPOINT, seg.image, alive)
+            at, pos, ham, image = hamming_hits(seg.offsets, seg.runs, seg.sig, words, qsig, rows, HE_RADIUS,
+                                               HITS_PER_KEYPOINT, seg.image_lo, alive)
             # One correspondence per (image, query keypoint): the closest
             # signature, kept only when it is distinctive. A query keypoint that
             # matches several places of the same work about equally well (arcs
@@ -365,7 +481,7 @@ class PostingsIndex:
         for si, seg in enumerate(segs):
             m = k_seg == si
             w_xy[m] = seg.xy[k_loc[m]].astype(np.float32) * np.float32(XY_UNIT)
-            w_sa[m] = seg.scale_angle[k_loc[m]]
+            w_sa[m] = sa_values(seg.sa[k_loc[m]])
         qk = qi[keep]
         q_xy = q.xy[qk]
         k_ham = hh[keep].astype(np.int32)
@@ -390,9 +506,10 @@ class PostingsIndex:
         main = self._main
         assert main is not None
         words = np.repeat(np.arange(main.offsets.shape[0] - 1, dtype=np.int32), np.diff(main.offsets))
-        order = np.argsort(main.image, kind="stable")
+        image = main.images()
+        order = np.argsort(image, kind="stable")
         by_image = words[order]
-        bounds = np.searchsorted(main.image[order], np.arange(len(self._images) + 1))
+        bounds = np.searchsorted(image[order], np.arange(len(self._images) + 1))
         return [(info.work_id, info.mirrored, info.n_kp, by_image[bounds[i] : bounds[i + 1]])
                 for i, info in enumerate(self._images) if self._alive[i]]
 
@@ -417,14 +534,15 @@ class PostingsIndex:
             "img_nkp": np.array([i.n_kp for i in self._images], np.int64),
             "alive": self._alive,
             "offsets": main.offsets,
-            "image": main.image,
+            "runs": main.runs,
+            "image_lo": main.image_lo,
             "sig": main.sig,
             "xy": main.xy,
-            "scale_angle": main.scale_angle,
+            "sa": main.sa,
         }
 
     #: The arrays of :meth:`export_state` worth memory-mapping (the postings).
-    MAPPED = ("offsets", "image", "sig", "xy", "scale_angle")
+    MAPPED = ("offsets", "runs", "image_lo", "sig", "xy", "sa")
 
     def import_state(self, vocab: Vocabulary, arrays: Mapping[str, Any]) -> None:
         """Replace the state with ``arrays`` (from :meth:`export_state`) under
@@ -434,9 +552,19 @@ class PostingsIndex:
         pdq, pdq_counts = a["pdq"], a["pdq_counts"]
         img_work, img_owner = a["img_work"], a["img_owner"]
         img_mirrored, img_nkp, alive = a["img_mirrored"], a["img_nkp"], a["alive"]
-        seg = _Segment(a["offsets"], a["image"], a["sig"], a["xy"], a["scale_angle"])
-        if seg.xy.dtype != np.uint16 or seg.sig.dtype != np.uint64 or seg.image.dtype != np.int32:
+        if "runs" not in a:
             raise ValueError("postings arrays of another format")
+        seg = _Segment(a["offsets"], a["runs"], a["image_lo"], a["sig"], a["xy"], a["sa"])
+        if (seg.xy.dtype != np.uint16 or seg.sig.dtype != np.uint64 or seg.image_lo.dtype != np.uint16
+                or seg.sa.dtype != np.uint8 or seg.runs.dtype != np.int64):
+            raise ValueError("postings arrays of another format")
+        n_words = seg.offsets.shape[0] - 1
+        if (n_words < 1 or (seg.runs.shape[0] - 1) % n_words
+                or seg.blocks != _image_blocks(img_work.shape[0])
+                or not np.array_equal(seg.runs[::seg.blocks], seg.offsets)
+                or not seg.image_lo.shape[0] == seg.sig.shape[0] == seg.xy.shape[0] == seg.sa.shape[0]
+                == int(seg.runs[-1])):
+            raise ValueError("inconsistent postings arrays")
         if seg.offsets.shape[0] != vocab.size + 1 or not (
                 img_work.shape[0] == img_owner.shape[0] == img_mirrored.shape[0] == img_nkp.shape[0]
                 == alive.shape[0]) or pdq_counts.shape[0] != works.shape[0]:

@@ -29,6 +29,7 @@ request waits for minutes of retraining.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -37,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from matching.features import LocalFeatures, StoredWork
-from matching.postings import Correspondences, PostingsIndex
+from matching.postings import Correspondences, PostingsIndex, from_format2
 from matching.store import FeatureStore, Locked
 from matching.vocabulary import Vocabulary
 
@@ -55,9 +56,14 @@ SUB_SAMPLE_PER_WORK = 200
 #: change-feed lines since its state was last snapshotted, or a quarter of the
 #: registry if that is more (a snapshot rewrites every posting).
 SNAPSHOT_EVERY = 64
-#: 2 since postings keep fixed-point positions (:data:`matching.postings.XY_UNIT`). A snapshot of
-#: another format is ignored: the process loads the registry in full and writes a new one.
-SNAPSHOT_FORMAT = 2
+#: 2 since postings keep fixed-point positions (:data:`matching.postings.XY_UNIT`), 3 since they are
+#: 16 bytes (the image's low bits, size and orientation a byte each). A format-2 snapshot is converted
+#: (:func:`matching.postings.from_format2`: minutes at 100,000 works, where quantising every work again
+#: takes most of an hour); one of another format is ignored: the process loads the registry in full and
+#: writes a new one.
+SNAPSHOT_FORMAT = 3
+#: The arrays of a format-2 snapshot worth memory-mapping.
+FORMAT2_MAPPED = ("offsets", "image", "sig", "xy", "scale_angle")
 
 #: The vocabulary's centroid arrays a snapshot also holds (by far its largest: 110 MiB at 10,000
 #: works), so that a restoring process maps them, shared with the node's other processes, instead of
@@ -387,6 +393,9 @@ class LocalIndex(PostingsIndex):
                 return None
             vocab = Vocabulary.from_bytes(data)
             meta = self.store.snapshot_meta(vocab.version)  # named when its arrays turn out damaged
+            if isinstance(meta, dict) and meta.get("format") == 2 and meta.get("vocab") == vocab.version:
+                self._convert_snapshot(vocab.version)
+                meta = self.store.snapshot_meta(vocab.version)
             meta, arrays = self.store.get_snapshot(vocab.version, (*PostingsIndex.MAPPED, *VOCAB_ARRAYS))
             if meta.get("format") != SNAPSHOT_FORMAT or meta.get("vocab") != vocab.version:
                 raise ValueError("it names another vocabulary or format")
@@ -407,6 +416,29 @@ class LocalIndex(PostingsIndex):
         log.info("local index: restored %d works (%d postings) of vocabulary %s from a snapshot",
                  len(self._works), self._main.n if self._main is not None else 0, vocab.version)
         return offset
+
+    def _convert_snapshot(self, version: str) -> None:
+        """Rewrite ``version``'s format-2 snapshot in the current format, once for
+        every process (under the ``snapshot`` lock; another process may have done it
+        meanwhile). Raises what reading or converting it raises."""
+        with self.store.lock(SNAPSHOT_LOCK, timeout=600):
+            meta = self.store.snapshot_meta(version)
+            if meta is None or meta.get("format") != 2:
+                return
+            start = time.perf_counter()
+            meta, arrays = self.store.get_snapshot(version, (*FORMAT2_MAPPED, *VOCAB_ARRAYS))
+            if meta.get("format") != 2:
+                return
+            converted = {k: v for k, v in arrays.items() if k not in FORMAT2_MAPPED}
+            converted.update(from_format2(arrays, int(np.asarray(arrays["img_work"]).shape[0])))
+            del arrays
+            info = {k: v for k, v in meta.items() if k != "dir"}
+            info["format"] = SNAPSHOT_FORMAT
+            self.store.put_snapshot(version, converted, info)
+            del converted
+            self.store.remove_snapshots(version, set(self._stale_vocabs))
+        log.info("local index: converted the format-2 postings snapshot of vocabulary %s (%s postings) to format "
+                 "%d in %.1f s", version, meta.get("postings"), SNAPSHOT_FORMAT, time.perf_counter() - start)
 
     def thumbs(self, work_id: int) -> U8:
         """A searchable work's thumbnails, read from the store on first use (bounded cache)."""

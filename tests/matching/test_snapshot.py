@@ -213,7 +213,8 @@ def _mapped(a: np.ndarray) -> bool:
 
 
 def test_postings_keep_positions_in_fixed_point_within_a_64th_of_a_pixel(tmp_path: Path) -> None:
-    """A posting is 20 bytes: its position is two uint16 in XY_UNIT steps, not two float32."""
+    """A posting is 16 bytes: its position is two uint16 in XY_UNIT steps, not two float32, its
+    image the low 16 bits, its keypoint size and orientation a byte each."""
     from matching.features import extract_features
     from matching.postings import XY_UNIT
 
@@ -221,9 +222,9 @@ def test_postings_keep_positions_in_fixed_point_within_a_64th_of_a_pixel(tmp_pat
     _register_all(writer)
     state = writer.index.export_state()
     assert state["xy"].dtype == np.uint16
-    fields = ("image", "sig", "xy", "scale_angle")
+    fields = ("image_lo", "sig", "xy", "sa")
     per_posting = {k: state[k].itemsize * int(np.prod(state[k].shape[1:])) for k in fields}
-    assert sum(per_posting.values()) == 20
+    assert sum(per_posting.values()) == 16
     q = extract_features(WORKS[1][60:300, 100:420], balanced=True)
     found = writer.index.search(q)
     assert found and found[0].work_id == 1
@@ -255,10 +256,89 @@ def test_a_snapshot_of_the_previous_format_is_ignored_and_replaced(
     assert sorted(reads) == sorted(WORKS)
     for data in UPLOADS.values():
         assert _decisions(reader, data) == _decisions(writer, data)
-    assert _meta(tmp_path)["format"] == index.SNAPSHOT_FORMAT == 2
+    assert _meta(tmp_path)["format"] == index.SNAPSHOT_FORMAT == 3
     reads.clear()
     Engine(tmp_path)
     assert reads == []
+
+
+def _format2_arrays(e: Engine) -> dict[str, np.ndarray]:
+    """The postings arrays format 2 kept for ``e``'s registry, made the way its code made them:
+    every image's descriptors quantised, postings stably sorted by word; the image as int32, the
+    keypoint size and orientation as float16."""
+    ix = e.index
+    assert ix.vocab is not None
+    words, image, sig, xy, sa = [], [], [], [], []
+    for img, info in enumerate(ix._images):
+        work = ix.store.get_work(info.work_id)
+        assert work is not None
+        f = work.mirrored if info.mirrored else work.direct
+        rows, s, w = ix.vocab.assign(f.desc)
+        words.append(w)
+        sig.append(s)
+        image.append(np.full(rows.shape[0], img, np.int32))
+        xy.append(np.clip(np.rint(f.xy[rows] * 32), 0, 65535).astype(np.uint16))
+        sa.append(np.stack([f.scale, f.angle], axis=1).astype(np.float16)[rows])
+    order = np.argsort(np.concatenate(words), kind="stable")
+    offsets = np.searchsorted(np.concatenate(words)[order], np.arange(ix.vocab.size + 1)).astype(np.int64)
+    return {"offsets": offsets, "image": np.concatenate(image)[order], "sig": np.concatenate(sig)[order],
+            "xy": np.concatenate(xy)[order], "scale_angle": np.concatenate(sa)[order]}
+
+
+def test_a_format2_snapshot_converts_to_what_quantising_every_work_gives(tmp_path: Path) -> None:
+    """20-byte postings (format 2) convert to this format's arrays, identical to quantising every
+    work again, including image numbers past 65,536 (several runs a word)."""
+    from matching.postings import from_format2
+
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    old = _format2_arrays(writer)
+    state = writer.index.export_state()
+    got = from_format2(old, state["img_work"].shape[0])
+    for k in ("offsets", "runs", "image_lo", "sig", "xy", "sa"):
+        assert got[k].dtype == state[k].dtype and np.array_equal(got[k], state[k]), k
+    # The same postings as if every image number were 100,000 higher.
+    far = from_format2({**old, "image": old["image"] + 100_000}, 100_000 + state["img_work"].shape[0])
+    assert far["runs"].shape[0] - 1 == 2 * (state["offsets"].shape[0] - 1)
+    high = np.repeat(np.arange(far["runs"].shape[0] - 1) % 2 << 16, np.diff(far["runs"]))
+    assert np.array_equal(high | far["image_lo"], old["image"] + 100_000)
+    # A word whose postings do not ascend by image is not converted.
+    busy = int(np.argmax(np.diff(old["offsets"])))
+    lo, hi = int(old["offsets"][busy]), int(old["offsets"][busy + 1])
+    shuffled = old["image"].copy()
+    shuffled[lo:hi] = shuffled[lo:hi][::-1]
+    assert len(set(shuffled[lo:hi].tolist())) > 1
+    with pytest.raises(ValueError, match="ascend"):
+        from_format2({**old, "image": shuffled}, state["img_work"].shape[0])
+
+
+def test_a_format2_snapshot_is_converted_once_without_reading_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process that finds a format-2 snapshot rewrites it in the current format and maps that:
+    no work is read, the decisions are the registry's own, and the next process maps the new one."""
+    writer, meta = _snapshotted(tmp_path)
+    folder = tmp_path / "features" / "snapshots" / meta["dir"]
+    for name in ("runs", "image_lo", "sa"):
+        (folder / f"{name}.npy").unlink()
+    for name, arr in _format2_arrays(writer).items():
+        np.save(folder / f"{name}.npy", arr)
+    _pointer(tmp_path).write_text(json.dumps(dict(meta, format=2)))
+    reads = _count_reads(monkeypatch)
+    with caplog.at_level("INFO", logger="matching.replica"):
+        reader = Engine(tmp_path)
+    assert "converted the format-2 postings snapshot" in caplog.text
+    assert reads == []
+    for data in UPLOADS.values():
+        assert _decisions(reader, data) == _decisions(writer, data)
+    now = _meta(tmp_path)
+    assert now["format"] == 3 and now["dir"] != meta["dir"] and now["offset"] == meta["offset"]
+    assert not folder.exists()  # the format-2 arrays are gone
+    assert _mapped(reader.index._main.image_lo)  # type: ignore[union-attr]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="matching.replica"):
+        Engine(tmp_path)
+    assert "converted" not in caplog.text and reads == []
 
 
 def test_a_restoring_process_maps_the_vocabulary_from_the_snapshot(
@@ -287,3 +367,34 @@ def test_a_restoring_process_maps_the_vocabulary_from_the_snapshot(
     assert "vocabulary arrays differ from the published vocabulary" in caplog.text
     assert other.index.vocab is not None and not _mapped(other.index.vocab.fine)
     assert [c.work_id for c in other.analyse(UPLOADS["crop"]) if c.match] == [1]
+
+
+def test_a_registry_past_65536_images_searches_as_before(tmp_path: Path) -> None:
+    """Image numbers past 65,536 (a word's postings then span several runs of high bits) give the
+    same candidates and correspondences: the registry's state with 70,000 dead images first."""
+    from matching.features import extract_features
+    from matching.postings import PostingsIndex, from_format2
+
+    writer = Engine(tmp_path)
+    _register_all(writer)
+    vocab = writer.index.vocab
+    assert vocab is not None
+    state = writer.index.export_state()
+    pad = 70_000
+    shifted = dict(state)
+    for k, fill in (("img_work", -1), ("img_owner", -1), ("img_mirrored", False), ("img_nkp", 0), ("alive", False)):
+        shifted[k] = np.concatenate([np.full(pad, fill, state[k].dtype), state[k]])
+    old = _format2_arrays(writer)
+    shifted.update(from_format2({**old, "image": old["image"] + pad}, pad + state["img_work"].shape[0]))
+    assert shifted["runs"].shape[0] - 1 == 2 * (shifted["offsets"].shape[0] - 1)
+    far = PostingsIndex(vocab=vocab)
+    far.import_state(vocab, shifted)
+    near = PostingsIndex(vocab=vocab)
+    near.import_state(vocab, state)
+    queries = [extract_features(WORKS[1][60:300, 100:420], balanced=True),
+               extract_features(np.ascontiguousarray(WORKS[2][:, ::-1]), balanced=True)]
+    for q in queries:
+        a, b = near.search(q), far.search(q)
+        assert a and [(c.work_id, c.mirrored, c.votes) for c in a] == [(c.work_id, c.mirrored, c.votes) for c in b]
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.w_xy, y.w_xy) and np.array_equal(x.d_angle, y.d_angle)
