@@ -62,7 +62,7 @@ XY_UNIT = 1.0 / 32.0
 
 
 #: A keypoint size is kept as ``rint(log2(size) / SCALE_STEP) - SCALE_MIN`` (clipped
-#: to a byte): 1/16 of an octave a step, sizes from 1/16 to about 3,800 pixels.
+#: to a byte): 1/16 of an octave a step, sizes from 1/16 to about 3,900 pixels.
 SCALE_STEP = 1.0 / 16.0
 SCALE_MIN = -64
 #: A keypoint orientation is kept in steps of 360/256 degrees.
