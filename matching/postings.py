@@ -97,7 +97,7 @@ def _image_blocks(n_images: int) -> int:
     return max(1, -(-n_images // (1 << IMAGE_LO_BITS)))
 
 
-def _run_keys(words: I32, image: I32, blocks: int) -> I64:
+def _run_keys(words: npt.NDArray[np.integer[Any]], image: npt.NDArray[np.integer[Any]], blocks: int) -> I64:
     """Each posting's (word, high image bits) run: ``word * blocks + image >> IMAGE_LO_BITS``."""
     key = words.astype(np.int64)
     if blocks > 1:
@@ -134,7 +134,7 @@ def from_format2(arrays: Mapping[str, Any], n_images: int) -> dict[str, npt.NDAr
         if img.shape[0] and (int(img.min()) < 0 or int(img.max()) >= n_images):
             raise ValueError("a format-2 posting names an image that does not exist")
         words = np.repeat(np.arange(w0, w1, dtype=np.int64), np.diff(offsets[w0 : w1 + 1]))
-        key = words * blocks + (img >> IMAGE_LO_BITS)
+        key = _run_keys(words, img, blocks)
         if key.shape[0] > 1 and bool((np.diff(words) == 0)[np.diff(img) < 0].any()):
             raise ValueError("a word's format-2 postings do not ascend by image")
         counts[w0 * blocks : w1 * blocks] = np.bincount(key - w0 * blocks, minlength=(w1 - w0) * blocks)

@@ -266,6 +266,8 @@ def _format2_arrays(e: Engine) -> dict[str, np.ndarray]:
     """The postings arrays format 2 kept for ``e``'s registry, made the way its code made them:
     every image's descriptors quantised, postings stably sorted by word; the image as int32, the
     keypoint size and orientation as float16."""
+    from matching.postings import _fixed_xy
+
     ix = e.index
     assert ix.vocab is not None
     words, image, sig, xy, sa = [], [], [], [], []
@@ -277,7 +279,7 @@ def _format2_arrays(e: Engine) -> dict[str, np.ndarray]:
         words.append(w)
         sig.append(s)
         image.append(np.full(rows.shape[0], img, np.int32))
-        xy.append(np.clip(np.rint(f.xy[rows] * 32), 0, 65535).astype(np.uint16))
+        xy.append(_fixed_xy(f.xy[rows]))  # positions are kept as in format 2
         sa.append(np.stack([f.scale, f.angle], axis=1).astype(np.float16)[rows])
     order = np.argsort(np.concatenate(words), kind="stable")
     offsets = np.searchsorted(np.concatenate(words)[order], np.arange(ix.vocab.size + 1)).astype(np.int64)
