@@ -115,14 +115,14 @@ def build(src: Path, scratch: Path, sizes: list[int], seed: int, *, cells: bool 
     return dirs
 
 
-def _retrain_child(data_dir: str, out: Any) -> None:
+def _retrain_child(data_dir: str, load_threads: int, out: Any) -> None:
     from matching.features import limit_native_threads
     from matching.replica import LocalIndex
     from matching.store.folder import FolderFeatureStore
 
     limit_native_threads()
     store = FolderFeatureStore(Path(data_dir) / "features")
-    ix = LocalIndex(store)
+    ix = LocalIndex(store, load_threads=load_threads)
     _, w, c = _timed(ix.retrain)
     assert ix.vocab is not None
     meta = json.loads(store.snapshot_pointer(ix.vocab.version).read_text())
@@ -131,7 +131,7 @@ def _retrain_child(data_dir: str, out: Any) -> None:
     out.put({"wall_s": round(w, 1), "cpu_s": round(c, 1), "postings": meta["postings"],
              "peak_rss_mib": round(int(hwm.split()[1]) / 1024),
              "snapshot_gib": round(sum(p.stat().st_size for p in snap.iterdir()) / 2**30, 3),
-             "words": ix.vocab.size // ix.vocab.k3, "sub_words": ix.vocab.k3})
+             "words": ix.vocab.size // ix.vocab.k3, "sub_words": ix.vocab.k3, "load_threads": ix._threads()})
 
 
 def _run(target: Any, *args: Any) -> Any:
@@ -335,6 +335,8 @@ def main() -> None:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"which of {', '.join(STEPS)} to run (comma-separated; build and retrain run per size, "
                          "so two runs with different --sizes can retrain side by side)")
+    ap.add_argument("--load-threads", type=int, default=0,
+                    help="retrain: threads that read and quantise works (matching.load_threads; 0: the default)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--base", default="",
                     help="per_upload: also measure every registry with the engine of this checkout (a git "
@@ -357,7 +359,7 @@ def main() -> None:
             ap.error(f"no registry built in {', '.join(missing)} (run the build step first)")
     for n, d in dirs.items() if "retrain" in steps else ():
         _log(f"retrain at {n} works")
-        res["sizes"][str(n)] = {"retrain": _run(_retrain_child, str(d))}
+        res["sizes"][str(n)] = {"retrain": _run(_retrain_child, str(d), args.load_threads)}
         _log(f"retrain at {n}: {res['sizes'][str(n)]['retrain']}")
     all_dirs = {n_real: args.src, **dirs}
     warm = [str(p) for p in _sample_uploads(args.dataset, args.warm, args.seed + 1)]

@@ -248,6 +248,9 @@ class Engine:
     #: Where the index's due retrains and snapshots go (:attr:`LocalIndex.maintenance`);
     #: None runs them in this process, inside the call that made them due.
     maintenance: MaintenanceHook | None = None
+    #: Threads that read and quantise works when every work is loaded
+    #: (:attr:`LocalIndex.load_threads`; 0: half the CPUs, 1 to 4).
+    load_threads: int = 0
     #: Where the score calibration lives (:data:`storage.documents.CALIBRATION`);
     #: None means the file in ``data_dir``.
     documents: DocumentStore | None = None
@@ -280,7 +283,7 @@ class Engine:
             from matching.store.folder import FolderFeatureStore
 
             store = FolderFeatureStore(self.data_dir / "features")
-        self.index = LocalIndex(store, maintenance=self.maintenance)
+        self.index = LocalIndex(store, maintenance=self.maintenance, load_threads=self.load_threads)
         # storage imports SQLAlchemy: not at module level, so `import matching` stays light.
         from storage.documents import CALIBRATION, DocumentCache, FolderDocumentStore
 
@@ -747,4 +750,4 @@ def build_engine(
     return Engine(Path(settings.data_dir), default_threshold=settings.matching.threshold, vectors=vectors,
                   maintenance=maintenance, feature_store=feature_store,
                   candidates=settings.matching.candidates, sparse=sparse,
-                  documents=documents)
+                  documents=documents, load_threads=settings.matching.load_threads)

@@ -37,7 +37,7 @@ from matching.features import LocalFeatures, StoredWork
 from matching.vocabulary import Vocabulary
 
 __all__ = ["AMBIGUITY_MARGIN", "HE_RADIUS", "HITS_PER_KEYPOINT", "SAME_PLACE_PX", "XY_UNIT", "Correspondences",
-           "PostingsIndex", "from_format2", "sa_codes", "sa_values"]
+           "PostingsIndex", "QuantisedWork", "from_format2", "sa_codes", "sa_values"]
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -235,6 +235,16 @@ class _Quantised:
     sa: U8
 
 
+@dataclass(frozen=True)
+class QuantisedWork:
+    """:meth:`PostingsIndex.quantise`'s result: the (words, signatures, positions,
+    size and orientation codes) of a work's direct and mirrored image (None: no
+    keypoints), under ``vocab``."""
+
+    vocab: Vocabulary | None
+    parts: tuple[tuple[I32, U64, U16, U8] | None, tuple[I32, U64, U16, U8] | None]
+
+
 @dataclass
 class _ImageInfo:
     work_id: int
@@ -291,7 +301,27 @@ class PostingsIndex:
             if img is not None:
                 self._alive[img] = False
 
-    def _insert(self, w: StoredWork) -> None:
+    def quantise(self, w: StoredWork) -> QuantisedWork:
+        """A work's postings under the current vocabulary, before they are
+        inserted (:meth:`_insert`). Reads nothing but the vocabulary, so several
+        threads may quantise works at once (the compiled parts release the GIL)."""
+        if self.vocab is None:
+            return QuantisedWork(self.vocab, (None, None))
+        parts: list[tuple[I32, U64, U16, U8] | None] = []
+        for f in (w.direct, w.mirrored):
+            if not len(f):
+                parts.append(None)
+                continue
+            rows, sig, words = self.vocab.assign(f.desc)
+            sa = sa_codes(np.stack([f.scale, f.angle], axis=1).astype(np.float16))
+            parts.append((words, sig, _fixed_xy(f.xy[rows]), sa[rows]))
+        return QuantisedWork(self.vocab, (parts[0], parts[1]))
+
+    def _insert(self, w: StoredWork, quantised: QuantisedWork | None = None) -> None:
+        """Make ``w`` searchable; ``quantised`` is :meth:`quantise`'s result for it
+        under the current vocabulary (computed here when None)."""
+        if quantised is None or quantised.vocab is not self.vocab:
+            quantised = self.quantise(w)
         # Descriptors stay in the store (for retraining); memory keeps postings only.
         self._works[w.work_id] = replace(
             w, direct=LocalFeatures.empty(w.width, w.height),
@@ -299,21 +329,19 @@ class PostingsIndex:
         self.generation += 1
         if self.vocab is None:
             return
-        for mirrored, f in ((False, w.direct), (True, w.mirrored)):
+        for mirrored, f, part in ((False, w.direct, quantised.parts[0]), (True, w.mirrored, quantised.parts[1])):
             img = len(self._images)
             self._images.append(_ImageInfo(w.work_id, w.owner_id, mirrored, len(f)))
             self._image_of[(w.work_id, mirrored)] = img
             self._alive = np.append(self._alive, True)
             self._owner = np.append(self._owner, np.int32(w.owner_id))
             self._nkp = np.append(self._nkp, np.int64(len(f)))
-            if not len(f):
+            if part is None:
                 continue
-            rows, sig, words = self.vocab.assign(f.desc)
-            sa = sa_codes(np.stack([f.scale, f.angle], axis=1).astype(np.float16))
+            words, sig, xy, sa = part
             # One image number for the whole part, broadcast (no memory per posting:
             # 1.7 GB less while a retrain at 100,000 works quantises every work).
-            self._pending.append(_Quantised(words, sig, np.broadcast_to(np.int32(img), rows.shape),
-                                            _fixed_xy(f.xy[rows]), sa[rows]))
+            self._pending.append(_Quantised(words, sig, np.broadcast_to(np.int32(img), words.shape), xy, sa))
 
     def _compact(self, *, merge: bool = False) -> None:
         """Move pending postings into the delta segment, or everything into a

@@ -29,16 +29,20 @@ request waits for minutes of retraining.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from matching.features import LocalFeatures, StoredWork
-from matching.postings import Correspondences, PostingsIndex, from_format2
+from matching.postings import Correspondences, PostingsIndex, QuantisedWork, from_format2
 from matching.store import FeatureStore, Locked
 from matching.vocabulary import Vocabulary
 
@@ -47,6 +51,7 @@ __all__ = ["LocalIndex", "MaintenanceHook", "MaintenanceJob"]
 log = logging.getLogger(__name__)
 
 U8 = npt.NDArray[np.uint8]
+_T = TypeVar("_T")
 
 #: Work thumbnails kept in memory per process (about 16-32 KiB each).
 THUMB_CACHE = 2048
@@ -99,6 +104,35 @@ MaintenanceHook = Callable[[MaintenanceJob], bool]
 
 
 #: Lock names in the store.
+def default_load_threads() -> int:
+    """Threads a full load uses unless configured: half the CPUs, 1 to 4, so the
+    engine processes beside a retrain keep the other half (as Lucene sizes its
+    merge threads)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def ordered_map(fn: Callable[[int], _T], items: Sequence[int], threads: int) -> Generator[_T, None, None]:
+    """``map(fn, items)`` with up to ``threads`` calls running ahead of the
+    consumer in a thread pool (a window of ``2 * threads``, so what is held
+    ahead stays small); in order. ``fn`` must be safe to call from several
+    threads. One thread: plain ``map``, nothing runs ahead."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="artwatch-load") as pool:
+        window: deque[Future[_T]] = deque()
+        try:
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= 2 * threads:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:  # the consumer stopped early, or a call raised: drop what is queued
+            for f in window:
+                f.cancel()
+
+
 RETRAIN_LOCK = "retrain"
 SNAPSHOT_LOCK = "snapshot"
 
@@ -126,6 +160,9 @@ class LocalIndex(PostingsIndex):
     _damaged_snapshot: str = ""
     #: Where due maintenance goes (see the module doc); None: run it here.
     maintenance: MaintenanceHook | None = None
+    #: Threads that read and quantise works when every work is loaded (a retrain,
+    #: or a start with no usable snapshot); 0: :func:`default_load_threads`.
+    load_threads: int = 0
 
     # ---- registration (writer side)
 
@@ -224,8 +261,7 @@ class LocalIndex(PostingsIndex):
         sample: list[U8] = []
         sample_sub: list[U8] = []
         postings = 0
-        for wid in ids:
-            w = self.store.get_work(wid)
+        for w in ordered_map(self.store.get_work, ids, self._threads()):  # read ahead; sampled in order
             if w is None:
                 continue
             for f in (w.direct, w.mirrored):
@@ -293,12 +329,12 @@ class LocalIndex(PostingsIndex):
             op, _, arg = ln.partition(" ")
             if op in ("add", "del"):
                 touched[int(arg)] = op
-        for wid, op in touched.items():
-            self._drop(wid)
-            if op == "add":
-                w = self.store.get_work(wid)
-                if w is not None:
-                    self._insert(w)
+        adds = [wid for wid, op in touched.items() if op == "add"]
+        with closing(ordered_map(self._load, adds, self._threads() if len(adds) >= 16 else 1)) as loaded:
+            for wid, op in touched.items():
+                self._drop(wid)
+                if op == "add" and (r := next(loaded)) is not None:
+                    self._insert(*r)
         self._unsnapshotted += len(touched)
         if self._unsnapshotted >= max(SNAPSHOT_EVERY, len(self._works) // 4):
             self._snapshot_due()
@@ -324,11 +360,20 @@ class LocalIndex(PostingsIndex):
             data = self.store.get_vocab()
             vocab = Vocabulary.from_bytes(data) if data is not None else None
         self._reset(vocab)
-        for wid in self.store.work_ids():
-            w = self.store.get_work(wid)
-            if w is not None:
-                self._insert(w)
+        # Read and quantised by several threads ahead of this one; inserted in order,
+        # so the arrays are the same however many.
+        for r in ordered_map(self._load, self.store.work_ids(), self._threads()):
+            if r is not None:
+                self._insert(*r)
         self._unsnapshotted = len(self._works)
+
+    def _load(self, wid: int) -> tuple[StoredWork, QuantisedWork] | None:
+        """A stored work and its postings under the current vocabulary (None: gone)."""
+        w = self.store.get_work(wid)
+        return None if w is None else (w, self.quantise(w))
+
+    def _threads(self) -> int:
+        return self.load_threads if self.load_threads > 0 else default_load_threads()
 
     # ---- snapshots (a cache of the postings; see the module doc)
 

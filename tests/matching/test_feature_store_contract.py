@@ -395,3 +395,38 @@ def test_a_work_whose_descriptors_do_not_fit_their_shape_is_an_error() -> None:
     np.savez(buf, **arrays)
     with pytest.raises(ValueError, match="descriptors hold 2560 bytes, not 19 x 128"):
         work_from_bytes(buf.getvalue())
+
+
+def test_a_full_load_in_threads_gives_the_same_postings(spec: Spec) -> None:
+    """A retrain reads and quantises works in several threads (``LocalIndex.load_threads``),
+    and so does a refresh that replays many registrations: on every store the vocabulary
+    and every postings array equal those of one thread."""
+    from matching.replica import LocalIndex
+
+    store = open_store(spec)
+    for wid in range(1, 41):
+        store.put_work(_work(wid, n=30))
+    store.append([f"add {wid}" for wid in range(1, 41)])
+    one, many = LocalIndex(store, load_threads=1), LocalIndex(store, load_threads=3)
+    one.retrain()
+    many.retrain()
+    assert one.vocab is not None and many.vocab is not None and one.vocab.version != many.vocab.version
+    for name in ("coarse", "fine", "proj"):
+        assert np.array_equal(getattr(one.vocab, name), getattr(many.vocab, name)), name
+
+    def same_state() -> None:
+        a, b = one.export_state(), many.export_state()
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+    one._reload_all(many.vocab)  # both under one vocabulary: the arrays must match exactly
+    same_state()
+    # 20 registrations replayed at once (a refresh after a pause) also load in threads.
+    for wid in range(41, 61):
+        store.put_work(_work(wid, n=30))
+    store.append([f"add {wid}" for wid in range(41, 61)] + ["del 3"])
+    one.refresh()
+    many.refresh()
+    assert many.work_ids == [w for w in range(1, 61) if w != 3]
+    same_state()
