@@ -102,13 +102,12 @@ MaintenanceJob = Literal["retrain", "snapshot"]
 MaintenanceHook = Callable[[MaintenanceJob], bool]
 
 
-
-#: Lock names in the store.
 def default_load_threads() -> int:
     """Threads a full load uses unless configured: half the CPUs, 1 to 4, so the
     engine processes beside a retrain keep the other half (as Lucene sizes its
     merge threads)."""
-    return max(1, min(4, (os.cpu_count() or 1) // 2))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus // 2))
 
 
 def ordered_map(fn: Callable[[int], _T], items: Sequence[int], threads: int) -> Generator[_T, None, None]:
@@ -133,6 +132,7 @@ def ordered_map(fn: Callable[[int], _T], items: Sequence[int], threads: int) -> 
                 f.cancel()
 
 
+#: Lock names in the store.
 RETRAIN_LOCK = "retrain"
 SNAPSHOT_LOCK = "snapshot"
 
@@ -160,8 +160,9 @@ class LocalIndex(PostingsIndex):
     _damaged_snapshot: str = ""
     #: Where due maintenance goes (see the module doc); None: run it here.
     maintenance: MaintenanceHook | None = None
-    #: Threads that read and quantise works when every work is loaded (a retrain,
-    #: or a start with no usable snapshot); 0: :func:`default_load_threads`.
+    #: Threads that read and quantise works when many are loaded at once (a retrain,
+    #: a start with no usable snapshot, a refresh replaying 16 or more
+    #: registrations); 0: :func:`default_load_threads`.
     load_threads: int = 0
 
     # ---- registration (writer side)
@@ -261,17 +262,18 @@ class LocalIndex(PostingsIndex):
         sample: list[U8] = []
         sample_sub: list[U8] = []
         postings = 0
-        for w in ordered_map(self.store.get_work, ids, self._threads()):  # read ahead; sampled in order
-            if w is None:
-                continue
-            for f in (w.direct, w.mirrored):
-                postings += len(f)
-                if len(f) > per // 2:
-                    sample.append(f.desc[rng.choice(len(f), per // 2, replace=False)])
-                elif len(f):
-                    sample.append(f.desc)
-                take = min(len(f), SUB_SAMPLE_PER_WORK // 2)
-                sample_sub.append(f.desc[rng_sub.choice(len(f), take, replace=False)])
+        with closing(ordered_map(self.store.get_work, ids, self._threads())) as works:  # read ahead; sampled in order
+            for w in works:
+                if w is None:
+                    continue
+                for f in (w.direct, w.mirrored):
+                    postings += len(f)
+                    if len(f) > per // 2:
+                        sample.append(f.desc[rng.choice(len(f), per // 2, replace=False)])
+                    elif len(f):
+                        sample.append(f.desc)
+                    take = min(len(f), SUB_SAMPLE_PER_WORK // 2)
+                    sample_sub.append(f.desc[rng_sub.choice(len(f), take, replace=False)])
         if not sample:
             return
         desc = np.concatenate(sample)
@@ -362,9 +364,10 @@ class LocalIndex(PostingsIndex):
         self._reset(vocab)
         # Read and quantised by several threads ahead of this one; inserted in order,
         # so the arrays are the same however many.
-        for r in ordered_map(self._load, self.store.work_ids(), self._threads()):
-            if r is not None:
-                self._insert(*r)
+        with closing(ordered_map(self._load, self.store.work_ids(), self._threads())) as loaded:
+            for r in loaded:
+                if r is not None:
+                    self._insert(*r)
         self._unsnapshotted = len(self._works)
 
     def _load(self, wid: int) -> tuple[StoredWork, QuantisedWork] | None:

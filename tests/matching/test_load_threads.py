@@ -34,14 +34,14 @@ def test_calls_run_in_threads_and_no_more_than_a_window_ahead() -> None:
             started += 1
             most = max(most, running)
             names.add(threading.current_thread().name)
-        time.sleep(0.005)
+        time.sleep(0.02)
         with lock:
             running -= 1
         return i
 
     gen = ordered_map(f, list(range(100)), 3)
     assert next(gen) == 0
-    time.sleep(0.05)  # the consumer pauses: the pool must not run through all 100 items
+    time.sleep(0.2)  # the consumer pauses: the pool must not run through all 100 items
     with lock:
         ahead = started
     assert ahead <= 2 * 3 + 1
