@@ -111,9 +111,10 @@ class MatchingSettings(_Section):
     #: file) or "sparse" (the works' visual words as a sparse vector in the vector
     #: index, matching.sparse_words; verification is the same either way).
     candidates: Literal["postings", "sparse"] = "postings"
-    #: Threads that read and quantise works when an engine loads every work (a
-    #: retrain, or a start with no usable postings snapshot); 0: half the CPUs,
-    #: 1 to 4. The postings are the same however many.
+    #: Threads that read and quantise works when an engine loads many at once (a
+    #: retrain, a start with no usable postings snapshot, 16 or more registrations
+    #: replayed together); 0: half the CPUs, 1 to 4. The postings are the same
+    #: however many.
     load_threads: int = Field(default=0, ge=0)
 
 

@@ -248,7 +248,7 @@ class Engine:
     #: Where the index's due retrains and snapshots go (:attr:`LocalIndex.maintenance`);
     #: None runs them in this process, inside the call that made them due.
     maintenance: MaintenanceHook | None = None
-    #: Threads that read and quantise works when every work is loaded
+    #: Threads that read and quantise works when many are loaded at once
     #: (:attr:`LocalIndex.load_threads`; 0: half the CPUs, 1 to 4).
     load_threads: int = 0
     #: Where the score calibration lives (:data:`storage.documents.CALIBRATION`);
