@@ -271,6 +271,8 @@ class PostingsIndex:
     _alive: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     _owner: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
     _nkp: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: The buffers ``_alive``, ``_owner`` and ``_nkp`` are views of (:meth:`_push_image`).
+    _image_bufs: tuple[npt.NDArray[np.bool_], I32, npt.NDArray[np.int64]] | None = None
     _pending: list[_Quantised] = field(default_factory=list)
     _main: _Segment | None = None
     _delta: _Segment | None = None
@@ -300,6 +302,23 @@ class PostingsIndex:
             img = self._image_of.pop((work_id, m), None)
             if img is not None:
                 self._alive[img] = False
+
+    def _push_image(self, owner_id: int, n_kp: int) -> None:
+        """Append a live image's entries to ``_alive``, ``_owner`` and ``_nkp`` in
+        amortised constant time: they are views of buffers that double when full
+        (``np.append`` copied all three per image, quadratic over a full load;
+        docs/benchmarks.md, "A full load in threads"). Arrays put there otherwise
+        (a snapshot's, a reset's) are copied into new buffers first."""
+        n = self._alive.shape[0]
+        b = self._image_bufs
+        if (b is None or b[0].shape[0] <= n or self._alive.base is not b[0] or self._owner.base is not b[1]
+                or self._nkp.base is not b[2]):
+            cap = max(1024, 2 * (n + 1))
+            b = (np.empty(cap, bool), np.empty(cap, np.int32), np.empty(cap, np.int64))
+            b[0][:n], b[1][:n], b[2][:n] = self._alive, self._owner, self._nkp
+            self._image_bufs = b
+        b[0][n], b[1][n], b[2][n] = True, owner_id, n_kp
+        self._alive, self._owner, self._nkp = b[0][: n + 1], b[1][: n + 1], b[2][: n + 1]
 
     def quantise(self, w: StoredWork) -> QuantisedWork:
         """A work's postings under the current vocabulary, before they are
@@ -333,9 +352,7 @@ class PostingsIndex:
             img = len(self._images)
             self._images.append(_ImageInfo(w.work_id, w.owner_id, mirrored, len(f)))
             self._image_of[(w.work_id, mirrored)] = img
-            self._alive = np.append(self._alive, True)
-            self._owner = np.append(self._owner, np.int32(w.owner_id))
-            self._nkp = np.append(self._nkp, np.int64(len(f)))
+            self._push_image(w.owner_id, len(f))
             if part is None:
                 continue
             words, sig, xy, sa = part

@@ -91,3 +91,45 @@ def test_the_setting_reaches_the_index(tmp_path: Path) -> None:
     assert 1 <= default_load_threads() <= 4
     with pytest.raises(Exception, match="load_threads"):
         load_settings(data_dir=str(tmp_path), matching={**off, "load_threads": -1})
+
+
+def test_the_per_image_arrays_grow_in_place_and_follow_the_images() -> None:
+    """``_alive``, ``_owner`` and ``_nkp`` grow by doubling buffers (not a copy per
+    image) and always hold each image's entry, across removals and a snapshot's
+    arrays put in their place (which are never written to)."""
+    import numpy as np
+
+    from matching.postings import PostingsIndex
+    from matching.vocabulary import Vocabulary
+    from tests.matching.test_feature_store_contract import _work
+
+    def check(ix: PostingsIndex, dropped: set[int]) -> None:
+        n = len(ix._images)
+        assert ix._alive.shape == (n,) and ix._owner.shape == (n,) and ix._nkp.shape == (n,)
+        assert ix._owner.tolist() == [i.owner_id for i in ix._images]
+        assert ix._nkp.tolist() == [i.n_kp for i in ix._images]
+        assert ix._alive.tolist() == [i.work_id not in dropped for i in ix._images]
+
+    rng = np.random.default_rng(0)
+    ix = PostingsIndex(vocab=Vocabulary.train(rng.integers(0, 256, (2000, 128), dtype=np.uint8)))
+    for wid in range(1, 701):  # 1,400 images: past the first buffer of 1,024
+        ix._insert(_work(wid, n=4))
+    ix._drop(5)
+    ix._drop(650)
+    check(ix, {5, 650})
+    assert ix._image_bufs is not None and ix._alive.base is ix._image_bufs[0]
+    assert ix._image_bufs[0].shape[0] >= 1400
+
+    state = ix.export_state()
+    frozen = {k: state[k].copy() for k in ("alive", "img_owner", "img_nkp")}
+    for k in frozen:
+        state[k].setflags(write=False)  # as a mapped snapshot's arrays are
+    assert ix.vocab is not None
+    again = PostingsIndex(vocab=ix.vocab)
+    again.import_state(ix.vocab, state)
+    for wid in range(701, 720):
+        again._insert(_work(wid, n=4))
+    again._drop(710)
+    check(again, {5, 650, 710})
+    for k, v in frozen.items():
+        assert np.array_equal(state[k], v), k
