@@ -102,6 +102,11 @@ MaintenanceJob = Literal["retrain", "snapshot"]
 MaintenanceHook = Callable[[MaintenanceJob], bool]
 
 
+#: A refresh replaying at least this many registrations loads them in threads
+#: (fewer: a pool would cost more than it saves).
+READ_AHEAD_FROM = 16
+
+
 def default_load_threads() -> int:
     """Threads a full load uses unless configured: half the CPUs, 1 to 4, so the
     engine processes beside a retrain keep the other half (as Lucene sizes its
@@ -161,8 +166,8 @@ class LocalIndex(PostingsIndex):
     #: Where due maintenance goes (see the module doc); None: run it here.
     maintenance: MaintenanceHook | None = None
     #: Threads that read and quantise works when many are loaded at once (a retrain,
-    #: a start with no usable snapshot, a refresh replaying 16 or more
-    #: registrations); 0: :func:`default_load_threads`.
+    #: a start with no usable snapshot, a refresh replaying :data:`READ_AHEAD_FROM`
+    #: or more registrations); 0: :func:`default_load_threads`.
     load_threads: int = 0
 
     # ---- registration (writer side)
@@ -332,7 +337,8 @@ class LocalIndex(PostingsIndex):
             if op in ("add", "del"):
                 touched[int(arg)] = op
         adds = [wid for wid, op in touched.items() if op == "add"]
-        with closing(ordered_map(self._load, adds, self._threads() if len(adds) >= 16 else 1)) as loaded:
+        threads = self._threads() if len(adds) >= READ_AHEAD_FROM else 1
+        with closing(ordered_map(self._load, adds, threads)) as loaded:
             for wid, op in touched.items():
                 self._drop(wid)
                 if op == "add" and (r := next(loaded)) is not None:
