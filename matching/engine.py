@@ -484,7 +484,10 @@ class Engine:
         found = self._local_candidates(q, owner_ids, work_ids)
         t2 = clock()
         verifications: dict[int, Verification] = {}
-        mirrored: dict[int, bool] = {}
+        # Every alignment found for a work (its images, mirrored or not, and a refined
+        # homography's similarity): the one kept is the one the calibrated model rates
+        # highest once the dense check has seen it; without a plausible one, the best by _rank.
+        options: dict[int, list[tuple[Verification, bool]]] = {}
         ranked: list[tuple[float, Correspondences, npt.NDArray[np.bool_]]] = []
         for corr in found:
             peak, mask = corr.consistent()
@@ -499,22 +502,34 @@ class Engine:
                        upload_size=(w, h), offered=corr.q_xy.shape[0])
             if v is None:
                 continue
+            options.setdefault(corr.work_id, []).append((v, corr.mirrored))
+            if v.alternative is not None:
+                options[corr.work_id].append((v.alternative, corr.mirrored))
             best = verifications.get(corr.work_id)
             if best is None or _rank(v) > _rank(best):
                 verifications[corr.work_id] = v
-                mirrored[corr.work_id] = corr.mirrored
         dense: dict[int, float] = {}
         gray: npt.NDArray[np.uint8] | None = None
-        for wid, v in verifications.items():
+        for wid, opts in options.items():
             sw = self.index.work(wid)
-            if sw is None or not v.plausible or v.inliers < 4 or v.homography is None:
+            if sw is None:
                 continue
-            if gray is None:
-                gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), np.uint8)
-            agreement = dense_agreement(self.index.thumbs(wid), (sw.width, sw.height), mirrored[wid],
-                                        v.homography, gray)
-            if agreement is not None:
-                dense[wid] = agreement
+            best_p = -1.0
+            for v, mir in opts:
+                if not v.plausible or v.inliers < 4 or v.homography is None:
+                    continue
+                if gray is None:
+                    gray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), np.uint8)
+                agreement = dense_agreement(self.index.thumbs(wid), (sw.width, sw.height), mir,
+                                            v.homography, gray)
+                p = self.model.local_prob(v, agreement)
+                if p > best_p:
+                    best_p = p
+                    verifications[wid] = v
+                    if agreement is None:
+                        dense.pop(wid, None)
+                    else:
+                        dense[wid] = agreement
         t3 = clock()
         pdq = self._pdq_search(rgb, owner_ids, work_ids)
         if timings is not None:

@@ -12,7 +12,7 @@ is the work's outline mapped into the upload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -40,6 +40,9 @@ class Verification:
     plausible: bool
     #: The fitted work -> upload transform (3x3).
     homography: npt.NDArray[np.float64] | None = None
+    #: The similarity this homography refined, as its own evidence (None when
+    #: this is the similarity): the other candidate alignment.
+    alternative: Verification | None = None
 
     @property
     def inlier_ratio(self) -> float:
@@ -102,7 +105,8 @@ def verify(
     if A is None or mask is None:
         return None
     inl = mask.ravel().astype(bool)
-    H = np.vstack([A, [0.0, 0.0, 1.0]])
+    similar = _evidence(w_xy, q_xy, inl, np.vstack([A, [0.0, 0.0, 1.0]]), work_size, upload_size, thr,
+                        offered or n)
     if int(inl.sum()) >= 8:
         # Refine to a homography on what the similarity roughly explains.
         proj = cv2.transform(src, A).reshape(-1, 2)
@@ -115,7 +119,18 @@ def verify(
                 cand = np.zeros(n, bool)
                 cand[np.flatnonzero(near)[mh.ravel().astype(bool)]] = True
                 if cand.sum() >= inl.sum() and _homography_sane(Hh, ww, wh):
-                    inl, H = cand, Hh
+                    warped = _evidence(w_xy, q_xy, cand, Hh, work_size, upload_size, thr, offered or n)
+                    # A homography from a few points can fit them and still be wrong:
+                    # the engine keeps whichever alignment its dense check agrees with more.
+                    return replace(warped, alternative=similar)
+    return similar
+
+
+def _evidence(w_xy: F32, q_xy: F32, inl: npt.NDArray[np.bool_], H: npt.NDArray[np.float64],
+              work_size: tuple[int, int], upload_size: tuple[int, int], thr: float, offered: int) -> Verification:
+    """The evidence of one fitted alignment ``H`` with inliers ``inl``."""
+    uw, uh = upload_size
+    ww, wh = work_size
     w_in = w_xy[inl]
     q_in = q_xy[inl]
     grid = max(2.0, thr * 0.5)
@@ -140,7 +155,7 @@ def verify(
         and proj_area >= 20.0 * 20.0
         and scale > 0.0
     )
-    return Verification(distinct, offered or n, coverage, upload_share, scale, distortion,
+    return Verification(distinct, offered, coverage, upload_share, scale, distortion,
                         [[float(x), float(y)] for x, y in poly], plausible, np.asarray(H, np.float64))
 
 

@@ -259,3 +259,38 @@ def test_busy_words_are_split_into_sub_words_and_copies_still_match(
         assert [c.work_id for c in eng.analyse(encode(bg, quality=80)) if c.match] == [3]
         assert [c.work_id for c in eng.analyse(encode(flipped, quality=80)) if c.match] == [2]
         assert not any(c.match for c in eng.analyse(encode(textured(99), quality=80)))
+
+
+def _tilted(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    dst = np.array([[40, 30], [w - 10, 0], [w - 30, h - 10], [0, h - 40]], np.float32)
+    return np.asarray(cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (w, h),
+                                          borderMode=cv2.BORDER_REPLICATE), np.uint8)
+
+
+@pytest.mark.parametrize("favour", ["similarity", "homography"])
+def test_the_alignment_kept_is_the_one_the_dense_check_agrees_with(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, favour: str,
+) -> None:
+    """A tilted copy verifies as a homography refined from a similarity: both are
+    offered, and the one the calibrated model rates higher with its dense agreement wins."""
+    import matching.engine as engine_mod
+
+    seen: list[bool] = []
+
+    def fake_dense(thumbs: object, size: object, mirrored: bool, H: np.ndarray, gray: object) -> float:
+        affine = bool(np.allclose(H[2], [0.0, 0.0, 1.0]))
+        seen.append(affine)
+        return 0.9 if affine == (favour == "similarity") else -0.5
+
+    monkeypatch.setattr(engine_mod, "dense_agreement", fake_dense)
+    cands = engine.analyse(encode(_tilted(WORKS[3]), quality=90))
+    top = cands[0]
+    assert top.work_id == 3
+    assert True in seen and False in seen  # both alignments were checked
+    assert top.signals["dense"] == 0.9
+    region = np.array(top.region)
+    sides = np.linalg.norm(np.roll(region, -1, axis=0) - region, axis=1)
+    rectangle = np.allclose(sides[0], sides[2], rtol=1e-3) and np.allclose(sides[1], sides[3], rtol=1e-3)
+    assert rectangle == (favour == "similarity")
