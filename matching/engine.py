@@ -238,8 +238,12 @@ class Engine:
 
     data_dir: Path
     default_threshold: float = 0.5
-    verify_top: int = 16
-    search_top: int = 48
+    #: How many (work, mirror) images are verified, the most consistent first...
+    verify_top: int = 32
+    #: ...of the best-voted ones whose weak geometric consistency is weighed. A copy
+    #: pasted small into a busy photo gets few votes but a clear peak, so the second
+    #: list is the longer (docs/benchmarks.md, "How many candidates are verified").
+    search_top: int = 192
     #: CLIP named vectors in the VectorIndex; None when the embedder is off.
     vectors: WorkVectors | None = None
     clip_top: int = 10
