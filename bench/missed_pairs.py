@@ -47,15 +47,15 @@ def _stage(engine: Any, data: bytes, name: str, wid: int) -> tuple[str, str]:
     found = engine.index.search(q, top=engine.search_top)
     ranked = sorted(((_significance(peak, c.q_xy.shape[0]), c.work_id) for c in found
                      for peak in [c.consistent()[0]] if peak >= 4), key=lambda r: -r[0])
+    if not any(c.work_id == wid for c in found):
+        alone = engine.index.search(q, top=engine.search_top, work_ids=[wid])
+        return "not searched", (f"alone: peaks {[c.consistent()[0] for c in alone]}, "
+                                f"tentative {[c.q_xy.shape[0] for c in alone]}")
     a = engine.analyse_decoded(img)
     v = a.verifications.get(wid)
     detail = ""
     if v is not None:
         detail = f"inliers {v.inliers} of {v.tentative}, coverage {v.coverage:.3f}, dense {a.dense.get(wid)}"
-    if not any(c.work_id == wid for c in found):
-        alone = engine.index.search(q, top=engine.search_top, work_ids=[wid])
-        return "not searched", (f"alone: peaks {[c.consistent()[0] for c in alone]}, "
-                                f"tentative {[c.q_xy.shape[0] for c in alone]}")
     at = [i for i, r in enumerate(ranked) if r[1] == wid]
     if not at:
         return "peak < 4", detail
