@@ -310,8 +310,8 @@ def calibrate(
 
     local_rows: list[tuple[list[float], int]] = []
     pdq_rows: list[tuple[float, int]] = []
-    clip_rows: list[tuple[float, int]] = []
-    sscd_rows: list[tuple[float, int]] = []
+    clip_rows: list[tuple[float, int, bool]] = []
+    sscd_rows: list[tuple[float, int, bool]] = []
     n_true = 0
     for x, truth in samples:
         buf = io.BytesIO()
@@ -320,8 +320,9 @@ def calibrate(
         a = engine.analyse_decoded(up)
         if truth is not None:
             n_true += 1
+        usable = {wid for wid, v in a.verifications.items() if v.plausible and v.inliers >= 4}
         for wid, v in a.verifications.items():
-            if v.plausible and v.inliers >= 4:
+            if wid in usable:
                 sig = {"inliers": float(v.inliers), "tentative": float(v.tentative),
                        "coverage": v.coverage}
                 if wid in a.dense:
@@ -329,10 +330,11 @@ def calibrate(
                 local_rows.append((_local_x(sig), int(wid == truth)))
         for wid, d in a.pdq.items():
             pdq_rows.append((float(d), int(wid == truth)))
+        # Where an embedding is the only evidence for a pair (see _fit_cosine).
         for wid, cos in engine.clip_candidates(up).items():
-            clip_rows.append((float(cos), int(wid == truth)))
+            clip_rows.append((float(cos), int(wid == truth), wid not in usable and wid not in a.pdq))
         for wid, (cos, _box) in engine.descriptor_candidates(up).items():
-            sscd_rows.append((float(cos), int(wid == truth)))
+            sscd_rows.append((float(cos), int(wid == truth), wid not in usable and wid not in a.pdq))
 
     base = engine.model
     local = base.local
@@ -369,28 +371,59 @@ def calibrate(
     return cal
 
 
-def _fit_cosine(rows: list[tuple[float, int]], target: float, n_true: int) -> tuple[float, float] | None:
+#: The steepest cosine slope an embedding term gets. A registry's synthetic copies
+#: often separate perfectly, and likelihood then has no finite slope; at this one a
+#: cosine 0.1 below the crossing reads 0.05 (the dev benchmark's fit is 18.5).
+MAX_COSINE_SLOPE = 30.0
+
+
+def _fit_cosine(rows: list[tuple[float, int, bool]], target: float, n_true: int) -> tuple[float, float] | None:
     """A logistic model of an embedding's cosine that alone reaches ``target`` precision at 0.5.
+
+    ``rows`` are ``(cosine, is_copy, alone)``, ``alone`` where no other signal (a
+    usable verified alignment, PDQ) has evidence for the pair. The crossing, the
+    cosine that reads 0.5, is the lowest whose pairs reach ``target`` precision.
+    The slope is fitted by likelihood with that crossing fixed, on the ``alone``
+    pairs: the score adds its terms as independent evidence
+    (:meth:`ScoreModel.combine`), so a term must say how likely a copy is where
+    it is the only one to speak. Fitted on every pair, the copies that local
+    features find at a low cosine (partial copies) flatten the slope, and a
+    low cosine reads several times likelier than it is (docs/benchmarks.md,
+    "The descriptor's term below the threshold").
 
     None (the embedding never decides) when it does not separate copies from
     other works: no embedder, random weights, or a model that finds no copy at
     that precision.
     """
-    if not rows or len({y for _, y in rows}) < 2:
+    if not rows or len({y for _, y, _ in rows}) < 2:
         return None
-    x = np.array([[c] for c, _ in rows], np.float64)
-    y = np.array([lbl for _, lbl in rows], np.float64)
-    # A weak penalty: one unscaled feature in [-1, 1] needs a steep slope, which the
-    # default penalty would flatten until every pair reads about 0.5.
-    w = fit_logistic(x, y, l2=1e-4)
-    if w[1] <= 0:
-        return None
-    scores = 1.0 / (1.0 + np.exp(-(w[0] + w[1] * x[:, 0])))
-    threshold, _precision, recall = _threshold_for(scores, y.astype(np.int64), target, n_true)
+    cos = np.array([c for c, _, _ in rows], np.float64)
+    y = np.array([lbl for _, lbl, _ in rows], np.int64)
+    crossing, _precision, recall = _threshold_for(cos, y, target, n_true)
     if recall <= 0.0:
         return None
-    shift = math.log(threshold / (1.0 - threshold)) if 0.0 < threshold < 1.0 else 0.0
-    return (float(w[0] - shift), float(w[1]))
+    alone = np.array([a for _, _, a in rows], np.bool_)
+    if len(set(y[alone].tolist())) < 2:
+        alone[:] = True  # too few pairs of its own to fit on
+    slope = _fit_slope(cos[alone] - crossing, y[alone].astype(np.float64))
+    if slope <= 0.0:
+        return None
+    slope = min(slope, MAX_COSINE_SLOPE)
+    return (float(-slope * crossing), float(slope))
+
+
+def _fit_slope(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], *, iters: int = 50) -> float:
+    """Maximum-likelihood ``a`` of ``P(y) = sigmoid(a * x)`` (no bias) by Newton steps."""
+    a = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a * x, -30, 30)))
+        g = float((x * (y - p)).sum())
+        h = float((x * x * p * (1 - p)).sum()) + 1e-9
+        step = g / h
+        a += step
+        if abs(step) < 1e-7:
+            break
+    return a
 
 
 def _threshold_for(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], target: float,

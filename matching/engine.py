@@ -82,7 +82,7 @@ CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
 #: Built-in ``ScoreModel.sscd`` (see there).
-SSCD_DEFAULT: tuple[float, float] | None = (-5.39, 11.78)
+SSCD_DEFAULT: tuple[float, float] | None = (-8.47, 18.52)
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,9 @@ class ScoreModel:
     clip: tuple[float, float] | None = None
     #: ``[bias, cosine]`` of the copy-detection descriptor's best view (whole
     #: upload or a crop). Its weights ship with the package, so the built-in
-    #: model was fitted on the dev benchmark (docs/benchmarks.md);
-    #: ``artwatch calibrate`` refits it, and None turns the term off.
+    #: model was fitted on the dev benchmark, the way ``artwatch calibrate``
+    #: refits it on the registry (``matching.calibrate._fit_cosine``; the figures
+    #: in docs/benchmarks.md); None turns the term off.
     sscd: tuple[float, float] | None = SSCD_DEFAULT
     threshold: float = 0.5
     target_precision: float | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matching.calibrate import _threshold_for, calibrate, fit_logistic, make_negatives
+from matching.calibrate import MAX_COSINE_SLOPE, _fit_cosine, _threshold_for, calibrate, fit_logistic, make_negatives
 from matching.decode import decode_image
 from matching.engine import Engine, WorkRef
 from tests.matching.test_engine import encode, textured
@@ -29,6 +29,58 @@ def test_threshold_reaches_target_precision() -> None:
     labels = np.array([1, 1, 1, 0, 1, 0])
     thr, prec, rec = _threshold_for(scores, labels, 0.99, n_true=4)
     assert thr == 0.7 and prec == 1.0 and rec == 0.75
+
+
+def _cosine_rows(seed: int) -> list[tuple[float, int, bool]]:
+    """Copies the embedding finds alone at a high cosine, copies at a low cosine that
+    other signals found (not alone), and unrelated works around 0.1."""
+    rng = np.random.default_rng(seed)
+    rows = [(float(c), 1, True) for c in rng.uniform(0.55, 0.9, 40)]
+    rows += [(float(c), 1, False) for c in rng.uniform(-0.1, 0.3, 40)]
+    rows += [(float(c), 0, True) for c in rng.normal(0.1, 0.12, 3000)]
+    return rows
+
+
+def test_an_embedding_term_crosses_where_its_cosine_reaches_the_target_precision() -> None:
+    rows = _cosine_rows(0)
+    model = _fit_cosine(rows, 0.99, n_true=80)
+    assert model is not None
+    b, a = model
+    cos = np.array([c for c, _, _ in rows])
+    labels = np.array([y for _, y, _ in rows], np.int64)
+    crossing, precision, _ = _threshold_for(cos, labels, 0.99, 80)
+    assert precision >= 0.99
+    assert abs(-b / a - crossing) < 1e-9  # the cosine that reads 0.5
+
+
+def test_an_embedding_term_is_fitted_on_the_pairs_where_it_alone_has_evidence() -> None:
+    """Copies that other signals found at a low cosine must not make a low cosine read
+    likely where the embedding is the only evidence: no unrelated-only pair there is a copy."""
+    rows = _cosine_rows(1)
+    alone = _fit_cosine(rows, 0.99, n_true=80)
+    every = _fit_cosine([(c, y, True) for c, y, _ in rows], 0.99, n_true=80)
+    assert alone is not None and every is not None
+    assert abs(alone[0] / alone[1] - every[0] / every[1]) < 1e-9  # the same crossing
+    assert alone[1] > 1.5 * every[1]  # a steeper fall below it
+
+    def p(m: tuple[float, float], c: float) -> float:
+        return float(1.0 / (1.0 + np.exp(-(m[0] + m[1] * c))))
+
+    assert p(alone, 0.2) < 0.01 < p(every, 0.2)
+
+
+def test_an_embedding_that_separates_copies_perfectly_gets_a_finite_slope() -> None:
+    rows = [(0.8, 1, True), (0.7, 1, True), (0.2, 0, True), (0.1, 0, True), (0.0, 0, True)]
+    model = _fit_cosine(rows, 0.99, n_true=2)
+    assert model is not None and model[1] == MAX_COSINE_SLOPE
+
+
+def test_an_embedding_that_does_not_separate_copies_gets_no_term() -> None:
+    """Random weights: the most similar works are not the copies."""
+    rng = np.random.default_rng(2)
+    rows = [(float(c), 0, True) for c in rng.normal(0.3, 0.1, 500)]
+    rows += [(float(c), 1, True) for c in rng.normal(0.0, 0.1, 50)]
+    assert _fit_cosine(rows, 0.99, n_true=50) is None
 
 
 def test_negatives_are_images() -> None:
