@@ -35,7 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -81,6 +81,11 @@ PDQ_RELEVANT = 64
 CHANCE_CELLS = 12.0
 #: The dense term's value when it could not be measured.
 DENSE_UNKNOWN = 0.5
+#: An open decision's local term at least this, and its aligned region is described
+#: too (:meth:`Engine.describe_regions`).
+REGION_MIN_LOCAL = 0.02
+#: The margin around an aligned region's bounding box, as a fraction of its sides.
+REGION_MARGIN = 0.05
 #: Built-in ``ScoreModel.sscd`` (see there).
 SSCD_DEFAULT: tuple[float, float] | None = (-8.47, 18.52)
 
@@ -412,6 +417,7 @@ class Engine:
         a = self.analyse_decoded(img, owner_ids=owner_ids, work_ids=work_ids)
         a.clip = self.clip_candidates(img, owner_ids=owner_ids, embedding=embedding, work_ids=work_ids)
         a.sscd = self.descriptor_candidates(img, owner_ids=owner_ids, work_ids=work_ids)
+        self.describe_regions(img, a, owner_ids=owner_ids, work_ids=work_ids)
         return self.score(a, img)
 
     def analyse_batch(self, items: list[tuple[bytes, str]]) -> list[list[Candidate]]:
@@ -426,6 +432,7 @@ class Engine:
             a = self.analyse_decoded(img)
             a.clip = self.clip_candidates(img, embedding=vec)
             a.sscd = self.descriptor_candidates(img)
+            self.describe_regions(img, a)
             out.append(self.score(a, img))
         return out
 
@@ -460,9 +467,11 @@ class Engine:
 
     def descriptor_candidates(
         self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None, work_ids: Sequence[int] | None = None,
+        crops: bool = True,
     ) -> dict[int, tuple[float, tuple[int, int, int, int]]]:
         """Nearest works by the copy-detection descriptor over the upload's whole frame
-        and crops (empty when it is off); ``work_ids`` as in :meth:`clip_candidates`."""
+        and crops (empty when it is off; ``crops`` false: the whole frame only);
+        ``work_ids`` as in :meth:`clip_candidates`."""
         if self.vectors is None or self.vectors.descriptor is None:
             return {}
         owners = owner_ids
@@ -472,8 +481,50 @@ class Engine:
                              and (owner_ids is None or sw.owner_id in set(owner_ids))})
             if not owners:
                 return {}
-        found = self.vectors.descriptor_candidates(img, owner_ids=owners, limit=self.descriptor_top)
+        found = self.vectors.descriptor_candidates(img, owner_ids=owners, limit=self.descriptor_top, crops=crops)
         return {wid: hit for wid, hit in found.items() if wanted is None or wid in wanted}
+
+    def describe_regions(
+        self, img: DecodedImage, a: _Analysis, *, owner_ids: Sequence[int] | None = None,
+        work_ids: Sequence[int] | None = None,
+    ) -> int:
+        """The descriptor on the region that a work's alignment proposes, where the decision is open.
+
+        A copy pasted into a photo is a small part of the upload, and the whole
+        frame's descriptor sees mostly the photo. Where a work has a plausible
+        alignment whose local term is at least :data:`REGION_MIN_LOCAL` and whose
+        score is still below the threshold, the bounding box of its outline
+        (with :data:`REGION_MARGIN`) is described as an upload of its own,
+        normalised against the registry the same way, and its cosine to that
+        work replaces the whole frame's when higher. Updates ``a.sscd`` in place
+        and returns how many regions were described (none when the descriptor is
+        off). docs/benchmarks.md, "The descriptor on the aligned region"."""
+        if self.vectors is None or self.vectors.descriptor is None:
+            return 0
+        model = self.model
+        described = 0
+        rgb = np.asarray(img.rgb)
+        h, w = rgb.shape[:2]
+        for wid, v in a.verifications.items():
+            p_local = model.local_prob(v, a.dense.get(wid))
+            if p_local < REGION_MIN_LOCAL:
+                continue
+            found = a.sscd.get(wid)
+            p = model.combine(p_local, model.pdq_prob(a.pdq.get(wid)), model.clip_prob(a.clip.get(wid)),
+                              model.sscd_prob(found[0] if found is not None else None))
+            if p >= model.threshold:
+                continue  # decided without it
+            box = _region_box(v.polygon, w, h)
+            if box is None:
+                continue
+            x0, y0, x1, y1 = box
+            crop = replace(img, rgb=np.ascontiguousarray(rgb[y0:y1, x0:x1]), rgb_on_black=None,
+                           width=x1 - x0, height=y1 - y0)
+            hit = self.descriptor_candidates(crop, owner_ids=owner_ids, work_ids=work_ids, crops=False).get(wid)
+            described += 1
+            if hit is not None and (found is None or hit[0] > found[0]):
+                a.sscd[wid] = (hit[0], box)
+        return described
 
     def analyse_decoded(
         self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
@@ -693,6 +744,19 @@ def _overlap(a: list[list[float]], b: list[list[float]] | None) -> float:
         return 0.0
     inter, _ = cv2.intersectConvexConvex(pa, pb)
     return float(inter) / float(min(area_a, area_b))
+
+
+def _region_box(polygon: list[list[float]], width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The bounding box of an aligned outline with :data:`REGION_MARGIN`, clipped to the
+    image; None when under 16 pixels a side (too little for the descriptor)."""
+    poly = np.asarray(polygon, np.float64)
+    lo, hi = poly.min(axis=0), poly.max(axis=0)
+    margin = REGION_MARGIN * (hi - lo)
+    x0, y0 = (max(0, int(c)) for c in lo - margin)
+    x1, y1 = min(width, int(hi[0] + margin[0]) + 1), min(height, int(hi[1] + margin[1]) + 1)
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    return x0, y0, x1, y1
 
 
 def _significance(peak: int, tentative: int) -> float:

@@ -278,10 +278,11 @@ class WorkVectors:
 
     def descriptor_candidates(
         self, image: DecodedImage, *, owner_ids: Sequence[int] | None = None, limit: int = 10,
-        normalise: bool = True,
+        normalise: bool = True, crops: bool = True,
     ) -> dict[int, tuple[float, tuple[int, int, int, int]]]:
         """Per work: the best descriptor cosine over the upload's views, and that view's box
-        (empty without a descriptor).
+        (empty without a descriptor). ``crops`` false: the whole frame is the only view,
+        whatever ``descriptor_crops`` says.
 
         ``normalise`` subtracts the upload's background similarity, as SSCD's paper
         does with a background set: ``cos - BACKGROUND_WEIGHT * max(c3, BACKGROUND_FLOOR)``
@@ -292,11 +293,11 @@ class WorkVectors:
         +0.6 of uAP over the raw cosine with no false positive (docs/benchmarks.md)."""
         if self.descriptor is None:
             return {}
-        views = upload_views(np.asarray(image.rgb), self.crops)
+        views = upload_views(np.asarray(image.rgb), self.crops if crops else ())
         vecs = np.asarray(self.descriptor.embed([views[0].rgb]))  # type: ignore[attr-defined]
         if len(views) > 1:
-            crops = np.asarray(self.crop_descriptor.embed([v.rgb for v in views[1:]]))  # type: ignore[union-attr]
-            vecs = np.concatenate([vecs, crops])
+            crop_vecs = np.asarray(self.crop_descriptor.embed([v.rgb for v in views[1:]]))  # type: ignore[union-attr]
+            vecs = np.concatenate([vecs, crop_vecs])
         out: dict[int, tuple[float, tuple[int, int, int, int]]] = {}
         for view, vec in zip(views, vecs, strict=True):
             for wid, cos in self.nearest("sscd", vec, limit * 2, owner_ids).items():

@@ -16,8 +16,9 @@ import pytest
 
 from config.settings import Settings, load_settings
 from matching.decode import decode_image
-from matching.engine import SSCD_DEFAULT, Engine, ScoreModel, WorkRef, build_engine
+from matching.engine import REGION_MIN_LOCAL, SSCD_DEFAULT, Engine, ScoreModel, WorkRef, _Analysis, build_engine
 from matching.index.vectors import SLOTS, settings_specs, upload_views
+from matching.verify import Verification
 
 from .test_engine import encode, scene, textured
 
@@ -76,6 +77,50 @@ def test_paste_into_a_scene_is_found_by_a_crop_whose_box_holds_it(engine: Engine
     whole = engine.vectors.nearest("sscd", engine.vectors.descriptor.embed([img.rgb])[0], 10)  # type: ignore[union-attr]
     assert cos > whole.get(3, -1.0) + 0.05  # the crop sees the work far better than the whole frame
     assert (x1 - x0) < img.rgb.shape[1] and x1 > 520 * img.scale and y1 > 380 * img.scale and y0 < 560 * img.scale
+
+
+def _aligned(box: tuple[float, float, float, float], *, inliers: int, coverage: float,
+             plausible: bool = True) -> Verification:
+    x0, y0, x1, y1 = box
+    return Verification(inliers=inliers, tentative=20 if inliers < 20 else 2 * inliers, coverage=coverage,
+                        upload_share=0.1, scale=0.5, distortion=1.0,
+                        polygon=[[x0, y0], [x1, y0], [x1, y1], [x0, y1]], plausible=plausible)
+
+
+def test_an_open_decision_is_described_on_the_region_its_alignment_proposes(engine: Engine) -> None:
+    """A work pasted small into a scene: the whole frame's descriptor sees mostly the scene;
+    the region that a (weak, undecided) alignment proposes is described as an upload of its
+    own, and its cosine and box replace the whole frame's."""
+    work = textured(3, 240, 180)
+    big = scene(7, 800, 600).copy()
+    big[380:560, 520:760] = work
+    img = decode_image(encode(big, "PNG"), max_side=768)
+    k = img.scale
+    paste = (520 * k, 380 * k, 760 * k, 560 * k)
+    whole = engine.descriptor_candidates(img, crops=False)
+    a = _Analysis({3: _aligned(paste, inliers=6, coverage=0.1)}, {}, img.rgb.shape[1], img.rgb.shape[0], k,
+                  sscd=dict(whole))
+    assert REGION_MIN_LOCAL <= engine.model.local_prob(a.verifications[3]) < engine.model.threshold
+    engine.describe_regions(img, a)
+    cos, (x0, y0, x1, y1) = a.sscd[3]
+    assert cos > whole.get(3, (-1.0, None))[0] + 0.05
+    assert x0 <= paste[0] and y0 <= paste[1] and x1 >= paste[2] - 1 and y1 >= paste[3] - 1
+    assert (x1 - x0) < 0.5 * img.rgb.shape[1]  # the region, not the frame
+    assert engine.model.sscd_prob(cos) > engine.model.sscd_prob(whole.get(3, (-1.0, None))[0])
+
+
+def test_decided_or_implausible_alignments_are_not_described_again(engine: Engine) -> None:
+    big = scene(8, 800, 600).copy()
+    big[380:560, 520:760] = textured(3, 240, 180)
+    img = decode_image(encode(big, "PNG"), max_side=768)
+    k = img.scale
+    paste = (520 * k, 380 * k, 760 * k, 560 * k)
+    whole = engine.descriptor_candidates(img, crops=False)
+    for v in (_aligned(paste, inliers=80, coverage=0.9),  # decided by local features alone
+              _aligned(paste, inliers=6, coverage=0.1, plausible=False)):
+        a = _Analysis({3: v}, {}, img.rgb.shape[1], img.rgb.shape[0], k, sscd=dict(whole))
+        engine.describe_regions(img, a)
+        assert a.sscd == whole
 
 
 def test_background_normalisation_keeps_alike_textures_apart(tmp_path: Path) -> None:
