@@ -16,7 +16,16 @@ import pytest
 
 from config.settings import Settings, load_settings
 from matching.decode import decode_image
-from matching.engine import REGION_MIN_LOCAL, SSCD_DEFAULT, Engine, ScoreModel, WorkRef, _Analysis, build_engine
+from matching.engine import (
+    REGION_MAX,
+    REGION_MIN_LOCAL,
+    SSCD_DEFAULT,
+    Engine,
+    ScoreModel,
+    WorkRef,
+    _Analysis,
+    build_engine,
+)
 from matching.index.vectors import SLOTS, settings_specs, upload_views
 from matching.verify import Verification
 
@@ -101,7 +110,7 @@ def test_an_open_decision_is_described_on_the_region_its_alignment_proposes(engi
     a = _Analysis({3: _aligned(paste, inliers=6, coverage=0.1)}, {}, img.rgb.shape[1], img.rgb.shape[0], k,
                   sscd=dict(whole))
     assert REGION_MIN_LOCAL <= engine.model.local_prob(a.verifications[3]) < engine.model.threshold
-    engine.describe_regions(img, a)
+    assert engine.describe_regions(img, a) == 1
     cos, (x0, y0, x1, y1) = a.sscd[3]
     assert cos > whole.get(3, (-1.0, None))[0] + 0.05
     assert x0 <= paste[0] and y0 <= paste[1] and x1 >= paste[2] - 1 and y1 >= paste[3] - 1
@@ -119,8 +128,28 @@ def test_decided_or_implausible_alignments_are_not_described_again(engine: Engin
     for v in (_aligned(paste, inliers=80, coverage=0.9),  # decided by local features alone
               _aligned(paste, inliers=6, coverage=0.1, plausible=False)):
         a = _Analysis({3: v}, {}, img.rgb.shape[1], img.rgb.shape[0], k, sscd=dict(whole))
-        engine.describe_regions(img, a)
+        assert engine.describe_regions(img, a) == 0
         assert a.sscd == whole
+
+
+def test_at_most_region_max_regions_are_described_the_strongest_first(engine: Engine) -> None:
+    """The cost per upload is bounded: with more open alignments than REGION_MAX, only the
+    ones with the strongest local terms are described (here the pasted work's)."""
+    big = scene(9, 800, 600).copy()
+    big[380:560, 520:760] = textured(3, 240, 180)
+    img = decode_image(encode(big, "PNG"), max_side=768)
+    k = img.scale
+    paste = (520 * k, 380 * k, 760 * k, 560 * k)
+    weak = (10 * k, 10 * k, 300 * k, 200 * k)
+    alignments = {3: _aligned(paste, inliers=7, coverage=0.1)}
+    alignments.update({100 + i: _aligned(weak, inliers=5, coverage=0.05) for i in range(REGION_MAX + 2)})
+    assert all(REGION_MIN_LOCAL <= engine.model.local_prob(v) < engine.model.local_prob(alignments[3])
+               for wid, v in alignments.items() if wid != 3)
+    whole = engine.descriptor_candidates(img, crops=False)
+    a = _Analysis(alignments, {}, img.rgb.shape[1], img.rgb.shape[0], k, sscd=dict(whole))
+    assert engine.model.local_prob(alignments[3]) < engine.model.threshold
+    assert engine.describe_regions(img, a) == REGION_MAX
+    assert a.sscd[3][1] != whole.get(3, (0.0, (0, 0, 0, 0)))[1]  # the strongest was described
 
 
 def test_background_normalisation_keeps_alike_textures_apart(tmp_path: Path) -> None:
