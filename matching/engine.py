@@ -516,19 +516,20 @@ class Engine:
             found = a.sscd.get(wid)
             p = model.combine(p_local, model.pdq_prob(a.pdq.get(wid)), model.clip_prob(a.clip.get(wid)),
                               model.sscd_prob(found[0] if found is not None else None))
+            if p >= model.threshold:
+                continue  # decided without it
             box = _region_box(v.polygon, w, h)
-            if p < model.threshold and box is not None:  # open, and big enough to describe
+            if box is not None:
                 open_.append((p_local, wid, box))
-        open_.sort(key=lambda r: -r[0])
-        for _, wid, box in open_[:REGION_MAX]:
-            x0, y0, x1, y1 = box
+        chosen = sorted(open_, key=lambda r: -r[0])[:REGION_MAX]
+        for _, wid, (x0, y0, x1, y1) in chosen:
             crop = replace(img, rgb=np.ascontiguousarray(rgb[y0:y1, x0:x1]), rgb_on_black=None,
                            width=x1 - x0, height=y1 - y0)
             hit = self.descriptor_candidates(crop, owner_ids=owner_ids, work_ids=work_ids, crops=False).get(wid)
             found = a.sscd.get(wid)
             if hit is not None and (found is None or hit[0] > found[0]):
-                a.sscd[wid] = (hit[0], box)
-        return len(open_[:REGION_MAX])
+                a.sscd[wid] = (hit[0], (x0, y0, x1, y1))
+        return len(chosen)
 
     def analyse_decoded(
         self, img: DecodedImage, *, owner_ids: Sequence[int] | None = None,
